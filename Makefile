@@ -1,0 +1,53 @@
+# Two entry points for users: `make demo` (main job on the default data) and `make test`.
+# Both create .venv if missing, install requirements.txt (again only when it changed) and
+# make sure the default data set is present.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.requirements-installed
+DATA_DIR := /usr/share/datasets/fashion-mnist
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: setup data demo test lint format clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "Python 3.11 is required, found " + sys.version.split()[0] + " (set PYTHON=...)")'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip check
+	@touch $@
+
+data:
+	@if [ -f $(DATA_DIR)/train-images-idx3-ubyte.gz ]; then \
+		echo "data: Fashion-MNIST found in $(DATA_DIR)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "data: installing Debian package dataset-fashion-mnist"; \
+		apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 \
+			|| { apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; }; \
+	else \
+		echo "data: $(DATA_DIR) is missing. Install it with 'sudo apt-get install dataset-fashion-mnist'," >&2; \
+		echo "      or run with --data-source idx:<folder of IDX files> or --data-source tfds:<name>" >&2; \
+		echo "      (add --allow-download true for a TFDS download)." >&2; \
+		exit 1; \
+	fi
+
+demo: setup data
+	$(BIN)/python -m pipeline run
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+test: setup data lint
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf artifacts .pytest_cache .ruff_cache

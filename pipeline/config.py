@@ -1,0 +1,285 @@
+"""The one configuration object that flows into every stage.
+
+`PipelineConfig` holds every option with its default. It is built from a YAML
+file and/or `key=value` overrides (CLI flags, Airflow params) and checked once by
+`PipelineConfig.validate`, so stages can trust what they get.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.errors import ConfigError
+
+DEFAULT_DATA_SOURCE = "idx:/usr/share/datasets/fashion-mnist"
+MODEL_NAMES = ("cnn", "mlp")
+STRATEGIES = ("auto", "mirrored", "one_device", "cpu")
+MIXED_PRECISION_MODES = ("auto", "on", "off")
+_RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+:-]{0,127}$")
+_MODEL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def _field(default: Any, help: str, **kwargs: Any) -> Any:
+    return dataclasses.field(default=default, metadata={"help": help, **kwargs})
+
+
+@dataclasses.dataclass
+class PipelineConfig:
+    """All pipeline options. Field names double as CLI flags (`--batch-size`)."""
+
+    # Data
+    data_source: str = _field(
+        DEFAULT_DATA_SOURCE,
+        "Where the data comes from: 'idx:<dir>' (MNIST-format IDX files) or 'tfds:<name>'.",
+    )
+    tfds_data_dir: str | None = _field(None, "TFDS data_dir for 'tfds:' sources (TFDS's default when unset).")
+    allow_download: bool = _field(False, "Let a 'tfds:' source download and prepare data (needs network).")
+    class_names: list[str] | None = _field(
+        None, "Class names for an IDX source (else class_names.txt in the folder, or known names)."
+    )
+    train_split: str = _field("train[:90%]", "TFDS split expression used for training.")
+    validation_split: str = _field("train[90%:]", "Split used for early stopping and checkpoint selection.")
+    test_split: str = _field("test", "Held-out split used by the evaluation gate.")
+
+    # Workspace
+    workdir: str = _field("artifacts", "Root folder for snapshots, runs and validation state.")
+    run_id: str | None = _field(None, "Run identifier; reuse one to resume an interrupted run.")
+    seed: int = _field(42, "Seed for shuffling, initialisation and augmentation.")
+
+    # Validation
+    max_label_shift: float = _field(
+        0.10, "Severe if any class frequency moves more than this (L-infinity) vs the previous snapshot."
+    )
+    max_pixel_drift: float = _field(
+        0.25, "Severe if the pixel mean moves more than this many previous standard deviations."
+    )
+    max_split_size_change: float = _field(
+        0.50, "Severe if a split's size changes by more than this fraction vs the previous snapshot."
+    )
+    update_schema: bool = _field(
+        False, "Accept this snapshot's schema as the new stored schema instead of checking it."
+    )
+
+    # Preprocessing
+    batch_size: int = _field(128, "Global batch size (split across replicas).", minimum=1)
+    shuffle_buffer: int = _field(10_000, "Shuffle buffer size in examples.", minimum=1)
+    augment: bool = _field(False, "Random horizontal flips and small shifts while training.")
+    cache: bool = _field(True, "Cache decoded examples in memory after the first epoch.")
+
+    # Model and training
+    model: str = _field("cnn", "Model builder: one of " + ", ".join(MODEL_NAMES) + ".")
+    epochs: int = _field(10, "Maximum number of training epochs.", minimum=1)
+    learning_rate: float = _field(1e-3, "Peak learning rate (Adam with cosine decay).", exclusive_minimum=0)
+    dropout: float = _field(0.3, "Dropout rate used by the model builders.", minimum=0, exclusive_maximum=1)
+    early_stopping_patience: int = _field(
+        4, "Epochs without validation improvement before stopping.", minimum=1
+    )
+    strategy: str = _field("auto", "Distribution strategy: " + ", ".join(STRATEGIES) + ".")
+    mixed_precision: str = _field("auto", "mixed_float16: 'auto' (on for GPUs), 'on' or 'off'.")
+    jit_compile: bool = _field(False, "Compile the model with XLA.")
+
+    # Evaluation gate
+    min_accuracy: float = _field(0.85, "Gate: minimum test accuracy.", minimum=0, maximum=1)
+    max_regression: float = _field(
+        0.01, "Gate: largest allowed accuracy drop vs the published baseline.", minimum=0, maximum=1
+    )
+    baseline_version: int | None = _field(
+        None, "Published version to compare against (default: the newest one)."
+    )
+
+    # Export
+    model_base_path: str = _field(
+        "artifacts/models", "Serving base path; versions go to <model_base_path>/<model_name>/<N>."
+    )
+    model_name: str = _field("fashion_mnist", "Name of the served model.")
+    keep_versions: int = _field(5, "Number of newest versions to keep after publishing.", minimum=1)
+    warmup_requests: int = _field(
+        10, "Records written to assets.extra/tf_serving_warmup_requests.", minimum=1, maximum=1000
+    )
+
+    def validate(self) -> PipelineConfig:
+        """Checks every value and returns self.
+
+        Returns:
+            This config, unchanged.
+
+        Raises:
+            ConfigError: naming the first field whose value is not acceptable.
+        """
+        for field in dataclasses.fields(self):
+            _check_type(field, getattr(self, field.name))
+            _check_range(field, getattr(self, field.name))
+        kind, _, location = self.data_source.partition(":")
+        if kind not in ("idx", "tfds") or not location:
+            raise ConfigError(
+                f"data_source must look like 'idx:<dir>' or 'tfds:<name>', got {self.data_source!r}"
+            )
+        _check_choice("model", self.model, MODEL_NAMES)
+        _check_choice("strategy", self.strategy, STRATEGIES)
+        _check_choice("mixed_precision", self.mixed_precision, MIXED_PRECISION_MODES)
+        if self.run_id is not None and not _RUN_ID_PATTERN.match(self.run_id):
+            raise ConfigError(f"run_id {self.run_id!r} must be 1-128 letters, digits or _.+:- (no slashes)")
+        if not _MODEL_NAME_PATTERN.match(self.model_name):
+            raise ConfigError(
+                f"model_name {self.model_name!r} must be 1-64 letters, digits or _.- (no slashes)"
+            )
+        if self.class_names is not None and len(set(self.class_names)) != len(self.class_names):
+            raise ConfigError(f"class_names has duplicates: {self.class_names}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """Returns the config as plain JSON-serialisable values."""
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> PipelineConfig:
+        """Returns a validated copy with `changes` applied."""
+        return dataclasses.replace(self, **changes).validate()
+
+    @property
+    def workdir_path(self) -> Path:
+        return Path(self.workdir)
+
+    @property
+    def model_dir(self) -> Path:
+        """The folder holding the numbered versions of the served model."""
+        return Path(self.model_base_path) / self.model_name
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"unknown {name} {value!r}; choose one of: {', '.join(choices)}")
+
+
+def _type_hints() -> dict[str, Any]:
+    return typing.get_type_hints(PipelineConfig)
+
+
+def _base_type(field_name: str) -> tuple[type, bool]:
+    """Returns (scalar or list type, optional?) for a field's annotation."""
+    hint = _type_hints()[field_name]
+    optional = False
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        optional = True
+        hint = args[0]
+    return hint, optional
+
+
+def _check_type(field: dataclasses.Field, value: Any) -> None:
+    hint, optional = _base_type(field.name)
+    if value is None:
+        if optional:
+            return
+        raise ConfigError(f"{field.name} must not be empty")
+    if typing.get_origin(hint) is list:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{field.name} must be a list of strings, got {value!r}")
+        return
+    ok = (
+        isinstance(value, bool)
+        if hint is bool
+        else isinstance(value, int) and not isinstance(value, bool)
+        if hint is int
+        else isinstance(value, (int, float)) and not isinstance(value, bool)
+        if hint is float
+        else isinstance(value, hint)
+    )
+    if not ok:
+        raise ConfigError(f"{field.name} must be {hint.__name__}, got {type(value).__name__} {value!r}")
+
+
+def _check_range(field: dataclasses.Field, value: Any) -> None:
+    if value is None or isinstance(value, (bool, str, list)):
+        return
+    meta = field.metadata
+    if "minimum" in meta and value < meta["minimum"]:
+        raise ConfigError(f"{field.name} must be >= {meta['minimum']}, got {value}")
+    if "maximum" in meta and value > meta["maximum"]:
+        raise ConfigError(f"{field.name} must be <= {meta['maximum']}, got {value}")
+    if "exclusive_minimum" in meta and value <= meta["exclusive_minimum"]:
+        raise ConfigError(f"{field.name} must be > {meta['exclusive_minimum']}, got {value}")
+    if "exclusive_maximum" in meta and value >= meta["exclusive_maximum"]:
+        raise ConfigError(f"{field.name} must be < {meta['exclusive_maximum']}, got {value}")
+
+
+def field_names() -> list[str]:
+    """Returns the names of all config fields in declaration order."""
+    return [f.name for f in dataclasses.fields(PipelineConfig)]
+
+
+def field_help(name: str) -> str:
+    """Returns the help text of one config field."""
+    return next(f.metadata["help"] for f in dataclasses.fields(PipelineConfig) if f.name == name)
+
+
+def parse_value(name: str, text: str) -> Any:
+    """Converts a command-line string to the type of config field `name`.
+
+    Args:
+        name: A config field name.
+        text: The value as typed by the user.
+
+    Returns:
+        The value converted to the field's type.
+
+    Raises:
+        ConfigError: if the field is unknown or the text does not convert.
+    """
+    if name not in field_names():
+        raise ConfigError(f"unknown config option {name!r}")
+    hint, optional = _base_type(name)
+    if optional and text.strip().lower() in ("", "none", "null"):
+        return None
+    if typing.get_origin(hint) is list:
+        return [part.strip() for part in text.split(",") if part.strip()]
+    if hint is bool:
+        lowered = text.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name} must be true or false, got {text!r}")
+    try:
+        return hint(text)
+    except ValueError:
+        raise ConfigError(f"{name} must be {hint.__name__}, got {text!r}") from None
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> PipelineConfig:
+    """Builds a validated config from defaults, an optional YAML file and overrides.
+
+    Args:
+        path: A YAML file with a mapping of field names to values, or None.
+        overrides: Field values that win over the file (already typed).
+
+    Returns:
+        The validated `PipelineConfig`.
+
+    Raises:
+        ConfigError: if the file cannot be read, has unknown keys, or any value is invalid.
+    """
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text())
+        except OSError as err:
+            raise ConfigError(f"cannot read config file {path}: {err.strerror}") from err
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of options")
+        values.update(loaded)
+    values.update(overrides or {})
+    unknown = sorted(set(values) - set(field_names()))
+    if unknown:
+        raise ConfigError(f"unknown config option(s): {', '.join(unknown)}")
+    return PipelineConfig(**values).validate()

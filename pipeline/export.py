@@ -1,0 +1,312 @@
+"""Stage 6, export: a TF Serving SavedModel, published atomically as the next version.
+
+The SavedModel's `serving_default` signature takes uint8 `images` [N,H,W] (or
+[N,H,W,C]) and returns `probabilities` float32 [N,classes] and `class_ids` int64 [N].
+Class names travel in `assets/class_names.txt`; `assets.extra/` carries TF Serving
+warmup requests and a model card with the model's lineage.
+
+TF Serving loads any numeric version folder the moment it appears, so the model is
+written into a `.tmp-*` sibling on the same file system and renamed to the next
+integer only when complete. Versions are never overwritten.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import fcntl
+import logging
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.artifacts import (
+    TMP_PREFIX,
+    atomic_write_json,
+    code_revision,
+    fsync_tree,
+    read_json,
+    remove_stale_staging,
+    staging_dir,
+    utc_now,
+)
+from pipeline.config import PipelineConfig
+from pipeline.errors import ExportError
+from pipeline.evaluate import published_versions
+from pipeline.snapshot import Snapshot
+
+log = logging.getLogger(__name__)
+
+SIGNATURE = "serving_default"
+INPUT_NAME = "images"
+CLASS_NAMES_ASSET = "class_names.txt"
+WARMUP_FILE = "tf_serving_warmup_requests"
+MODEL_CARD = "model_card.json"
+LOCK_FILE = ".publish.lock"
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportResult:
+    """Outputs of the export stage."""
+
+    version: int
+    version_dir: Path
+    model_card_path: Path
+    removed_versions: list[int]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(self).items()}
+
+
+def ensure_writable(model_dir: Path) -> None:
+    """Checks that versions can be created under `model_dir`.
+
+    Raises:
+        ExportError: naming the path and the reason, if it cannot be written.
+    """
+    try:
+        model_dir.mkdir(parents=True, exist_ok=True)
+        probe = model_dir / f"{TMP_PREFIX}probe-{uuid.uuid4().hex}"
+        probe.mkdir()
+        probe.rmdir()
+    except OSError as err:
+        raise ExportError(
+            f"model base path {model_dir.parent} is not writable ({err.strerror or err} at "
+            f"{err.filename or model_dir})"
+        ) from err
+
+
+def read_class_names(version_dir: str | Path) -> list[str]:
+    """Reads the class names stored in an exported model's assets."""
+    lines = (Path(version_dir) / "assets" / CLASS_NAMES_ASSET).read_text().splitlines()
+    return [line for line in lines if line]
+
+
+def _serving_module(model, image_shape: tuple[int, int, int], class_names_file: Path):
+    import tensorflow as tf
+
+    height, width, channels = image_shape
+    expected = tf.constant([height, width, channels], tf.int32)
+
+    class ServingModule(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+            self.class_names = tf.saved_model.Asset(str(class_names_file))
+
+        # Unknown rank so that [N,H,W] and [N,H,W,1] are both accepted.
+        @tf.function(input_signature=[tf.TensorSpec(None, tf.uint8, name=INPUT_NAME)])
+        def serve(self, images):
+            if channels == 1:
+                images = tf.cond(
+                    tf.equal(tf.rank(images), 3),
+                    lambda: tf.expand_dims(images, -1),
+                    lambda: images,
+                )
+            rank_ok = tf.equal(tf.rank(images), 4)
+            # Padding lets the shape comparison run for any rank without a branch.
+            trailing = tf.concat([tf.shape(images), tf.zeros([4], tf.int32)], 0)[1:4]
+            shape_ok = tf.reduce_all(tf.equal(trailing, expected))
+            check = tf.debugging.Assert(
+                tf.logical_and(rank_ok, shape_ok),
+                [
+                    f"images must be uint8 [N,{height},{width}"
+                    + ("] or [N," + f"{height},{width},1]" if channels == 1 else f",{channels}]")
+                    + ", got shape",
+                    tf.shape(images),
+                ],
+                summarize=8,
+            )
+            with tf.control_dependencies([check]):
+                images = tf.reshape(images, [-1, height, width, channels])
+            probabilities = tf.cast(self.model(tf.cast(images, tf.float32), training=False), tf.float32)
+            return {
+                "probabilities": probabilities,
+                "class_ids": tf.argmax(probabilities, axis=-1, output_type=tf.int64),
+            }
+
+    return ServingModule()
+
+
+def write_warmup_requests(path: Path, images: np.ndarray, model_name: str, count: int) -> Path:
+    """Writes TF Serving warmup records: PredictionLogs of real images, batch sizes 1, 2, 4, ...
+
+    Args:
+        path: `<version>/assets.extra/tf_serving_warmup_requests`.
+        images: uint8 [N,H,W,C] example images.
+        model_name: Model name put in each request's model_spec.
+        count: Number of records (TF Serving reads at most 1000).
+
+    Returns:
+        The path written.
+    """
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for index in range(count):
+            batch = min(2 ** (index % 6), images.shape[0])
+            start = (index * 7) % max(images.shape[0] - batch + 1, 1)
+            request = predict_pb2.PredictRequest()
+            request.model_spec.name = model_name
+            request.model_spec.signature_name = SIGNATURE
+            request.inputs[INPUT_NAME].CopyFrom(
+                tf.make_tensor_proto(
+                    images[start : start + batch, ..., 0]
+                    if images.shape[-1] == 1
+                    else images[start : start + batch]
+                )  # fmt: skip
+            )
+            log_record = prediction_log_pb2.PredictionLog(
+                predict_log=prediction_log_pb2.PredictLog(request=request)
+            )
+            writer.write(log_record.SerializeToString())
+    return path
+
+
+@contextlib.contextmanager
+def publish_lock(model_dir: Path):
+    """Holds an exclusive lock so concurrent exporters pick distinct versions."""
+    with open(model_dir / LOCK_FILE, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def publish_version(staging: Path, model_dir: Path, card: dict[str, Any]) -> tuple[int, Path]:
+    """Renames a complete staging folder to the next free integer version.
+
+    The model card (with the version number) is written into the staging folder
+    under the lock, just before the rename.
+
+    Returns:
+        (version number, version folder).
+    """
+    with publish_lock(model_dir):
+        versions = published_versions(model_dir)
+        version = (versions[-1] + 1) if versions else 1
+        final = model_dir / str(version)
+        atomic_write_json(staging / "assets.extra" / MODEL_CARD, {**card, "version": version})
+        fsync_tree(staging)
+        try:
+            os.rename(staging, final)
+        except OSError as err:
+            if err.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                raise ExportError(
+                    f"version folder {final} appeared concurrently; not overwriting it"
+                ) from err
+            raise
+        fd = os.open(model_dir, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    log.info("published %s", final)
+    return version, final
+
+
+def prune_versions(model_dir: Path, keep: int, protected: Iterable[int] = ()) -> list[int]:
+    """Deletes all but the newest `keep` versions, never those in `protected`.
+
+    Each old version is first renamed to a `.tmp-*` name, so a server polling the
+    folder sees it disappear at once rather than half-deleted.
+
+    Returns:
+        The removed version numbers.
+    """
+    protected = set(protected)
+    with publish_lock(model_dir):
+        versions = published_versions(model_dir)
+        doomed = [v for v in versions[:-keep] if v not in protected] if len(versions) > keep else []
+        for version in doomed:
+            trash = model_dir / f"{TMP_PREFIX}deleted-{version}-{uuid.uuid4().hex[:6]}"
+            os.rename(model_dir / str(version), trash)
+            shutil.rmtree(trash, ignore_errors=True)
+            log.info("removed old version %s/%d", model_dir, version)
+    return doomed
+
+
+def export(
+    config: PipelineConfig,
+    snapshot: Snapshot,
+    model_path: str | Path,
+    evaluation_path: str | Path,
+    protected_versions: Iterable[int] = (),
+) -> ExportResult:
+    """Runs the export stage: builds the SavedModel and publishes it atomically.
+
+    Args:
+        config: Uses `model_base_path`, `model_name`, `keep_versions`, `warmup_requests`.
+        snapshot: The data snapshot (class names, image shape, warmup images, lineage).
+        model_path: The trained Keras model.
+        evaluation_path: evaluation.json of the same model; it must say blessed.
+        protected_versions: Versions retention must keep (e.g. ones serving labels point at).
+
+    Returns:
+        The new version and where it is.
+
+    Raises:
+        ExportError: if the model is not blessed, the base path is not writable, or
+            publishing fails. Nothing numeric is left behind on failure.
+    """
+    import keras
+    import tensorflow as tf
+
+    evaluation = read_json(evaluation_path)
+    if not evaluation.get("blessed"):
+        raise ExportError(
+            f"model {model_path} is not blessed ({'; '.join(evaluation.get('reasons', []))}); not exporting"
+        )
+    model_dir = config.model_dir
+    ensure_writable(model_dir)
+    for leftover in remove_stale_staging(model_dir):
+        log.warning("removed leftover of an interrupted export: %s", leftover)
+
+    model = keras.models.load_model(model_path)
+    images, _ = snapshot.split_arrays(f"{config.test_split.split('[', 1)[0]}[:64]")
+    with staging_dir(model_dir, "export") as staging:
+        with tempfile.TemporaryDirectory() as scratch:
+            class_names_file = Path(scratch) / CLASS_NAMES_ASSET
+            class_names_file.write_text("\n".join(snapshot.class_names) + "\n")
+            module = _serving_module(model, snapshot.image_shape, class_names_file)
+            tf.saved_model.save(module, str(staging), signatures={SIGNATURE: module.serve})
+        write_warmup_requests(
+            staging / "assets.extra" / WARMUP_FILE, images, config.model_name, config.warmup_requests
+        )
+        card = {
+            "model_name": config.model_name,
+            "created_at": utc_now(),
+            "code_revision": code_revision(),
+            "data": {
+                "source": snapshot.source,
+                "snapshot": snapshot.path.name,
+                "fingerprint": snapshot.fingerprint,
+                "splits": snapshot.splits,
+                "class_names": snapshot.class_names,
+            },
+            "config": config.to_dict(),
+            "metrics": {k: evaluation["metrics"][k] for k in ("accuracy", "loss", "macro_f1", "examples")},
+            "gate": {"blessed": True, "reasons": evaluation.get("reasons", [])},
+            "baseline": evaluation.get("baseline"),
+            "signature": {
+                "name": SIGNATURE,
+                "inputs": {INPUT_NAME: {"dtype": "uint8", "shape": ["N", *snapshot.image_shape]}},
+                "outputs": {
+                    "probabilities": {"dtype": "float32", "shape": ["N", snapshot.num_classes]},
+                    "class_ids": {"dtype": "int64", "shape": ["N"]},
+                },
+            },
+        }
+        version, version_dir = publish_version(staging, model_dir, card)
+    removed = prune_versions(model_dir, config.keep_versions, protected_versions)
+    return ExportResult(version, version_dir, version_dir / "assets.extra" / MODEL_CARD, removed)
