@@ -58,7 +58,9 @@ class PipelineConfig:
         0.10, "Severe if any class frequency moves more than this (L-infinity) vs the previous snapshot."
     )
     max_pixel_drift: float = _field(
-        0.25, "Severe if the pixel mean moves more than this many previous standard deviations."
+        0.25,
+        "Severe if the pixel mean moves more than this many previous standard deviations "
+        "(or the pixel std changes by more than this fraction).",
     )
     max_split_size_change: float = _field(
         0.50, "Severe if a split's size changes by more than this fraction vs the previous snapshot."
