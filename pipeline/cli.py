@@ -99,8 +99,7 @@ def _stage_inputs(command: str, args, config) -> dict[str, str]:
         value = getattr(args, name) or known.get(name)
         if value is None:
             raise PipelineError(
-                f"'{command}' needs --{name.replace('_', '-')} or a --run-id whose earlier "
-                "stages produced one"
+                f"'{command}' needs --{name.replace('_', '-')} or a --run-id whose earlier stages produced one"
             )
         inputs[name] = value
     return inputs
@@ -130,9 +129,7 @@ def run_command(args: argparse.Namespace) -> int:
         "validate": lambda: runner.validate_step(config, inputs["snapshot"]),
         "train": lambda: runner.train_step(config, inputs["snapshot"]),
         "evaluate": lambda: runner.evaluate_step(config, inputs["snapshot"], inputs["model_path"]),
-        "export": lambda: runner.export_step(
-            config, inputs["snapshot"], inputs["model_path"], inputs["evaluation"]
-        ),
+        "export": lambda: runner.export_step(config, inputs["snapshot"], inputs["model_path"], inputs["evaluation"]),
     }
     with contextlib.redirect_stdout(sys.stderr):
         outputs = steps[args.command]()

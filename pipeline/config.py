@@ -80,9 +80,7 @@ class PipelineConfig:
     epochs: int = _field(10, "Maximum number of training epochs.", minimum=1)
     learning_rate: float = _field(1e-3, "Peak learning rate (Adam with cosine decay).", exclusive_minimum=0)
     dropout: float = _field(0.3, "Dropout rate used by the model builders.", minimum=0, exclusive_maximum=1)
-    early_stopping_patience: int = _field(
-        4, "Epochs without validation improvement before stopping.", minimum=1
-    )
+    early_stopping_patience: int = _field(4, "Epochs without validation improvement before stopping.", minimum=1)
     strategy: str = _field("auto", "Distribution strategy: " + ", ".join(STRATEGIES) + ".")
     mixed_precision: str = _field("auto", "mixed_float16: 'auto' (on for GPUs), 'on' or 'off'.")
     jit_compile: bool = _field(False, "Compile the model with XLA.")
@@ -92,9 +90,7 @@ class PipelineConfig:
     max_regression: float = _field(
         0.01, "Gate: largest allowed accuracy drop vs the published baseline.", minimum=0, maximum=1
     )
-    baseline_version: int | None = _field(
-        None, "Published version to compare against (default: the newest one)."
-    )
+    baseline_version: int | None = _field(None, "Published version to compare against (default: the newest one).")
 
     # Export
     model_base_path: str = _field(
@@ -120,18 +116,14 @@ class PipelineConfig:
             _check_range(field, getattr(self, field.name))
         kind, _, location = self.data_source.partition(":")
         if kind not in ("idx", "tfds") or not location:
-            raise ConfigError(
-                f"data_source must look like 'idx:<dir>' or 'tfds:<name>', got {self.data_source!r}"
-            )
+            raise ConfigError(f"data_source must look like 'idx:<dir>' or 'tfds:<name>', got {self.data_source!r}")
         _check_choice("model", self.model, MODEL_NAMES)
         _check_choice("strategy", self.strategy, STRATEGIES)
         _check_choice("mixed_precision", self.mixed_precision, MIXED_PRECISION_MODES)
         if self.run_id is not None and not _RUN_ID_PATTERN.match(self.run_id):
             raise ConfigError(f"run_id {self.run_id!r} must be 1-128 letters, digits or _.+:- (no slashes)")
         if not _MODEL_NAME_PATTERN.match(self.model_name):
-            raise ConfigError(
-                f"model_name {self.model_name!r} must be 1-64 letters, digits or _.- (no slashes)"
-            )
+            raise ConfigError(f"model_name {self.model_name!r} must be 1-64 letters, digits or _.- (no slashes)")
         if self.class_names is not None and len(set(self.class_names)) != len(self.class_names):
             raise ConfigError(f"class_names has duplicates: {self.class_names}")
         return self

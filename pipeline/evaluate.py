@@ -39,9 +39,7 @@ class EvaluationResult:
         return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(self).items()}
 
 
-def classification_metrics(
-    labels: np.ndarray, probabilities: np.ndarray, class_names: list[str]
-) -> dict[str, Any]:
+def classification_metrics(labels: np.ndarray, probabilities: np.ndarray, class_names: list[str]) -> dict[str, Any]:
     """Computes loss, accuracy, per-class precision/recall/F1 and the confusion matrix.
 
     Args:
@@ -168,9 +166,7 @@ def _baseline(config: PipelineConfig, snapshot: Snapshot, images, labels, reason
     return version, round(accuracy, 6)
 
 
-def gate(
-    accuracy: float, baseline_accuracy: float | None, config: PipelineConfig, reasons: list[str]
-) -> bool:
+def gate(accuracy: float, baseline_accuracy: float | None, config: PipelineConfig, reasons: list[str]) -> bool:
     """Applies the blessing rules, appending one reason per rule to `reasons`."""
     blessed = True
     if accuracy >= config.min_accuracy:

@@ -1,7 +1,8 @@
 """Stage 6, export: a TF Serving SavedModel, published atomically as the next version.
 
 The SavedModel's `serving_default` signature takes uint8 `images` [N,H,W] (or
-[N,H,W,C]) and returns `probabilities` float32 [N,classes] and `class_ids` int64 [N].
+[N,H,W,C]) and returns `probabilities` float32 [N,classes], `class_ids` int64 [N] and
+`class_names` string [N] (the predicted class's name, so clients need no label file).
 Class names travel in `assets/class_names.txt`; `assets.extra/` carries TF Serving
 warmup requests and a model card with the model's lineage.
 
@@ -78,8 +79,7 @@ def ensure_writable(model_dir: Path) -> None:
         probe.rmdir()
     except OSError as err:
         raise ExportError(
-            f"model base path {model_dir.parent} is not writable ({err.strerror or err} at "
-            f"{err.filename or model_dir})"
+            f"model base path {model_dir.parent} is not writable ({err.strerror or err} at {err.filename or model_dir})"
         ) from err
 
 
@@ -89,7 +89,7 @@ def read_class_names(version_dir: str | Path) -> list[str]:
     return [line for line in lines if line]
 
 
-def _serving_module(model, image_shape: tuple[int, int, int], class_names_file: Path):
+def _serving_module(model, image_shape: tuple[int, int, int], class_names: list[str], class_names_file: Path):
     import tensorflow as tf
 
     height, width, channels = image_shape
@@ -127,9 +127,11 @@ def _serving_module(model, image_shape: tuple[int, int, int], class_names_file: 
             with tf.control_dependencies([check]):
                 images = tf.reshape(images, [-1, height, width, channels])
             probabilities = tf.cast(self.model(tf.cast(images, tf.float32), training=False), tf.float32)
+            class_ids = tf.argmax(probabilities, axis=-1, output_type=tf.int64)
             return {
                 "probabilities": probabilities,
-                "class_ids": tf.argmax(probabilities, axis=-1, output_type=tf.int64),
+                "class_ids": class_ids,
+                "class_names": tf.gather(tf.constant(class_names), class_ids),
             }
 
     return ServingModule()
@@ -160,14 +162,10 @@ def write_warmup_requests(path: Path, images: np.ndarray, model_name: str, count
             request.model_spec.signature_name = SIGNATURE
             request.inputs[INPUT_NAME].CopyFrom(
                 tf.make_tensor_proto(
-                    images[start : start + batch, ..., 0]
-                    if images.shape[-1] == 1
-                    else images[start : start + batch]
+                    images[start : start + batch, ..., 0] if images.shape[-1] == 1 else images[start : start + batch]
                 )  # fmt: skip
             )
-            log_record = prediction_log_pb2.PredictionLog(
-                predict_log=prediction_log_pb2.PredictLog(request=request)
-            )
+            log_record = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
             writer.write(log_record.SerializeToString())
     return path
 
@@ -202,9 +200,7 @@ def publish_version(staging: Path, model_dir: Path, card: dict[str, Any]) -> tup
             os.rename(staging, final)
         except OSError as err:
             if err.errno in (errno.EEXIST, errno.ENOTEMPTY):
-                raise ExportError(
-                    f"version folder {final} appeared concurrently; not overwriting it"
-                ) from err
+                raise ExportError(f"version folder {final} appeared concurrently; not overwriting it") from err
             raise
         fd = os.open(model_dir, os.O_RDONLY)
         try:
@@ -278,11 +274,9 @@ def export(
         with tempfile.TemporaryDirectory() as scratch:
             class_names_file = Path(scratch) / CLASS_NAMES_ASSET
             class_names_file.write_text("\n".join(snapshot.class_names) + "\n")
-            module = _serving_module(model, snapshot.image_shape, class_names_file)
+            module = _serving_module(model, snapshot.image_shape, snapshot.class_names, class_names_file)
             tf.saved_model.save(module, str(staging), signatures={SIGNATURE: module.serve})
-        write_warmup_requests(
-            staging / "assets.extra" / WARMUP_FILE, images, config.model_name, config.warmup_requests
-        )
+        write_warmup_requests(staging / "assets.extra" / WARMUP_FILE, images, config.model_name, config.warmup_requests)
         card = {
             "model_name": config.model_name,
             "created_at": utc_now(),
@@ -304,6 +298,7 @@ def export(
                 "outputs": {
                     "probabilities": {"dtype": "float32", "shape": ["N", snapshot.num_classes]},
                     "class_ids": {"dtype": "int64", "shape": ["N"]},
+                    "class_names": {"dtype": "string", "shape": ["N"]},
                 },
             },
         }

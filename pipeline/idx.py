@@ -85,9 +85,7 @@ def read_idx(path: str | Path, expected_magic: int) -> np.ndarray:
         raise DataSourceError(f"{path}: file too short for an IDX header ({len(data)} bytes)")
     magic = int.from_bytes(data[:4], "big")
     if magic != expected_magic:
-        raise DataSourceError(
-            f"{path}: wrong IDX magic number 0x{magic:08x}, expected 0x{expected_magic:08x}"
-        )
+        raise DataSourceError(f"{path}: wrong IDX magic number 0x{magic:08x}, expected 0x{expected_magic:08x}")
     ndim = expected_magic & 0xFF
     header_size = 4 + 4 * ndim
     if len(data) < header_size:
@@ -96,8 +94,7 @@ def read_idx(path: str | Path, expected_magic: int) -> np.ndarray:
     expected_size = header_size + int(np.prod(shape, dtype=np.int64))
     if len(data) != expected_size:
         raise DataSourceError(
-            f"{path}: header declares shape {shape} ({expected_size} bytes) "
-            f"but the file holds {len(data)} bytes"
+            f"{path}: header declares shape {shape} ({expected_size} bytes) but the file holds {len(data)} bytes"
         )
     return np.frombuffer(data, np.uint8, offset=header_size).reshape(shape)
 
@@ -128,8 +125,7 @@ def find_split_files(folder: str | Path) -> list[IdxSplitFiles]:
             kind = "images" if match["kind"].startswith("images") else "labels"
             if kind in found.setdefault(split, {}):
                 raise DataSourceError(
-                    f"{folder}: two {kind} files for split {split!r}: "
-                    f"{found[split][kind].name} and {entry.name}"
+                    f"{folder}: two {kind} files for split {split!r}: {found[split][kind].name} and {entry.name}"
                 )
             found[split][kind] = entry
     if not found:
@@ -172,8 +168,7 @@ def read_split(files: IdxSplitFiles, num_classes: int | None = None) -> tuple[np
     if num_classes is not None and labels.size and int(labels.max()) >= num_classes:
         bad = int(np.argmax(labels >= num_classes))
         raise DataSourceError(
-            f"{files.labels}: label {int(labels[bad])} at index {bad} is outside the "
-            f"class range 0..{num_classes - 1}"
+            f"{files.labels}: label {int(labels[bad])} at index {bad} is outside the class range 0..{num_classes - 1}"
         )
     return images[..., np.newaxis], labels
 

@@ -88,9 +88,7 @@ def _publish(staging: Path, final: Path, snapshot: Snapshot) -> Snapshot:
 def _ingest_idx(config: PipelineConfig, folder: Path) -> Snapshot:
     split_files = idx.find_split_files(folder)
     arrays = {files.split: idx.read_split(files) for files in split_files}
-    class_names = idx.resolve_class_names(
-        folder, [labels for _, labels in arrays.values()], config.class_names
-    )
+    class_names = idx.resolve_class_names(folder, [labels for _, labels in arrays.values()], config.class_names)
     hasher = hashlib.sha256()
     shapes = set()
     for split, (images, labels) in sorted(arrays.items()):
@@ -170,14 +168,8 @@ def _supervised_image_features(builder, name: str) -> tuple[str, str, tuple[int,
     image_feature = builder.info.features[image_key]
     label_feature = builder.info.features[label_key]
     shape = tuple(image_feature.shape)
-    if (
-        not isinstance(image_feature, (tfds.features.Image, tfds.features.Tensor))
-        or len(shape) != 3
-        or None in shape
-    ):
-        raise DataSourceError(
-            f"TFDS dataset {name!r}: feature {image_key!r} is not a fixed-size image ({shape})"
-        )
+    if not isinstance(image_feature, (tfds.features.Image, tfds.features.Tensor)) or len(shape) != 3 or None in shape:
+        raise DataSourceError(f"TFDS dataset {name!r}: feature {image_key!r} is not a fixed-size image ({shape})")
     if not isinstance(label_feature, tfds.features.ClassLabel):
         raise DataSourceError(f"TFDS dataset {name!r}: feature {label_key!r} is not a class label")
     return image_key, label_key, shape, list(label_feature.names)

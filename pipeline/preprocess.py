@@ -26,9 +26,7 @@ def _augmenter(seed: int):
     )
 
 
-def make_dataset(
-    snapshot: Snapshot, split: str, config: PipelineConfig, *, training: bool
-) -> tf.data.Dataset:
+def make_dataset(snapshot: Snapshot, split: str, config: PipelineConfig, *, training: bool) -> tf.data.Dataset:
     """Builds the input pipeline for one split.
 
     Args:

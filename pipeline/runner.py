@@ -70,9 +70,7 @@ def evaluate_step(config: PipelineConfig, snapshot_path: str, model_path: str) -
     return outputs
 
 
-def export_step(
-    config: PipelineConfig, snapshot_path: str, model_path: str, evaluation_path: str
-) -> dict[str, Any]:
+def export_step(config: PipelineConfig, snapshot_path: str, model_path: str, evaluation_path: str) -> dict[str, Any]:
     """Exports a blessed model and publishes it as the next version."""
     from pipeline.export import export
 
@@ -156,9 +154,7 @@ def run_pipeline(config: PipelineConfig, reports: list[StageReport] | None = Non
         lambda o: f"test accuracy {o['accuracy']:.4f}: {'BLESSED' if o['blessed'] else 'NOT blessed'}",
     )  # fmt: skip
     if not evaluated["blessed"]:
-        reports.append(
-            StageReport("export", "skipped", 0.0, "not blessed: " + "; ".join(evaluated["reasons"]))
-        )
+        reports.append(StageReport("export", "skipped", 0.0, "not blessed: " + "; ".join(evaluated["reasons"])))
         return reports
     _timed(
         reports, "export",

@@ -151,8 +151,7 @@ def check_snapshot(config: PipelineConfig, statistics: dict[str, Any], checks: l
     if "train" in splits and "test" in splits:
         shift = float(
             np.abs(
-                _distribution(splits["train"]["label_histogram"])
-                - _distribution(splits["test"]["label_histogram"])
+                _distribution(splits["train"]["label_histogram"]) - _distribution(splits["test"]["label_histogram"])
             ).max()
         )
         _check(
@@ -163,9 +162,7 @@ def check_snapshot(config: PipelineConfig, statistics: dict[str, Any], checks: l
         )  # fmt: skip
 
 
-def check_drift(
-    config: PipelineConfig, statistics: dict[str, Any], previous: dict[str, Any], checks: list
-) -> None:
+def check_drift(config: PipelineConfig, statistics: dict[str, Any], previous: dict[str, Any], checks: list) -> None:
     """Appends the checks of this snapshot against the previous accepted one."""
     for split, stats in statistics["splits"].items():
         before = previous["splits"].get(split)
@@ -173,9 +170,7 @@ def check_drift(
             continue
         if len(before["label_histogram"]) == len(stats["label_histogram"]):
             shift = float(
-                np.abs(
-                    _distribution(stats["label_histogram"]) - _distribution(before["label_histogram"])
-                ).max()
+                np.abs(_distribution(stats["label_histogram"]) - _distribution(before["label_histogram"])).max()
             )
             _check(
                 checks, "label_distribution_shift", split, shift <= config.max_label_shift, ERROR,

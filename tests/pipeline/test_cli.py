@@ -56,17 +56,11 @@ def test_run_end_to_end_then_a_stricter_gate_publishes_nothing(small_idx_dir, tm
 
     version_dir = Path(manifest["export"]["version_dir"])
     images, _ = Snapshot.load(manifest["ingest"]["snapshot"]).split_arrays("test[:32]")
-    served = tf.saved_model.load(str(version_dir)).signatures["serving_default"](
-        images=tf.constant(images[..., 0])
-    )
-    expected = keras.models.load_model(manifest["train"]["model_path"]).predict(
-        images.astype(np.float32), verbose=0
-    )
+    served = tf.saved_model.load(str(version_dir)).signatures["serving_default"](images=tf.constant(images[..., 0]))
+    expected = keras.models.load_model(manifest["train"]["model_path"]).predict(images.astype(np.float32), verbose=0)
     np.testing.assert_allclose(served["probabilities"].numpy(), expected, atol=1e-5)
 
-    strict = pipeline_cli(
-        "run", *_small_run_flags(small_idx_dir, tmp_path, "strict"), "--min-accuracy", "0.999"
-    )
+    strict = pipeline_cli("run", *_small_run_flags(small_idx_dir, tmp_path, "strict"), "--min-accuracy", "0.999")
     assert strict.returncode == 0, strict.stderr[-3000:]
     assert "test accuracy" in strict.stdout and "NOT blessed" in strict.stdout
     assert "export     skipped" in strict.stdout and "< min_accuracy 0.999" in strict.stdout

@@ -9,9 +9,7 @@ from pipeline.export import export
 
 def test_classification_metrics_by_hand():
     labels = np.array([0, 0, 1, 1, 2])
-    probabilities = np.array(
-        [[0.9, 0.1, 0.0], [0.2, 0.8, 0.0], [0.1, 0.9, 0.0], [0.0, 1.0, 0.0], [0.5, 0.0, 0.5]]
-    )
+    probabilities = np.array([[0.9, 0.1, 0.0], [0.2, 0.8, 0.0], [0.1, 0.9, 0.0], [0.0, 1.0, 0.0], [0.5, 0.0, 0.5]])
     metrics = classification_metrics(labels, probabilities, ["a", "b", "c"])
     assert metrics["accuracy"] == pytest.approx(3 / 5)  # The tie in row 5 picks class 0.
     assert metrics["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [1, 0, 0]]
@@ -58,8 +56,6 @@ def test_published_model_is_the_baseline_and_the_gate_can_refuse(trained_run, ma
     assert same.baseline_accuracy == pytest.approx(same.accuracy, abs=1e-6)  # Same model, same answers.
     assert same.blessed
 
-    strict = evaluate(
-        config.replace(min_accuracy=0.999), trained_run["snapshot"], trained_run["train"].model_path
-    )
+    strict = evaluate(config.replace(min_accuracy=0.999), trained_run["snapshot"], trained_run["train"].model_path)
     assert not strict.blessed
     assert any("< min_accuracy 0.999" in reason for reason in strict.reasons)

@@ -33,7 +33,7 @@ def _export(trained_run, config, **kwargs):
                   trained_run["evaluate"].evaluation_path, **kwargs)  # fmt: skip
 
 
-def test_signature_takes_uint8_images_and_returns_probabilities_and_class_ids(exported):
+def test_signature_takes_uint8_images_and_returns_probabilities_class_ids_and_names(exported):
     _, result = exported
     assert result.version == 1 and result.version_dir.name == "1"
     serve = tf.saved_model.load(str(result.version_dir)).signatures["serving_default"]
@@ -45,6 +45,7 @@ def test_signature_takes_uint8_images_and_returns_probabilities_and_class_ids(ex
         10,
     ]
     assert outputs["class_ids"].dtype == tf.int64 and outputs["class_ids"].shape.as_list() == [None]
+    assert outputs["class_names"].dtype == tf.string and outputs["class_names"].shape.as_list() == [None]
 
 
 def test_exported_predictions_equal_the_keras_models(exported, trained_run):
@@ -58,6 +59,8 @@ def test_exported_predictions_equal_the_keras_models(exported, trained_run):
     rank4 = serve(images=tf.constant(images))
     np.testing.assert_allclose(rank3["probabilities"].numpy(), keras_probabilities, atol=1e-5)
     np.testing.assert_array_equal(rank3["class_ids"].numpy(), keras_probabilities.argmax(axis=1))
+    names = trained_run["snapshot"].class_names
+    assert [n.decode() for n in rank3["class_names"].numpy()] == [names[i] for i in keras_probabilities.argmax(axis=1)]
     np.testing.assert_array_equal(rank4["probabilities"].numpy(), rank3["probabilities"].numpy())
 
 
@@ -83,9 +86,7 @@ def test_assets_carry_class_names_model_card_and_warmup(exported, trained_run):
     assert card["code_revision"] and card["created_at"]
 
     serve = tf.saved_model.load(str(result.version_dir)).signatures["serving_default"]
-    records = list(
-        tf.data.TFRecordDataset(str(result.version_dir / "assets.extra" / "tf_serving_warmup_requests"))
-    )
+    records = list(tf.data.TFRecordDataset(str(result.version_dir / "assets.extra" / "tf_serving_warmup_requests")))
     assert len(records) == config.warmup_requests
     batch_sizes = []
     for record in records:
@@ -111,9 +112,7 @@ def test_versions_increment_and_old_ones_are_pruned(trained_run, tmp_path):
 
 def test_unblessed_model_is_not_exported(trained_run, tmp_path):
     evaluation = json.loads(trained_run["evaluate"].evaluation_path.read_text())
-    refused = atomic_write_json(
-        tmp_path / "evaluation.json", {**evaluation, "blessed": False, "reasons": ["too weak"]}
-    )
+    refused = atomic_write_json(tmp_path / "evaluation.json", {**evaluation, "blessed": False, "reasons": ["too weak"]})
     config = trained_run["config"].replace(model_base_path=str(tmp_path / "models"))
     with pytest.raises(ExportError, match="is not blessed \\(too weak\\); not exporting"):
         export(config, trained_run["snapshot"], trained_run["train"].model_path, refused)
@@ -124,9 +123,7 @@ def test_unwritable_model_base_path(trained_run, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     config = trained_run["config"].replace(model_base_path=str(blocker / "models"))
-    with pytest.raises(
-        ExportError, match=r"model base path .*a-file/models is not writable \(Not a directory"
-    ):
+    with pytest.raises(ExportError, match=r"model base path .*a-file/models is not writable \(Not a directory"):
         _export(trained_run, config)
     readonly = trained_run["config"].replace(model_base_path="/proc/models")
     with pytest.raises(ExportError, match=r"model base path /proc/models is not writable"):

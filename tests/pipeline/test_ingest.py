@@ -34,9 +34,7 @@ def test_idx_folder_becomes_a_tfds_snapshot(make_config, fashion_subset):
     assert images.shape == (500, 28, 28, 1) and images.dtype == np.uint8
     assert sorted(map(bytes, images[..., 0])) == sorted(map(bytes, source_images))
     assert np.bincount(labels, minlength=10).tolist() == np.bincount(source_labels, minlength=10).tolist()
-    assert (
-        tfds.builder_from_directory(str(snapshot.path / snapshot.tfds_dir)).info.name == "idx_folder_dataset"
-    )
+    assert tfds.builder_from_directory(str(snapshot.path / snapshot.tfds_dir)).info.name == "idx_folder_dataset"
 
 
 def test_same_data_reuses_snapshot_and_new_data_gets_a_new_one(make_config, tmp_path, fashion_subset):
@@ -101,9 +99,7 @@ def _corrupt_middle(path):
     ],
     ids=["missing-folder", "empty-folder", "missing-labels", "truncated-gzip", "corrupt-gzip", "not-gzip"],
 )
-def test_broken_sources_fail_clearly_and_publish_nothing(
-    make_config, small_idx_dir, tmp_path, breakage, message
-):
+def test_broken_sources_fail_clearly_and_publish_nothing(make_config, small_idx_dir, tmp_path, breakage, message):
     folder = _copy_source(small_idx_dir, tmp_path)
     breakage(folder)
     config = make_config(data_source=f"idx:{folder}")

@@ -10,9 +10,7 @@ from tests.conftest import write_idx_folder
 
 
 def _report(config):
-    return json.loads(
-        (config.workdir_path / "runs" / config.run_id / "validate" / "anomalies.json").read_text()
-    )
+    return json.loads((config.workdir_path / "runs" / config.run_id / "validate" / "anomalies.json").read_text())
 
 
 def test_split_statistics():
@@ -71,9 +69,7 @@ def test_label_shift_and_size_change_are_severe(make_config, tmp_path, fashion_s
     assert report["severe"] is True
     assert {a["check"] for a in report["anomalies"]} >= {"label_distribution_shift", "split_size_change"}
     # A failed snapshot does not become the new reference.
-    assert (
-        config.workdir_path / "validation" / "fashion-mnist" / "latest_statistics.json"
-    ).read_text() == reference
+    assert (config.workdir_path / "validation" / "fashion-mnist" / "latest_statistics.json").read_text() == reference
 
 
 def test_pixel_drift_is_severe_and_update_schema_accepts_it(make_config, tmp_path, fashion_subset):

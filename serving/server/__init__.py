@@ -1,0 +1,1 @@
+"""A TensorFlow Serving-compatible model server (`python -m serving.server`)."""

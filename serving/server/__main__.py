@@ -1,0 +1,44 @@
+"""`python -m serving.server`: run the model server until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+
+# Quiet TensorFlow's C++ start-up chatter unless the user asked for it.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from serving.server.app import JsonLogFormatter, ModelServer, ServerOptions, build_parser
+
+    args = build_parser().parse_args(argv)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonLogFormatter())
+    root = logging.getLogger("serving")
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    log = logging.getLogger("serving.server")
+    try:
+        options = ServerOptions.from_args(args)
+        server = ModelServer(options)
+        server.start()
+    except (ValueError, OSError) as err:
+        log.error("cannot start: %s", err, extra={"event": "start_failed", "error": str(err)})
+        return 2
+    except Exception as err:  # noqa: BLE001  (e.g. a refused initial config)
+        log.error("cannot start: %s", err, extra={"event": "start_failed", "error": str(err)})
+        return 1
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    stop.wait()
+    server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,227 @@
+"""The model server: options named as tensorflow_model_server's flags, start and graceful stop."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+
+from serving.server import metrics, protos
+from serving.server.batching import BatchOptions
+from serving.server.grpc_api import make_grpc_server
+from serving.server.manager import ModelManager
+from serving.server.rest import RestApi, make_rest_server, serve_in_thread
+from serving.server.service import ServingService
+
+log = logging.getLogger("serving.server")
+
+_LOG_FIELDS = ("event", "model", "version", "path", "model_path", "error", "warmup_requests", "port")
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per line: time, level, message and the record's structured fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        payload = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "message": record.getMessage(),
+        }
+        payload.update({key: getattr(record, key) for key in _LOG_FIELDS if hasattr(record, key)})
+        if record.exc_info:
+            payload["exception"] = self.formatException(record.exc_info)
+        return json.dumps(payload, default=str)
+
+
+def _flag_bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("1", "true", "yes"):
+        return True
+    if lowered in ("0", "false", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Flags named as tensorflow_model_server names them (`--flag=value` or `--flag value`)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m serving.server",
+        description="A TensorFlow Serving compatible model server (gRPC and REST) for SavedModels.",
+    )
+    add = parser.add_argument
+    add("--port", type=int, default=8500, help="gRPC port (default 8500).")
+    add("--rest_api_port", type=int, default=8501, help="REST port (default 8501).")
+    add("--host", default="127.0.0.1", help="Address both ports bind to (default 127.0.0.1).")
+    add(
+        "--model_name",
+        default="default",
+        help="Name of the single model served (without --model_config_file).",
+    )
+    add("--model_base_path", default="", help="Folder of numbered versions of the single model.")
+    add("--model_config_file", default="", help="Text-format ModelServerConfig with a model_config_list.")
+    add("--model_config_file_poll_wait_seconds", type=float, default=0,
+        help="Re-read --model_config_file this often (0: never).")  # fmt: skip
+    add("--file_system_poll_wait_seconds", type=float, default=1,
+        help="Scan base paths for new versions this often (0: once at start).")  # fmt: skip
+    add(
+        "--enable_batching",
+        type=_flag_bool,
+        nargs="?",
+        const=True,
+        default=False,
+        help="Batch concurrent requests.",
+    )
+    add("--batching_parameters_file", default="", help="Text-format BatchingParameters.")
+    add("--monitoring_config_file", default="", help="Text-format MonitoringConfig (Prometheus endpoint).")
+    add("--rest_api_timeout_in_ms", type=int, default=30000, help="REST request timeout (default 30000).")
+    add("--rest_api_max_request_bytes", type=int, default=64 * 1024 * 1024,
+        help="Largest accepted REST body (default 64 MiB; larger answers 413).")  # fmt: skip
+    add("--max_num_load_retries", type=int, default=5, help="Retries of a failed version load (default 5).")
+    add("--load_retry_interval_micros", type=int, default=60_000_000,
+        help="Wait between load retries (default 1 minute).")  # fmt: skip
+    add("--enable_model_warmup", type=_flag_bool, nargs="?", const=True, default=True,
+        help="Replay assets.extra/tf_serving_warmup_requests before serving a version.")  # fmt: skip
+    add("--allow_version_labels_for_unavailable_models", type=_flag_bool, nargs="?", const=True, default=False,
+        help="Let labels point at versions that are not loaded.")  # fmt: skip
+    add(
+        "--shutdown_grace_seconds",
+        type=float,
+        default=30,
+        help="How long SIGTERM waits for in-flight requests.",
+    )
+    return parser
+
+
+@dataclasses.dataclass
+class ServerOptions:
+    """Parsed and checked options."""
+
+    args: argparse.Namespace
+    model_config: object
+    batch_options: BatchOptions | None
+    monitoring_path: str | None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> ServerOptions:
+        """Reads the config files the flags name.
+
+        Raises:
+            ValueError: naming the flag or file that is wrong.
+        """
+        if args.model_config_file:
+            model_config = protos.parse_text(
+                _read(args.model_config_file, "--model_config_file"),
+                protos.ModelServerConfig,
+                args.model_config_file,
+            )
+        elif args.model_base_path:
+            model_config = protos.ModelServerConfig()
+            entry = model_config.model_config_list.config.add()
+            entry.name, entry.base_path, entry.model_platform = (
+                args.model_name,
+                args.model_base_path,
+                "tensorflow",
+            )
+        else:
+            raise ValueError("either --model_config_file or --model_base_path must be given")
+        batch_options = None
+        if args.enable_batching:
+            params = protos.BatchingParameters()
+            if args.batching_parameters_file:
+                params = protos.parse_text(
+                    _read(args.batching_parameters_file, "--batching_parameters_file"),
+                    protos.BatchingParameters, args.batching_parameters_file,
+                )  # fmt: skip
+            batch_options = BatchOptions.from_proto(params)
+        monitoring_path = None
+        if args.monitoring_config_file:
+            monitoring = protos.parse_text(
+                _read(args.monitoring_config_file, "--monitoring_config_file"), protos.MonitoringConfig,
+                args.monitoring_config_file,
+            )  # fmt: skip
+            if monitoring.prometheus_config.enable:
+                monitoring_path = monitoring.prometheus_config.path or "/monitoring/prometheus/metrics"
+        return cls(args, model_config, batch_options, monitoring_path)
+
+
+def _read(path: str, flag: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError as err:
+        raise ValueError(f"{flag}: cannot read {path}: {err.strerror}") from err
+
+
+class ModelServer:
+    """The running server: manager, REST and gRPC front ends, pollers."""
+
+    def __init__(self, options: ServerOptions):
+        args = options.args
+        self.options = options
+        self.registry = metrics.Registry()
+        self.manager = ModelManager(
+            self.registry,
+            batch_options=options.batch_options,
+            max_num_load_retries=args.max_num_load_retries,
+            load_retry_interval_s=args.load_retry_interval_micros / 1e6,
+            allow_labels_for_unavailable=args.allow_version_labels_for_unavailable_models,
+            enable_warmup=args.enable_model_warmup,
+        )
+        timeout_s = args.rest_api_timeout_in_ms / 1000 if args.rest_api_timeout_in_ms > 0 else None
+        self.service = ServingService(self.manager, self.registry, timeout_s)
+        self._stop = threading.Event()
+        self._config_text = None
+
+    def start(self) -> None:
+        """Loads the initial config (blocking), then opens the gRPC and REST ports."""
+        args = self.options.args
+        self.manager.reload_config(self.options.model_config)
+        if args.model_config_file:
+            self._config_text = Path(args.model_config_file).read_text()
+        self.grpc_server, self.grpc_port = make_grpc_server(self.service, args.host, args.port)
+        self.grpc_server.start()
+        log.info("Running gRPC ModelServer at %s:%d", args.host, self.grpc_port,
+                 extra={"event": "grpc_listening", "port": self.grpc_port})  # fmt: skip
+        self.rest_server = make_rest_server(
+            RestApi(self.service, self.options.monitoring_path), args.host, args.rest_api_port,
+            args.rest_api_max_request_bytes, self.service.request_timeout_s, self.registry.render,
+        )  # fmt: skip
+        self.rest_port = self.rest_server.server_address[1]
+        serve_in_thread(self.rest_server)
+        log.info("Exporting HTTP/REST API at %s:%d", args.host, self.rest_port,
+                 extra={"event": "rest_listening", "port": self.rest_port})  # fmt: skip
+        self.manager.start_polling(args.file_system_poll_wait_seconds)
+        if args.model_config_file and args.model_config_file_poll_wait_seconds > 0:
+            threading.Thread(target=self._poll_config, name="config-poller", daemon=True).start()
+
+    def _poll_config(self) -> None:
+        args = self.options.args
+        while not self._stop.wait(args.model_config_file_poll_wait_seconds):
+            try:
+                text = Path(args.model_config_file).read_text()
+                if text == self._config_text:
+                    continue
+                config = protos.parse_text(text, protos.ModelServerConfig, args.model_config_file)
+                self.manager.reload_config(config)
+                self._config_text = text
+                log.info("reloaded %s", args.model_config_file, extra={"event": "reload"})
+            except Exception as err:  # noqa: BLE001  (a bad file must not stop serving)
+                log.error("config reload from %s failed: %s", args.model_config_file, err,
+                          extra={"event": "reload_failed", "error": str(err)})  # fmt: skip
+                self._config_text = text if "text" in locals() else self._config_text
+
+    def stop(self, grace_s: float | None = None) -> None:
+        """Stops accepting requests, finishes in-flight ones, unloads everything."""
+        grace_s = self.options.args.shutdown_grace_seconds if grace_s is None else grace_s
+        log.info("shutting down", extra={"event": "shutdown"})
+        self._stop.set()
+        stopped = self.grpc_server.stop(grace_s)
+        self.rest_server.shutdown()
+        self.rest_server.server_close()  # waits for in-flight REST requests
+        stopped.wait(grace_s)
+        self.rest_server.executor.shutdown(wait=True)
+        self.manager.close()
+        log.info("stopped", extra={"event": "stopped"})

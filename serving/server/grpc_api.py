@@ -1,0 +1,158 @@
+"""TF Serving's gRPC services (PredictionService, ModelService) with the package's protos."""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+import tensorflow as tf
+from tensorflow_serving.apis import (
+    model_management_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+
+from serving.protocol import ServingError, invalid
+from serving.server.service import ServingService
+
+log = logging.getLogger("serving.server")
+
+MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+
+
+def _spec(model_spec) -> tuple[str, int | None, str | None]:
+    choice = model_spec.WhichOneof("version_choice")
+    version = model_spec.version.value if choice == "version" else None
+    label = model_spec.version_label if choice == "version_label" else None
+    return model_spec.name, version, label
+
+
+def _abort(context, err: ServingError):
+    context.abort(err.code, err.message)
+
+
+def parse_tensor(name: str, proto):
+    """Converts a request TensorProto to an array; INVALID_ARGUMENT if its shape and content disagree."""
+    declared = [d.size for d in proto.tensor_shape.dim]
+    try:
+        array = tf.make_ndarray(proto)
+    except (ValueError, TypeError) as err:
+        raise invalid(f"tensor parsing error: {name} (declared shape {declared}: {err})") from None
+    if proto.tensor_content and list(array.shape) != declared:
+        raise invalid(f"tensor parsing error: {name} (declared shape {declared} does not match content)")
+    return array
+
+
+class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
+    def __init__(self, service: ServingService):
+        self.service = service
+
+    def Predict(self, request, context):  # noqa: N802  (gRPC method names)
+        name, version, label = _spec(request.model_spec)
+        try:
+            with self.service.observe("predict", "GRPC", name) as record:
+                servable = self.service.resolve(name, version, label)
+                record["version"] = servable.version
+                inputs = {key: parse_tensor(key, proto) for key, proto in request.inputs.items()}
+                signature, outputs = self.service.predict(
+                    servable, request.model_spec.signature_name, inputs, list(request.output_filter)
+                )
+        except ServingError as err:
+            return _abort(context, err)
+        response = predict_pb2.PredictResponse()
+        response.model_spec.name = servable.name
+        response.model_spec.version.value = servable.version
+        response.model_spec.signature_name = signature
+        for key, array in outputs.items():
+            response.outputs[key].CopyFrom(tf.make_tensor_proto(array))
+        return response
+
+    def _examples(self, api: str, request, context, run):
+        name, version, label = _spec(request.model_spec)
+        try:
+            with self.service.observe(api, "GRPC", name) as record:
+                servable = self.service.resolve(name, version, label)
+                record["version"] = servable.version
+                return run(servable)
+        except ServingError as err:
+            return _abort(context, err)
+
+    def Classify(self, request, context):  # noqa: N802
+        return self._examples(
+            "classify", request, context,
+            lambda s: self.service.classify(s, request.model_spec.signature_name, request.input),
+        )  # fmt: skip
+
+    def Regress(self, request, context):  # noqa: N802
+        return self._examples(
+            "regress", request, context,
+            lambda s: self.service.regress(s, request.model_spec.signature_name, request.input),
+        )  # fmt: skip
+
+    def MultiInference(self, request, context):  # noqa: N802
+        if not request.tasks:
+            return _abort(context, invalid("Expects at least one task in MultiInferenceRequest."))
+        spec = request.tasks[0].model_spec
+        return self._examples("multi_inference", type("R", (), {"model_spec": spec})(), context,
+                              lambda s: s.multi_inference(request))  # fmt: skip
+
+    def GetModelMetadata(self, request, context):  # noqa: N802
+        name, version, label = _spec(request.model_spec)
+        try:
+            with self.service.observe("get_model_metadata", "GRPC", name) as record:
+                servable = self.service.resolve(name, version, label)
+                record["version"] = servable.version
+                return self.service.metadata(servable, list(request.metadata_field))
+        except ServingError as err:
+            return _abort(context, err)
+
+
+class ModelService(model_service_pb2_grpc.ModelServiceServicer):
+    def __init__(self, service: ServingService):
+        self.service = service
+
+    def GetModelStatus(self, request, context):  # noqa: N802
+        if not request.HasField("model_spec"):
+            return _abort(context, invalid("Missing ModelSpec"))
+        name, version, label = _spec(request.model_spec)
+        try:
+            with self.service.observe("get_model_status", "GRPC", name):
+                return self.service.status(name, version, label)
+        except ServingError as err:
+            return _abort(context, err)
+
+    def HandleReloadConfigRequest(self, request, context):  # noqa: N802
+        response = model_management_pb2.ReloadConfigResponse()
+        try:
+            with self.service.observe("reload_config", "GRPC", ""):
+                self.service.manager.reload_config(request.config)
+        except ServingError as err:
+            response.status.error_code = err.code.value[0]
+            response.status.error_message = err.message
+            log.warning("config reload refused: %s", err.message, extra={"event": "reload_failed"})
+            context.set_code(err.code)
+            context.set_details(err.message)
+            return response
+        log.info("config reloaded over gRPC", extra={"event": "reload"})
+        return response
+
+
+def make_grpc_server(service: ServingService, host: str, port: int, max_workers: int = 32) -> tuple[grpc.Server, int]:
+    """Builds and binds (does not start) the gRPC server; returns it and the bound port."""
+    from concurrent import futures
+
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(service), server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(service), server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"cannot bind gRPC port {host}:{port}")
+    return server, bound

@@ -1,0 +1,360 @@
+"""Which model versions are loaded: config, version policies, labels, polling, hot swap.
+
+Mirrors TF Serving's ServerCore with the file-system source and the
+availability-preserving policy: a new version is loaded and warmed up before an old
+one is unloaded, a version that fails to load is reported in the status and never
+takes down what is already serving, and a config reload replaces the whole config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+import threading
+import time
+from pathlib import Path
+
+import grpc
+
+from serving.protocol import ServingError, invalid
+from serving.server import metrics
+from serving.server.batching import BatchOptions
+from serving.server.servable import Servable
+
+log = logging.getLogger("serving.server")
+
+START, LOADING, AVAILABLE, UNLOADING, END = "START", "LOADING", "AVAILABLE", "UNLOADING", "END"
+_LABEL = re.compile(r"^[a-zA-Z0-9_]+$")
+
+
+@dataclasses.dataclass
+class VersionState:
+    """What the server knows of one version of a model."""
+
+    version: int
+    path: Path
+    state: str = START
+    error: ServingError | None = None
+    servable: Servable | None = None
+
+
+@dataclasses.dataclass
+class ManagedModel:
+    """A model from the config and its versions."""
+
+    config: object  # tensorflow.serving.ModelConfig
+    versions: dict[int, VersionState] = dataclasses.field(default_factory=dict)
+    labels: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+
+def scan_versions(base_path: Path) -> dict[int, Path]:
+    """Returns {version: folder} for all-digit folder names; duplicates like 1/001 keep one."""
+    found: dict[int, Path] = {}
+    if not base_path.is_dir():
+        return found
+    for entry in sorted(base_path.iterdir()):
+        if entry.name.isdigit() and entry.is_dir():
+            version = int(entry.name)
+            if version in found:
+                log.warning(
+                    "duplicate version folders %s and %s: ignoring the second", found[version], entry,
+                    extra={"event": "duplicate_version", "model_path": str(base_path)},
+                )  # fmt: skip
+                continue
+            found[version] = entry
+    return found
+
+
+def aspired_versions(policy, found: dict[int, Path]) -> set[int]:
+    """Applies a ModelVersionPolicy (latest{n} by default) to the versions on disk."""
+    choice = policy.WhichOneof("policy_choice") if policy is not None else None
+    if choice == "all":
+        return set(found)
+    if choice == "specific":
+        return set(policy.specific.versions) & set(found)
+    count = policy.latest.num_versions if choice == "latest" and policy.latest.num_versions else 1
+    return set(sorted(found)[-count:])
+
+
+class ModelManager:
+    """Loads, serves and unloads model versions.
+
+    Args:
+        registry: Metrics registry.
+        batch_options: Server-side batching options, or None.
+        max_num_load_retries: Extra attempts after a failed load (TF Serving default 5).
+        load_retry_interval_s: Seconds between attempts.
+        allow_labels_for_unavailable: Let labels point at versions that are not loaded.
+        enable_warmup: Replay assets.extra warmup requests before serving a version.
+    """
+
+    def __init__(
+        self,
+        registry: metrics.Registry,
+        batch_options: BatchOptions | None = None,
+        max_num_load_retries: int = 5,
+        load_retry_interval_s: float = 60.0,
+        allow_labels_for_unavailable: bool = False,
+        enable_warmup: bool = True,
+    ):
+        self._registry = registry
+        self._batch_options = batch_options
+        self._retries = max_num_load_retries
+        self._retry_interval = load_retry_interval_s
+        self._allow_unavailable_labels = allow_labels_for_unavailable
+        self._enable_warmup = enable_warmup
+        self._models: dict[str, ManagedModel] = {}
+        self._lock = threading.RLock()  # guards _models and version tables
+        self._sync_lock = threading.Lock()  # one config change or poll at a time
+        self._stop = threading.Event()
+        self._poller: threading.Thread | None = None
+        self.config = None
+
+    # --- config ---------------------------------------------------------------------
+
+    @staticmethod
+    def check_config(config) -> None:
+        """Validates a ModelServerConfig; raises ServingError INVALID_ARGUMENT/UNIMPLEMENTED."""
+        kind = config.WhichOneof("config")
+        if kind != "model_config_list":
+            raise ServingError(grpc.StatusCode.UNIMPLEMENTED, f"Only model_config_list is supported, got {kind}")
+        names = set()
+        for model in config.model_config_list.config:
+            if not model.name or "/" in model.name or ".." in model.name:
+                raise invalid(f"Invalid model name: {model.name!r}")
+            if model.name in names:
+                raise invalid(f"Illegal to list model {model.name} multiple times in config list")
+            names.add(model.name)
+            if not model.base_path:
+                raise invalid(f"Model {model.name} has no base_path")
+            if model.model_platform not in ("", "tensorflow"):
+                raise invalid(f"Model {model.name}: unsupported model_platform {model.model_platform!r}")
+            for label in model.version_labels:
+                if not _LABEL.match(label):
+                    raise invalid(f"Label {label!r} of model {model.name} must match [a-zA-Z0-9_]+")
+
+    def reload_config(self, config) -> None:
+        """Replaces the whole config: adds, updates and removes models, then moves labels.
+
+        Models not in the new config are unloaded. Versions the new config aspires to
+        are loaded before this returns. Labels are applied last and may point only at
+        loaded versions.
+
+        Raises:
+            ServingError: INVALID_ARGUMENT for a bad config, FAILED_PRECONDITION for a
+                label on a version that is not available.
+        """
+        self.check_config(config)
+        with self._sync_lock:
+            wanted = {m.name: m for m in config.model_config_list.config}
+            with self._lock:
+                for name in list(self._models):
+                    if name not in wanted:
+                        self._unload_all(self._models.pop(name))
+                for name, model_config in wanted.items():
+                    managed = self._models.get(name)
+                    if managed is None:
+                        self._models[name] = ManagedModel(config=model_config)
+                        log.info("added model %s", name, extra={"event": "model_added", "model": name})
+                    else:
+                        managed.config = model_config
+            for managed in list(self._models.values()):
+                self._sync(managed)
+            for name, model_config in wanted.items():
+                managed = self._models[name]
+                labels = dict(model_config.version_labels)
+                for version in labels.values():
+                    state = managed.versions.get(version)
+                    if not self._allow_unavailable_labels and (state is None or state.state != AVAILABLE):
+                        raise ServingError(
+                            grpc.StatusCode.FAILED_PRECONDITION,
+                            f"Request to assign label to version {version} of model {name}, which is not "
+                            "currently available for inference",
+                        )
+                with self._lock:
+                    if labels != managed.labels:
+                        log.info("labels of %s: %s", name, labels, extra={"event": "labels", "model": name})
+                    managed.labels = labels
+            self.config = config
+
+    # --- polling and loading --------------------------------------------------------------
+
+    def poll_once(self) -> None:
+        """Rescans every model's base path and loads/unloads versions to match."""
+        with self._sync_lock:
+            for managed in list(self._models.values()):
+                self._sync(managed)
+
+    def start_polling(self, interval_s: float) -> None:
+        """Polls the file system every `interval_s` seconds in a thread (0: never)."""
+        if interval_s <= 0:
+            return
+
+        def loop():
+            while not self._stop.wait(interval_s):
+                try:
+                    self.poll_once()
+                except Exception:  # noqa: BLE001  (a poll failure must not kill the poller)
+                    log.exception("file system poll failed", extra={"event": "poll_error"})
+
+        self._poller = threading.Thread(target=loop, name="fs-poller", daemon=True)
+        self._poller.start()
+
+    def _sync(self, managed: ManagedModel) -> None:
+        found = scan_versions(Path(managed.config.base_path))
+        aspired = aspired_versions(
+            managed.config.model_version_policy if managed.config.HasField("model_version_policy") else None,
+            found,
+        )
+        for version in sorted(aspired, reverse=True):
+            state = managed.versions.get(version)
+            if state is None or (state.state == END and state.error is None):
+                self._load(managed, version, found[version])
+        with self._lock:
+            serving = [v for v in aspired if managed.versions[v].state == AVAILABLE]
+            doomed = [s for v, s in managed.versions.items() if v not in aspired and s.state == AVAILABLE]
+            # Availability preserving: drop old versions only once a wanted one serves,
+            # or when nothing is wanted any more (an emptied base path).
+            if serving or not aspired:
+                for state in doomed:
+                    self._unload(managed, state)
+            self._registry.set(
+                metrics.MODEL_VERSIONS, "Model versions available for inference",
+                sum(1 for s in managed.versions.values() if s.state == AVAILABLE), model_name=managed.name,
+            )  # fmt: skip
+
+    def _load(self, managed: ManagedModel, version: int, path: Path) -> None:
+        state = VersionState(version=version, path=path, state=LOADING)
+        with self._lock:
+            managed.versions[version] = state
+        fields = {"model": managed.name, "version": version, "path": str(path)}
+        log.info(
+            "loading %s version %d from %s",
+            managed.name,
+            version,
+            path,
+            extra={"event": "load_start", **fields},
+        )
+        started = time.monotonic()
+        error: ServingError | None = None
+        for attempt in range(self._retries + 1):
+            try:
+                servable = Servable(managed.name, version, path, self._batch_options, self._on_batch(managed.name))
+                warmed = servable.warmup() if self._enable_warmup else 0
+            except ServingError as err:
+                error = ServingError(err.code, f"Warmup of {path} failed: {err.message}")
+            except Exception as err:  # noqa: BLE001  (any load failure is reported, not raised)
+                error = ServingError(grpc.StatusCode.UNKNOWN, f"Failed to load {path}: {type(err).__name__}: {err}")
+            else:
+                with self._lock:
+                    state.servable, state.state, state.error = servable, AVAILABLE, None
+                self._registry.inc(
+                    metrics.LOAD_COUNT, "SavedModel load attempts", model_path=str(path), status="success"
+                )
+                log.info(
+                    "%s version %d available (%d warmup requests, %.2fs)", managed.name, version, warmed,
+                    time.monotonic() - started,
+                    extra={"event": "load_done", "warmup_requests": warmed, **fields},
+                )  # fmt: skip
+                return
+            self._registry.inc(metrics.LOAD_COUNT, "SavedModel load attempts", model_path=str(path), status="failure")
+            if attempt < self._retries and not self._stop.is_set():
+                log.warning("load attempt %d of %s failed: %s", attempt + 1, path, error.message,
+                            extra={"event": "load_retry", **fields})  # fmt: skip
+                if self._stop.wait(self._retry_interval):
+                    break
+        with self._lock:
+            state.state, state.error = END, error
+        log.error("failed to load %s version %d: %s", managed.name, version, error.message,
+                  extra={"event": "load_failed", "error": error.message, **fields})  # fmt: skip
+
+    def _on_batch(self, model_name: str):
+        def record(size: int) -> None:
+            self._registry.observe(metrics.BATCH_SIZE, "Sizes of batches run", metrics.BATCH_BUCKETS, size,
+                                   model_name=model_name)  # fmt: skip
+
+        return record
+
+    def _unload(self, managed: ManagedModel, state: VersionState) -> None:
+        state.state = UNLOADING
+        servable, state.servable = state.servable, None
+        if servable is not None:
+            # In-flight requests hold their own reference and finish on it.
+            threading.Thread(target=servable.close, daemon=True).start()
+        state.state = END
+        log.info("unloaded %s version %d", managed.name, state.version,
+                 extra={"event": "unload", "model": managed.name, "version": state.version})  # fmt: skip
+
+    def _unload_all(self, managed: ManagedModel) -> None:
+        for state in managed.versions.values():
+            if state.state == AVAILABLE:
+                self._unload(managed, state)
+
+    # --- lookups --------------------------------------------------------------------
+
+    def resolve(self, name: str, version: int | None = None, label: str | None = None) -> Servable:
+        """Returns the servable a request addresses (latest available when unspecified).
+
+        Raises:
+            ServingError: NOT_FOUND for an unknown model or version, INVALID_ARGUMENT for an
+                unknown label or a request naming both a version and a label.
+        """
+        if version is not None and label:
+            raise invalid(f"Both model version ({version}) and model version label ({label}) cannot be supplied.")
+        with self._lock:
+            managed = self._models.get(name)
+            if managed is None:
+                what = f"Specific({name}, {version})" if version is not None else f"Latest({name})"
+                raise ServingError(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: {what}")
+            if label:
+                if label not in managed.labels:
+                    raise invalid(f"Unrecognized servable version label: {label}")
+                version = managed.labels[label]
+            if version is not None:
+                state = managed.versions.get(version)
+                if state is None or state.state != AVAILABLE:
+                    raise ServingError(
+                        grpc.StatusCode.NOT_FOUND,
+                        f"Servable not found for request: Specific({name}, {version})",
+                    )
+                return state.servable
+            available = [v for v, s in managed.versions.items() if s.state == AVAILABLE]
+            if not available:
+                raise ServingError(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: Latest({name})")
+            return managed.versions[max(available)].servable
+
+    def status(self, name: str, version: int | None = None, label: str | None = None) -> list[VersionState]:
+        """Returns version states, newest first, as GetModelStatus reports them.
+
+        Raises:
+            ServingError: NOT_FOUND as TF Serving words it; INVALID_ARGUMENT for an unknown label.
+        """
+        with self._lock:
+            managed = self._models.get(name)
+            if label:
+                if managed is None or label not in managed.labels:
+                    raise invalid(f"Unrecognized servable version label: {label}")
+                version = managed.labels[label]
+            if version is not None:
+                if managed is None or version not in managed.versions:
+                    raise ServingError(grpc.StatusCode.NOT_FOUND, f"Could not find version {version} of model {name}")
+                return [dataclasses.replace(managed.versions[version])]
+            if managed is None or not managed.versions:
+                raise ServingError(grpc.StatusCode.NOT_FOUND, f"Could not find any versions of model {name}")
+            return [dataclasses.replace(s) for _, s in sorted(managed.versions.items(), reverse=True)]
+
+    def close(self) -> None:
+        """Stops polling and closes every loaded version's batch threads."""
+        self._stop.set()
+        if self._poller is not None:
+            self._poller.join(timeout=10)
+        with self._lock:
+            for managed in self._models.values():
+                for state in managed.versions.values():
+                    if state.servable is not None:
+                        state.servable.close()

@@ -1,0 +1,86 @@
+"""Prometheus metrics in the text exposition format, named like TF Serving's."""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections import defaultdict
+
+REQUEST_COUNT = ":tensorflow:serving:request_count"
+REQUEST_LATENCY = ":tensorflow:serving:request_latency"
+BATCH_SIZE = ":tensorflow:serving:batching_session:processed_batch_size"
+LOAD_COUNT = ":tensorflow:cc:saved_model:load_attempt_count"
+MODEL_VERSIONS = ":tensorflow:serving:model_versions_available"
+
+LATENCY_BUCKETS_US = (100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000,
+                      500_000, 1_000_000, 2_500_000, 5_000_000, 10_000_000)  # fmt: skip
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+def _labels(pairs: tuple[tuple[str, str], ...], extra: str = "") -> str:
+    parts = [f'{key}="{_escape(value)}"' for key, value in pairs]
+    if extra:
+        parts.append(extra)
+    return "{" + ",".join(parts) + "}" if parts else ""
+
+
+def _escape(value: object) -> str:
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+class Registry:
+    """Thread-safe counters, gauges and histograms keyed by label sets."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._counters: dict[str, dict[tuple, float]] = defaultdict(dict)
+        self._gauges: dict[str, dict[tuple, float]] = defaultdict(dict)
+        self._histograms: dict[str, tuple[tuple[float, ...], dict[tuple, list]]] = {}
+        self._help: dict[str, str] = {}
+
+    def inc(self, name: str, help_text: str, amount: float = 1.0, **labels: object) -> None:
+        key = tuple(sorted((k, str(v)) for k, v in labels.items()))
+        with self._lock:
+            self._help[name] = help_text
+            self._counters[name][key] = self._counters[name].get(key, 0.0) + amount
+
+    def set(self, name: str, help_text: str, value: float, **labels: object) -> None:
+        key = tuple(sorted((k, str(v)) for k, v in labels.items()))
+        with self._lock:
+            self._help[name] = help_text
+            self._gauges[name][key] = value
+
+    def observe(self, name: str, help_text: str, buckets: tuple[float, ...], value: float, **labels) -> None:
+        key = tuple(sorted((k, str(v)) for k, v in labels.items()))
+        with self._lock:
+            self._help[name] = help_text
+            _, series = self._histograms.setdefault(name, (buckets, {}))
+            counts = series.setdefault(key, [0] * (len(buckets) + 1) + [0.0])
+            counts[bisect.bisect_left(buckets, value)] += 1
+            counts[-1] += value
+
+    def render(self) -> str:
+        """Returns all metrics in Prometheus text format 0.0.4."""
+        lines = []
+        with self._lock:
+            for kind, table in (("counter", self._counters), ("gauge", self._gauges)):
+                for name, series in sorted(table.items()):
+                    lines.append(f"# HELP {name} {self._help[name]}")
+                    lines.append(f"# TYPE {name} {kind}")
+                    for key, value in sorted(series.items()):
+                        lines.append(f"{name}{_labels(key)} {value:g}")
+            for name, (buckets, series) in sorted(self._histograms.items()):
+                lines.append(f"# HELP {name} {self._help[name]}")
+                lines.append(f"# TYPE {name} histogram")
+                for key, counts in sorted(series.items()):
+                    cumulative = 0
+                    for bound, count in zip(buckets, counts, strict=False):
+                        cumulative += count
+                        le = f'le="{bound:g}"'
+                        lines.append(f"{name}_bucket{_labels(key, le)} {cumulative}")
+                    cumulative += counts[len(buckets)]
+                    le = 'le="+Inf"'
+                    lines.append(f"{name}_bucket{_labels(key, le)} {cumulative}")
+                    lines.append(f"{name}_sum{_labels(key)} {counts[-1]:g}")
+                    lines.append(f"{name}_count{_labels(key)} {cumulative}")
+        return "\n".join(lines) + "\n"

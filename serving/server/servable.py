@@ -1,0 +1,274 @@
+"""One loaded SavedModel version: its signatures, how to run them, and warmup."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
+from tensorflow_serving.apis import classification_pb2, inference_pb2, prediction_log_pb2, regression_pb2
+
+from serving.protocol import ServingError, code_from_number, invalid, tf_type_name
+from serving.server.batching import BatchOptions, BatchScheduler
+
+log = logging.getLogger("serving.server")
+
+DEFAULT_SIGNATURE = "serving_default"
+PREDICT_METHOD = "tensorflow/serving/predict"
+CLASSIFY_METHOD = "tensorflow/serving/classify"
+REGRESS_METHOD = "tensorflow/serving/regress"
+WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
+MAX_WARMUP_RECORDS = 1000
+
+Arrays = dict[str, np.ndarray]
+
+
+def read_signature_defs(path: Path) -> dict[str, Any]:
+    """Reads the `serve` MetaGraph's SignatureDefs from saved_model.pb (what metadata returns)."""
+    saved_model = saved_model_pb2.SavedModel()
+    saved_model.ParseFromString((path / "saved_model.pb").read_bytes())
+    for meta_graph in saved_model.meta_graphs:
+        if "serve" in meta_graph.meta_info_def.tags:
+            return {k: v for k, v in meta_graph.signature_def.items() if not k.startswith("__")}
+    raise ValueError(f"{path}: no MetaGraph tagged 'serve'")
+
+
+def _check_shape(name: str, shape: tuple[int, ...], declared) -> None:
+    """Raises INVALID_ARGUMENT if an input's shape cannot match the signature's TensorShapeProto."""
+    if declared.unknown_rank:
+        return
+    dims = [d.size for d in declared.dim]
+    if len(shape) != len(dims) or any(d >= 0 and d != s for d, s in zip(dims, shape, strict=True)):
+        wanted = "[" + ",".join("?" if d < 0 else str(d) for d in dims) + "]"
+        raise invalid(f"input {name}: shape {list(shape)} is not compatible with the signature's shape {wanted}")
+
+
+def tf_error(err: tf.errors.OpError) -> ServingError:
+    """Converts a TensorFlow runtime error to a ServingError with the same code."""
+    lines = [line for line in str(err.message).splitlines() if line.strip()]
+    message = next((line.strip() for line in lines if "assertion failed" in line), None)
+    return ServingError(code_from_number(err.error_code), message or (lines[0] if lines else str(err)))
+
+
+class Servable:
+    """A loaded SavedModel version.
+
+    Args:
+        name: Model name.
+        version: Version number.
+        path: The version folder.
+        batch_options: Batch predict calls with these options, or None to run each alone.
+        on_batch: Metrics hook called with each batch size.
+    """
+
+    def __init__(self, name: str, version: int, path: Path, batch_options: BatchOptions | None, on_batch=None):
+        self.name = name
+        self.version = version
+        self.path = path
+        self.signature_defs = read_signature_defs(path)
+        self._loaded = tf.saved_model.load(str(path), tags=["serve"])
+        self._functions = dict(self._loaded.signatures)
+        self._batch_options = batch_options
+        self._on_batch = on_batch
+        self._batchers: dict[str, BatchScheduler] = {}
+
+    # --- signatures ---------------------------------------------------------------
+
+    def signature(self, name: str) -> tuple[str, Any]:
+        """Returns (resolved name, SignatureDef); INVALID_ARGUMENT if unknown."""
+        resolved = name or DEFAULT_SIGNATURE
+        if resolved not in self.signature_defs or resolved not in self._functions:
+            raise invalid(f'Serving signature name: "{resolved}" not found in signature def')
+        return resolved, self.signature_defs[resolved]
+
+    def input_dtypes(self, signature_name: str) -> dict[str, str]:
+        """Returns {input name: dtype name} of a signature, sorted by name."""
+        _, signature_def = self.signature(signature_name)
+        return {k: tf.as_dtype(v.dtype).name for k, v in sorted(signature_def.inputs.items())}
+
+    # --- predict ------------------------------------------------------------------
+
+    def _run(self, signature_name: str, inputs: Arrays) -> Arrays:
+        function = self._functions[signature_name]
+        specs = function.structured_input_signature[1]
+        tensors = {}
+        for index, (name, spec) in enumerate(sorted(specs.items())):
+            array = inputs[name]
+            if array.dtype == object:
+                tensors[name] = tf.constant(array.tolist() if array.ndim else array.item(), dtype=spec.dtype)
+                continue
+            if tf.as_dtype(array.dtype) != spec.dtype:
+                raise invalid(
+                    f"Expects arg[{index}] to be {tf_type_name(spec.dtype.name)} but "
+                    f"{tf_type_name(tf.as_dtype(array.dtype).name)} is provided"
+                )
+            tensors[name] = tf.constant(array)
+        try:
+            outputs = function(**tensors)
+        except tf.errors.OpError as err:
+            raise tf_error(err) from None
+        except (TypeError, ValueError) as err:
+            raise invalid(str(err).splitlines()[0]) from None
+        return {name: tensor.numpy() for name, tensor in outputs.items()}
+
+    def predict(
+        self, signature_name: str, inputs: Arrays, output_filter=(), timeout: float | None = None
+    ) -> tuple[str, Arrays]:
+        """Runs a predict signature.
+
+        Args:
+            signature_name: Signature key ('' for serving_default).
+            inputs: Input arrays by name.
+            output_filter: Output names to return (all when empty).
+            timeout: Seconds to wait in the batching queue.
+
+        Returns:
+            (resolved signature name, output arrays).
+
+        Raises:
+            ServingError: INVALID_ARGUMENT for unknown signatures, missing/extra inputs or
+                wrong dtypes, and the model's own errors with their codes.
+        """
+        resolved, signature_def = self.signature(signature_name)
+        expected = set(signature_def.inputs)
+        if set(inputs) != expected:
+            extra, missing = sorted(set(inputs) - expected), sorted(expected - set(inputs))
+            raise invalid(
+                f"input size does not match signature: {len(inputs)}!={len(expected)} for inputs "
+                f"{','.join(sorted(inputs))}. Sent extra: {extra}. Missing but required: {missing}."
+            )
+        for name, array in inputs.items():
+            _check_shape(name, np.shape(array), signature_def.inputs[name].tensor_shape)
+        unknown = sorted(set(output_filter) - set(signature_def.outputs))
+        if unknown:
+            raise invalid(f"output tensor alias not found in signature: {unknown[0]}")
+        if self._batch_options is not None:
+            outputs = self._batcher(resolved).submit(inputs, timeout)
+        else:
+            outputs = self._run(resolved, inputs)
+        if output_filter:
+            outputs = {name: outputs[name] for name in output_filter}
+        return resolved, outputs
+
+    def _batcher(self, signature_name: str) -> BatchScheduler:
+        if signature_name not in self._batchers:
+            self._batchers[signature_name] = BatchScheduler(
+                lambda arrays: self._run(signature_name, arrays), self._batch_options, self._on_batch
+            )
+        return self._batchers[signature_name]
+
+    # --- classify / regress ---------------------------------------------------------
+
+    def _examples_input(self, signature_name: str, method: str, model_input) -> tuple[str, Any, Arrays]:
+        resolved, signature_def = self.signature(signature_name)
+        if signature_def.method_name != method:
+            kind = "classification" if method == CLASSIFY_METHOD else "regression"
+            raise invalid(f"Expected {kind} signature method_name to be {method}. Was: {signature_def.method_name}")
+        kind = model_input.WhichOneof("kind")
+        if kind == "example_list":
+            examples = list(model_input.example_list.examples)
+        elif kind == "example_list_with_context":
+            context = model_input.example_list_with_context.context
+            examples = []
+            for example in model_input.example_list_with_context.examples:
+                merged = type(example)()
+                merged.CopyFrom(context)
+                merged.MergeFrom(example)
+                examples.append(merged)
+        else:
+            raise invalid("Input is empty")
+        if not examples:
+            raise invalid("Input is empty")
+        (input_name,) = signature_def.inputs
+        serialized = np.empty(len(examples), dtype=object)
+        serialized[:] = [e.SerializeToString() for e in examples]
+        return resolved, signature_def, self._run(resolved, {input_name: serialized})
+
+    def classify(self, signature_name: str, model_input) -> tuple[str, Any]:
+        """Runs a classify signature; returns (signature name, ClassificationResult)."""
+        resolved, signature_def, outputs = self._examples_input(signature_name, CLASSIFY_METHOD, model_input)
+        classes = outputs.get("classes")
+        scores = outputs.get("scores")
+        result = classification_pb2.ClassificationResult()
+        rows = (classes if classes is not None else scores).shape[0]
+        for row in range(rows):
+            classification = result.classifications.add()
+            width = (classes if classes is not None else scores).shape[1]
+            for column in range(width):
+                entry = classification.classes.add()
+                if classes is not None:
+                    label = classes[row, column]
+                    entry.label = label.decode() if isinstance(label, bytes) else str(label)
+                if scores is not None:
+                    entry.score = float(scores[row, column])
+        return resolved, result
+
+    def regress(self, signature_name: str, model_input) -> tuple[str, Any]:
+        """Runs a regress signature; returns (signature name, RegressionResult)."""
+        resolved, signature_def, outputs = self._examples_input(signature_name, REGRESS_METHOD, model_input)
+        values = np.asarray(outputs["outputs"]).reshape(-1)
+        result = regression_pb2.RegressionResult()
+        for value in values:
+            result.regressions.add(value=float(value))
+        return resolved, result
+
+    def multi_inference(self, request) -> inference_pb2.MultiInferenceResponse:
+        """Runs several classify/regress tasks on one input."""
+        response = inference_pb2.MultiInferenceResponse()
+        for task in request.tasks:
+            if task.model_spec.name != self.name:
+                raise invalid("All ModelSpecs in a MultiInferenceRequest must access the same model name.")
+            result = response.results.add()
+            result.model_spec.name = self.name
+            result.model_spec.version.value = self.version
+            if task.method_name == CLASSIFY_METHOD:
+                name, classification = self.classify(task.model_spec.signature_name, request.input)
+                result.classification_result.CopyFrom(classification)
+            elif task.method_name == REGRESS_METHOD:
+                name, regression = self.regress(task.model_spec.signature_name, request.input)
+                result.regression_result.CopyFrom(regression)
+            else:
+                raise ServingError(
+                    grpc.StatusCode.UNIMPLEMENTED, f"Unsupported signature method_name: {task.method_name}"
+                )
+            result.model_spec.signature_name = name
+        return response
+
+    # --- warmup and lifecycle ------------------------------------------------------
+
+    def warmup(self) -> int:
+        """Replays assets.extra/tf_serving_warmup_requests; returns how many ran.
+
+        Raises:
+            ServingError: if a warmup request fails (the version then fails to load).
+        """
+        path = self.path / WARMUP_FILE
+        if not path.exists():
+            return 0
+        count = 0
+        for record in tf.data.TFRecordDataset(str(path)).take(MAX_WARMUP_RECORDS):
+            entry = prediction_log_pb2.PredictionLog.FromString(record.numpy())
+            kind = entry.WhichOneof("log_type")
+            if kind == "predict_log":
+                request = entry.predict_log.request
+                inputs = {name: tf.make_ndarray(proto) for name, proto in request.inputs.items()}
+                self.predict(request.model_spec.signature_name, inputs, list(request.output_filter))
+            elif kind == "classify_log":
+                self.classify(entry.classify_log.request.model_spec.signature_name, entry.classify_log.request.input)
+            elif kind == "regress_log":
+                self.regress(entry.regress_log.request.model_spec.signature_name, entry.regress_log.request.input)
+            elif kind == "multi_inference_log":
+                self.multi_inference(entry.multi_inference_log.request)
+            else:
+                raise invalid(f"Unsupported log_type for warmup: {kind}")
+            count += 1
+        return count
+
+    def close(self) -> None:
+        """Stops this version's batch threads (queued requests still finish)."""
+        for batcher in self._batchers.values():
+            batcher.close()

@@ -1,0 +1,138 @@
+"""The operations both front ends (REST and gRPC) offer, with metrics around each."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any
+
+import grpc
+import numpy as np
+from google.protobuf import any_pb2
+from tensorflow_serving.apis import (
+    classification_pb2,
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    regression_pb2,
+)
+
+from serving.protocol import ServingError, invalid
+from serving.server import metrics
+from serving.server.manager import ModelManager, VersionState
+from serving.server.servable import Servable
+
+_STATE_ENUM = get_model_status_pb2.ModelVersionStatus.State
+
+
+class ServingService:
+    """Predict, classify, regress, status, metadata and reload over a ModelManager.
+
+    Args:
+        manager: The model manager.
+        registry: Metrics registry.
+        request_timeout_s: Longest a request may wait in a batching queue.
+    """
+
+    def __init__(self, manager: ModelManager, registry: metrics.Registry, request_timeout_s: float | None):
+        self.manager = manager
+        self.registry = registry
+        self.request_timeout_s = request_timeout_s
+
+    @contextlib.contextmanager
+    def observe(self, api: str, entrypoint: str, model_name: str):
+        """Counts the request by model, version, API, entry point and status; times it."""
+        started = time.monotonic()
+        record = {"version": ""}
+        status = "OK"
+        try:
+            yield record
+        except ServingError as err:
+            status = err.code.name
+            raise
+        except Exception:
+            status = "INTERNAL"
+            raise
+        finally:
+            labels = {
+                "model_name": model_name,
+                "version": record["version"],
+                "API": api,
+                "entrypoint": entrypoint,
+            }
+            self.registry.inc(metrics.REQUEST_COUNT, "Requests by model, version, API and status",
+                              status=status, **labels)  # fmt: skip
+            self.registry.observe(
+                metrics.REQUEST_LATENCY, "Request latency in microseconds", metrics.LATENCY_BUCKETS_US,
+                (time.monotonic() - started) * 1e6, **labels,
+            )  # fmt: skip
+
+    def resolve(self, name: str, version: int | None, label: str | None) -> Servable:
+        return self.manager.resolve(name, version, label)
+
+    def predict(
+        self, servable: Servable, signature: str, inputs: dict[str, np.ndarray], output_filter=()
+    ) -> tuple[str, dict[str, np.ndarray]]:
+        """Runs a predict signature (through the batcher when batching is on)."""
+        return servable.predict(signature, inputs, output_filter, self.request_timeout_s)
+
+    @staticmethod
+    def classify(servable: Servable, signature: str, model_input) -> classification_pb2.ClassificationResponse:
+        name, result = servable.classify(signature, model_input)
+        response = classification_pb2.ClassificationResponse(result=result)
+        _fill_spec(response.model_spec, servable, name)
+        return response
+
+    @staticmethod
+    def regress(servable: Servable, signature: str, model_input) -> regression_pb2.RegressionResponse:
+        name, result = servable.regress(signature, model_input)
+        response = regression_pb2.RegressionResponse(result=result)
+        _fill_spec(response.model_spec, servable, name)
+        return response
+
+    def status(self, name: str, version: int | None, label: str | None) -> get_model_status_pb2.GetModelStatusResponse:
+        response = get_model_status_pb2.GetModelStatusResponse()
+        for state in self.manager.status(name, version, label):
+            _fill_version_status(response.model_version_status.add(), state)
+        return response
+
+    def metadata(
+        self, servable: Servable, fields: list[str] | None = None
+    ) -> get_model_metadata_pb2.GetModelMetadataResponse:
+        """Returns the servable's SignatureDefMap, as GetModelMetadata does."""
+        fields = ["signature_def"] if fields is None else fields
+        if not fields:
+            raise invalid("GetModelMetadataRequest must specify at least one metadata_field")
+        for field in fields:
+            if field != "signature_def":
+                raise invalid(f"Metadata field {field} is not supported")
+        signature_map = get_model_metadata_pb2.SignatureDefMap()
+        for key, signature_def in servable.signature_defs.items():
+            signature_map.signature_def[key].CopyFrom(signature_def)
+        packed = any_pb2.Any()
+        packed.Pack(signature_map)
+        response = get_model_metadata_pb2.GetModelMetadataResponse()
+        _fill_spec(response.model_spec, servable, "")
+        response.metadata["signature_def"].CopyFrom(packed)
+        return response
+
+
+def _fill_spec(spec, servable: Servable, signature_name: str) -> None:
+    spec.name = servable.name
+    spec.version.value = servable.version
+    spec.signature_name = signature_name
+
+
+def _fill_version_status(message, state: VersionState) -> None:
+    message.version = state.version
+    message.state = _STATE_ENUM.Value(state.state)
+    if state.error is not None:
+        message.status.error_code = state.error.code.value[0]
+        message.status.error_message = state.error.message
+    else:
+        message.status.error_code = grpc.StatusCode.OK.value[0]
+
+
+def describe(value: Any) -> str:
+    """Short description of a JSON value for error messages."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."

@@ -1,0 +1,158 @@
+"""The batch scheduler in-process, and batching limits and SIGTERM through a real local server."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+
+from serving.protocol import ServingError
+from serving.server.batching import BatchOptions, BatchScheduler
+from tests.serving.conftest import local_only, start_local_server, stop_local_server
+from tests.serving.test_conformance import X, rest
+
+
+def _doubler(record: list):
+    def run(inputs):
+        record.append(inputs["x"].shape[0])
+        return {"y": inputs["x"] * 2}
+
+    return run
+
+
+def _submit_concurrently(scheduler, arrays, timeout=10):
+    results, errors = {}, {}
+
+    def call(index):
+        try:
+            results[index] = scheduler.submit({"x": arrays[index]}, timeout)
+        except ServingError as err:
+            errors[index] = err
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(arrays))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results, errors
+
+
+def test_concurrent_tasks_are_merged_and_split_back():
+    sizes: list[int] = []
+    scheduler = BatchScheduler(_doubler(sizes), BatchOptions(max_batch_size=16, batch_timeout_micros=300_000,
+                                                             num_batch_threads=1))  # fmt: skip
+    arrays = [np.full((1 + i % 3, 2), i, np.float32) for i in range(8)]
+    results, errors = _submit_concurrently(scheduler, arrays)
+    scheduler.close()
+    assert errors == {}
+    for index, array in enumerate(arrays):
+        np.testing.assert_array_equal(results[index]["y"], array * 2)
+    assert sum(sizes) == sum(a.shape[0] for a in arrays)
+    assert len(sizes) < len(arrays)  # merged into fewer model calls
+
+
+def test_batches_are_padded_to_allowed_sizes():
+    sizes: list[int] = []
+    scheduler = BatchScheduler(_doubler(sizes), BatchOptions(max_batch_size=8, allowed_batch_sizes=(4, 8),
+                                                             num_batch_threads=1))  # fmt: skip
+    result = scheduler.submit({"x": np.ones((3, 2), np.float32)}, 10)
+    scheduler.close()
+    assert sizes == [4] and result["y"].shape == (3, 2)
+
+
+def test_oversized_task_and_mismatched_inputs_are_invalid():
+    scheduler = BatchScheduler(_doubler([]), BatchOptions(max_batch_size=4, num_batch_threads=1))
+    with pytest.raises(ServingError, match="Task size 5 is larger than maximum input batch size 4") as caught:
+        scheduler.submit({"x": np.ones((5, 2), np.float32)})
+    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(ServingError, match="equal 0th-dimension size"):
+        scheduler.submit({"x": np.ones((2, 2)), "z": np.ones((3,))})
+    scheduler.close()
+
+
+def test_full_queue_is_resource_exhausted_and_errors_reach_every_task():
+    release = threading.Event()
+
+    def slow(inputs):
+        release.wait(10)
+        raise ServingError(grpc.StatusCode.INTERNAL, "model failed")
+
+    options = BatchOptions(max_batch_size=1, max_enqueued_batches=1, num_batch_threads=1)
+    scheduler = BatchScheduler(slow, options)
+    outcomes = []
+    first = threading.Thread(target=lambda: outcomes.append(_try(scheduler)))
+    first.start()
+    while scheduler._queued_rows:  # the worker took the first task and is blocked in the model
+        time.sleep(0.01)
+    second = threading.Thread(target=lambda: outcomes.append(_try(scheduler)))
+    second.start()
+    while scheduler._queued_rows == 0:  # the second task waits in the queue
+        time.sleep(0.01)
+    with pytest.raises(ServingError, match="queue to which this task was submitted is full") as caught:
+        scheduler.submit({"x": np.ones((1, 2))})
+    assert caught.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert caught.value.http_status == 429
+    release.set()
+    first.join()
+    second.join()
+    scheduler.close()
+    assert outcomes == ["INTERNAL: model failed", "INTERNAL: model failed"]
+
+
+def _try(scheduler):
+    try:
+        scheduler.submit({"x": np.ones((1, 2))}, 10)
+        return "ok"
+    except ServingError as err:
+        return f"{err.code.name}: {err.message}"
+
+
+def test_batch_options_from_text_proto_and_checks():
+    from serving.server import protos
+
+    params = protos.parse_text(
+        "max_batch_size { value: 32 } batch_timeout_micros { value: 500 } allowed_batch_sizes: [8, 32]",
+        protos.BatchingParameters,
+    )
+    options = BatchOptions.from_proto(params)
+    assert (options.max_batch_size, options.batch_timeout_micros, options.allowed_batch_sizes) == (
+        32,
+        500,
+        (8, 32),
+    )
+    assert options.max_enqueued_batches == 10  # TF Serving's default kept
+    with pytest.raises(ValueError, match="last entry of allowed_batch_sizes must equal max_batch_size"):
+        BatchOptions.from_proto(protos.parse_text("max_batch_size { value: 32 } allowed_batch_sizes: 8",
+                                                  protos.BatchingParameters))  # fmt: skip
+
+
+@local_only
+def test_server_queue_limit_and_graceful_sigterm(tmp_path, model_repo):
+    """A 5 s batching window keeps one request in flight: a second is refused, SIGTERM lets the first finish."""
+    batching = tmp_path / "batching.config"
+    batching.write_text(
+        "max_batch_size { value: 2 } batch_timeout_micros { value: 5000000 } "
+        "max_enqueued_batches { value: 1 } num_batch_threads { value: 1 }"
+    )
+    config = tmp_path / "models.config"
+    config.write_text(f"model_config_list {{ config {{ name: 'scaler' base_path: '{model_repo / 'scaler'}' }} }}")
+    process, rest_url, _ = start_local_server(
+        tmp_path, tmp_path / "log", f"--model_config_file={config}", "--enable_batching",
+        f"--batching_parameters_file={batching}", "--enable_model_warmup=false",
+    )  # fmt: skip
+    server = type("S", (), {"rest_url": rest_url})()
+    first: list = []
+    thread = threading.Thread(
+        target=lambda: first.append(rest(server, "POST", "/v1/models/scaler:predict", {"instances": X[:1].tolist()}))
+    )
+    thread.start()
+    time.sleep(1.0)  # the first request (1 row) now waits in the queue while the window is open
+    status, reply = rest(server, "POST", "/v1/models/scaler:predict", {"instances": X.tolist()})  # 1 + 2 > 2
+    assert status == 429 and "queue to which this task was submitted is full" in reply["error"]
+    exit_code = stop_local_server(process)  # SIGTERM while the first request is still queued
+    thread.join()
+    assert exit_code == 0
+    assert first[0][0] == 200 and first[0][1]["predictions"][0]["y"] == [3.0, 6.0, 9.0]

@@ -1,0 +1,84 @@
+"""TFServingClient behaviour (retries, errors) and the client CLI against the server under test."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import grpc
+import numpy as np
+import pytest
+from PIL import Image
+
+from serving.client import TFServingClient
+from serving.protocol import ServingError
+from tests.serving.conftest import REPO_ROOT, free_port
+
+
+def test_retries_unavailable_with_backoff_but_not_other_errors():
+    client = TFServingClient(retries=3, backoff=0.001)
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise ServingError(grpc.StatusCode.UNAVAILABLE, "restarting")
+        return "answer"
+
+    assert client._with_retries(flaky) == "answer" and len(calls) == 3
+
+    calls.clear()
+
+    def missing():
+        calls.append(1)
+        raise ServingError(grpc.StatusCode.NOT_FOUND, "no such model")
+
+    with pytest.raises(ServingError, match="no such model"):
+        client._with_retries(missing)
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "rest"])
+def test_nothing_listening_is_unavailable_after_retries(protocol):
+    port = free_port()
+    client = TFServingClient(
+        f"127.0.0.1:{port}", f"http://127.0.0.1:{port}", protocol, timeout=2, retries=2, backoff=0.01
+    )
+    with pytest.raises(ServingError) as caught:
+        client.status("anything")
+    assert caught.value.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+def test_version_and_label_together_are_refused():
+    with pytest.raises(ValueError, match="not both"):
+        TFServingClient().predict("m", {"x": np.zeros(1)}, version=1, label="stable", protocol="rest")
+
+
+def _client_cli(server, *args):
+    command = [sys.executable, "-m", "serving.client", "--grpc-target", server.grpc_target,
+               "--rest-url", server.rest_url, "--model", "fashion", *args]  # fmt: skip
+    return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("protocol", ["--grpc", "--rest"])
+def test_cli_predicts_an_image_file(standard_config, trained_run, tmp_path, protocol):
+    images, labels = trained_run["snapshot"].split_arrays("test[:1]")
+    path = tmp_path / "item.png"
+    Image.fromarray(images[0, ..., 0]).save(path)
+    result = _client_cli(standard_config, protocol, "predict", "--image", str(path))
+    assert result.returncode == 0, result.stderr[-2000:]
+    name, probability, detail = result.stdout.strip().split("\t")
+    assert name in trained_run["snapshot"].class_names
+    assert 0.0 < float(probability) <= 1.0
+    assert f"via {protocol[2:]}" in detail
+
+
+def test_cli_status_metadata_and_errors(standard_config):
+    status = _client_cli(standard_config, "status")
+    assert status.returncode == 0 and '"state": "AVAILABLE"' in status.stdout
+    metadata = _client_cli(standard_config, "--rest", "metadata")
+    assert metadata.returncode == 0 and '"serving_default"' in metadata.stdout
+    missing = _client_cli(standard_config, "predict", "--image", "/no/such.png")
+    assert missing.returncode == 2 and "error:" in missing.stderr
+    unknown = _client_cli(standard_config, "status", "--label", "nope")
+    assert unknown.returncode == 1 and "INVALID_ARGUMENT: Unrecognized servable version label: nope" in unknown.stderr

@@ -1,0 +1,372 @@
+"""TF Serving conformance: the same tests certify the local server and a real TF Serving."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import grpc
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow_serving.apis import (
+    classification_pb2,
+    inference_pb2,
+    input_pb2,
+    prediction_service_pb2_grpc,
+    regression_pb2,
+)
+
+from serving.protocol import ServingError
+from tests.serving import saved_models
+from tests.serving.conftest import EXAMPLES, FASHION, SCALER, local_only
+
+PROTOCOLS = ["grpc", "rest"]
+X = np.array([[1, 2, 3], [4, 5, 6]], np.float32)
+
+
+def rest(server, method: str, path: str, body: bytes | str | dict | None = None):
+    """A raw REST call: returns (HTTP status, parsed JSON body)."""
+    if isinstance(body, dict):
+        body = json.dumps(body)
+    data = body.encode() if isinstance(body, str) else body
+    request = urllib.request.Request(server.rest_url + path, data=data, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
+
+
+def grpc_stub(server):
+    return prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(server.grpc_target))
+
+
+def assert_still_serving(server):
+    with server.client() as client:
+        assert client.predict("scaler", {"x": X}, version=1)["y"].tolist() == (X * 2).tolist()
+
+
+# --- status and metadata -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_model_status_by_name_version_and_label(standard_config, protocol):
+    with standard_config.client(protocol) as client:
+        versions = client.status("scaler")
+        assert [(v["version"], v["state"], v["error_code"]) for v in versions] == [
+            (2, "AVAILABLE", "OK"),
+            (1, "AVAILABLE", "OK"),
+        ]
+        assert [v["version"] for v in client.status("scaler", version=1)] == [1]
+        assert [v["version"] for v in client.status("scaler", label="canary")] == [2]
+
+
+def test_rest_status_body_is_tf_serving_json(standard_config):
+    status, body = rest(standard_config, "GET", "/v1/models/scaler/versions/2")
+    assert status == 200
+    assert body == {
+        "model_version_status": [
+            {"version": "2", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+        ]
+    }
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_metadata_lists_signature_defs(standard_config, protocol):
+    with standard_config.client(protocol) as client:
+        metadata = client.metadata("scaler", label="stable")
+    assert metadata["version"] == 1
+    signatures = metadata["signature_def"]
+    assert set(signatures) >= {"serving_default", "pair", "echo"}
+    default = signatures["serving_default"]
+    assert default["method_name"] == "tensorflow/serving/predict"
+    assert default["inputs"]["x"]["dtype"] == "DT_FLOAT"
+    assert set(default["outputs"]) == {"y", "sum"}
+    status, body = rest(standard_config, "GET", "/v1/models/fashion/metadata")
+    assert status == 200 and body["model_spec"]["name"] == "fashion"
+    assert (
+        body["metadata"]["signature_def"]["signature_def"]["serving_default"]["inputs"]["images"]["dtype"] == "DT_UINT8"
+    )
+
+
+# --- predict ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_predict_by_latest_version_and_label(standard_config, protocol):
+    with standard_config.client(protocol) as client:
+        latest = client.predict("scaler", {"x": X})
+        assert latest["y"].tolist() == (X * 3).tolist()
+        assert client.predict("scaler", {"x": X}, version=1)["y"].tolist() == (X * 2).tolist()
+        assert client.predict("scaler", {"x": X}, label="stable")["sum"].tolist() == [12.0, 30.0]
+        assert client.predict("scaler", {"x": X}, label="canary")["sum"].tolist() == [18.0, 45.0]
+    if protocol == "grpc":
+        assert latest.version == 2
+
+
+def test_rest_row_and_columnar_formats(standard_config):
+    status, body = rest(standard_config, "POST", "/v1/models/scaler/versions/1:predict", {"instances": X.tolist()})
+    assert status == 200
+    assert body == {"predictions": [{"y": [2.0, 4.0, 6.0], "sum": 12.0}, {"y": [8.0, 10.0, 12.0], "sum": 30.0}]}
+    status, body = rest(standard_config, "POST", "/v1/models/scaler/labels/stable:predict", {"inputs": X.tolist()})
+    assert status == 200
+    assert body == {"outputs": {"y": [[2.0, 4.0, 6.0], [8.0, 10.0, 12.0]], "sum": [12.0, 30.0]}}
+    status, body = rest(standard_config, "POST", "/v1/models/scaler/versions/1:predict",
+                        {"instances": [[0.1, 0.2, 0.3]]})  # fmt: skip
+    assert body["predictions"][0]["y"] == [0.2, 0.4, 0.6]  # float32 printed at its own precision
+
+
+def test_rest_named_inputs_in_both_formats(standard_config):
+    rows = {"signature_name": "pair", "instances": [{"a": 1, "b": [0.5, 0.5]}, {"a": 2, "b": [1.0, 2.0]}]}
+    status, body = rest(standard_config, "POST", "/v1/models/scaler:predict", rows)
+    assert status == 200
+    assert body == {"predictions": [{"a_plus_one": 2, "b_total": 2.0}, {"a_plus_one": 3, "b_total": 5.0}]}
+    columns = {"signature_name": "pair", "inputs": {"a": [1, 2], "b": [[0.5, 0.5], [1.0, 2.0]]}}
+    status, body = rest(standard_config, "POST", "/v1/models/scaler:predict", columns)
+    assert status == 200 and body == {"outputs": {"a_plus_one": [2, 3], "b_total": [2.0, 5.0]}}
+
+
+def test_rest_binary_values_as_b64(standard_config):
+    body = {"signature_name": "echo", "instances": [{"b64": "AAEC"}, {"b64": "/w=="}]}  # bytes 00 01 02, ff
+    status, reply = rest(standard_config, "POST", "/v1/models/scaler:predict", body)
+    assert status == 200
+    assert reply["predictions"] == [
+        {"length": 3, "doubled_bytes": {"b64": "AAECAAEC"}},
+        {"length": 1, "doubled_bytes": {"b64": "//8="}},
+    ]
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_fashion_model_answers_like_the_saved_model(standard_config, trained_run, protocol):
+    images, labels = trained_run["snapshot"].split_arrays("test[:16]")
+    images = images[..., 0]
+    version_dir = sorted((standard_config.models_dir / "fashion").glob("[0-9]*"))[-1]
+    expected = tf.saved_model.load(str(version_dir)).signatures["serving_default"](images=tf.constant(images))
+    with standard_config.client(protocol) as client:
+        result = client.predict("fashion", {"images": images})
+    np.testing.assert_allclose(result["probabilities"].astype(np.float32), expected["probabilities"].numpy(), atol=1e-6)
+    assert result["class_ids"].tolist() == expected["class_ids"].numpy().tolist()
+    names = [n.decode() if isinstance(n, bytes) else n for n in result["class_names"].tolist()]
+    assert names == [n.decode() for n in expected["class_names"].numpy()]
+
+
+# --- classify, regress, multi-inference ------------------------------------------------
+
+
+def _examples(*values: float) -> input_pb2.Input:
+    model_input = input_pb2.Input()
+    for value in values:
+        example = model_input.example_list.examples.add()
+        example.features.feature["x"].float_list.value.append(value)
+    return model_input
+
+
+def test_grpc_classify_regress_and_multi_inference(standard_config):
+    stub = grpc_stub(standard_config)
+    request = classification_pb2.ClassificationRequest(input=_examples(0.0, 2.0))
+    request.model_spec.name, request.model_spec.signature_name = "examples", "classify_x"
+    result = stub.Classify(request, timeout=30).result
+    assert [[c.label for c in r.classes] for r in result.classifications] == [["low", "high"]] * 2
+    assert result.classifications[0].classes[1].score == pytest.approx(0.5)
+    assert result.classifications[1].classes[1].score == pytest.approx(1 / (1 + np.exp(-2.0)), rel=1e-5)
+
+    request = regression_pb2.RegressionRequest(input=_examples(1.0, 4.0))
+    request.model_spec.name, request.model_spec.signature_name = "examples", "regress_x"
+    assert [r.value for r in stub.Regress(request, timeout=30).result.regressions] == [2.5, 4.0]
+
+    multi = inference_pb2.MultiInferenceRequest(input=_examples(2.0))
+    for method, signature in (
+        ("tensorflow/serving/classify", "classify_x"),
+        ("tensorflow/serving/regress", "regress_x"),
+    ):
+        task = multi.tasks.add(method_name=method)
+        task.model_spec.name, task.model_spec.signature_name = "examples", signature
+    results = stub.MultiInference(multi, timeout=30).results
+    assert results[0].classification_result.classifications[0].classes[0].label == "low"
+    assert results[1].regression_result.regressions[0].value == pytest.approx(3.0)
+
+
+def test_rest_classify_and_regress(standard_config):
+    body = {"signature_name": "classify_x", "examples": [{"x": 0.0}, {"x": [2.0]}]}
+    status, reply = rest(standard_config, "POST", "/v1/models/examples:classify", body)
+    assert status == 200
+    assert reply["results"][0] == [["low", pytest.approx(0.5)], ["high", pytest.approx(0.5)]]
+    body = {"signature_name": "regress_x", "context": {"x": 1.0}, "examples": [{}, {"x": 6.0}]}
+    status, reply = rest(standard_config, "POST", "/v1/models/examples/versions/1:regress", body)
+    assert status == 200 and reply == {"results": [2.5, 5.0]}
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_classify_on_a_predict_signature_is_refused(standard_config, protocol):
+    if protocol == "rest":
+        status, reply = rest(standard_config, "POST", "/v1/models/scaler:classify", {"examples": [{"x": 1.0}]})
+        assert status == 400 and "classification signature" in reply["error"]
+        return
+    request = classification_pb2.ClassificationRequest(input=_examples(1.0))
+    request.model_spec.name = "scaler"
+    with pytest.raises(grpc.RpcError) as caught:
+        grpc_stub(standard_config).Classify(request, timeout=30)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "classification signature" in caught.value.details()
+
+
+# --- versions, policies, labels, reload -------------------------------------------------
+
+
+def _wait_for(condition, timeout=60.0, interval=0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        time.sleep(interval)
+    raise AssertionError(f"condition not met in {timeout}s")
+
+
+def _available(client, model):
+    try:
+        return sorted(v["version"] for v in client.status(model) if v["state"] == "AVAILABLE")
+    except ServingError:
+        return []
+
+
+def test_version_policies(server, model_repo):
+    with server.client() as client:
+        for policy, expected in (
+            ("latest { num_versions: 1 }", [2]),
+            ("all {}", [1, 2]),
+            ("specific { versions: 1 }", [1]),
+        ):
+            client.reload_config(server.config_text(
+                f"config {{ name: 'scaler' base_path: '{{base}}/scaler' model_platform: 'tensorflow' "
+                f"model_version_policy {{ {policy} }} }}"
+            ))  # fmt: skip
+            assert _wait_for(lambda e=expected: _available(client, "scaler") == e and e), policy
+            assert client.predict("scaler", {"x": X}).version == expected[-1]
+
+
+def test_reload_replaces_the_whole_config(server, model_repo):
+    with server.client() as client:
+        client.reload_config(server.config_text(SCALER, EXAMPLES))
+        assert client.predict("examples", {"x": np.array([2.0], np.float32)})["y"].tolist() == [3.0]
+        client.reload_config(server.config_text(SCALER))
+        with pytest.raises(ServingError) as caught:
+            client.predict("examples", {"x": np.array([2.0], np.float32)})
+        assert caught.value.code == grpc.StatusCode.NOT_FOUND
+
+
+def test_label_on_an_unloaded_version_is_refused_and_nothing_changes(standard_config):
+    bad = SCALER.replace("all {}", "specific { versions: 1 }")  # canary -> 2 is no longer loaded
+    with standard_config.client() as client:
+        with pytest.raises(ServingError) as caught:
+            client.reload_config(standard_config.config_text(bad, EXAMPLES, FASHION))
+        assert caught.value.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert client.predict("scaler", {"x": X}, label="stable")["y"].tolist() == (X * 2).tolist()
+
+
+def test_hot_swap_under_load_has_no_failures(server, model_repo):
+    base = server.models_dir / "swap"
+    saved_models.copy_version(model_repo / "scaler" / "1", base, 1)
+    with server.client() as client:
+        client.reload_config(server.config_text(
+            "config { name: 'swap' base_path: '{base}/swap' model_platform: 'tensorflow' }"
+        ))  # fmt: skip
+    failures, answers, stop = [], set(), threading.Event()
+
+    def hammer(protocol):
+        with server.client(protocol, retries=0) as client:
+            while not stop.is_set():
+                try:
+                    y = client.predict("swap", {"x": X})["y"]
+                    answers.add(float(y[0][0]))
+                except ServingError as err:
+                    failures.append(f"{protocol}: {err}")
+
+    threads = [threading.Thread(target=hammer, args=(p,)) for p in PROTOCOLS]
+    for thread in threads:
+        thread.start()
+    try:
+        _wait_for(lambda: 2.0 in answers)
+        saved_models.copy_version(model_repo / "scaler" / "2", base, 2)  # scale 3
+        _wait_for(lambda: 3.0 in answers)
+        time.sleep(1.0)  # keep calling while version 1 unloads
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert failures == []
+    with server.client() as client:
+        assert _wait_for(lambda: _available(client, "swap") == [2])
+
+
+def test_broken_version_next_to_a_good_one(server, model_repo):
+    base = server.models_dir / "fragile"
+    saved_models.copy_version(model_repo / "scaler" / "1", base, 1)
+    with server.client() as client:
+        client.reload_config(server.config_text(
+            "config { name: 'fragile' base_path: '{base}/fragile' model_platform: 'tensorflow' }"
+        ))  # fmt: skip
+        saved_models.write_broken_version(base, 2)
+
+        def failed():
+            states = {v["version"]: v for v in client.status("fragile")}
+            return states.get(2) if states.get(2, {}).get("state") == "END" else None
+
+        broken = _wait_for(failed)
+        assert broken["error_code"] != "OK" and broken["error_message"]
+        assert client.predict("fragile", {"x": X})["y"].tolist() == (X * 2).tolist()  # v1 still serves
+        assert _available(client, "fragile") == [1]
+
+
+# --- batching and metrics ------------------------------------------------------------------
+
+
+def test_concurrent_requests_get_the_same_answers_as_alone(standard_config, trained_run):
+    images, _ = trained_run["snapshot"].split_arrays("test[:48]")
+    images = images[..., 0]
+    with standard_config.client() as client:
+        alone = [client.predict("fashion", {"images": images[i : i + 1]})["probabilities"] for i in range(48)]
+    results: dict[int, np.ndarray] = {}
+
+    def call(index):
+        with standard_config.client() as client:
+            results[index] = client.predict("fashion", {"images": images[index : index + 1]})["probabilities"]
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(48)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for index in range(48):
+        np.testing.assert_allclose(results[index], alone[index], atol=1e-6)
+
+
+def test_prometheus_metrics(standard_config):
+    with standard_config.client("rest") as client:
+        client.predict("scaler", {"x": X}, version=1)
+    request = urllib.request.urlopen(standard_config.rest_url + "/monitoring/prometheus/metrics", timeout=30)
+    assert request.status == 200
+    text = request.read().decode()
+    assert ":tensorflow:serving:request_count" in text
+    assert 'model_name="scaler"' in text
+
+
+@local_only
+def test_local_metrics_cover_versions_latency_batches_and_loads(standard_config, trained_run):
+    with standard_config.client() as client:
+        client.predict("scaler", {"x": X}, version=1)
+        with pytest.raises(ServingError):
+            client.predict("scaler", {"x": X}, version=99)
+    text = urllib.request.urlopen(standard_config.rest_url + "/monitoring/prometheus/metrics").read().decode()
+    assert (
+        ':tensorflow:serving:request_count{API="predict",entrypoint="GRPC",model_name="scaler",status="OK",'
+        'version="1"}' in text
+    )
+    assert ":tensorflow:serving:request_latency_bucket{" in text
+    assert ":tensorflow:serving:batching_session:processed_batch_size_count" in text
+    assert ':tensorflow:cc:saved_model:load_attempt_count{model_path="' in text
+    assert 'model_name="scaler",status="NOT_FOUND",version=""' in text  # failures are counted too

@@ -1,0 +1,59 @@
+"""The production container files parse with TF Serving's protos and agree with the project."""
+
+import re
+from pathlib import Path
+
+from serving.server import protos
+from serving.server.app import build_parser
+from serving.server.batching import BatchOptions
+
+SERVING = Path(__file__).resolve().parents[2] / "serving"
+
+
+def _flags() -> dict[str, str]:
+    text = (SERVING / "Dockerfile").read_text()
+    return dict(re.findall(r'"--([a-z_]+)=([^"]*)"', text))
+
+
+def test_dockerfile_uses_the_official_image_with_a_gpu_variant():
+    text = (SERVING / "Dockerfile").read_text()
+    assert "FROM tensorflow/serving:${TF_SERVING_VERSION}${TF_SERVING_VARIANT}" in text
+    assert "ARG TF_SERVING_VARIANT=" in text and "--build-arg TF_SERVING_VARIANT=-gpu" in text
+    assert "EXPOSE 8500 8501" in text
+    assert 'ENTRYPOINT ["tensorflow_model_server"]' in text
+    for name in ("models.config", "batching.config", "monitoring.config"):
+        assert name in text
+
+
+def test_run_flags_agree_with_the_config_files_and_local_defaults():
+    flags = _flags()
+    defaults = build_parser().parse_args([])
+    assert int(flags["port"]) == defaults.port == 8500
+    assert int(flags["rest_api_port"]) == defaults.rest_api_port == 8501
+    assert flags["model_config_file"] == "/config/models.config"
+    assert flags["batching_parameters_file"] == "/config/batching.config"
+    assert flags["monitoring_config_file"] == "/config/monitoring.config"
+    known = {action.dest for action in build_parser()._actions}
+    assert set(flags) <= known  # the local server accepts every production flag
+
+
+def test_models_config_parses_and_points_at_the_pipeline_model():
+    from pipeline.config import PipelineConfig
+
+    config = protos.parse_text((SERVING / "models.config").read_text(), protos.ModelServerConfig)
+    (model,) = config.model_config_list.config
+    assert model.name == PipelineConfig().model_name
+    assert model.base_path == f"/models/{model.name}"
+    assert dict(model.version_labels).keys() == {"stable", "canary"}
+    loaded = set(model.model_version_policy.specific.versions)
+    assert set(model.version_labels.values()) <= loaded  # labels only on loaded versions
+
+
+def test_batching_and_monitoring_configs_parse():
+    batching = protos.parse_text((SERVING / "batching.config").read_text(), protos.BatchingParameters)
+    options = BatchOptions.from_proto(batching)
+    assert options.max_batch_size == 64 and options.allowed_batch_sizes[-1] == 64
+    assert options.max_enqueued_batches == options.num_batch_threads  # TF Serving's online advice
+    monitoring = protos.parse_text((SERVING / "monitoring.config").read_text(), protos.MonitoringConfig)
+    assert monitoring.prometheus_config.enable
+    assert monitoring.prometheus_config.path == "/monitoring/prometheus/metrics"
