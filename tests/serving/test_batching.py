@@ -156,3 +156,45 @@ def test_server_queue_limit_and_graceful_sigterm(tmp_path, model_repo):
     thread.join()
     assert exit_code == 0
     assert first[0][0] == 200 and first[0][1]["predictions"][0]["y"] == [3.0, 6.0, 9.0]
+
+
+@local_only
+def test_config_file_polling_and_rest_timeout(tmp_path, model_repo):
+    """--model_config_file_poll_wait_seconds applies an edited config; --rest_api_timeout_in_ms answers 504."""
+    from serving.client import TFServingClient
+
+    batching = tmp_path / "batching.config"
+    batching.write_text("max_batch_size { value: 2 } batch_timeout_micros { value: 3000000 }")
+    config = tmp_path / "models.config"
+    entry = f"name: 'scaler' base_path: '{model_repo / 'scaler'}' model_version_policy {{ all {{}} }}"
+    config.write_text(f"model_config_list {{ config {{ {entry} }} }}")
+    process, rest_url, grpc_target = start_local_server(
+        tmp_path, tmp_path / "log", f"--model_config_file={config}", "--model_config_file_poll_wait_seconds=0.2",
+        "--enable_batching", f"--batching_parameters_file={batching}", "--rest_api_timeout_in_ms=500",
+        "--enable_model_warmup=false",
+    )  # fmt: skip
+    server = type("S", (), {"rest_url": rest_url})()
+    try:
+        status, reply = rest(server, "POST", "/v1/models/scaler:predict", {"instances": X[:1].tolist()})
+        assert status == 504 and reply["error"]  # one row waits for a 3 s batching window
+        status, reply = rest(server, "POST", "/v1/models/scaler:predict", {"instances": X.tolist()})
+        assert status == 200  # a full batch runs at once
+
+        staged = tmp_path / "models.config.new"
+        staged.write_text(f"model_config_list {{ config {{ {entry} version_labels {{ key: 'stable' value: 1 }} }} }}")
+        staged.rename(config)
+        client = TFServingClient(grpc_target, rest_url)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                assert [v["version"] for v in client.status("scaler", label="stable")] == [1]
+                break
+            except ServingError:
+                time.sleep(0.2)
+        else:
+            raise AssertionError("the edited config file was not applied")
+        client.close()
+    finally:
+        assert stop_local_server(process) == 0
+    log = (tmp_path / "log").read_text()
+    assert '"event": "load_done"' in log and '"event": "reload"' in log

@@ -301,6 +301,8 @@ def test_hot_swap_under_load_has_no_failures(server, model_repo):
     assert failures == []
     with server.client() as client:
         assert _wait_for(lambda: _available(client, "swap") == [2])
+    if server.log_path:  # the local server logs loads and unloads as JSON lines
+        assert '"event": "unload", "model": "swap", "version": 1' in server.logs()
 
 
 def test_broken_version_next_to_a_good_one(server, model_repo):
