@@ -36,6 +36,8 @@ COMMAND_HELP = {
     "evaluate": "Evaluate the trained model on the test split and apply the gate.",
     "export": "Export a blessed model as a SavedModel and publish it as the next version.",
     "config": "Print the effective configuration as YAML.",
+    "rollback": "Move the 'stable' serving label back to an earlier published version.",
+    "lineage": "Print the lineage log (runs, gate decisions, versions, label moves) as JSON lines.",
 }
 
 
@@ -62,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub = subcommands.add_parser(command, help=help_text, description=help_text)
         sub.add_argument("--config", help="YAML file of config options.")
         sub.add_argument("--log-level", default="INFO", help="Python log level (default INFO).")
+        if command == "rollback":
+            sub.add_argument("--version", type=int, required=True, help="Published version to label stable.")
+            sub.add_argument("--reason", default="", help="Why (kept in the lineage log).")
         for name in STAGE_INPUTS.get(command, ()):
             flag = "--" + name.replace("_", "-")
             sub.add_argument(flag, help=f"Path of the {name} (default: from the run manifest).")
@@ -113,7 +118,19 @@ def run_command(args: argparse.Namespace) -> int:
     if args.command == "config":
         print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
         return 0
+    if args.command == "lineage":
+        from pipeline import lineage
+
+        for entry in lineage.read(config):
+            print(json.dumps(entry, sort_keys=True))
+        return 0
     config = runner.with_run_id(config)
+    if args.command == "rollback":
+        import getpass
+
+        outputs = runner.rollback_step(config, args.version, f"cli by {getpass.getuser()}", args.reason)
+        print(json.dumps(outputs, indent=2))
+        return 0
     # Progress (TFDS, Keras) goes to stderr so stdout carries only the result.
     if args.command == "run":
         reports: list[runner.StageReport] = []

@@ -102,6 +102,29 @@ class PipelineConfig:
         10, "Records written to assets.extra/tf_serving_warmup_requests.", minimum=1, maximum=1000
     )
 
+    # Serving, infra-validation and promotion
+    serving_config_file: str = _field(
+        "artifacts/serving/models.config",
+        "ModelServerConfig the serving server reads; promotion rewrites its versions and labels.",
+    )
+    serving_grpc_target: str | None = _field(
+        "localhost:8500", "gRPC address of the serving server (config reloads, smoke tests); none to skip."
+    )
+    serving_rest_url: str | None = _field("http://localhost:8501", "REST address of the serving server.")
+    serving_model_base_path: str | None = _field(
+        None, "model_base_path as the serving server sees it (e.g. /models in a container); default: the same."
+    )
+    infra_validation_grpc_target: str | None = _field(
+        None, "A dedicated TF Serving to infra-validate in (default: a sandboxed local server process)."
+    )
+    infra_validation_timeout_s: float = _field(
+        180.0, "Longest the candidate may take to load and answer in infra-validation.", exclusive_minimum=0
+    )
+    smoke_test_examples: int = _field(
+        64, "Real test images sent in infra-validation and smoke tests.", minimum=1, maximum=10000
+    )
+    force: bool = _field(False, "Train and promote even if data, config and code equal the stable model's.")
+
     def validate(self) -> PipelineConfig:
         """Checks every value and returns self.
 
@@ -144,6 +167,21 @@ class PipelineConfig:
     def model_dir(self) -> Path:
         """The folder holding the numbered versions of the served model."""
         return Path(self.model_base_path) / self.model_name
+
+
+# The options that decide what a run produces (training and the gate): equal values, data
+# and code mean a new run would reproduce the decision already made for the stable model.
+RUN_SIGNATURE_FIELDS = (
+    "data_source", "class_names", "train_split", "validation_split", "test_split", "seed",
+    "batch_size", "shuffle_buffer", "augment", "model", "epochs", "learning_rate", "dropout",
+    "early_stopping_patience", "mixed_precision", "jit_compile", "min_accuracy", "max_regression",
+)  # fmt: skip
+
+
+def run_signature(config: PipelineConfig | dict[str, Any]) -> dict[str, Any]:
+    """Returns the subset of a config (or of its dict form) that decides a run's outcome."""
+    values = config if isinstance(config, dict) else config.to_dict()
+    return {name: values.get(name) for name in RUN_SIGNATURE_FIELDS}
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:

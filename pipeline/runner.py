@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from pipeline.artifacts import new_run_id, read_manifest, record_stage
@@ -71,12 +72,91 @@ def evaluate_step(config: PipelineConfig, snapshot_path: str, model_path: str) -
 
 
 def export_step(config: PipelineConfig, snapshot_path: str, model_path: str, evaluation_path: str) -> dict[str, Any]:
-    """Exports a blessed model and publishes it as the next version."""
+    """Exports a blessed model and publishes it as the next version (never pruning served ones)."""
+    from pipeline import lineage
     from pipeline.export import export
+    from pipeline.promotion import read_state
 
-    outputs = export(config, Snapshot.load(snapshot_path), model_path, evaluation_path).to_dict()
+    served = read_state(config).versions
+    outputs = export(config, Snapshot.load(snapshot_path), model_path, evaluation_path, served).to_dict()
     record_stage(config, "export", outputs)
+    lineage.record(config, "exported", version=outputs["version"], version_dir=outputs["version_dir"])
     return outputs
+
+
+def unchanged_step(config: PipelineConfig, fingerprint: str, by: str) -> str | None:
+    """Returns why this run has nothing to do (data, config, code equal the stable model's), or None."""
+    from pipeline import lineage
+    from pipeline.promotion import unchanged_reason
+
+    reason = unchanged_reason(config, fingerprint)
+    if reason:
+        lineage.record(config, "skipped_unchanged", data_fingerprint=fingerprint, reason=reason, by=by)
+    return reason
+
+
+def gate_step(config: PipelineConfig, evaluated: dict[str, Any], fingerprint: str, by: str) -> bool:
+    """Records the gate decision (metrics, reasons, data, config) in the lineage log; returns it."""
+    from pipeline import lineage
+
+    lineage.record(
+        config, "gate", blessed=evaluated["blessed"], accuracy=evaluated["accuracy"],
+        baseline_version=evaluated["baseline_version"], baseline_accuracy=evaluated["baseline_accuracy"],
+        reasons=evaluated["reasons"], data_fingerprint=fingerprint, config=config.to_dict(), by=by,
+    )  # fmt: skip
+    return bool(evaluated["blessed"])
+
+
+def infra_validate_step(config: PipelineConfig, snapshot_path: str, version_dir: str) -> dict[str, Any]:
+    """Serves the candidate in a sandbox and checks its answers; raises InfraValidationError."""
+    from pipeline.infra_validate import infra_validate
+
+    outputs = infra_validate(config, Snapshot.load(snapshot_path), version_dir)
+    record_stage(config, "infra_validate", outputs)
+    return outputs
+
+
+def promote_canary_step(config: PipelineConfig, version: int, by: str) -> dict[str, Any]:
+    """Points `canary` at the new version (stable unchanged)."""
+    from pipeline.promotion import promote_canary
+
+    outputs = promote_canary(config, version, by)
+    record_stage(config, "promote_canary", outputs)
+    return outputs
+
+
+def smoke_test_step(config: PipelineConfig, snapshot_path: str, version_dir: str) -> dict[str, Any]:
+    """Calls the canary over gRPC and REST with real images; on failure puts `canary` back on stable."""
+    from pipeline.infra_validate import reference_answers
+    from pipeline.promotion import read_state, restore, smoke_test
+
+    snapshot = Snapshot.load(snapshot_path)
+    images, _ = snapshot.split_arrays(f"{config.test_split.split('[', 1)[0]}[:{config.smoke_test_examples}]")
+    images = images[..., 0] if images.shape[-1] == 1 else images
+    expected = reference_answers(Path(version_dir), images)
+    try:
+        outputs = smoke_test(config, images, expected)
+    except PipelineError:
+        restore(config, read_state(config))
+        raise
+    record_stage(config, "smoke_test", outputs)
+    return outputs
+
+
+def mark_stable_step(config: PipelineConfig, version: int, by: str) -> dict[str, Any]:
+    """Moves `stable` to the version that passed its smoke test."""
+    from pipeline.promotion import mark_stable
+
+    outputs = mark_stable(config, version, by)
+    record_stage(config, "mark_stable", outputs)
+    return outputs
+
+
+def rollback_step(config: PipelineConfig, version: int, by: str, reason: str = "") -> dict[str, Any]:
+    """Moves `stable` back to an earlier version and records the decision."""
+    from pipeline.promotion import rollback
+
+    return rollback(config, version, by, reason)
 
 
 def manifest_inputs(config: PipelineConfig) -> dict[str, str]:

@@ -1,0 +1,123 @@
+"""Airflow in tests: a temporary AIRFLOW_HOME, the project's DAGs with test settings, a serving server.
+
+The environment is set when this file is imported, before anything imports Airflow.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="airflow-home-"))
+DAGS_FOLDER = AIRFLOW_HOME / "dags"
+os.environ.update(
+    {
+        "AIRFLOW_HOME": str(AIRFLOW_HOME),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_FOLDER),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{AIRFLOW_HOME}/airflow.db",
+    }
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def write_dags(folder: Path, settings: dict) -> None:
+    """Copies the project's DAG files into `folder` beside a settings.yaml."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for dag_file in (REPO_ROOT / "dags").glob("*.py"):
+        shutil.copy(dag_file, folder / dag_file.name)
+    (folder / "settings.yaml").write_text(yaml.safe_dump(settings))
+
+
+@pytest.fixture(scope="session")
+def airflow_db():
+    from airflow.utils import db
+
+    db.resetdb()
+    return AIRFLOW_HOME
+
+
+@pytest.fixture(scope="session")
+def serving_server(tmp_path_factory):
+    """A local serving server started on the promotion config file (initially empty).
+
+    Promotion pushes each change over gRPC, so the server does not also poll the file:
+    two channels for one config would race.
+    """
+    from tests.serving.conftest import start_local_server, stop_local_server
+
+    root = tmp_path_factory.mktemp("serving")
+    config_file = root / "models.config"
+    config_file.write_text("model_config_list {\n}\n")
+    process, rest_url, grpc_target = start_local_server(root, root / "server.log", f"--model_config_file={config_file}")
+    server = {"config_file": config_file, "rest_url": rest_url, "grpc_target": grpc_target, "process": process,
+              "root": root, "log": root / "server.log"}  # fmt: skip
+    yield server
+    stop_local_server(server["process"])
+
+
+def restart_serving(server: dict) -> None:
+    """Starts the serving server again on the same ports and config file."""
+    import subprocess
+    import sys
+
+    from tests.serving.conftest import wait_until_serving
+
+    grpc_port = server["grpc_target"].rsplit(":", 1)[1]
+    rest_port = server["rest_url"].rsplit(":", 1)[1]
+    with open(server["log"], "ab") as log_file:
+        server["process"] = subprocess.Popen(
+            [sys.executable, "-m", "serving.server", f"--port={grpc_port}", f"--rest_api_port={rest_port}",
+             f"--model_config_file={server['config_file']}"],
+            cwd=REPO_ROOT, stdout=log_file, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    wait_until_serving(server["process"], server["rest_url"], server["log"])
+
+
+@pytest.fixture(scope="session")
+def dag_settings(tmp_path_factory, small_idx_dir, serving_server):
+    work = tmp_path_factory.mktemp("pipeline")
+    settings = {
+        "schedule": "0 2 * * *",
+        "pool": "gpu_training",
+        "queue": "gpu",
+        "retries": 1,
+        "retry_delay_seconds": 1,
+        "max_retry_delay_seconds": 2,
+        "task_timeout_minutes": 10,
+        "train_timeout_minutes": 10,
+        "pipeline": {
+            "data_source": f"idx:{small_idx_dir}",
+            "workdir": str(work / "artifacts"),
+            "model_base_path": str(work / "models"),
+            "model_name": "fashion_mnist",
+            "serving_config_file": str(serving_server["config_file"]),
+            "serving_grpc_target": serving_server["grpc_target"],
+            "serving_rest_url": serving_server["rest_url"],
+            "epochs": 1,
+            "batch_size": 64,
+            "shuffle_buffer": 512,
+            "min_accuracy": 0.5,
+            "warmup_requests": 3,
+            "smoke_test_examples": 32,
+            "infra_validation_timeout_s": 120,
+        },
+    }
+    write_dags(DAGS_FOLDER, settings)
+    return settings
+
+
+@pytest.fixture(scope="session")
+def dag_bag(airflow_db, dag_settings):
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(DAGS_FOLDER))
+    assert bag.import_errors == {}
+    return bag
