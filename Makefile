@@ -9,7 +9,7 @@ STAMP := $(VENV)/.requirements-installed
 DATA_DIR := /usr/share/datasets/fashion-mnist
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup data demo test lint format clean
+.PHONY: setup data browser demo airflow serving-start serving-stop test lint format clean
 
 setup: $(STAMP)
 
@@ -35,8 +35,32 @@ data:
 		exit 1; \
 	fi
 
+# The training DAG end to end (airflow dags test) on the full data, the local serving server
+# left running with the stable model, and predictions for real test images over gRPC and REST.
+# Debian's Chromium for the browser test of the Airflow UI (Playwright cannot download browsers here).
+browser:
+	@if [ -x /usr/bin/chromium ]; then \
+		echo "browser: /usr/bin/chromium found"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "browser: installing Debian package chromium"; \
+		apt-get install -y -qq chromium >/dev/null 2>&1 \
+			|| { apt-get update -qq && apt-get install -y -qq chromium; }; \
+	else \
+		echo "browser: /usr/bin/chromium is missing: sudo apt-get install chromium" >&2; exit 1; \
+	fi
+
 demo: setup data
-	$(BIN)/python -m pipeline run
+	$(BIN)/python deploy/local.py demo
+
+# airflow standalone (UI on :8080) with the project's DAGs, plus the local serving server.
+airflow: setup data
+	$(BIN)/python deploy/local.py airflow
+
+serving-start: setup
+	$(BIN)/python deploy/local.py serving-start
+
+serving-stop:
+	$(BIN)/python deploy/local.py serving-stop
 
 lint: setup
 	$(BIN)/ruff check .
@@ -46,8 +70,8 @@ format: setup
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: setup data lint
+test: setup data browser lint
 	$(BIN)/python -m pytest
 
-clean:
-	rm -rf artifacts .pytest_cache .ruff_cache
+clean: serving-stop
+	rm -rf artifacts airflow_home .pytest_cache .ruff_cache

@@ -1,0 +1,217 @@
+"""Run the whole product on one machine: the local serving server, Airflow, and the demo.
+
+    python deploy/local.py serving-start | serving-stop | serving-status
+    python deploy/local.py airflow      # airflow standalone + serving (make airflow)
+    python deploy/local.py demo         # the training DAG end to end, then predictions (make demo)
+
+Everything lives inside the project: AIRFLOW_HOME=airflow_home/, artifacts/ for data,
+models, the serving config and the serving server's pid and log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+SERVING_DIR = ROOT / "artifacts" / "serving"
+PID_FILE = SERVING_DIR / "server.pid"
+LOG_FILE = SERVING_DIR / "server.log"
+AIRFLOW_HOME = ROOT / "airflow_home"
+DAG_ID = "fashion_mnist_training"
+
+
+def _settings():
+    sys.path.insert(0, str(ROOT))
+    from pipeline.deployment import load_settings
+
+    return load_settings(ROOT / "dags" / "settings.yaml", ROOT)
+
+
+def airflow_env() -> dict[str, str]:
+    """Environment for Airflow commands: project-local home, our DAGs, sized for a small machine."""
+    env = dict(os.environ)
+    env.update(
+        {
+            "AIRFLOW_HOME": str(AIRFLOW_HOME),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+            "AIRFLOW__CORE__PARALLELISM": "4",
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
+            "AIRFLOW__API__PORT": env.get("AIRFLOW__API__PORT", "8080"),
+            "PYTHONPATH": str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
+            "PATH": str(VENV_BIN) + os.pathsep + env.get("PATH", ""),
+            "TF_CPP_MIN_LOG_LEVEL": env.get("TF_CPP_MIN_LOG_LEVEL", "2"),
+        }
+    )
+    return env
+
+
+def _port_open(address: str) -> bool:
+    host, port = address.rsplit(":", 1)
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex((host.replace("localhost", "127.0.0.1"), int(port))) == 0
+
+
+def serving_running() -> int | None:
+    """Returns the pid of our serving server if it is alive."""
+    if PID_FILE.exists():
+        pid = int(PID_FILE.read_text())
+        try:
+            os.kill(pid, 0)
+            return pid
+        except OSError:
+            PID_FILE.unlink(missing_ok=True)
+    return None
+
+
+def serving_start() -> None:
+    """Starts `python -m serving.server` on the promotion config file, in the background."""
+    config = _settings().base_config()
+    if (pid := serving_running()) is not None:
+        print(
+            f"serving: already running (pid {pid}), gRPC {config.serving_grpc_target}, REST {config.serving_rest_url}"
+        )
+        return
+    grpc_port = int(config.serving_grpc_target.rsplit(":", 1)[1])
+    rest_port = int(config.serving_rest_url.rsplit(":", 1)[1])
+    if _port_open(config.serving_grpc_target):
+        sys.exit(f"serving: port {grpc_port} is taken by another process; stop it or change dags/settings.yaml")
+    config_file = Path(config.serving_config_file)
+    config_file.parent.mkdir(parents=True, exist_ok=True)
+    if not config_file.exists():
+        config_file.write_text("model_config_list {\n}\n")
+    SERVING_DIR.mkdir(parents=True, exist_ok=True)
+    with open(LOG_FILE, "ab") as log:
+        process = subprocess.Popen(
+            [str(VENV_BIN / "python"), "-m", "serving.server", f"--port={grpc_port}", f"--rest_api_port={rest_port}",
+             f"--model_config_file={config_file}", "--file_system_poll_wait_seconds=1"],
+            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        )  # fmt: skip
+    PID_FILE.write_text(str(process.pid))
+    deadline = time.monotonic() + 120
+    while not _port_open(f"127.0.0.1:{rest_port}"):
+        if process.poll() is not None or time.monotonic() > deadline:
+            sys.exit(f"serving: failed to start; see {LOG_FILE}")
+        time.sleep(0.5)
+    print(f"serving: started (pid {process.pid}), gRPC 127.0.0.1:{grpc_port}, REST http://127.0.0.1:{rest_port}")
+    print(f"serving: log {LOG_FILE}")
+
+
+def serving_stop() -> None:
+    if (pid := serving_running()) is None:
+        print("serving: not running")
+        return
+    os.kill(pid, signal.SIGTERM)
+    for _ in range(120):
+        if serving_running() is None:
+            break
+        time.sleep(0.5)
+    PID_FILE.unlink(missing_ok=True)
+    print(f"serving: stopped (pid {pid})")
+
+
+def _airflow(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run([str(VENV_BIN / "airflow"), *args], cwd=ROOT, env=airflow_env(), check=check)
+
+
+def airflow_prepare() -> None:
+    """Migrates the metadata DB and creates the training pool."""
+    settings = _settings()
+    _airflow("db", "migrate")
+    _airflow("pools", "set", settings.pool, "1", "GPU training slots (one per GPU)")
+
+
+def airflow_standalone() -> None:
+    """`airflow standalone` with the project's DAGs, plus the serving server."""
+    airflow_prepare()
+    serving_start()
+    port = airflow_env()["AIRFLOW__API__PORT"]
+    print(f"airflow: UI at http://localhost:{port} (user admin)")
+    print(f"airflow: password in {AIRFLOW_HOME / 'simple_auth_manager_passwords.json.generated'}")
+    print("airflow: Ctrl-C stops Airflow; `python deploy/local.py serving-stop` stops serving")
+    os.execvpe(str(VENV_BIN / "airflow"), [str(VENV_BIN / "airflow"), "standalone"], airflow_env())
+
+
+def _test_images(count: int):
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT))
+    from pipeline.idx import KNOWN_CLASS_NAMES
+
+    source = _settings().base_config().data_source.split(":", 1)[1]
+    with gzip.open(Path(source) / "t10k-images-idx3-ubyte.gz") as handle:
+        images = np.frombuffer(handle.read(), np.uint8, offset=16).reshape(-1, 28, 28)
+    with gzip.open(Path(source) / "t10k-labels-idx1-ubyte.gz") as handle:
+        labels = np.frombuffer(handle.read(), np.uint8, offset=8)
+    names = KNOWN_CLASS_NAMES.get(Path(source).name, [str(i) for i in range(10)])
+    picks = np.linspace(0, len(labels) - 1, count).astype(int)
+    return images[picks], [names[i] for i in labels[picks]]
+
+
+def demo() -> None:
+    """Runs the training DAG end to end with `airflow dags test`, then asks the served model."""
+    sys.path.insert(0, str(ROOT))
+    airflow_prepare()
+    serving_start()
+    started = time.monotonic()
+    result = _airflow("dags", "test", DAG_ID, check=False)
+    minutes = (time.monotonic() - started) / 60
+    if result.returncode != 0:
+        sys.exit(f"demo: the DAG run failed ({minutes:.1f} min); see the task logs above")
+    print(f"\ndemo: DAG run finished in {minutes:.1f} min")
+
+    from serving.client import TFServingClient
+
+    config = _settings().base_config()
+    images, truth = _test_images(6)
+    with TFServingClient(config.serving_grpc_target, config.serving_rest_url) as client:
+        status = client.status(config.model_name, label="stable")
+        print(f"demo: serving {config.model_name} version {status[0]['version']} as 'stable' "
+              f"(gRPC {config.serving_grpc_target}, REST {config.serving_rest_url})\n")  # fmt: skip
+        for protocol in ("grpc", "rest"):
+            answer = client.predict(config.model_name, {"images": images}, label="stable", protocol=protocol)
+            print(f"{protocol.upper():<5} {'true label':<12} {'predicted':<12} probability")
+            for index, expected in enumerate(truth):
+                name = answer["class_names"][index]
+                name = name.decode() if isinstance(name, bytes) else str(name)
+                probability = float(max(answer["probabilities"][index]))
+                mark = "ok" if name == expected else "WRONG"
+                print(f"{'':<5} {expected:<12} {name:<12} {probability:.3f}  {mark}")
+            print()
+    lineage = [json.loads(line) for line in (Path(config.workdir) / "lineage.jsonl").read_text().splitlines()]
+    gate = next((e for e in reversed(lineage) if e["event"] == "gate"), None)
+    if gate:
+        print(f"demo: last gate decision: {'blessed' if gate['blessed'] else 'NOT blessed'}, "
+              f"test accuracy {gate['accuracy']:.4f}")  # fmt: skip
+    print(f"demo: the serving server keeps running (pid {serving_running()}); "
+          "stop it with `.venv/bin/python deploy/local.py serving-stop`")  # fmt: skip
+
+
+def main() -> None:
+    commands = {
+        "serving-start": serving_start,
+        "serving-stop": serving_stop,
+        "serving-status": lambda: print(f"serving: pid {serving_running()}"),
+        "airflow": airflow_standalone,
+        "demo": demo,
+    }
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=sorted(commands))
+    commands[parser.parse_args().command]()
+
+
+if __name__ == "__main__":
+    main()

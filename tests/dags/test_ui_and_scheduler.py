@@ -1,0 +1,174 @@
+"""A real `airflow standalone` (scheduler, API server, LocalExecutor on SQLite): REST API and browser.
+
+Runs after the dag.test() lifecycle tests (file order), against the same serving server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.dags.conftest import DAGS_FOLDER, REPO_ROOT
+from tests.serving.conftest import free_port
+
+DAG_ID = "fashion_mnist_training"
+ARTIFACTS = REPO_ROOT / "test-artifacts"
+
+
+def _request(url: str, method: str = "GET", body: dict | None = None, token: str | None = None):
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"null")
+
+
+def _wait(condition, timeout: float, what: str, interval: float = 1.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            result = condition()
+        except OSError:
+            result = None
+        if result:
+            return result
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def standalone(tmp_path_factory, dag_settings, serving_server):
+    home = tmp_path_factory.mktemp("standalone-home")
+    port = free_port()
+    venv_bin = Path(sys.executable).parent
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_FOLDER),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__PARALLELISM": "4",
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
+        "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__API__BASE_URL": f"http://localhost:{port}",
+        "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PYTHONPATH": str(REPO_ROOT),
+    }
+    subprocess.run([str(venv_bin / "airflow"), "db", "migrate"], env=env, check=True, capture_output=True)
+    subprocess.run([str(venv_bin / "airflow"), "pools", "set", "gpu_training", "1", "GPU training"],
+                   env=env, check=True, capture_output=True)  # fmt: skip
+    log = open(home / "standalone.log", "wb")  # noqa: SIM115  (open for the process's lifetime)
+    process = subprocess.Popen([str(venv_bin / "airflow"), "standalone"], env=env, cwd=home, stdout=log,
+                               stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    base = f"http://localhost:{port}"
+    try:
+        _wait(lambda: _request(base + "/api/v2/monitor/health")[0] == 200, 240, "the API server")
+        passwords = home / "simple_auth_manager_passwords.json.generated"
+        _wait(passwords.exists, 60, "the generated admin password")
+        password = json.loads(passwords.read_text())["admin"]
+        status, reply = _request(base + "/auth/token", "POST", {"username": "admin", "password": password})
+        assert status in (200, 201), reply
+        yield {"base": base, "token": reply["access_token"], "password": password, "home": home}
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+        log.close()
+
+
+def _wait_for_dag(standalone):
+    url = f"{standalone['base']}/api/v2/dags/{DAG_ID}"
+    return _wait(lambda: _request(url, token=standalone["token"])[0] == 200, 240, "the DAG to be parsed")
+
+
+def _wait_for_run(standalone, run_id: str, timeout: float = 900) -> str:
+    url = f"{standalone['base']}/api/v2/dags/{DAG_ID}/dagRuns/{run_id}"
+
+    def finished():
+        state = _request(url, token=standalone["token"])[1]["state"]
+        return state if state in ("success", "failed") else None
+
+    return _wait(finished, timeout, f"run {run_id}", interval=3)
+
+
+def _task_states(standalone, run_id: str) -> dict[str, str]:
+    url = f"{standalone['base']}/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances"
+    return {ti["task_id"]: ti["state"] for ti in _request(url, token=standalone["token"])[1]["task_instances"]}
+
+
+def test_scheduler_runs_the_dag_triggered_through_the_rest_api(standalone, serving_server):
+    from tests.dags.test_training_dag import _serving_labels
+
+    _wait_for_dag(standalone)
+    runs = f"{standalone['base']}/api/v2/dags/{DAG_ID}/dagRuns"
+    status, reply = _request(runs, "POST", {"logical_date": None, "conf": {"epochs": -1}}, standalone["token"])
+    assert status in (400, 422) and "epochs" in json.dumps(reply)  # refused before a run exists
+
+    before = _serving_labels(serving_server["config_file"]).get("stable", 0)
+    status, reply = _request(runs, "POST", {"logical_date": None, "conf": {"force": True}}, standalone["token"])
+    assert status == 200, reply
+    state = _wait_for_run(standalone, reply["dag_run_id"])
+    assert state == "success", _task_states(standalone, reply["dag_run_id"])
+    assert set(_task_states(standalone, reply["dag_run_id"]).values()) == {"success"}
+    assert _serving_labels(serving_server["config_file"])["stable"] > before
+
+
+def test_browser_triggers_the_dag_through_the_params_form(standalone, serving_server):
+    from playwright import sync_api as playwright_api  # make test installs playwright and chromium
+
+    chromium = Path("/usr/bin/chromium")
+    assert chromium.exists(), "make test installs Debian's chromium"
+    _wait_for_dag(standalone)
+    ARTIFACTS.mkdir(exist_ok=True)
+    runs_url = f"{standalone['base']}/api/v2/dags/{DAG_ID}/dagRuns?order_by=-run_after&limit=1"
+    with playwright_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(chromium),
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],  # fmt: skip
+        )
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        try:
+            page.goto(standalone["base"] + "/", wait_until="load")  # redirects to the login form
+            page.get_by_label("Username").fill("admin")
+            page.get_by_label("Password").fill(standalone["password"])
+            page.get_by_role("button", name="Sign in").click()
+            page.wait_for_url(lambda url: "/auth/" not in url, timeout=60_000)
+            page.goto(f"{standalone['base']}/dags/{DAG_ID}", wait_until="load")
+            page.get_by_role("button", name="Trigger").first.click()
+            page.get_by_text("Run Parameters").first.wait_for(timeout=60_000)
+            page.get_by_text("Maximum training epochs (early stopping may end sooner)").wait_for()
+            page.get_by_role("spinbutton").first.fill("1")  # Epochs, the first number field
+            page.screenshot(path=str(ARTIFACTS / "airflow-trigger-form.png"), full_page=True)
+            page.get_by_role("button", name="Trigger").last.click()
+            page.wait_for_timeout(3000)
+        finally:
+            page.screenshot(path=str(ARTIFACTS / "airflow-after-trigger.png"), full_page=True)
+            browser.close()
+    latest = _request(runs_url, token=standalone["token"])[1]["dag_runs"][0]
+    assert latest["run_type"] == "manual"
+    state = _wait_for_run(standalone, latest["dag_run_id"])
+    assert state == "success", _task_states(standalone, latest["dag_run_id"])
