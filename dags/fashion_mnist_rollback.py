@@ -12,15 +12,12 @@ from pathlib import Path
 from airflow.sdk import Asset, Param, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
-from pipeline.deployment import load_settings, run_config
+from pipeline.deployment import describe_trigger, load_settings, run_config
 from pipeline.errors import PipelineError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SETTINGS = load_settings(Path(__file__).with_name("settings.yaml"), PROJECT_ROOT)
-BASE = SETTINGS.base_config()
-STABLE_MODEL = Asset(
-    name=f"{BASE.model_name}_stable_model", uri=f"file://{Path(BASE.model_base_path).resolve()}/{BASE.model_name}"
-)
+STABLE_MODEL = Asset(*SETTINGS.stable_model_asset())
 
 
 @dag(
@@ -46,8 +43,7 @@ def fashion_mnist_rollback():
         context = get_current_context()
         run = context["dag_run"]
         config = run_config(SETTINGS, {}, run.run_id)
-        user = getattr(run, "triggering_user_name", None)
-        who = f"{run.run_type}" + (f" by {user}" if user else "")
+        who = describe_trigger(run.run_type, getattr(run, "triggering_user_name", None))
         try:
             result = runner.rollback_step(config, context["params"]["version"], who, context["params"]["reason"])
         except PipelineError as err:

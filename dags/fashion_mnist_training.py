@@ -19,7 +19,7 @@ from pathlib import Path
 from airflow.sdk import Asset, Param, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
-from pipeline.deployment import load_settings, run_config
+from pipeline.deployment import describe_trigger, load_settings, run_config
 from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
@@ -27,9 +27,7 @@ log = logging.getLogger(__name__)
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SETTINGS = load_settings(Path(__file__).with_name("settings.yaml"), PROJECT_ROOT)
 BASE = SETTINGS.base_config()
-STABLE_MODEL = Asset(
-    name=f"{BASE.model_name}_stable_model", uri=f"file://{Path(BASE.model_base_path).resolve()}/{BASE.model_name}"
-)
+STABLE_MODEL = Asset(*SETTINGS.stable_model_asset())
 PARAM_FIELDS = (
     "data_source",
     "model",
@@ -59,8 +57,7 @@ def _config():
 
 def _who() -> str:
     run = get_current_context()["dag_run"]
-    user = getattr(run, "triggering_user_name", None)
-    return f"{run.run_type}" + (f" by {user}" if user else "")
+    return describe_trigger(run.run_type, getattr(run, "triggering_user_name", None))
 
 
 def _step(function, *args):

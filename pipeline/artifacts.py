@@ -15,6 +15,7 @@ renamed into place, so readers see the old state or the new one, never half.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -28,6 +29,13 @@ from typing import Any
 from pipeline.config import PipelineConfig
 
 TMP_PREFIX = ".tmp-"
+
+
+class StageResult:
+    """Mixin for a stage's result dataclass: `to_dict()` with paths as strings (XCom-safe)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(self).items()}
 
 
 def utc_now() -> str:

@@ -50,6 +50,20 @@ class DeploymentSettings:
         """Returns the validated config the settings describe (before trigger params)."""
         return load_config(overrides=self.pipeline)
 
+    def stable_model_asset(self) -> tuple[str, str]:
+        """Returns (name, uri) of the orchestrator asset that changes when `stable` moves."""
+        config = self.base_config()
+        return (
+            f"{config.model_name}_stable_model",
+            f"file://{Path(config.model_base_path).resolve()}/{config.model_name}",
+        )
+
+
+def describe_trigger(run_type: object, user: str | None) -> str:
+    """Says who or what started a run, for the lineage log: 'manual by admin', 'scheduled'..."""
+    kind = getattr(run_type, "value", run_type)
+    return f"{kind}" + (f" by {user}" if user else "")
+
 
 def load_settings(path: str | Path, project_root: str | Path) -> DeploymentSettings:
     """Loads deployment settings; relative paths in `pipeline` are resolved from `project_root`.

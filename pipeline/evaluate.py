@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.artifacts import atomic_write_json, stage_dir, utc_now
+from pipeline.artifacts import StageResult, atomic_write_json, stage_dir, utc_now
 from pipeline.config import PipelineConfig
 from pipeline.snapshot import Snapshot
 
@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
-class EvaluationResult:
+class EvaluationResult(StageResult):
     """Outputs of the evaluate stage."""
 
     evaluation_path: Path
@@ -34,9 +34,6 @@ class EvaluationResult:
     baseline_version: int | None
     baseline_accuracy: float | None
     reasons: list[str]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(self).items()}
 
 
 def classification_metrics(labels: np.ndarray, probabilities: np.ndarray, class_names: list[str]) -> dict[str, Any]:

@@ -30,6 +30,7 @@ import numpy as np
 
 from pipeline.artifacts import (
     TMP_PREFIX,
+    StageResult,
     atomic_write_json,
     code_revision,
     fsync_tree,
@@ -54,16 +55,13 @@ LOCK_FILE = ".publish.lock"
 
 
 @dataclasses.dataclass(frozen=True)
-class ExportResult:
+class ExportResult(StageResult):
     """Outputs of the export stage."""
 
     version: int
     version_dir: Path
     model_card_path: Path
     removed_versions: list[int]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(self).items()}
 
 
 def ensure_writable(model_dir: Path) -> None:

@@ -19,11 +19,15 @@ def _normalizer(pixel_mean: float, pixel_variance: float) -> layers.Layer:
     return layers.Normalization(axis=None, mean=pixel_mean, variance=pixel_variance, name="normalize")
 
 
-def _classifier_head(x, num_classes: int, dropout: float):
-    x = layers.Dense(128, use_bias=False)(x)
+def _dense_block(x, units: int, dropout: float):
+    x = layers.Dense(units, use_bias=False)(x)
     x = layers.BatchNormalization()(x)
     x = layers.ReLU()(x)
-    x = layers.Dropout(dropout)(x)
+    return layers.Dropout(dropout)(x)
+
+
+def _classifier_head(x, num_classes: int, dropout: float):
+    x = _dense_block(x, 128, dropout)
     x = layers.Dense(num_classes, name="logits")(x)
     return layers.Activation("softmax", dtype="float32", name="probabilities")(x)
 
@@ -78,11 +82,7 @@ def build_mlp(
     """
     inputs = keras.Input(shape=input_shape, name="images")
     x = _normalizer(pixel_mean, pixel_variance)(inputs)
-    x = layers.Flatten()(x)
-    x = layers.Dense(256, use_bias=False)(x)
-    x = layers.BatchNormalization()(x)
-    x = layers.ReLU()(x)
-    x = layers.Dropout(dropout)(x)
+    x = _dense_block(layers.Flatten()(x), 256, dropout)
     return keras.Model(inputs, _classifier_head(x, num_classes, dropout), name="mlp")
 
 

@@ -22,7 +22,7 @@ from typing import Any
 import keras
 
 from pipeline import preprocess
-from pipeline.artifacts import atomic_write_json, stage_dir
+from pipeline.artifacts import StageResult, atomic_write_json, stage_dir
 from pipeline.config import PipelineConfig
 from pipeline.errors import TrainingError
 from pipeline.hardware import plan_hardware
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainResult:
+class TrainResult(StageResult):
     """Outputs of the train stage."""
 
     model_path: Path
@@ -44,9 +44,6 @@ class TrainResult:
     best_val_accuracy: float
     hardware: dict[str, Any]
     seconds: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(self).items()}
 
 
 @contextlib.contextmanager

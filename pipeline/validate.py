@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.artifacts import atomic_write_json, read_json, stage_dir, utc_now
+from pipeline.artifacts import StageResult, atomic_write_json, read_json, stage_dir, utc_now
 from pipeline.config import PipelineConfig
 from pipeline.errors import DataValidationError
 from pipeline.snapshot import Snapshot
@@ -27,7 +27,7 @@ WARNING = "warning"
 
 
 @dataclasses.dataclass(frozen=True)
-class ValidationResult:
+class ValidationResult(StageResult):
     """Outputs of the validate stage.
 
     Attributes:
@@ -43,9 +43,6 @@ class ValidationResult:
     schema_path: Path
     severe: bool
     anomalies: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(self).items()}
 
 
 def split_statistics(images: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, Any]:

@@ -38,6 +38,21 @@ def _served_version(serving_server, label: str, images) -> int:
         return result.version
 
 
+def _asset_event_extras() -> list[dict]:
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        rows = (
+            session.query(AssetEvent)
+            .join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+            .filter(AssetModel.name == "fashion_mnist_stable_model")
+            .order_by(AssetEvent.timestamp)
+            .all()
+        )
+        return [dict(row.extra) for row in rows]
+
+
 def _xcom(run, task_id: str, key: str):
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
@@ -97,6 +112,9 @@ def test_training_lifecycle(dag_bag, dag_settings, serving_server, fashion_subse
     assert set(_states(rollback).values()) == {"success"}
     assert _serving_labels(serving_server["config_file"]) == {"stable": 1, "canary": 1}
     assert _served_version(serving_server, "stable", images) == 1
+
+    # Each move of `stable` emitted an event on the stable-model asset.
+    assert [extra["version"] for extra in _asset_event_extras()] == [1, 2, 1]
 
     events = [(e["event"], e.get("label"), e.get("version")) for e in _lineage(dag_settings)]
     assert ("gate", None, None) in events and ("skipped_unchanged", None, None) in events
