@@ -16,7 +16,7 @@ import logging
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from airflow.sdk import Asset, Param, dag, get_current_context, task
+from airflow.sdk import Asset, CronTriggerTimetable, Param, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
 from pipeline.deployment import describe_trigger, load_settings, run_config
@@ -70,7 +70,8 @@ def _step(function, *args):
 
 @dag(
     dag_id="fashion_mnist_training",
-    schedule=SETTINGS.schedule,
+    # A new or unpaused deployment waits for the next 02:00 instead of training at once.
+    schedule=CronTriggerTimetable(SETTINGS.schedule, timezone="UTC") if SETTINGS.schedule else None,
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,

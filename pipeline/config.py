@@ -117,6 +117,9 @@ class PipelineConfig:
     infra_validation_grpc_target: str | None = _field(
         None, "A dedicated TF Serving to infra-validate in (default: a sandboxed local server process)."
     )
+    infra_validation_rest_url: str | None = _field(
+        None, "REST address of that dedicated TF Serving (with infra_validation_grpc_target)."
+    )
     infra_validation_timeout_s: float = _field(
         180.0, "Longest the candidate may take to load and answer in infra-validation.", exclusive_minimum=0
     )

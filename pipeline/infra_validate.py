@@ -107,15 +107,17 @@ def _wait_listening(process: subprocess.Popen, port: int, log_path: Path, timeou
     raise InfraValidationError(f"the candidate did not load within {timeout_s:g}s")
 
 
-def _check_answers(client, model_name: str, images, expected, warmups) -> dict[str, Any]:
+def _check_answers(client, model_name: str, version_dir: Path, images) -> dict[str, Any]:
+    """Replays the warmup requests, then compares gRPC and REST answers with the SavedModel's own."""
     from serving.protocol import ServingError
 
     checked: dict[str, Any] = {"warmup_requests": 0}
     try:
-        for inputs in warmups:
+        for inputs in _warmup_requests(version_dir):
             client.predict(model_name, inputs, protocol="grpc")
             checked["warmup_requests"] += 1
-        for protocol in ("grpc", "rest"):
+        expected = reference_answers(version_dir, images)
+        for protocol in ("grpc", "rest") if client.rest_url else ("grpc",):
             got = np.asarray(client.predict(model_name, {"images": images}, protocol=protocol)["class_ids"])
             if not np.array_equal(got.astype(np.int64), expected):
                 wrong = int((got != expected).sum())
@@ -126,6 +128,13 @@ def _check_answers(client, model_name: str, images, expected, warmups) -> dict[s
     except ServingError as err:
         raise InfraValidationError(f"the candidate failed a request: {err.code.name}: {err.message}") from err
     return checked
+
+
+def _wait_loaded(client, model_name: str, version: int, timeout_s: float) -> None:
+    try:
+        wait_available(client, model_name, [version], timeout_s)
+    except PipelineError as err:
+        raise InfraValidationError(f"the candidate did not load: {err}") from err
 
 
 def infra_validate(config: PipelineConfig, snapshot: Snapshot, version_dir: str | Path) -> dict[str, Any]:
@@ -143,35 +152,30 @@ def infra_validate(config: PipelineConfig, snapshot: Snapshot, version_dir: str 
         InfraValidationError: on a load failure, a timeout or a wrong answer.
     """
     from serving.client import TFServingClient
+    from serving.protocol import ServingError
 
     version_dir = Path(version_dir)
     split = f"{config.test_split.split('[', 1)[0]}[:{config.smoke_test_examples}]"
     images, _ = snapshot.split_arrays(split)
     images = images[..., 0] if images.shape[-1] == 1 else images
-    expected = reference_answers(version_dir, images)
-    warmups = _warmup_requests(version_dir)
     started = time.monotonic()
     if config.infra_validation_grpc_target:
         name = f"{config.model_name}_infra_validation"
-        with TFServingClient(config.infra_validation_grpc_target, timeout=30) as client:
-            text = render_config(config.replace(model_name=name), [int(version_dir.name)], {}).replace(
-                f'/{name}"', f'/{config.model_name}"'
-            )
-            client.reload_config(text)
+        version = int(version_dir.name)
+        rest_url = config.infra_validation_rest_url or ""
+        with TFServingClient(config.infra_validation_grpc_target, rest_url, timeout=30) as client:
             try:
-                wait_available(client, name, [int(version_dir.name)], config.infra_validation_timeout_s)
-            except PipelineError as err:
-                raise InfraValidationError(str(err)) from err
-            checked = _check_answers(client, name, images, expected, warmups)
+                client.reload_config(render_config(config, [version], {}, served_name=name))
+            except ServingError as err:
+                raise InfraValidationError(f"the infra-validation server refused the candidate: {err}") from err
+            _wait_loaded(client, name, version, config.infra_validation_timeout_s)
+            checked = _check_answers(client, name, version_dir, images)
         endpoint = config.infra_validation_grpc_target
     else:
         sandbox = sandbox_server(config.model_name, version_dir, config.infra_validation_timeout_s)
         with sandbox as (target, url), TFServingClient(target, url, timeout=30, retries=5) as client:
-            try:
-                wait_available(client, config.model_name, [1], config.infra_validation_timeout_s)
-            except PipelineError as err:
-                raise InfraValidationError(str(err)) from err
-            checked = _check_answers(client, config.model_name, images, expected, warmups)
+            _wait_loaded(client, config.model_name, 1, config.infra_validation_timeout_s)
+            checked = _check_answers(client, config.model_name, version_dir, images)
         endpoint = "sandboxed local server"
     result = {"endpoint": endpoint, "seconds": round(time.monotonic() - started, 2), **checked}
     log.info("infra-validation passed: %s", result)

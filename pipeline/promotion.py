@@ -55,8 +55,17 @@ def _labels(state: ServingState) -> dict[str, int]:
     return {key: value for key, value in ((STABLE, state.stable), (CANARY, state.canary)) if value is not None}
 
 
-def render_config(config: PipelineConfig, versions: list[int], labels: dict[str, int]) -> str:
-    """Returns ModelServerConfig text serving `versions` with `labels` (an empty list when none)."""
+def render_config(
+    config: PipelineConfig, versions: list[int], labels: dict[str, int], served_name: str | None = None
+) -> str:
+    """Returns ModelServerConfig text serving `versions` with `labels` (an empty list when none).
+
+    Args:
+        config: Gives the model name and where the serving server finds its versions.
+        versions: Versions to load (a `specific` policy).
+        labels: Version labels.
+        served_name: Serve under another name (infra-validation), same base path.
+    """
     if not versions:
         return "model_config_list {\n}\n"
     listed = "".join(f"        versions: {v}\n" for v in sorted(versions))
@@ -66,7 +75,7 @@ def render_config(config: PipelineConfig, versions: list[int], labels: dict[str,
     return (
         "# Written by the pipeline's promotion step; labels move only through it.\n"
         "model_config_list {\n  config {\n"
-        f'    name: "{config.model_name}"\n'
+        f'    name: "{served_name or config.model_name}"\n'
         f'    base_path: "{_server_model_path(config)}"\n'
         '    model_platform: "tensorflow"\n'
         f"    model_version_policy {{\n      specific {{\n{listed}      }}\n    }}\n"

@@ -33,7 +33,7 @@ def test_training_dag_shape(dag_bag):
     dag = dag_bag.get_dag("fashion_mnist_training")
     assert [t.task_id for t in dag.topological_sort()] == TRAINING_TASKS  # a chain, no cycles
     assert dag.catchup is False and dag.max_active_runs == 1
-    assert dag.timetable.expression == "0 2 * * *"
+    assert dag.timetable.expression == "0 2 * * *" and not dag.timetable.run_immediately
     train = dag.get_task("train")
     assert (train.pool, train.queue) == ("gpu_training", "gpu")
     for task in dag.tasks:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 
 import pytest
 
 from serving.client import TFServingClient
+from tests.dags.conftest import REPO_ROOT
 
 DOWNSTREAM_OF_CHECK = ["train", "evaluate", "gate", "export", "infra_validate", "promote_canary", "smoke_test",
                        "mark_stable"]  # fmt: skip
@@ -113,13 +116,29 @@ def test_training_lifecycle(dag_bag, dag_settings, serving_server, fashion_subse
     assert _serving_labels(serving_server["config_file"]) == {"stable": 1, "canary": 1}
     assert _served_version(serving_server, "stable", images) == 1
 
+    # The CLI rolls back too (and refuses versions that were never published).
+    pipeline = dag_settings["pipeline"]
+    flags = [f"--{key.replace('_', '-')}={pipeline[key]}" for key in
+             ("workdir", "model_base_path", "model_name", "serving_config_file", "serving_grpc_target")]  # fmt: skip
+    cli = [sys.executable, "-m", "pipeline", "rollback", *flags]
+    refused = subprocess.run([*cli, "--version", "99"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "cannot roll back to version 99: published versions are [1, 2]" in refused.stderr
+    moved = subprocess.run([*cli, "--version", "2", "--reason", "cli test"], cwd=REPO_ROOT, capture_output=True,
+                           text=True, timeout=120)  # fmt: skip
+    assert moved.returncode == 0, moved.stderr[-2000:]
+    assert _serving_labels(serving_server["config_file"]) == {"stable": 2, "canary": 2}
+    assert _served_version(serving_server, "stable", images) == 2
+    last = _lineage(dag_settings)[-1]
+    assert (last["event"], last["version"], last["previous"], last["reason"]) == ("rollback", 2, 1, "cli test")
+    assert last["by"].startswith("cli by ")
+
     # Each move of `stable` emitted an event on the stable-model asset.
     assert [extra["version"] for extra in _asset_event_extras()] == [1, 2, 1]
 
     events = [(e["event"], e.get("label"), e.get("version")) for e in _lineage(dag_settings)]
     assert ("gate", None, None) in events and ("skipped_unchanged", None, None) in events
     assert events.count(("label_moved", "stable", 1)) == 1 and ("label_moved", "stable", 2) in events
-    assert events[-1] == ("rollback", "stable", 1)
+    assert ("rollback", "stable", 1) in events and events[-1] == ("rollback", "stable", 2)
     gate_records = [e for e in _lineage(dag_settings) if e["event"] == "gate"]
     assert {g["blessed"] for g in gate_records} == {True, False}
     assert all(g["data_fingerprint"] and g["config"]["epochs"] == 1 and g["by"] for g in gate_records)

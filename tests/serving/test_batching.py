@@ -148,12 +148,14 @@ def test_server_queue_limit_and_graceful_sigterm(tmp_path, model_repo):
     thread = threading.Thread(
         target=lambda: first.append(rest(server, "POST", "/v1/models/scaler:predict", {"instances": X[:1].tolist()}))
     )
-    thread.start()
-    time.sleep(1.0)  # the first request (1 row) now waits in the queue while the window is open
-    status, reply = rest(server, "POST", "/v1/models/scaler:predict", {"instances": X.tolist()})  # 1 + 2 > 2
-    assert status == 429 and "queue to which this task was submitted is full" in reply["error"]
-    exit_code = stop_local_server(process)  # SIGTERM while the first request is still queued
-    thread.join()
+    try:
+        thread.start()
+        time.sleep(1.0)  # the first request (1 row) now waits in the queue while the window is open
+        status, reply = rest(server, "POST", "/v1/models/scaler:predict", {"instances": X.tolist()})  # 1 + 2 > 2
+        assert status == 429 and "queue to which this task was submitted is full" in reply["error"]
+    finally:
+        exit_code = stop_local_server(process)  # SIGTERM while the first request is still queued
+        thread.join()
     assert exit_code == 0
     assert first[0][0] == 200 and first[0][1]["predictions"][0]["y"] == [3.0, 6.0, 9.0]
 

@@ -1,0 +1,55 @@
+"""Infra-validation against real serving processes: the sandbox, a dedicated server, and failures."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from pipeline.export import export
+from pipeline.infra_validate import InfraValidationError, infra_validate
+from tests.serving.conftest import start_local_server, stop_local_server
+from tests.serving.saved_models import write_broken_version
+
+
+@pytest.fixture(scope="module")
+def candidate(trained_run, tmp_path_factory):
+    config = trained_run["config"].replace(
+        model_base_path=str(tmp_path_factory.mktemp("candidates")), smoke_test_examples=16
+    )
+    result = export(config, trained_run["snapshot"], trained_run["train"].model_path,
+                    trained_run["evaluate"].evaluation_path)  # fmt: skip
+    return config, result.version_dir
+
+
+def test_sandboxed_server_loads_and_answers_like_the_model(candidate, trained_run):
+    config, version_dir = candidate
+    result = infra_validate(config, trained_run["snapshot"], version_dir)
+    assert result["endpoint"] == "sandboxed local server"
+    assert result["warmup_requests"] == config.warmup_requests
+    assert result["grpc"] == result["rest"] == 16
+
+
+def test_dedicated_serving_endpoint(candidate, trained_run, tmp_path):
+    config, version_dir = candidate
+    process, rest_url, grpc_target = start_local_server(tmp_path, tmp_path / "server.log")
+    try:
+        dedicated = config.replace(infra_validation_grpc_target=grpc_target, infra_validation_rest_url=rest_url)
+        result = infra_validate(dedicated, trained_run["snapshot"], version_dir)
+        assert result["endpoint"] == grpc_target and result["rest"] == 16
+    finally:
+        assert stop_local_server(process) == 0
+
+
+def test_a_candidate_that_does_not_load_is_blocked(candidate, trained_run, tmp_path):
+    config, _ = candidate
+    broken = write_broken_version(tmp_path / "models" / config.model_name, 7)
+    with pytest.raises(InfraValidationError, match="the candidate did not load: version 1 failed to load"):
+        infra_validate(config, trained_run["snapshot"], broken)
+
+
+def test_a_candidate_that_loads_too_slowly_is_blocked(candidate, trained_run, tmp_path):
+    config, version_dir = candidate
+    copy = shutil.copytree(version_dir, tmp_path / "models" / config.model_name / "1")
+    with pytest.raises(InfraValidationError, match="did not load within 0.5s"):
+        infra_validate(config.replace(infra_validation_timeout_s=0.5), trained_run["snapshot"], copy)
