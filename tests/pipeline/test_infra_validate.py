@@ -53,3 +53,28 @@ def test_a_candidate_that_loads_too_slowly_is_blocked(candidate, trained_run, tm
     copy = shutil.copytree(version_dir, tmp_path / "models" / config.model_name / "1")
     with pytest.raises(InfraValidationError, match="did not load within 0.5s"):
         infra_validate(config.replace(infra_validation_timeout_s=0.5), trained_run["snapshot"], copy)
+
+
+def test_wrong_answers_are_blocked(candidate, trained_run, tmp_path, make_config):
+    """The dedicated server finds a different model (an MLP) where the candidate (a CNN) should be."""
+    from pipeline.evaluate import evaluate
+    from pipeline.train import train
+
+    config, version_dir = candidate
+    other = make_config(model="mlp", run_id="impostor", model_base_path=str(tmp_path / "impostor"), min_accuracy=0.0)
+    trained = train(other, trained_run["snapshot"])
+    evaluated = evaluate(other, trained_run["snapshot"], trained.model_path)
+    impostor = export(other, trained_run["snapshot"], trained.model_path, evaluated.evaluation_path)
+    assert impostor.version == int(version_dir.name) == 1  # same number, other weights
+
+    process, rest_url, grpc_target = start_local_server(tmp_path, tmp_path / "server.log")
+    try:
+        misconfigured = config.replace(
+            infra_validation_grpc_target=grpc_target,
+            infra_validation_rest_url=rest_url,
+            serving_model_base_path=str(tmp_path / "impostor"),  # where that server looks for versions
+        )
+        with pytest.raises(InfraValidationError, match=r"\d+ of 16 answers over grpc differ from the model's"):
+            infra_validate(misconfigured, trained_run["snapshot"], version_dir)
+    finally:
+        assert stop_local_server(process) == 0
