@@ -11,7 +11,6 @@ Labels may point only at loaded versions, so a new version is loaded before a la
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from pathlib import Path
@@ -265,7 +264,3 @@ def rollback(config: PipelineConfig, version: int, by: str, reason: str = "") ->
     apply_state(config, ServingState(version, version))
     lineage.record(config, "rollback", label=STABLE, version=version, previous=before.stable, by=by, reason=reason)
     return {"stable": version, "previous_stable": before.stable}
-
-
-def describe_state(config: PipelineConfig) -> str:
-    return json.dumps(dataclasses.asdict(read_state(config)))

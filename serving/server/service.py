@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Any
 
 import grpc
 import numpy as np
@@ -130,9 +129,3 @@ def _fill_version_status(message, state: VersionState) -> None:
         message.status.error_message = state.error.message
     else:
         message.status.error_code = grpc.StatusCode.OK.value[0]
-
-
-def describe(value: Any) -> str:
-    """Short description of a JSON value for error messages."""
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
