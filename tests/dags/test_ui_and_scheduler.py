@@ -1,6 +1,8 @@
-"""A real `airflow standalone` (scheduler, API server, LocalExecutor on SQLite): REST API and browser.
+"""A real `airflow standalone` (scheduler, API server, LocalExecutor): REST API and browser.
 
-Runs after the dag.test() lifecycle tests (file order), against the same serving server.
+The metadata database is a fresh PostgreSQL database on the local server (SQLite locks
+under the scheduler, the DAG processor and the API server writing at once). Runs after
+the dag.test() lifecycle tests (file order), against the same serving server.
 """
 
 from __future__ import annotations
@@ -50,8 +52,31 @@ def _wait(condition, timeout: float, what: str, interval: float = 1.0):
     raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
 
 
+POSTGRES = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
+
+
 @pytest.fixture(scope="module")
-def standalone(tmp_path_factory, dag_settings, serving_server):
+def postgres_url():
+    """A new PostgreSQL database for this module, dropped afterwards."""
+    import uuid
+
+    import psycopg2
+
+    name = f"airflow_test_{uuid.uuid4().hex[:10]}"
+    admin = psycopg2.connect(dbname="postgres", **POSTGRES)
+    admin.autocommit = True
+    with admin.cursor() as cursor:
+        cursor.execute(f"CREATE DATABASE {name}")
+    try:
+        yield f"postgresql+psycopg2://{POSTGRES['user']}@{POSTGRES['host']}:{POSTGRES['port']}/{name}"
+    finally:
+        with admin.cursor() as cursor:
+            cursor.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.close()
+
+
+@pytest.fixture(scope="module")
+def standalone(tmp_path_factory, dag_settings, serving_server, postgres_url):
     home = tmp_path_factory.mktemp("standalone-home")
     port = free_port()
     venv_bin = Path(sys.executable).parent
@@ -63,7 +88,7 @@ def standalone(tmp_path_factory, dag_settings, serving_server):
         "AIRFLOW__CORE__PARALLELISM": "4",
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": postgres_url,
         "AIRFLOW__API__PORT": str(port),
         "AIRFLOW__API__BASE_URL": f"http://localhost:{port}",
         "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}",
