@@ -82,6 +82,24 @@ def render_config(
     )
 
 
+def _with_other_models(config: PipelineConfig, text: str) -> str:
+    """Adds the serving config file's other models to `text`, so a shared config keeps them."""
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    path = Path(config.serving_config_file)
+    if not path.exists():
+        return text
+    current = text_format.Parse(path.read_text(), model_server_config_pb2.ModelServerConfig())
+    others = [m for m in current.model_config_list.config if m.name != config.model_name]
+    if not others:
+        return text
+    merged = text_format.Parse(text, model_server_config_pb2.ModelServerConfig())
+    for model in others:
+        merged.model_config_list.config.add().CopyFrom(model)
+    return "# Written by the pipeline's promotion step.\n" + text_format.MessageToString(merged)
+
+
 def read_state(config: PipelineConfig) -> ServingState:
     """Reads the labels of `config.model_name` from the serving config file."""
     from google.protobuf import text_format
@@ -131,7 +149,7 @@ def apply_state(config: PipelineConfig, state: ServingState) -> None:
     """Writes the serving config for `state` and, with an endpoint configured, reloads and waits.
 
     New versions are first loaded under the old labels, then the labels move, because a
-    label may only point at a loaded version.
+    label may only point at a loaded version. Other models in the config file are kept.
 
     Raises:
         PromotionError: if a version is not published or serving refuses the change.
@@ -141,11 +159,11 @@ def apply_state(config: PipelineConfig, state: ServingState) -> None:
     if missing:
         raise PromotionError(f"version(s) {missing} of {config.model_name} are not published in {config.model_dir}")
     previous = read_state(config)
-    final_text = render_config(config, state.versions, _labels(state))
+    final_text = _with_other_models(config, render_config(config, state.versions, _labels(state)))
     if config.serving_grpc_target:
         if set(state.versions) - set(previous.versions):
             both = sorted(set(previous.versions) | set(state.versions))
-            _push(config, render_config(config, both, _labels(previous)), both)
+            _push(config, _with_other_models(config, render_config(config, both, _labels(previous))), both)
         _push(config, final_text, state.versions)
     atomic_write_bytes(config.serving_config_file, final_text.encode())
 
