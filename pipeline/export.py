@@ -33,6 +33,7 @@ from pipeline.artifacts import (
     StageResult,
     atomic_write_json,
     code_revision,
+    fsync_dir,
     fsync_tree,
     read_json,
     remove_stale_staging,
@@ -200,11 +201,7 @@ def publish_version(staging: Path, model_dir: Path, card: dict[str, Any]) -> tup
             if err.errno in (errno.EEXIST, errno.ENOTEMPTY):
                 raise ExportError(f"version folder {final} appeared concurrently; not overwriting it") from err
             raise
-        fd = os.open(model_dir, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_dir(model_dir)
     log.info("published %s", final)
     return version, final
 

@@ -26,7 +26,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from serving.protocol import ServingError, code_from_http
+from serving.protocol import ServingError, code_from_http, code_from_number
 
 GRPC = "grpc"
 REST = "rest"
@@ -238,7 +238,7 @@ class TFServingClient:
                 "state": states.Name(entry.state),
                 "error_code": grpc.StatusCode.OK.name
                 if entry.status.error_code == 0
-                else _code_name(entry.status.error_code),
+                else code_from_number(entry.status.error_code).name,
                 "error_message": entry.status.error_message,
             }
             for entry in response.model_version_status
@@ -290,7 +290,7 @@ class TFServingClient:
         _, model_service = self._stubs()
         response = self._with_retries(lambda: model_service.HandleReloadConfigRequest(request, timeout=self.timeout))
         if response.status.error_code:
-            raise ServingError(_code(response.status.error_code), response.status.error_message)
+            raise ServingError(code_from_number(response.status.error_code), response.status.error_message)
 
     def close(self) -> None:
         if self._channel is not None:
@@ -302,16 +302,6 @@ class TFServingClient:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _code(number: int) -> grpc.StatusCode:
-    from serving.protocol import code_from_number
-
-    return code_from_number(number)
-
-
-def _code_name(number: int) -> str:
-    return _code(number).name
 
 
 def _to_json(array: np.ndarray) -> Any:

@@ -202,16 +202,19 @@ class ModelServer:
         while not self._stop.wait(args.model_config_file_poll_wait_seconds):
             try:
                 text = Path(args.model_config_file).read_text()
-                if text == self._config_text:
-                    continue
+            except OSError as err:
+                log.error("cannot read %s: %s", args.model_config_file, err, extra={"event": "reload_failed"})
+                continue
+            if text == self._config_text:
+                continue
+            self._config_text = text  # a bad file is reported once, not on every poll
+            try:
                 config = protos.parse_text(text, protos.ModelServerConfig, args.model_config_file)
                 self.manager.reload_config(config)
-                self._config_text = text
                 log.info("reloaded %s", args.model_config_file, extra={"event": "reload"})
             except Exception as err:  # noqa: BLE001  (a bad file must not stop serving)
                 log.error("config reload from %s failed: %s", args.model_config_file, err,
                           extra={"event": "reload_failed", "error": str(err)})  # fmt: skip
-                self._config_text = text if "text" in locals() else self._config_text
 
     def stop(self, grace_s: float | None = None) -> None:
         """Stops accepting requests, finishes in-flight ones, unloads everything."""

@@ -68,8 +68,8 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             response.outputs[key].CopyFrom(tf.make_tensor_proto(array))
         return response
 
-    def _examples(self, api: str, request, context, run):
-        name, version, label = _spec(request.model_spec)
+    def _examples(self, api: str, model_spec, context, run):
+        name, version, label = _spec(model_spec)
         try:
             with self.service.observe(api, "GRPC", name) as record:
                 servable = self.service.resolve(name, version, label)
@@ -80,22 +80,22 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     def Classify(self, request, context):  # noqa: N802
         return self._examples(
-            "classify", request, context,
+            "classify", request.model_spec, context,
             lambda s: self.service.classify(s, request.model_spec.signature_name, request.input),
         )  # fmt: skip
 
     def Regress(self, request, context):  # noqa: N802
         return self._examples(
-            "regress", request, context,
+            "regress", request.model_spec, context,
             lambda s: self.service.regress(s, request.model_spec.signature_name, request.input),
         )  # fmt: skip
 
     def MultiInference(self, request, context):  # noqa: N802
         if not request.tasks:
             return _abort(context, invalid("Expects at least one task in MultiInferenceRequest."))
-        spec = request.tasks[0].model_spec
-        return self._examples("multi_inference", type("R", (), {"model_spec": spec})(), context,
-                              lambda s: s.multi_inference(request))  # fmt: skip
+        return self._examples(
+            "multi_inference", request.tasks[0].model_spec, context, lambda s: s.multi_inference(request)
+        )
 
     def GetModelMetadata(self, request, context):  # noqa: N802
         name, version, label = _spec(request.model_spec)

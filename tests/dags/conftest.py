@@ -65,20 +65,12 @@ def serving_server(tmp_path_factory):
 
 def restart_serving(server: dict) -> None:
     """Starts the serving server again on the same ports and config file."""
-    import subprocess
-    import sys
+    from tests.serving.conftest import start_local_server
 
-    from tests.serving.conftest import wait_until_serving
-
-    grpc_port = server["grpc_target"].rsplit(":", 1)[1]
-    rest_port = server["rest_url"].rsplit(":", 1)[1]
-    with open(server["log"], "ab") as log_file:
-        server["process"] = subprocess.Popen(
-            [sys.executable, "-m", "serving.server", f"--port={grpc_port}", f"--rest_api_port={rest_port}",
-             f"--model_config_file={server['config_file']}"],
-            cwd=REPO_ROOT, stdout=log_file, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    wait_until_serving(server["process"], server["rest_url"], server["log"])
+    ports = (int(server["grpc_target"].rsplit(":", 1)[1]), int(server["rest_url"].rsplit(":", 1)[1]))
+    server["process"], _, _ = start_local_server(
+        server["root"], server["log"], f"--model_config_file={server['config_file']}", ports=ports
+    )
 
 
 @pytest.fixture(scope="session")

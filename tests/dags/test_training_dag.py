@@ -171,5 +171,6 @@ def test_serving_down_during_promotion_retries_and_keeps_stable(dag_bag, serving
     tries = [ti.try_number for ti in run.get_task_instances() if ti.task_id == "promote_canary"]
     assert tries == [2]  # retried once (settings: retries 1) before failing
     assert _serving_labels(serving_server["config_file"]) == before
-    with TFServingClient(serving_server["grpc_target"], serving_server["rest_url"]) as client:
-        assert client.status("fashion_mnist", label="stable")[0]["version"] == before["stable"]
+    if "stable" in before:  # run alone, no earlier test has promoted a model
+        with TFServingClient(serving_server["grpc_target"], serving_server["rest_url"]) as client:
+            assert client.status("fashion_mnist", label="stable")[0]["version"] == before["stable"]

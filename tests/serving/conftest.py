@@ -67,12 +67,18 @@ class ServerUnderTest:
         return self.log_path.read_text() if self.log_path and self.log_path.exists() else ""
 
 
-def start_local_server(models_dir: Path, log_path: Path, *extra: str, wait: bool = True):
-    """Starts `python -m serving.server` on free ports with an empty config; returns (process, rest, grpc)."""
+def start_local_server(
+    models_dir: Path, log_path: Path, *extra: str, wait: bool = True, ports: tuple[int, int] | None = None
+):
+    """Starts `python -m serving.server` with an empty config; returns (process, rest url, grpc target).
+
+    Args:
+        ports: (gRPC, REST) ports, e.g. to restart a server where it was; free ports by default.
+    """
     config = models_dir / "empty.config"
     if not config.exists():
         config.write_text("model_config_list {}\n")
-    grpc_port, rest_port = free_port(), free_port()
+    grpc_port, rest_port = ports or (free_port(), free_port())
     command = [
         sys.executable, "-m", "serving.server", f"--port={grpc_port}", f"--rest_api_port={rest_port}",
         f"--model_config_file={config}", "--file_system_poll_wait_seconds=0.2",
