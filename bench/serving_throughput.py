@@ -10,7 +10,6 @@ prints the median requests/second over repeats and the batched/unbatched ratio.
 from __future__ import annotations
 
 import argparse
-import gzip
 import statistics
 import sys
 import threading
@@ -22,14 +21,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from pipeline.core.model_repo import published_versions  # noqa: E402
+from pipeline.data.idx import read_folder_split  # noqa: E402
+from serving import launcher  # noqa: E402
 from serving.client import TFServingClient  # noqa: E402
-from tests.serving.conftest import start_local_server, stop_local_server  # noqa: E402
 
-
-def _images(count: int) -> np.ndarray:
-    path = Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
-    with gzip.open(path) as handle:
-        return np.frombuffer(handle.read(), np.uint8, offset=16).reshape(-1, 28, 28)[:count]
+DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
 def _throughput(grpc_target: str, model: str, clients: int, requests: int, images: np.ndarray) -> float:
@@ -61,9 +58,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     model_dir = Path(args.model_dir).resolve()
-    if not any(p.name.isdigit() for p in model_dir.iterdir()):
+    if not published_versions(model_dir):
         sys.exit(f"no versions in {model_dir}: run `make demo` first")
-    images = _images(1000)
+    images, _ = read_folder_split(DATA_DIR, "test", limit=1000)
     results = {}
     scratch = ROOT / "artifacts" / "bench"
     scratch.mkdir(parents=True, exist_ok=True)
@@ -73,13 +70,10 @@ def main() -> None:
     ):
         config = scratch / f"{label}.config"
         config.write_text(f"model_config_list {{ config {{ name: 'm' base_path: '{model_dir}' }} }}")
-        process, _, grpc_target = start_local_server(
-            scratch, scratch / f"{label}.log", f"--model_config_file={config}", *extra
-        )
-        try:
-            runs = [_throughput(grpc_target, "m", args.clients, args.requests, images) for _ in range(args.repeats)]
-        finally:
-            stop_local_server(process)
+        with launcher.start([f"--model_config_file={config}", *extra], log_path=scratch / f"{label}.log") as server:
+            runs = [
+                _throughput(server.grpc_target, "m", args.clients, args.requests, images) for _ in range(args.repeats)
+            ]
         results[label] = statistics.median(runs)
         each = ", ".join(f"{r:.0f}" for r in runs)
         print(

@@ -11,7 +11,7 @@ models, the serving config and the serving server's pid and log.
 from __future__ import annotations
 
 import argparse
-import gzip
+import contextlib
 import json
 import os
 import signal
@@ -22,6 +22,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from pipeline.dag_settings import load_settings  # noqa: E402
+from serving import launcher  # noqa: E402
+from serving.polling import poll_until  # noqa: E402
+
 VENV_BIN = Path(sys.executable).parent
 SERVING_DIR = ROOT / "artifacts" / "serving"
 PID_FILE = SERVING_DIR / "server.pid"
@@ -31,9 +37,6 @@ DAG_ID = "fashion_mnist_training"
 
 
 def _settings():
-    sys.path.insert(0, str(ROOT))
-    from pipeline.deployment import load_settings
-
     return load_settings(ROOT / "dags" / "settings.yaml", ROOT)
 
 
@@ -92,21 +95,20 @@ def serving_start() -> None:
     config_file.parent.mkdir(parents=True, exist_ok=True)
     if not config_file.exists():
         config_file.write_text("model_config_list {\n}\n")
-    SERVING_DIR.mkdir(parents=True, exist_ok=True)
-    with open(LOG_FILE, "ab") as log:
-        process = subprocess.Popen(
-            [str(VENV_BIN / "python"), "-m", "serving.server", f"--port={grpc_port}", f"--rest_api_port={rest_port}",
-             f"--model_config_file={config_file}", "--file_system_poll_wait_seconds=1"],
-            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    try:
+        server = launcher.start(
+            [f"--model_config_file={config_file}", "--file_system_poll_wait_seconds=1"],
+            log_path=LOG_FILE,
+            grpc_port=grpc_port,
+            rest_port=rest_port,
+            python=str(VENV_BIN / "python"),
             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
-        )  # fmt: skip
-    PID_FILE.write_text(str(process.pid))
-    deadline = time.monotonic() + 120
-    while not _port_open(f"127.0.0.1:{rest_port}"):
-        if process.poll() is not None or time.monotonic() > deadline:
-            sys.exit(f"serving: failed to start; see {LOG_FILE}")
-        time.sleep(0.5)
-    print(f"serving: started (pid {process.pid}), gRPC 127.0.0.1:{grpc_port}, REST http://127.0.0.1:{rest_port}")
+            detach=True,
+        )
+    except launcher.ServerStartError:
+        sys.exit(f"serving: failed to start; see {LOG_FILE}")
+    PID_FILE.write_text(str(server.pid))
+    print(f"serving: started (pid {server.pid}), gRPC {server.grpc_target}, REST {server.rest_url}")
     print(f"serving: log {LOG_FILE}")
 
 
@@ -115,10 +117,8 @@ def serving_stop() -> None:
         print("serving: not running")
         return
     os.kill(pid, signal.SIGTERM)
-    for _ in range(120):
-        if serving_running() is None:
-            break
-        time.sleep(0.5)
+    with contextlib.suppress(TimeoutError):
+        poll_until(lambda: serving_running() is None, timeout_s=60, interval_s=0.5)
     PID_FILE.unlink(missing_ok=True)
     print(f"serving: stopped (pid {pid})")
 
@@ -148,22 +148,17 @@ def airflow_standalone() -> None:
 def _test_images(count: int):
     import numpy as np
 
-    sys.path.insert(0, str(ROOT))
-    from pipeline.idx import KNOWN_CLASS_NAMES
+    from pipeline.data.idx import KNOWN_CLASS_NAMES, read_folder_split
 
-    source = _settings().base_config().data_source.split(":", 1)[1]
-    with gzip.open(Path(source) / "t10k-images-idx3-ubyte.gz") as handle:
-        images = np.frombuffer(handle.read(), np.uint8, offset=16).reshape(-1, 28, 28)
-    with gzip.open(Path(source) / "t10k-labels-idx1-ubyte.gz") as handle:
-        labels = np.frombuffer(handle.read(), np.uint8, offset=8)
-    names = KNOWN_CLASS_NAMES.get(Path(source).name, [str(i) for i in range(10)])
+    source = Path(_settings().base_config().data_source.split(":", 1)[1])
+    images, labels = read_folder_split(source, "test")
+    names = KNOWN_CLASS_NAMES.get(source.name, [str(i) for i in range(10)])
     picks = np.linspace(0, len(labels) - 1, count).astype(int)
     return images[picks], [names[i] for i in labels[picks]]
 
 
 def demo() -> None:
     """Runs the training DAG end to end with `airflow dags test`, then asks the served model."""
-    sys.path.insert(0, str(ROOT))
     airflow_prepare()
     serving_start()
     started = time.monotonic()
@@ -179,8 +174,10 @@ def demo() -> None:
     images, truth = _test_images(6)
     with TFServingClient(config.serving_grpc_target, config.serving_rest_url) as client:
         status = client.status(config.model_name, label="stable")
-        print(f"demo: serving {config.model_name} version {status[0]['version']} as 'stable' "
-              f"(gRPC {config.serving_grpc_target}, REST {config.serving_rest_url})\n")  # fmt: skip
+        print(
+            f"demo: serving {config.model_name} version {status[0]['version']} as 'stable' "
+            f"(gRPC {config.serving_grpc_target}, REST {config.serving_rest_url})\n"
+        )
         for protocol in ("grpc", "rest"):
             answer = client.predict(config.model_name, {"images": images}, label="stable", protocol=protocol)
             print(f"{protocol.upper():<5} {'true label':<12} {'predicted':<12} probability")
@@ -194,10 +191,14 @@ def demo() -> None:
     lineage = [json.loads(line) for line in (Path(config.workdir) / "lineage.jsonl").read_text().splitlines()]
     gate = next((e for e in reversed(lineage) if e["event"] == "gate"), None)
     if gate:
-        print(f"demo: last gate decision: {'blessed' if gate['blessed'] else 'NOT blessed'}, "
-              f"test accuracy {gate['accuracy']:.4f}")  # fmt: skip
-    print(f"demo: the serving server keeps running (pid {serving_running()}); "
-          "stop it with `.venv/bin/python deploy/local.py serving-stop`")  # fmt: skip
+        print(
+            f"demo: last gate decision: {'blessed' if gate['blessed'] else 'NOT blessed'}, "
+            f"test accuracy {gate['accuracy']:.4f}"
+        )
+    print(
+        f"demo: the serving server keeps running (pid {serving_running()}); "
+        "stop it with `.venv/bin/python deploy/local.py serving-stop`"
+    )
 
 
 def main() -> None:

@@ -1,14 +1,17 @@
-"""Command line: `python -m pipeline run|ingest|validate|train|evaluate|export|config`.
+"""Command line: `python -m pipeline run | <step> | promote | rollback | config | lineage`.
 
-Every config field is a flag (`--batch-size 64`), on top of an optional YAML file
-(`--config my.yaml`). Stage commands read their inputs from the run manifest of
-`--run-id`, or from explicit `--snapshot/--model-path/--evaluation` paths.
+`run` runs the whole step sequence (`pipeline.runner.STEPS`), exactly as the Airflow DAG
+does; each step is also a command of its own (`ingest`, `train`, `infra-validate`, ...),
+reading its inputs from the manifest of `--run-id` or from `--snapshot`, `--model-path`,
+`--evaluation` and `--version-dir`. Every config field is a flag (`--batch-size 64`), on
+top of an optional YAML file (`--config my.yaml`).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import getpass
 import json
 import logging
 import sys
@@ -16,48 +19,40 @@ from typing import Any
 
 import yaml
 
-from pipeline import config as config_module
-from pipeline.errors import PipelineError
+from pipeline import runner
+from pipeline.core import config as config_module
+from pipeline.core import lineage
+from pipeline.core.errors import PipelineError, ServingUnavailableError
 
 log = logging.getLogger("pipeline")
 
-STAGE_INPUTS = {
-    "ingest": (),
-    "validate": ("snapshot",),
-    "train": ("snapshot",),
-    "evaluate": ("snapshot", "model_path"),
-    "export": ("snapshot", "model_path", "evaluation"),
-}
+PROMOTE_STEPS = ("promote_canary", "smoke_test", "mark_stable")
 COMMAND_HELP = {
-    "run": "Run every stage: ingest, validate, train, evaluate and (if blessed) export.",
-    "ingest": "Snapshot the data source into TFDS format (reuses an identical snapshot).",
-    "validate": "Compute statistics and check the snapshot against the schema and the previous one.",
-    "train": "Train a model on the snapshot.",
-    "evaluate": "Evaluate the trained model on the test split and apply the gate.",
-    "export": "Export a blessed model as a SavedModel and publish it as the next version.",
+    "run": "Run every step, as the DAG does: " + " -> ".join(runner.STEP_NAMES) + ".",
+    **{step.name.replace("_", "-"): step.help for step in runner.STEPS},
+    "promote": "Release an exported version: " + " -> ".join(PROMOTE_STEPS) + ".",
     "config": "Print the effective configuration as YAML.",
     "rollback": "Move the 'stable' serving label back to an earlier published version.",
     "lineage": "Print the lineage log (runs, gate decisions, versions, label moves) as JSON lines.",
 }
+STEP_COMMANDS = {step.name.replace("_", "-"): (step.name,) for step in runner.STEPS} | {"promote": PROMOTE_STEPS}
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("config options (override the YAML file)")
+    defaults = config_module.PipelineConfig()
     for name in config_module.field_names():
         group.add_argument(
             "--" + name.replace("_", "-"),
             dest=f"cfg_{name}",
             metavar="VALUE",
             default=None,
-            help=(
-                config_module.field_help(name)
-                + f" [default: {config_module.PipelineConfig.__dataclass_fields__[name].default}]"
-            ).replace("%", "%%"),
+            help=(config_module.field_help(name) + f" [default: {getattr(defaults, name)}]").replace("%", "%%"),
         )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Returns the argument parser with one subcommand per stage."""
+    """Returns the argument parser with one subcommand per step and the run-level commands."""
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.splitlines()[0])
     subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command, help_text in COMMAND_HELP.items():
@@ -67,9 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
         if command == "rollback":
             sub.add_argument("--version", type=int, required=True, help="Published version to label stable.")
             sub.add_argument("--reason", default="", help="Why (kept in the lineage log).")
-        for name in STAGE_INPUTS.get(command, ()):
-            flag = "--" + name.replace("_", "-")
-            sub.add_argument(flag, help=f"Path of the {name} (default: from the run manifest).")
+        if command in STEP_COMMANDS:
+            for option, (step, output) in runner.INPUT_OPTIONS.items():
+                sub.add_argument(
+                    "--" + option.replace("_", "-"),
+                    dest=f"input_{option}",
+                    help=f"Path of the {output} made by step '{step}' (default: from the run manifest).",
+                )
         _add_config_flags(sub)
     return parser
 
@@ -95,61 +94,49 @@ def _setup_logging(level: str) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def _stage_inputs(command: str, args, config) -> dict[str, str]:
-    from pipeline.runner import manifest_inputs
-
-    known = manifest_inputs(config)
-    inputs = {}
-    for name in STAGE_INPUTS[command]:
-        value = getattr(args, name) or known.get(name)
-        if value is None:
-            raise PipelineError(
-                f"'{command}' needs --{name.replace('_', '-')} or a --run-id whose earlier stages produced one"
-            )
-        inputs[name] = value
-    return inputs
+def _run_steps(command: str, args: argparse.Namespace, config, by: str) -> dict[str, Any]:
+    """Runs the steps of a step command on the run's state; returns the last step's outputs."""
+    explicit = {option: getattr(args, f"input_{option}") for option in runner.INPUT_OPTIONS}
+    state = runner.state_from_manifest(config, explicit)
+    outputs: dict[str, Any] = {}
+    for name in STEP_COMMANDS[command]:
+        try:
+            outcome = runner.run_step(name, config, state, by)
+        except PipelineError as err:
+            raise PipelineError(f"{name.replace('_', '-')}: {err}") from err
+        state, outputs = outcome.state, outcome.outputs
+        if outcome.stop_reason:
+            outputs = {**outputs, "stop_reason": outcome.stop_reason}
+            break
+    return outputs
 
 
 def run_command(args: argparse.Namespace) -> int:
     """Executes a parsed command; returns the process exit code."""
-    from pipeline import runner
-
     config = config_from_args(args)
     if args.command == "config":
         print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
         return 0
     if args.command == "lineage":
-        from pipeline import lineage
-
         for entry in lineage.read(config):
             print(json.dumps(entry, sort_keys=True))
         return 0
     config = runner.with_run_id(config)
+    by = f"cli by {getpass.getuser()}"
     if args.command == "rollback":
-        import getpass
-
-        outputs = runner.rollback_step(config, args.version, f"cli by {getpass.getuser()}", args.reason)
-        print(json.dumps(outputs, indent=2))
+        print(json.dumps(runner.rollback(config, args.version, by, args.reason), indent=2))
         return 0
     # Progress (TFDS, Keras) goes to stderr so stdout carries only the result.
     if args.command == "run":
         reports: list[runner.StageReport] = []
         try:
             with contextlib.redirect_stdout(sys.stderr):
-                runner.run_pipeline(config, reports)
+                runner.run_pipeline(config, by, reports)
         finally:
             print(runner.format_summary(reports, config.run_id))
         return 0
-    inputs = _stage_inputs(args.command, args, config)
-    steps = {
-        "ingest": lambda: runner.ingest_step(config),
-        "validate": lambda: runner.validate_step(config, inputs["snapshot"]),
-        "train": lambda: runner.train_step(config, inputs["snapshot"]),
-        "evaluate": lambda: runner.evaluate_step(config, inputs["snapshot"], inputs["model_path"]),
-        "export": lambda: runner.export_step(config, inputs["snapshot"], inputs["model_path"], inputs["evaluation"]),
-    }
     with contextlib.redirect_stdout(sys.stderr):
-        outputs = steps[args.command]()
+        outputs = _run_steps(args.command, args, config, by)
     print(json.dumps({"run_id": config.run_id, **outputs}, indent=2, default=str))
     return 0
 
@@ -163,3 +150,6 @@ def main(argv: list[str] | None = None) -> int:
     except PipelineError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except ServingUnavailableError as err:
+        print(f"error: serving is unavailable, try again later: {err}", file=sys.stderr)
+        return 3

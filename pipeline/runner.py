@@ -1,8 +1,14 @@
-"""Stage steps with plain inputs and outputs, and the whole pipeline in order.
+"""The one step sequence of the pipeline, run the same way by the CLI and by the Airflow DAG.
 
-Each `*_step` function takes the config and artifact paths (strings) and returns a
-JSON-serialisable dict of output paths and numbers, recorded in the run manifest.
-The CLI and orchestrators (Airflow tasks) call these, passing paths, never arrays.
+    ingest -> validate -> check_changes -> train -> evaluate -> gate -> export
+    -> infra_validate -> promote_canary -> smoke_test -> mark_stable
+
+A run's state is its manifest: `{step name: that step's outputs}` (paths and numbers, never
+arrays). Each step reads the outputs of earlier steps from the state, returns its own,
+and `run_step` records them in `runs/<run_id>/manifest.json`. `check_changes` and `gate`
+can stop a run: later steps are skipped, nothing is served differently. The CLI runs
+`STEPS` in one process (`run_pipeline`); the DAG runs one step per task (`run_step`),
+passing the state from task to task through XCom.
 """
 
 from __future__ import annotations
@@ -14,14 +20,23 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pipeline.artifacts import new_run_id, read_manifest, record_stage
-from pipeline.config import PipelineConfig
-from pipeline.errors import PipelineError
-from pipeline.snapshot import Snapshot
+from pipeline.core import lineage
+from pipeline.core.artifacts import new_run_id, read_json, read_manifest, record_stage
+from pipeline.core.config import PipelineConfig
+from pipeline.core.errors import PipelineError
+from pipeline.data.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
 
-STAGES = ("ingest", "validate", "train", "evaluate", "export")
+State = dict[str, dict[str, Any]]
+
+# Explicit inputs a user can give instead of a run's manifest: option -> (step, output).
+INPUT_OPTIONS = {
+    "snapshot": ("ingest", "snapshot"),
+    "model_path": ("train", "model_path"),
+    "evaluation": ("evaluate", "evaluation_path"),
+    "version_dir": ("export", "version_dir"),
+}
 
 
 def with_run_id(config: PipelineConfig) -> PipelineConfig:
@@ -29,148 +44,259 @@ def with_run_id(config: PipelineConfig) -> PipelineConfig:
     return config if config.run_id else config.replace(run_id=new_run_id())
 
 
-def ingest_step(config: PipelineConfig) -> dict[str, Any]:
-    """Ingests the data source; returns the snapshot path, fingerprint and split sizes."""
-    from pipeline.ingest import ingest
+def needed(state: State, step: str, output: str) -> Any:
+    """Returns an earlier step's output from the state.
 
-    snapshot = ingest(config)
-    outputs = {
+    Raises:
+        PipelineError: naming the option that provides it, if it is missing.
+    """
+    try:
+        return state[step][output]
+    except KeyError:
+        option = next((o for o, where in INPUT_OPTIONS.items() if where == (step, output)), None)
+        how = f"--{option.replace('_', '-')} or " if option else ""
+        raise PipelineError(
+            f"this step needs '{output}' from step '{step}': pass {how}a --run-id whose earlier steps produced it"
+        ) from None
+
+
+def _snapshot(state: State) -> Snapshot:
+    return Snapshot.load(needed(state, "ingest", "snapshot"))
+
+
+def ingest(config: PipelineConfig, state: State, by: str) -> dict[str, Any]:
+    """Snapshots the data source; returns the snapshot path, fingerprint and split sizes."""
+    from pipeline.data.ingest import ingest as ingest_source
+
+    snapshot = ingest_source(config)
+    return {
         "snapshot": str(snapshot.path),
         "fingerprint": snapshot.fingerprint,
         "splits": snapshot.splits,
         "class_names": snapshot.class_names,
     }
-    record_stage(config, "ingest", outputs)
-    return outputs
 
 
-def validate_step(config: PipelineConfig, snapshot_path: str) -> dict[str, Any]:
-    """Validates a snapshot; returns report paths. Raises DataValidationError if severe."""
-    from pipeline.validate import validate
+def validate(config: PipelineConfig, state: State, by: str) -> dict[str, Any]:
+    """Validates the snapshot; raises DataValidationError if a severe anomaly is found."""
+    from pipeline.data.data_validation import validate as validate_snapshot
 
-    outputs = validate(config, Snapshot.load(snapshot_path)).to_dict()
-    record_stage(config, "validate", outputs)
-    return outputs
+    return validate_snapshot(config, _snapshot(state)).to_dict()
 
 
-def train_step(config: PipelineConfig, snapshot_path: str) -> dict[str, Any]:
-    """Trains a model on a snapshot; returns the model path and training summary."""
-    from pipeline.train import train
+def check_changes(config: PipelineConfig, state: State, by: str) -> dict[str, Any]:
+    """Says why the run has nothing to do (data, config and code equal the stable model's), or None."""
+    from pipeline.release.promotion import unchanged_reason
 
-    outputs = train(config, Snapshot.load(snapshot_path)).to_dict()
-    record_stage(config, "train", outputs)
-    return outputs
-
-
-def evaluate_step(config: PipelineConfig, snapshot_path: str, model_path: str) -> dict[str, Any]:
-    """Evaluates a model and applies the gate; returns evaluation.json's path and the decision."""
-    from pipeline.evaluate import evaluate
-
-    outputs = evaluate(config, Snapshot.load(snapshot_path), model_path).to_dict()
-    record_stage(config, "evaluate", outputs)
-    return outputs
-
-
-def export_step(config: PipelineConfig, snapshot_path: str, model_path: str, evaluation_path: str) -> dict[str, Any]:
-    """Exports a blessed model and publishes it as the next version (never pruning served ones)."""
-    from pipeline import lineage
-    from pipeline.export import export
-    from pipeline.promotion import read_state
-
-    served = read_state(config).versions
-    outputs = export(config, Snapshot.load(snapshot_path), model_path, evaluation_path, served).to_dict()
-    record_stage(config, "export", outputs)
-    lineage.record(config, "exported", version=outputs["version"], version_dir=outputs["version_dir"])
-    return outputs
-
-
-def unchanged_step(config: PipelineConfig, fingerprint: str, by: str) -> str | None:
-    """Returns why this run has nothing to do (data, config, code equal the stable model's), or None."""
-    from pipeline import lineage
-    from pipeline.promotion import unchanged_reason
-
+    fingerprint = _snapshot(state).fingerprint
     reason = unchanged_reason(config, fingerprint)
     if reason:
         lineage.record(config, "skipped_unchanged", data_fingerprint=fingerprint, reason=reason, by=by)
-    return reason
+    return {"skip_reason": reason}
 
 
-def gate_step(config: PipelineConfig, evaluated: dict[str, Any], fingerprint: str, by: str) -> bool:
-    """Records the gate decision (metrics, reasons, data, config) in the lineage log; returns it."""
-    from pipeline import lineage
+def train(config: PipelineConfig, state: State, by: str) -> dict[str, Any]:
+    """Trains a model on the snapshot; returns the model path and the training summary."""
+    from pipeline.training.train import train as train_model
 
+    return train_model(config, _snapshot(state)).to_dict()
+
+
+def evaluate(config: PipelineConfig, state: State, by: str) -> dict[str, Any]:
+    """Evaluates the model and applies the gate's rules; returns evaluation.json's path and the decision."""
+    from pipeline.training.evaluate import evaluate as evaluate_model
+
+    return evaluate_model(config, _snapshot(state), needed(state, "train", "model_path")).to_dict()
+
+
+def gate(config: PipelineConfig, state: State, by: str) -> dict[str, Any]:
+    """Records the gate decision of evaluation.json (metrics, reasons, data, config) in the lineage log."""
+    evaluation = read_json(needed(state, "evaluate", "evaluation_path"))
     lineage.record(
-        config, "gate", blessed=evaluated["blessed"], accuracy=evaluated["accuracy"],
-        baseline_version=evaluated["baseline_version"], baseline_accuracy=evaluated["baseline_accuracy"],
-        reasons=evaluated["reasons"], data_fingerprint=fingerprint, config=config.to_dict(), by=by,
-    )  # fmt: skip
-    return bool(evaluated["blessed"])
+        config,
+        "gate",
+        blessed=evaluation["blessed"],
+        accuracy=evaluation["metrics"]["accuracy"],
+        baseline_version=evaluation["baseline"]["version"],
+        baseline_accuracy=evaluation["baseline"]["accuracy"],
+        reasons=evaluation["reasons"],
+        data_fingerprint=_snapshot(state).fingerprint,
+        config=config.to_dict(),
+        by=by,
+    )
+    return {"blessed": bool(evaluation["blessed"]), "reasons": evaluation["reasons"]}
 
 
-def infra_validate_step(config: PipelineConfig, snapshot_path: str, version_dir: str) -> dict[str, Any]:
+def export(config: PipelineConfig, state: State, by: str) -> dict[str, Any]:
+    """Publishes the blessed model as the next version (never pruning versions that serve)."""
+    from pipeline.release.promotion import read_state
+    from pipeline.training.export import export as export_model
+
+    outputs = export_model(
+        config,
+        _snapshot(state),
+        needed(state, "train", "model_path"),
+        needed(state, "evaluate", "evaluation_path"),
+        read_state(config).versions,
+    ).to_dict()
+    lineage.record(config, "exported", version=outputs["version"], version_dir=outputs["version_dir"], by=by)
+    return outputs
+
+
+def infra_validate(config: PipelineConfig, state: State, by: str) -> dict[str, Any]:
     """Serves the candidate in a sandbox and checks its answers; raises InfraValidationError."""
-    from pipeline.infra_validate import infra_validate
+    from pipeline.release.infra_validate import infra_validate as validate_in_server
 
-    outputs = infra_validate(config, Snapshot.load(snapshot_path), version_dir)
-    record_stage(config, "infra_validate", outputs)
-    return outputs
+    return validate_in_server(config, _snapshot(state), needed(state, "export", "version_dir"))
 
 
-def promote_canary_step(config: PipelineConfig, version: int, by: str) -> dict[str, Any]:
-    """Points `canary` at the new version (stable unchanged)."""
-    from pipeline.promotion import promote_canary
+def promote_canary(config: PipelineConfig, state: State, by: str) -> dict[str, Any]:
+    """Points `canary` at the new version (`stable` unchanged)."""
+    from pipeline.release.promotion import promote_canary as point_canary
 
-    outputs = promote_canary(config, version, by)
-    record_stage(config, "promote_canary", outputs)
-    return outputs
+    return point_canary(config, _version(state), by)
 
 
-def smoke_test_step(config: PipelineConfig, snapshot_path: str, version_dir: str) -> dict[str, Any]:
-    """Calls the canary over gRPC and REST with real images; on failure puts `canary` back on stable."""
-    from pipeline.infra_validate import reference_answers
-    from pipeline.promotion import read_state, restore, smoke_test
+def smoke_test(config: PipelineConfig, state: State, by: str) -> dict[str, Any]:
+    """Calls `canary` over gRPC and REST with real images; on failure puts `canary` back on stable."""
+    from pipeline.release.smoke_test import smoke_test as call_canary
 
-    snapshot = Snapshot.load(snapshot_path)
-    images, _ = snapshot.split_arrays(f"{config.test_split.split('[', 1)[0]}[:{config.smoke_test_examples}]")
-    images = images[..., 0] if images.shape[-1] == 1 else images
-    expected = reference_answers(Path(version_dir), images)
-    try:
-        outputs = smoke_test(config, images, expected)
-    except PipelineError:
-        restore(config, read_state(config))
-        raise
-    record_stage(config, "smoke_test", outputs)
-    return outputs
+    if not config.serving_grpc_target:
+        return {"skipped": "no serving endpoint configured (serving_grpc_target is none)"}
+    return call_canary(config, _snapshot(state), needed(state, "export", "version_dir"))
 
 
-def mark_stable_step(config: PipelineConfig, version: int, by: str) -> dict[str, Any]:
+def mark_stable(config: PipelineConfig, state: State, by: str) -> dict[str, Any]:
     """Moves `stable` to the version that passed its smoke test."""
-    from pipeline.promotion import mark_stable
+    from pipeline.release.promotion import mark_stable as point_stable
 
-    outputs = mark_stable(config, version, by)
-    record_stage(config, "mark_stable", outputs)
-    return outputs
+    return point_stable(config, _version(state), by)
 
 
-def rollback_step(config: PipelineConfig, version: int, by: str, reason: str = "") -> dict[str, Any]:
-    """Moves `stable` back to an earlier version and records the decision."""
-    from pipeline.promotion import rollback
-
-    return rollback(config, version, by, reason)
+def _version(state: State) -> int:
+    return int(Path(needed(state, "export", "version_dir")).name)
 
 
-def manifest_inputs(config: PipelineConfig) -> dict[str, str]:
-    """Returns the artifact paths a run has produced so far, by input name."""
-    manifest = read_manifest(config)
-    found = {}
-    for stage, key, name in (
-        ("ingest", "snapshot", "snapshot"),
-        ("train", "model_path", "model_path"),
-        ("evaluate", "evaluation_path", "evaluation"),
-    ):
-        if key in manifest.get(stage, {}):
-            found[name] = manifest[stage][key]
-    return found
+def _not_blessed(outputs: dict[str, Any]) -> str | None:
+    return None if outputs["blessed"] else "not blessed: " + "; ".join(outputs["reasons"])
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    """One step of the sequence.
+
+    Attributes:
+        name: The step's name (the DAG's task id, the CLI command with '-' for '_').
+        function: (config, state, who) -> the step's outputs.
+        summary: One line about the outputs, for the run summary.
+        stop_reason: Why the run stops after this step, or None to go on.
+        help: What the step does (CLI help).
+    """
+
+    name: str
+    function: Callable[[PipelineConfig, State, str], dict[str, Any]]
+    summary: Callable[[dict[str, Any]], str]
+    stop_reason: Callable[[dict[str, Any]], str | None] = lambda outputs: None
+
+    @property
+    def help(self) -> str:
+        return (self.function.__doc__ or "").splitlines()[0]
+
+
+STEPS: tuple[Step, ...] = (
+    Step(
+        "ingest",
+        ingest,
+        lambda o: f"{o['snapshot']} (fingerprint {o['fingerprint'][:12]}, splits {o['splits']})",
+    ),
+    Step("validate", validate, lambda o: f"{o['anomalies']} anomalies (report {o['report_path']})"),
+    Step(
+        "check_changes",
+        check_changes,
+        lambda o: o["skip_reason"] or "data, config or code changed since the stable model",
+        lambda o: o["skip_reason"],
+    ),
+    Step(
+        "train",
+        train,
+        lambda o: (
+            f"{o['epochs_run']} epochs, best val_accuracy {o['best_val_accuracy']:.4f} "
+            f"on {o['hardware']['strategy']}/{o['hardware']['dtype_policy']}"
+        ),
+    ),
+    Step(
+        "evaluate",
+        evaluate,
+        lambda o: f"test accuracy {o['accuracy']:.4f}: {'BLESSED' if o['blessed'] else 'NOT blessed'}",
+    ),
+    Step(
+        "gate",
+        gate,
+        lambda o: ("BLESSED: " if o["blessed"] else "NOT blessed: ") + "; ".join(o["reasons"]),
+        _not_blessed,
+    ),
+    Step("export", export, lambda o: f"version {o['version']} at {o['version_dir']}"),
+    Step(
+        "infra_validate",
+        infra_validate,
+        lambda o: (
+            f"loaded and answered in {o['endpoint']} ({o['seconds']:.1f}s, {o['warmup_requests']} warmup requests)"
+        ),
+    ),
+    Step("promote_canary", promote_canary, lambda o: f"canary -> {o['canary']}, stable {o['stable']}"),
+    Step(
+        "smoke_test",
+        smoke_test,
+        lambda o: o.get("skipped") or ", ".join(f"{p}: {r['examples']} answers ok" for p, r in o.items()),
+    ),
+    Step("mark_stable", mark_stable, lambda o: f"stable -> {o['stable']} (was {o['previous_stable']})"),
+)
+STEP_NAMES = tuple(step.name for step in STEPS)
+
+
+def get_step(name: str) -> Step:
+    """Returns the step called `name`."""
+    return STEPS[STEP_NAMES.index(name)]
+
+
+def state_from_manifest(config: PipelineConfig, explicit: dict[str, str] | None = None) -> State:
+    """The state of a run so far: its manifest, with explicitly given inputs (INPUT_OPTIONS) on top."""
+    state: State = {step: dict(outputs) for step, outputs in read_manifest(config).items()}
+    for option, value in (explicit or {}).items():
+        if value is not None:
+            step, output = INPUT_OPTIONS[option]
+            state.setdefault(step, {})[output] = value
+    return state
+
+
+@dataclasses.dataclass(frozen=True)
+class StepOutcome:
+    """What running one step did: its outputs, the run's new state, and why the run stops (if it does)."""
+
+    outputs: dict[str, Any]
+    state: State
+    stop_reason: str | None
+
+
+def run_step(name: str, config: PipelineConfig, state: State, by: str) -> StepOutcome:
+    """Runs one step and records its outputs in the run manifest.
+
+    Args:
+        name: A name from STEP_NAMES.
+        config: The run's config; `run_id` must be set.
+        state: Outputs of the earlier steps, by step name.
+        by: Who or what started the run (for the lineage log).
+
+    Returns:
+        The outcome.
+
+    Raises:
+        PipelineError: if the step fails for a reason the user can fix.
+    """
+    step = get_step(name)
+    outputs = step.function(config, state, by)
+    record_stage(config, name, outputs)
+    return StepOutcome(outputs, {**state, name: outputs}, step.stop_reason(outputs))
 
 
 @dataclasses.dataclass
@@ -184,71 +310,59 @@ class StageReport:
     outputs: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
-def _timed(reports: list[StageReport], stage: str, call: Callable[[], dict], describe: Callable[[dict], str]):
-    started = time.monotonic()
-    log.info("stage %s: starting", stage)
-    try:
-        outputs = call()
-    except PipelineError as err:
-        reports.append(StageReport(stage, "failed", round(time.monotonic() - started, 1), str(err)))
-        raise
-    reports.append(StageReport(stage, "ok", round(time.monotonic() - started, 1), describe(outputs), outputs))
-    return outputs
-
-
-def run_pipeline(config: PipelineConfig, reports: list[StageReport] | None = None) -> list[StageReport]:
-    """Runs every stage in order; export only if the gate blessed the model.
+def run_pipeline(config: PipelineConfig, by: str, reports: list[StageReport] | None = None) -> list[StageReport]:
+    """Runs the whole step sequence in this process, as the DAG does task by task.
 
     Args:
         config: The config; a run_id is generated if unset.
-        reports: A list to append stage reports to as they finish (so a caller can
-            print what ran even when a stage raises).
+        by: Who started the run (for the lineage log), e.g. 'cli by alice'.
+        reports: A list to append step reports to as they finish (so a caller can
+            print what ran even when a step raises).
 
     Returns:
-        The stage reports.
+        The step reports.
 
     Raises:
-        PipelineError: from the first failing stage (reports hold what ran before it).
+        PipelineError: from the first failing step (reports hold what ran before it).
     """
-    from pipeline.export import ensure_writable
+    from pipeline.core.model_repo import ensure_writable
 
     reports = [] if reports is None else reports
     config = with_run_id(config)
     ensure_writable(config.model_dir)  # Fail before hours of training, not after.
-    ingested = _timed(
-        reports, "ingest", lambda: ingest_step(config),
-        lambda o: f"{o['snapshot']} (fingerprint {o['fingerprint'][:12]}, splits {o['splits']})",
-    )  # fmt: skip
-    snapshot = ingested["snapshot"]
-    _timed(
-        reports, "validate", lambda: validate_step(config, snapshot),
-        lambda o: f"{o['anomalies']} anomalies (report {o['report_path']})",
-    )  # fmt: skip
-    trained = _timed(
-        reports, "train", lambda: train_step(config, snapshot),
-        lambda o: f"{o['epochs_run']} epochs, best val_accuracy {o['best_val_accuracy']:.4f} "
-        f"on {o['hardware']['strategy']}/{o['hardware']['dtype_policy']}",
-    )  # fmt: skip
-    evaluated = _timed(
-        reports, "evaluate", lambda: evaluate_step(config, snapshot, trained["model_path"]),
-        lambda o: f"test accuracy {o['accuracy']:.4f}: {'BLESSED' if o['blessed'] else 'NOT blessed'}",
-    )  # fmt: skip
-    if not evaluated["blessed"]:
-        reports.append(StageReport("export", "skipped", 0.0, "not blessed: " + "; ".join(evaluated["reasons"])))
-        return reports
-    _timed(
-        reports, "export",
-        lambda: export_step(config, snapshot, trained["model_path"], evaluated["evaluation_path"]),
-        lambda o: f"version {o['version']} at {o['version_dir']}",
-    )  # fmt: skip
+    state: State = {}
+    stop_reason = None
+    for step in STEPS:
+        if stop_reason:
+            reports.append(StageReport(step.name, "skipped", 0.0, stop_reason))
+            continue
+        started = time.monotonic()
+        log.info("step %s: starting", step.name)
+        try:
+            outcome = run_step(step.name, config, state, by)
+        except PipelineError as err:
+            reports.append(StageReport(step.name, "failed", round(time.monotonic() - started, 1), str(err)))
+            raise
+        status = "skipped" if outcome.outputs.get("skipped") else "ok"
+        seconds = round(time.monotonic() - started, 1)
+        reports.append(StageReport(step.name, status, seconds, step.summary(outcome.outputs), outcome.outputs))
+        state, stop_reason = outcome.state, outcome.stop_reason
     return reports
 
 
+def rollback(config: PipelineConfig, version: int, by: str, reason: str = "") -> dict[str, Any]:
+    """Moves `stable` back to an earlier published version and records the decision."""
+    from pipeline.release.promotion import rollback as roll_back
+
+    return roll_back(config, version, by, reason)
+
+
 def format_summary(reports: list[StageReport], run_id: str | None = None) -> str:
-    """Renders the stage reports as a fixed-width table."""
+    """Renders the step reports as a fixed-width table."""
+    width = max(len(name) for name in STEP_NAMES)
     lines = [f"run {run_id}" if run_id else "run summary"]
-    lines.append(f"{'stage':<10} {'status':<8} {'seconds':>8}  detail")
-    lines.append(f"{'-' * 10} {'-' * 8} {'-' * 8}  {'-' * 40}")
+    lines.append(f"{'step':<{width}} {'status':<8} {'seconds':>8}  detail")
+    lines.append(f"{'-' * width} {'-' * 8} {'-' * 8}  {'-' * 40}")
     for report in reports:
-        lines.append(f"{report.stage:<10} {report.status:<8} {report.seconds:>8.1f}  {report.detail}")
+        lines.append(f"{report.stage:<{width}} {report.status:<8} {report.seconds:>8.1f}  {report.detail}")
     return "\n".join(lines)

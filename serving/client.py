@@ -17,7 +17,6 @@ import base64
 import dataclasses
 import json
 import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -25,6 +24,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+import tenacity
 
 from serving.protocol import ServingError, code_from_http, code_from_number
 
@@ -91,7 +91,7 @@ class TFServingClient:
                 options=[
                     ("grpc.max_receive_message_length", 256 * 1024 * 1024),
                     ("grpc.max_send_message_length", 256 * 1024 * 1024),
-                ],  # fmt: skip
+                ],
             )
         return (
             prediction_service_pb2_grpc.PredictionServiceStub(self._channel),
@@ -99,18 +99,20 @@ class TFServingClient:
         )
 
     def _with_retries(self, call):
-        attempt = 0
-        while True:
+        """Calls `call`, again after `backoff`, 2 x `backoff`, ... while the server is UNAVAILABLE."""
+
+        def attempt():
             try:
                 return call()
             except grpc.RpcError as err:
-                error = ServingError(err.code(), err.details() or str(err))
-            except ServingError as err:
-                error = err
-            if error.code not in _RETRYABLE or attempt >= self.retries:
-                raise error
-            time.sleep(self.backoff * 2**attempt)
-            attempt += 1
+                raise ServingError(err.code(), err.details() or str(err)) from None
+
+        return tenacity.Retrying(
+            retry=tenacity.retry_if_exception(lambda err: isinstance(err, ServingError) and err.code in _RETRYABLE),
+            stop=tenacity.stop_after_attempt(self.retries + 1),
+            wait=tenacity.wait_exponential(multiplier=self.backoff),
+            reraise=True,
+        )(attempt)
 
     def _rest(self, method: str, path: str, body: Any = None) -> Any:
         data = None if body is None else json.dumps(body).encode()
@@ -340,8 +342,11 @@ def build_parser() -> argparse.ArgumentParser:
     protocol.add_argument("--rest", dest="protocol", action="store_const", const=REST, help="Use REST.")
     parser.set_defaults(protocol=GRPC)
     commands = parser.add_subparsers(dest="command", required=True)
-    for name, text in (("predict", "Classify an image."), ("status", "Model version states."),
-                       ("metadata", "Signature definitions.")):  # fmt: skip
+    for name, text in (
+        ("predict", "Classify an image."),
+        ("status", "Model version states."),
+        ("metadata", "Signature definitions."),
+    ):
         sub = commands.add_parser(name, help=text)
         choice = sub.add_mutually_exclusive_group()
         choice.add_argument("--version", type=int)

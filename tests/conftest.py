@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import os
 from pathlib import Path
 
@@ -12,44 +11,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+from pipeline.data.idx import write_idx_folder  # noqa: E402
+from tests.support import read_fashion_mnist  # noqa: E402
+
 TRAIN_EXAMPLES = 2000
 TEST_EXAMPLES = 500
-
-
-def read_fashion_mnist(prefix: str, count: int) -> tuple[np.ndarray, np.ndarray]:
-    """Reads the first `count` images [N,28,28] and labels of the installed Fashion-MNIST."""
-    if not (FASHION_MNIST_DIR / f"{prefix}-images-idx3-ubyte.gz").exists():
-        pytest.fail(
-            f"Fashion-MNIST is not installed under {FASHION_MNIST_DIR}: "
-            "run `make test` (it installs the Debian package dataset-fashion-mnist)"
-        )
-    with gzip.open(FASHION_MNIST_DIR / f"{prefix}-images-idx3-ubyte.gz") as handle:
-        images = np.frombuffer(handle.read(), np.uint8, offset=16).reshape(-1, 28, 28)
-    with gzip.open(FASHION_MNIST_DIR / f"{prefix}-labels-idx1-ubyte.gz") as handle:
-        labels = np.frombuffer(handle.read(), np.uint8, offset=8)
-    return images[:count].copy(), labels[:count].copy()
-
-
-def write_idx(path: Path, array: np.ndarray, magic: int) -> Path:
-    """Writes an uint8 array as a (gzip-compressed if *.gz) IDX file."""
-    header = magic.to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
-    payload = header + np.ascontiguousarray(array, np.uint8).tobytes()
-    if path.suffix == ".gz":
-        with gzip.open(path, "wb") as handle:
-            handle.write(payload)
-    else:
-        path.write_bytes(payload)
-    return path
-
-
-def write_idx_folder(folder: Path, splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> Path:
-    """Writes {prefix: (images, labels)} as an MNIST-style IDX folder."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for prefix, (images, labels) in splits.items():
-        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images, 0x00000803)
-        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels, 0x00000801)
-    return folder
 
 
 @pytest.fixture(scope="session")
@@ -57,7 +23,7 @@ def fashion_subset() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """The first 2,000 train and 500 test images of the real Fashion-MNIST."""
     return {
         "train": read_fashion_mnist("train", TRAIN_EXAMPLES),
-        "t10k": read_fashion_mnist("t10k", TEST_EXAMPLES),
+        "t10k": read_fashion_mnist("test", TEST_EXAMPLES),
     }
 
 
@@ -70,7 +36,7 @@ def small_idx_dir(tmp_path_factory, fashion_subset) -> Path:
 @pytest.fixture
 def make_config(tmp_path, small_idx_dir):
     """Returns a factory of small, fast configs rooted in the test's tmp_path."""
-    from pipeline.config import PipelineConfig
+    from pipeline.core.config import PipelineConfig
 
     def factory(**overrides):
         values = {
@@ -93,10 +59,10 @@ def make_config(tmp_path, small_idx_dir):
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, small_idx_dir):
     """One ingested snapshot and a 1-epoch model, evaluated, shared by read-only tests."""
-    from pipeline.config import PipelineConfig
-    from pipeline.evaluate import evaluate
-    from pipeline.ingest import ingest
-    from pipeline.train import train
+    from pipeline.core.config import PipelineConfig
+    from pipeline.data.ingest import ingest
+    from pipeline.training.evaluate import evaluate
+    from pipeline.training.train import train
 
     root = tmp_path_factory.mktemp("trained")
     config = PipelineConfig(

@@ -63,10 +63,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("--model_base_path", default="", help="Folder of numbered versions of the single model.")
     add("--model_config_file", default="", help="Text-format ModelServerConfig with a model_config_list.")
-    add("--model_config_file_poll_wait_seconds", type=float, default=0,
-        help="Re-read --model_config_file this often (0: never).")  # fmt: skip
-    add("--file_system_poll_wait_seconds", type=float, default=1,
-        help="Scan base paths for new versions this often (0: once at start).")  # fmt: skip
+    add(
+        "--model_config_file_poll_wait_seconds",
+        type=float,
+        default=0,
+        help="Re-read --model_config_file this often (0: never).",
+    )
+    add(
+        "--file_system_poll_wait_seconds",
+        type=float,
+        default=1,
+        help="Scan base paths for new versions this often (0: once at start).",
+    )
     add(
         "--enable_batching",
         type=_flag_bool,
@@ -78,15 +86,35 @@ def build_parser() -> argparse.ArgumentParser:
     add("--batching_parameters_file", default="", help="Text-format BatchingParameters.")
     add("--monitoring_config_file", default="", help="Text-format MonitoringConfig (Prometheus endpoint).")
     add("--rest_api_timeout_in_ms", type=int, default=30000, help="REST request timeout (default 30000).")
-    add("--rest_api_max_request_bytes", type=int, default=64 * 1024 * 1024,
-        help="Largest accepted REST body (default 64 MiB; larger answers 413).")  # fmt: skip
+    add(
+        "--rest_api_max_request_bytes",
+        type=int,
+        default=64 * 1024 * 1024,
+        help="Largest accepted REST body (default 64 MiB; larger answers 413).",
+    )
     add("--max_num_load_retries", type=int, default=5, help="Retries of a failed version load (default 5).")
-    add("--load_retry_interval_micros", type=int, default=60_000_000,
-        help="Wait between load retries (default 1 minute).")  # fmt: skip
-    add("--enable_model_warmup", type=_flag_bool, nargs="?", const=True, default=True,
-        help="Replay assets.extra/tf_serving_warmup_requests before serving a version.")  # fmt: skip
-    add("--allow_version_labels_for_unavailable_models", type=_flag_bool, nargs="?", const=True, default=False,
-        help="Let labels point at versions that are not loaded.")  # fmt: skip
+    add(
+        "--load_retry_interval_micros",
+        type=int,
+        default=60_000_000,
+        help="Wait between load retries (default 1 minute).",
+    )
+    add(
+        "--enable_model_warmup",
+        type=_flag_bool,
+        nargs="?",
+        const=True,
+        default=True,
+        help="Replay assets.extra/tf_serving_warmup_requests before serving a version.",
+    )
+    add(
+        "--allow_version_labels_for_unavailable_models",
+        type=_flag_bool,
+        nargs="?",
+        const=True,
+        default=False,
+        help="Let labels point at versions that are not loaded.",
+    )
     add(
         "--shutdown_grace_seconds",
         type=float,
@@ -134,15 +162,17 @@ class ServerOptions:
             if args.batching_parameters_file:
                 params = protos.parse_text(
                     _read(args.batching_parameters_file, "--batching_parameters_file"),
-                    protos.BatchingParameters, args.batching_parameters_file,
-                )  # fmt: skip
+                    protos.BatchingParameters,
+                    args.batching_parameters_file,
+                )
             batch_options = BatchOptions.from_proto(params)
         monitoring_path = None
         if args.monitoring_config_file:
             monitoring = protos.parse_text(
-                _read(args.monitoring_config_file, "--monitoring_config_file"), protos.MonitoringConfig,
+                _read(args.monitoring_config_file, "--monitoring_config_file"),
+                protos.MonitoringConfig,
                 args.monitoring_config_file,
-            )  # fmt: skip
+            )
             if monitoring.prometheus_config.enable:
                 monitoring_path = monitoring.prometheus_config.path or "/monitoring/prometheus/metrics"
         return cls(args, model_config, batch_options, monitoring_path)
@@ -183,16 +213,28 @@ class ModelServer:
             self._config_text = Path(args.model_config_file).read_text()
         self.grpc_server, self.grpc_port = make_grpc_server(self.service, args.host, args.port)
         self.grpc_server.start()
-        log.info("Running gRPC ModelServer at %s:%d", args.host, self.grpc_port,
-                 extra={"event": "grpc_listening", "port": self.grpc_port})  # fmt: skip
+        log.info(
+            "Running gRPC ModelServer at %s:%d",
+            args.host,
+            self.grpc_port,
+            extra={"event": "grpc_listening", "port": self.grpc_port},
+        )
         self.rest_server = make_rest_server(
-            RestApi(self.service, self.options.monitoring_path), args.host, args.rest_api_port,
-            args.rest_api_max_request_bytes, self.service.request_timeout_s, self.registry.render,
-        )  # fmt: skip
+            RestApi(self.service, self.options.monitoring_path),
+            args.host,
+            args.rest_api_port,
+            args.rest_api_max_request_bytes,
+            self.service.request_timeout_s,
+            self.registry.render,
+        )
         self.rest_port = self.rest_server.server_address[1]
         serve_in_thread(self.rest_server)
-        log.info("Exporting HTTP/REST API at %s:%d", args.host, self.rest_port,
-                 extra={"event": "rest_listening", "port": self.rest_port})  # fmt: skip
+        log.info(
+            "Exporting HTTP/REST API at %s:%d",
+            args.host,
+            self.rest_port,
+            extra={"event": "rest_listening", "port": self.rest_port},
+        )
         self.manager.start_polling(args.file_system_poll_wait_seconds)
         if args.model_config_file and args.model_config_file_poll_wait_seconds > 0:
             threading.Thread(target=self._poll_config, name="config-poller", daemon=True).start()
@@ -213,8 +255,12 @@ class ModelServer:
                 self.manager.reload_config(config)
                 log.info("reloaded %s", args.model_config_file, extra={"event": "reload"})
             except Exception as err:  # noqa: BLE001  (a bad file must not stop serving)
-                log.error("config reload from %s failed: %s", args.model_config_file, err,
-                          extra={"event": "reload_failed", "error": str(err)})  # fmt: skip
+                log.error(
+                    "config reload from %s failed: %s",
+                    args.model_config_file,
+                    err,
+                    extra={"event": "reload_failed", "error": str(err)},
+                )
 
     def stop(self, grace_s: float | None = None) -> None:
         """Stops accepting requests, finishes in-flight ones, unloads everything."""

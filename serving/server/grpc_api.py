@@ -80,15 +80,19 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     def Classify(self, request, context):  # noqa: N802
         return self._examples(
-            "classify", request.model_spec, context,
+            "classify",
+            request.model_spec,
+            context,
             lambda s: self.service.classify(s, request.model_spec.signature_name, request.input),
-        )  # fmt: skip
+        )
 
     def Regress(self, request, context):  # noqa: N802
         return self._examples(
-            "regress", request.model_spec, context,
+            "regress",
+            request.model_spec,
+            context,
             lambda s: self.service.regress(s, request.model_spec.signature_name, request.input),
-        )  # fmt: skip
+        )
 
     def MultiInference(self, request, context):  # noqa: N802
         if not request.tasks:

@@ -53,18 +53,20 @@ class ManagedModel:
 
 
 def scan_versions(base_path: Path) -> dict[int, Path]:
-    """Returns {version: folder} for all-digit folder names; duplicates like 1/001 keep one."""
+    """Returns {version: folder} for folder names of ASCII digits; duplicates like 1/001 keep one."""
     found: dict[int, Path] = {}
     if not base_path.is_dir():
         return found
     for entry in sorted(base_path.iterdir()):
-        if entry.name.isdigit() and entry.is_dir():
+        if entry.name.isascii() and entry.name.isdigit() and entry.is_dir():  # '²'.isdigit() is True too
             version = int(entry.name)
             if version in found:
                 log.warning(
-                    "duplicate version folders %s and %s: ignoring the second", found[version], entry,
+                    "duplicate version folders %s and %s: ignoring the second",
+                    found[version],
+                    entry,
                     extra={"event": "duplicate_version", "model_path": str(base_path)},
-                )  # fmt: skip
+                )
                 continue
             found[version] = entry
     return found
@@ -224,9 +226,11 @@ class ModelManager:
                 for state in doomed:
                     self._unload(managed, state)
             self._registry.set(
-                metrics.MODEL_VERSIONS, "Model versions available for inference",
-                sum(1 for s in managed.versions.values() if s.state == AVAILABLE), model_name=managed.name,
-            )  # fmt: skip
+                metrics.MODEL_VERSIONS,
+                "Model versions available for inference",
+                sum(1 for s in managed.versions.values() if s.state == AVAILABLE),
+                model_name=managed.name,
+            )
 
     def _load(self, managed: ManagedModel, version: int, path: Path) -> None:
         state = VersionState(version=version, path=path, state=LOADING)
@@ -257,26 +261,40 @@ class ModelManager:
                     metrics.LOAD_COUNT, "SavedModel load attempts", model_path=str(path), status="success"
                 )
                 log.info(
-                    "%s version %d available (%d warmup requests, %.2fs)", managed.name, version, warmed,
+                    "%s version %d available (%d warmup requests, %.2fs)",
+                    managed.name,
+                    version,
+                    warmed,
                     time.monotonic() - started,
                     extra={"event": "load_done", "warmup_requests": warmed, **fields},
-                )  # fmt: skip
+                )
                 return
             self._registry.inc(metrics.LOAD_COUNT, "SavedModel load attempts", model_path=str(path), status="failure")
             if attempt < self._retries and not self._stop.is_set():
-                log.warning("load attempt %d of %s failed: %s", attempt + 1, path, error.message,
-                            extra={"event": "load_retry", **fields})  # fmt: skip
+                log.warning(
+                    "load attempt %d of %s failed: %s",
+                    attempt + 1,
+                    path,
+                    error.message,
+                    extra={"event": "load_retry", **fields},
+                )
                 if self._stop.wait(self._retry_interval):
                     break
         with self._lock:
             state.state, state.error = END, error
-        log.error("failed to load %s version %d: %s", managed.name, version, error.message,
-                  extra={"event": "load_failed", "error": error.message, **fields})  # fmt: skip
+        log.error(
+            "failed to load %s version %d: %s",
+            managed.name,
+            version,
+            error.message,
+            extra={"event": "load_failed", "error": error.message, **fields},
+        )
 
     def _on_batch(self, model_name: str):
         def record(size: int) -> None:
-            self._registry.observe(metrics.BATCH_SIZE, "Sizes of batches run", metrics.BATCH_BUCKETS, size,
-                                   model_name=model_name)  # fmt: skip
+            self._registry.observe(
+                metrics.BATCH_SIZE, "Sizes of batches run", metrics.BATCH_BUCKETS, size, model_name=model_name
+            )
 
         return record
 
@@ -287,8 +305,12 @@ class ModelManager:
             # In-flight requests hold their own reference and finish on it.
             threading.Thread(target=servable.close, daemon=True).start()
         state.state = END
-        log.info("unloaded %s version %d", managed.name, state.version,
-                 extra={"event": "unload", "model": managed.name, "version": state.version})  # fmt: skip
+        log.info(
+            "unloaded %s version %d",
+            managed.name,
+            state.version,
+            extra={"event": "unload", "model": managed.name, "version": state.version},
+        )
 
     def _unload_all(self, managed: ManagedModel) -> None:
         for state in managed.versions.values():

@@ -12,8 +12,24 @@ BATCH_SIZE = ":tensorflow:serving:batching_session:processed_batch_size"
 LOAD_COUNT = ":tensorflow:cc:saved_model:load_attempt_count"
 MODEL_VERSIONS = ":tensorflow:serving:model_versions_available"
 
-LATENCY_BUCKETS_US = (100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000,
-                      500_000, 1_000_000, 2_500_000, 5_000_000, 10_000_000)  # fmt: skip
+LATENCY_BUCKETS_US = (
+    100,
+    250,
+    500,
+    1_000,
+    2_500,
+    5_000,
+    10_000,
+    25_000,
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 

@@ -198,11 +198,73 @@ def _metadata_json(response) -> dict[str, Any]:
 
 
 class RestServer(ThreadingHTTPServer):
-    """HTTP server whose close() waits for in-flight requests."""
+    """HTTP server whose close() waits for in-flight requests; it carries what `RestHandler` needs."""
 
     daemon_threads = False
     block_on_close = True
     allow_reuse_address = True
+
+    api: RestApi
+    max_request_bytes: int
+    timeout_s: float | None
+    registry_render: Any
+    executor: concurrent.futures.ThreadPoolExecutor
+
+
+class RestHandler(BaseHTTPRequestHandler):
+    """One HTTP/1.1 connection: routes `/v1/...` to the server's `RestApi` in its executor."""
+
+    protocol_version = "HTTP/1.1"
+    server_version = "serving-local"
+    server: RestServer
+
+    def log_message(self, format, *args):  # noqa: A002  (BaseHTTPRequestHandler's signature)
+        log.debug("%s %s", self.address_string(), format % args)
+
+    def _send(self, status: int, payload: Any, content_type: str = "application/json") -> None:
+        data = payload if isinstance(payload, bytes) else json.dumps(payload, indent=1).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _serve(self, method: str) -> None:
+        server = self.server
+        if server.api.monitoring_path and method == "GET" and self.path.split("?", 1)[0] == server.api.monitoring_path:
+            self._send(200, server.registry_render().encode(), "text/plain; version=0.0.4")
+            return
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > server.max_request_bytes:
+            self.close_connection = True
+            error = (
+                f"Request body of {length} bytes exceeds the limit of "
+                f"{server.max_request_bytes} bytes (--rest_api_max_request_bytes)"
+            )
+            self._send(413, {"error": error})
+            return
+        body = self.rfile.read(length) if length else b""
+        if not self.path.lower().startswith("/v1/"):
+            self._send(404, {"error": f"Not found: {method} {self.path}"})
+            return
+        future = server.executor.submit(server.api.handle, method, self.path, body)
+        try:
+            status, payload = future.result(timeout=server.timeout_s)
+        except concurrent.futures.TimeoutError:
+            status, payload = 504, {"error": f"Request timed out after {server.timeout_s:g} s"}
+        self._send(status, payload)
+
+    def do_GET(self):  # noqa: N802  (http.server's naming)
+        self._serve("GET")
+
+    def do_POST(self):  # noqa: N802
+        self._serve("POST")
+
+    def do_PUT(self):  # noqa: N802
+        self._serve("PUT")
+
+    def do_DELETE(self):  # noqa: N802
+        self._serve("DELETE")
 
 
 def make_rest_server(
@@ -223,58 +285,12 @@ def make_rest_server(
         timeout_s: Requests running longer answer 504 DEADLINE_EXCEEDED.
         registry_render: Returns the Prometheus text for the monitoring path.
     """
-    executor = concurrent.futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="rest")
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        server_version = "serving-local"
-
-        def log_message(self, format, *args):  # noqa: A002  (BaseHTTPRequestHandler's signature)
-            log.debug("%s %s", self.address_string(), format % args)
-
-        def _send(self, status: int, payload: Any, content_type: str = "application/json") -> None:
-            data = payload if isinstance(payload, bytes) else json.dumps(payload, indent=1).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def _serve(self, method: str) -> None:
-            if api.monitoring_path and method == "GET" and self.path.split("?", 1)[0] == api.monitoring_path:
-                self._send(200, registry_render().encode(), "text/plain; version=0.0.4")
-                return
-            length = int(self.headers.get("Content-Length") or 0)
-            if length > max_request_bytes:
-                self.close_connection = True
-                self._send(413, {"error": f"Request body of {length} bytes exceeds the limit of "
-                                          f"{max_request_bytes} bytes (--rest_api_max_request_bytes)"})  # fmt: skip
-                return
-            body = self.rfile.read(length) if length else b""
-            if not self.path.lower().startswith("/v1/"):
-                self._send(404, {"error": f"Not found: {method} {self.path}"})
-                return
-            future = executor.submit(api.handle, method, self.path, body)
-            try:
-                status, payload = future.result(timeout=timeout_s)
-            except concurrent.futures.TimeoutError:
-                status, payload = 504, {"error": f"Request timed out after {timeout_s:g} s"}
-            self._send(status, payload)
-
-        def do_GET(self):  # noqa: N802  (http.server's naming)
-            self._serve("GET")
-
-        def do_POST(self):  # noqa: N802
-            self._serve("POST")
-
-        def do_PUT(self):  # noqa: N802
-            self._serve("PUT")
-
-        def do_DELETE(self):  # noqa: N802
-            self._serve("DELETE")
-
-    server = RestServer((host, port), Handler)
-    server.executor = executor
+    server = RestServer((host, port), RestHandler)
+    server.api = api
+    server.max_request_bytes = max_request_bytes
+    server.timeout_s = timeout_s
+    server.registry_render = registry_render
+    server.executor = concurrent.futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="rest")
     return server
 
 

@@ -18,7 +18,6 @@ from serving.server.batching import BatchOptions, BatchScheduler
 log = logging.getLogger("serving.server")
 
 DEFAULT_SIGNATURE = "serving_default"
-PREDICT_METHOD = "tensorflow/serving/predict"
 CLASSIFY_METHOD = "tensorflow/serving/classify"
 REGRESS_METHOD = "tensorflow/serving/regress"
 WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"

@@ -58,12 +58,16 @@ class ServingService:
                 "API": api,
                 "entrypoint": entrypoint,
             }
-            self.registry.inc(metrics.REQUEST_COUNT, "Requests by model, version, API and status",
-                              status=status, **labels)  # fmt: skip
+            self.registry.inc(
+                metrics.REQUEST_COUNT, "Requests by model, version, API and status", status=status, **labels
+            )
             self.registry.observe(
-                metrics.REQUEST_LATENCY, "Request latency in microseconds", metrics.LATENCY_BUCKETS_US,
-                (time.monotonic() - started) * 1e6, **labels,
-            )  # fmt: skip
+                metrics.REQUEST_LATENCY,
+                "Request latency in microseconds",
+                metrics.LATENCY_BUCKETS_US,
+                (time.monotonic() - started) * 1e6,
+                **labels,
+            )
 
     def resolve(self, name: str, version: int | None, label: str | None) -> Servable:
         return self.manager.resolve(name, version, label)

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.support import REPO_ROOT, start_test_server
+
 AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="airflow-home-"))
 DAGS_FOLDER = AIRFLOW_HOME / "dags"
 os.environ.update(
@@ -25,13 +27,11 @@ os.environ.update(
     }
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
 
 def write_dags(folder: Path, settings: dict) -> None:
-    """Copies the project's DAG files into `folder` beside a settings.yaml."""
+    """Copies the project's DAG folder (DAG files, helpers, .airflowignore) into `folder` beside a settings.yaml."""
     folder.mkdir(parents=True, exist_ok=True)
-    for dag_file in (REPO_ROOT / "dags").glob("*.py"):
+    for dag_file in [*(REPO_ROOT / "dags").glob("*.py"), REPO_ROOT / "dags" / ".airflowignore"]:
         shutil.copy(dag_file, folder / dag_file.name)
     (folder / "settings.yaml").write_text(yaml.safe_dump(settings))
 
@@ -51,25 +51,23 @@ def serving_server(tmp_path_factory):
     Promotion pushes each change over gRPC, so the server does not also poll the file:
     two channels for one config would race.
     """
-    from tests.serving.conftest import start_local_server, stop_local_server
-
     root = tmp_path_factory.mktemp("serving")
     config_file = root / "models.config"
     config_file.write_text("model_config_list {\n}\n")
-    process, rest_url, grpc_target = start_local_server(root, root / "server.log", f"--model_config_file={config_file}")
-    server = {"config_file": config_file, "rest_url": rest_url, "grpc_target": grpc_target, "process": process,
-              "root": root, "log": root / "server.log"}  # fmt: skip
+    local = start_test_server(root, root / "server.log", f"--model_config_file={config_file}")
+    server = {"config_file": config_file, "rest_url": local.rest_url, "grpc_target": local.grpc_target, "local": local}
     yield server
-    stop_local_server(server["process"])
+    server["local"].stop()
 
 
 def restart_serving(server: dict) -> None:
     """Starts the serving server again on the same ports and config file."""
-    from tests.serving.conftest import start_local_server
-
-    ports = (int(server["grpc_target"].rsplit(":", 1)[1]), int(server["rest_url"].rsplit(":", 1)[1]))
-    server["process"], _, _ = start_local_server(
-        server["root"], server["log"], f"--model_config_file={server['config_file']}", ports=ports
+    old = server["local"]
+    server["local"] = start_test_server(
+        old.log_path.parent,
+        old.log_path,
+        f"--model_config_file={server['config_file']}",
+        ports=(old.grpc_port, old.rest_port),
     )
 
 
@@ -108,8 +106,9 @@ def dag_settings(tmp_path_factory, small_idx_dir, serving_server):
 
 @pytest.fixture(scope="session")
 def dag_bag(airflow_db, dag_settings):
-    from airflow.dag_processing.dagbag import DagBag
+    from airflow.dag_processing.dagbag import BundleDagBag
 
-    bag = DagBag(dag_folder=str(DAGS_FOLDER))
+    # As Airflow's DAG processor and task runner parse it: the DAG folder (bundle) is on sys.path.
+    bag = BundleDagBag(dag_folder=str(DAGS_FOLDER), bundle_path=DAGS_FOLDER)
     assert bag.import_errors == {}
     return bag

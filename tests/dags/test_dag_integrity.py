@@ -6,19 +6,17 @@ import copy
 import subprocess
 import sys
 
-from tests.dags.conftest import DAGS_FOLDER, REPO_ROOT
-
-TRAINING_TASKS = [
-    "ingest", "validate", "check_changes", "train", "evaluate", "gate", "export",
-    "infra_validate", "promote_canary", "smoke_test", "mark_stable",
-]  # fmt: skip
+from pipeline.runner import STEP_NAMES
+from tests.dags.conftest import DAGS_FOLDER
+from tests.support import REPO_ROOT
 
 
 def test_dag_files_import_without_errors_or_tensorflow(dag_settings):
     code = (
         "import sys\n"
-        "from airflow.dag_processing.dagbag import DagBag\n"
-        f"bag = DagBag(dag_folder={str(DAGS_FOLDER)!r})\n"
+        "from pathlib import Path\n"
+        "from airflow.dag_processing.dagbag import BundleDagBag\n"
+        f"bag = BundleDagBag(dag_folder={str(DAGS_FOLDER)!r}, bundle_path=Path({str(DAGS_FOLDER)!r}))\n"
         "assert bag.import_errors == {}, bag.import_errors\n"
         "print(sorted(bag.dag_ids))\n"
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'tensorflow_datasets'))\n"
@@ -31,7 +29,9 @@ def test_dag_files_import_without_errors_or_tensorflow(dag_settings):
 
 def test_training_dag_shape(dag_bag):
     dag = dag_bag.get_dag("fashion_mnist_training")
-    assert [t.task_id for t in dag.topological_sort()] == TRAINING_TASKS  # a chain, no cycles
+    assert [t.task_id for t in dag.topological_sort()] == list(STEP_NAMES)  # the runner's sequence
+    for upstream, downstream in zip(STEP_NAMES, STEP_NAMES[1:], strict=False):  # a straight line
+        assert dag.get_task(downstream).upstream_task_ids == {upstream}
     assert dag.catchup is False and dag.max_active_runs == 1
     assert dag.timetable.expression == "0 2 * * *" and not dag.timetable.run_immediately
     train = dag.get_task("train")
@@ -44,12 +44,23 @@ def test_training_dag_shape(dag_bag):
 
 def test_trigger_form_params_are_typed_and_bounded(dag_bag):
     params = dag_bag.get_dag("fashion_mnist_training").params
-    assert set(params) == {"data_source", "model", "epochs", "batch_size", "learning_rate", "min_accuracy",
-                           "max_regression", "force"}  # fmt: skip
+    assert set(params) == {
+        "data_source",
+        "model",
+        "epochs",
+        "batch_size",
+        "learning_rate",
+        "min_accuracy",
+        "max_regression",
+        "force",
+    }
     for name in params:
         param = params.get_param(name)
         assert param.schema.get("title") and param.description, name
-    assert params.get_param("epochs").schema == {**params.get_param("epochs").schema, "type": "integer", "minimum": 1}
+    epochs = params.get_param("epochs").schema
+    assert (epochs["type"], epochs["minimum"], epochs["maximum"]) == ("integer", 1, 500)
+    assert "<= 500" in params.get_param("epochs").description
+    assert params.get_param("batch_size").schema["maximum"] == 8192
     assert params.get_param("model").schema["enum"] == ["cnn", "mlp"]
     assert params.get_param("min_accuracy").schema["maximum"] == 1
     assert params.get_param("force").value is False
@@ -61,18 +72,18 @@ def test_bad_params_are_refused_before_a_run(dag_bag):
     from airflow.sdk.exceptions import ParamValidationError
 
     dag = dag_bag.get_dag("fashion_mnist_training")
-    for conf in ({"epochs": -1}, {"epochs": "ten"}, {"model": "resnet"}, {"min_accuracy": 1.5},
-                 {"learning_rate": 0}, {"data_source": "/tmp/data"}, {"force": "yes"}):  # fmt: skip
+    for conf in (
+        {"epochs": -1},
+        {"epochs": 501},
+        {"epochs": "ten"},
+        {"model": "resnet"},
+        {"min_accuracy": 1.5},
+        {"learning_rate": 0},
+        {"batch_size": 10_000},
+        {"data_source": "/tmp/data"},
+        {"force": "yes"},
+    ):
         params = copy.deepcopy(dag.params)
         with pytest.raises(ParamValidationError):
             params.update(conf)
             params.validate()
-
-
-def test_documented_schedule_matches_settings_file():
-    import yaml
-
-    settings = yaml.safe_load((REPO_ROOT / "dags" / "settings.yaml").read_text())
-    assert settings["schedule"] == "0 2 * * *"
-    readme = (REPO_ROOT / "README.md").read_text()
-    assert "0 2 * * *" in readme

@@ -9,11 +9,20 @@ import sys
 
 import pytest
 
+from pipeline.core.config import trigger_form_fields
 from serving.client import TFServingClient
-from tests.dags.conftest import REPO_ROOT
+from tests.support import REPO_ROOT
 
-DOWNSTREAM_OF_CHECK = ["train", "evaluate", "gate", "export", "infra_validate", "promote_canary", "smoke_test",
-                       "mark_stable"]  # fmt: skip
+DOWNSTREAM_OF_CHECK = [
+    "train",
+    "evaluate",
+    "gate",
+    "export",
+    "infra_validate",
+    "promote_canary",
+    "smoke_test",
+    "mark_stable",
+]
 
 
 def _states(run) -> dict[str, str]:
@@ -68,7 +77,7 @@ def _xcom(run, task_id: str, key: str):
 @pytest.fixture(scope="module")
 def run_conf(dag_bag):
     """Builds a full run conf: the defaults plus overrides (dag.test keeps params between runs)."""
-    defaults = {name: dag_bag.get_dag("fashion_mnist_training").params[name] for name in PARAMS}
+    defaults = {name: dag_bag.get_dag("fashion_mnist_training").params[name] for name in trigger_form_fields()}
 
     def make(**overrides):
         return {**defaults, **overrides}
@@ -76,55 +85,79 @@ def run_conf(dag_bag):
     return make
 
 
-PARAMS = ("data_source", "model", "epochs", "batch_size", "learning_rate", "min_accuracy", "max_regression", "force")
+@pytest.fixture(scope="module")
+def images(fashion_subset):
+    return fashion_subset["t10k"][0][:8]
 
 
-def test_training_lifecycle(dag_bag, dag_settings, serving_server, fashion_subset, run_conf):
-    dag = dag_bag.get_dag("fashion_mnist_training")
-    images = fashion_subset["t10k"][0][:8]
+@pytest.fixture(scope="module")
+def first_run(dag_bag, run_conf):
+    """Phase 1: the first run trains, gates, exports, validates and promotes version 1."""
+    return dag_bag.get_dag("fashion_mnist_training").test(run_conf=run_conf())
 
-    # 1. The first run trains, gates, exports, validates and promotes version 1 to stable.
-    first = dag.test(run_conf=run_conf())
-    assert set(_states(first).values()) == {"success"}, _states(first)
+
+@pytest.fixture(scope="module")
+def forced_run(first_run, dag_bag, run_conf):
+    """Phase 4: a forced run retrains and promotes version 2."""
+    return dag_bag.get_dag("fashion_mnist_training").test(run_conf=run_conf(force=True))
+
+
+@pytest.fixture(scope="module")
+def dag_rollback(forced_run, dag_bag):
+    """Phase 5: the rollback DAG puts version 1 back."""
+    return dag_bag.get_dag("fashion_mnist_rollback").test(run_conf={"version": 1, "reason": "test rollback"})
+
+
+def test_first_run_promotes_version_1(first_run, serving_server, images):
+    assert set(_states(first_run).values()) == {"success"}, _states(first_run)
     assert _serving_labels(serving_server["config_file"]) == {"stable": 1, "canary": 1}
     assert _served_version(serving_server, "stable", images) == 1
 
-    # 2. The same data, config and code again: short-circuit after validation.
-    second = dag.test(run_conf=run_conf())
+
+def test_an_identical_run_short_circuits_after_validation(first_run, dag_bag, run_conf):
+    second = dag_bag.get_dag("fashion_mnist_training").test(run_conf=run_conf())
     states = _states(second)
     assert states["ingest"] == states["validate"] == states["check_changes"] == "success"
     assert {states[t] for t in DOWNSTREAM_OF_CHECK} == {"skipped"}
-    assert "equal those of stable version 1" in _xcom(second, "check_changes", "skip_reason")
+    assert "equal those of stable version 1" in _xcom(second, "check_changes", "stop_reason")
 
-    # 3. The gate refuses a weak candidate: the run stops before export, serving unchanged.
-    strict = dag.test(run_conf=run_conf(min_accuracy=0.999))
+
+def test_the_gate_stops_a_weak_candidate_and_serving_is_unchanged(first_run, dag_bag, run_conf, serving_server):
+    strict = dag_bag.get_dag("fashion_mnist_training").test(run_conf=run_conf(min_accuracy=0.999))
     states = _states(strict)
     assert states["gate"] == "success" and states["evaluate"] == "success"
     assert {states[t] for t in DOWNSTREAM_OF_CHECK[3:]} == {"skipped"}
-    assert any("< min_accuracy 0.999" in r for r in _xcom(strict, "gate", "reasons"))
+    assert "< min_accuracy 0.999" in _xcom(strict, "gate", "stop_reason")
     assert _serving_labels(serving_server["config_file"]) == {"stable": 1, "canary": 1}
 
-    # 4. A forced run retrains and promotes version 2.
-    forced = dag.test(run_conf=run_conf(force=True))
-    assert set(_states(forced).values()) == {"success"}, _states(forced)
+
+def test_a_forced_run_promotes_version_2(forced_run, serving_server, images):
+    assert set(_states(forced_run).values()) == {"success"}, _states(forced_run)
     assert _serving_labels(serving_server["config_file"]) == {"stable": 2, "canary": 2}
     assert _served_version(serving_server, "stable", images) == 2
 
-    # 5. Rollback puts version 1 back and the decision is in the lineage log.
-    rollback = dag_bag.get_dag("fashion_mnist_rollback").test(run_conf={"version": 1, "reason": "test rollback"})
-    assert set(_states(rollback).values()) == {"success"}
+
+def test_the_rollback_dag_restores_version_1(dag_rollback, serving_server, images):
+    assert set(_states(dag_rollback).values()) == {"success"}
     assert _serving_labels(serving_server["config_file"]) == {"stable": 1, "canary": 1}
     assert _served_version(serving_server, "stable", images) == 1
 
-    # The CLI rolls back too (and refuses versions that were never published).
+
+def test_the_cli_rolls_back_and_refuses_unpublished_versions(dag_rollback, dag_settings, serving_server, images):
     pipeline = dag_settings["pipeline"]
-    flags = [f"--{key.replace('_', '-')}={pipeline[key]}" for key in
-             ("workdir", "model_base_path", "model_name", "serving_config_file", "serving_grpc_target")]  # fmt: skip
-    cli = [sys.executable, "-m", "pipeline", "rollback", *flags]
+    keys = ("workdir", "model_base_path", "model_name", "serving_config_file", "serving_grpc_target")
+    cli = [
+        sys.executable,
+        "-m",
+        "pipeline",
+        "rollback",
+        *[f"--{key.replace('_', '-')}={pipeline[key]}" for key in keys],
+    ]
     refused = subprocess.run([*cli, "--version", "99"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2 and "cannot roll back to version 99: published versions are [1, 2]" in refused.stderr
-    moved = subprocess.run([*cli, "--version", "2", "--reason", "cli test"], cwd=REPO_ROOT, capture_output=True,
-                           text=True, timeout=120)  # fmt: skip
+    moved = subprocess.run(
+        [*cli, "--version", "2", "--reason", "cli test"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+    )
     assert moved.returncode == 0, moved.stderr[-2000:]
     assert _serving_labels(serving_server["config_file"]) == {"stable": 2, "canary": 2}
     assert _served_version(serving_server, "stable", images) == 2
@@ -132,13 +165,14 @@ def test_training_lifecycle(dag_bag, dag_settings, serving_server, fashion_subse
     assert (last["event"], last["version"], last["previous"], last["reason"]) == ("rollback", 2, 1, "cli test")
     assert last["by"].startswith("cli by ")
 
-    # Each move of `stable` emitted an event on the stable-model asset.
-    assert [extra["version"] for extra in _asset_event_extras()] == [1, 2, 1]
 
+def test_every_decision_is_in_the_lineage_log_and_asset_events(dag_rollback, dag_settings):
+    # Each move of `stable` by a DAG emitted an event on the stable-model asset.
+    assert [extra["version"] for extra in _asset_event_extras()] == [1, 2, 1]
     events = [(e["event"], e.get("label"), e.get("version")) for e in _lineage(dag_settings)]
     assert ("gate", None, None) in events and ("skipped_unchanged", None, None) in events
     assert events.count(("label_moved", "stable", 1)) == 1 and ("label_moved", "stable", 2) in events
-    assert ("rollback", "stable", 1) in events and events[-1] == ("rollback", "stable", 2)
+    assert ("rollback", "stable", 1) in events
     gate_records = [e for e in _lineage(dag_settings) if e["event"] == "gate"]
     assert {g["blessed"] for g in gate_records} == {True, False}
     assert all(g["data_fingerprint"] and g["config"]["epochs"] == 1 and g["by"] for g in gate_records)
@@ -156,10 +190,9 @@ def test_ingest_failure_stops_the_run_with_the_stage_message(dag_bag, caplog, ru
 
 def test_serving_down_during_promotion_retries_and_keeps_stable(dag_bag, serving_server, run_conf):
     from tests.dags.conftest import restart_serving
-    from tests.serving.conftest import stop_local_server
 
     before = _serving_labels(serving_server["config_file"])
-    stop_local_server(serving_server["process"])
+    serving_server["local"].stop()
     try:
         run = dag_bag.get_dag("fashion_mnist_training").test(run_conf=run_conf(force=True))
     finally:

@@ -12,15 +12,15 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.dags.conftest import DAGS_FOLDER, REPO_ROOT
-from tests.serving.conftest import free_port
+from serving.launcher import free_port
+from tests.dags.conftest import DAGS_FOLDER
+from tests.support import REPO_ROOT, wait_for
 
 DAG_ID = "fashion_mnist_training"
 ARTIFACTS = REPO_ROOT / "test-artifacts"
@@ -37,19 +37,6 @@ def _request(url: str, method: str = "GET", body: dict | None = None, token: str
             return response.status, json.loads(response.read() or b"null")
     except urllib.error.HTTPError as err:
         return err.code, json.loads(err.read() or b"null")
-
-
-def _wait(condition, timeout: float, what: str, interval: float = 1.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            result = condition()
-        except OSError:
-            result = None
-        if result:
-            return result
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
 
 
 POSTGRES = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
@@ -95,16 +82,26 @@ def standalone(tmp_path_factory, dag_settings, serving_server, postgres_url):
         "PYTHONPATH": str(REPO_ROOT),
     }
     subprocess.run([str(venv_bin / "airflow"), "db", "migrate"], env=env, check=True, capture_output=True)
-    subprocess.run([str(venv_bin / "airflow"), "pools", "set", "gpu_training", "1", "GPU training"],
-                   env=env, check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [str(venv_bin / "airflow"), "pools", "set", "gpu_training", "1", "GPU training"],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     log = open(home / "standalone.log", "wb")  # noqa: SIM115  (open for the process's lifetime)
-    process = subprocess.Popen([str(venv_bin / "airflow"), "standalone"], env=env, cwd=home, stdout=log,
-                               stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    process = subprocess.Popen(
+        [str(venv_bin / "airflow"), "standalone"],
+        env=env,
+        cwd=home,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     base = f"http://localhost:{port}"
     try:
-        _wait(lambda: _request(base + "/api/v2/monitor/health")[0] == 200, 240, "the API server")
+        wait_for(lambda: _request(base + "/api/v2/monitor/health")[0] == 200, 240, "the API server")
         passwords = home / "simple_auth_manager_passwords.json.generated"
-        _wait(passwords.exists, 60, "the generated admin password")
+        wait_for(passwords.exists, 60, "the generated admin password")
         password = json.loads(passwords.read_text())["admin"]
         status, reply = _request(base + "/auth/token", "POST", {"username": "admin", "password": password})
         assert status in (200, 201), reply
@@ -120,7 +117,7 @@ def standalone(tmp_path_factory, dag_settings, serving_server, postgres_url):
 
 def _wait_for_dag(standalone):
     url = f"{standalone['base']}/api/v2/dags/{DAG_ID}"
-    return _wait(lambda: _request(url, token=standalone["token"])[0] == 200, 240, "the DAG to be parsed")
+    return wait_for(lambda: _request(url, token=standalone["token"])[0] == 200, 240, "the DAG to be parsed")
 
 
 def _wait_for_run(standalone, run_id: str, timeout: float = 900) -> str:
@@ -130,7 +127,7 @@ def _wait_for_run(standalone, run_id: str, timeout: float = 900) -> str:
         state = _request(url, token=standalone["token"])[1]["state"]
         return state if state in ("success", "failed") else None
 
-    return _wait(finished, timeout, f"run {run_id}", interval=3)
+    return wait_for(finished, timeout, f"run {run_id}", interval=3)
 
 
 def _task_states(standalone, run_id: str) -> dict[str, str]:
@@ -173,7 +170,7 @@ def test_browser_triggers_the_dag_through_the_params_form(standalone, serving_se
                 "--disable-component-update",
                 "--disable-sync",
                 "--no-first-run",
-            ],  # fmt: skip
+            ],
         )
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         try:
@@ -185,7 +182,7 @@ def test_browser_triggers_the_dag_through_the_params_form(standalone, serving_se
             page.goto(f"{standalone['base']}/dags/{DAG_ID}", wait_until="load")
             page.get_by_role("button", name="Trigger").first.click()
             page.get_by_text("Run Parameters").first.wait_for(timeout=60_000)
-            page.get_by_text("Maximum training epochs (early stopping may end sooner)").wait_for()
+            page.get_by_text("Maximum number of training epochs (early stopping may end sooner)").wait_for()
             page.get_by_role("spinbutton").first.fill("1")  # Epochs, the first number field
             page.screenshot(path=str(ARTIFACTS / "airflow-trigger-form.png"), full_page=True)
             page.get_by_role("button", name="Trigger").last.click()

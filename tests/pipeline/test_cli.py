@@ -11,25 +11,34 @@ import pytest
 import tensorflow as tf
 
 from pipeline.cli import COMMAND_HELP
-from pipeline.evaluate import published_versions
-from pipeline.snapshot import Snapshot
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from pipeline.core.model_repo import published_versions
+from pipeline.data.snapshot import Snapshot
+from pipeline.runner import STEP_NAMES
+from tests.support import REPO_ROOT
 
 
 def pipeline_cli(*args, timeout=600):
     return subprocess.run(
-        [sys.executable, "-m", "pipeline", *args],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
-    )  # fmt: skip
+        [sys.executable, "-m", "pipeline", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def _small_run_flags(small_idx_dir, tmp_path, run_id):
-    return [
-        "--data-source", f"idx:{small_idx_dir}", "--workdir", str(tmp_path / "work"),
-        "--model-base-path", str(tmp_path / "models"), "--run-id", run_id,
-        "--epochs", "1", "--batch-size", "64", "--min-accuracy", "0.5", "--warmup-requests", "3",
-    ]  # fmt: skip
+    """A small, 1-epoch run whose promotion only writes the serving config file (no serving endpoint)."""
+    values = {
+        "data-source": f"idx:{small_idx_dir}",
+        "workdir": tmp_path / "work",
+        "model-base-path": tmp_path / "models",
+        "serving-config-file": tmp_path / "serving" / "models.config",
+        "serving-grpc-target": "none",
+        "run-id": run_id,
+        "epochs": 1,
+        "batch-size": 64,
+        "min-accuracy": 0.5,
+        "warmup-requests": 3,
+        "smoke-test-examples": 16,
+    }
+    return [f"--{name}={value}" for name, value in values.items()]
 
 
 @pytest.mark.parametrize("command", sorted(COMMAND_HELP))
@@ -42,17 +51,26 @@ def test_every_command_has_help(command):
 def test_run_end_to_end_then_a_stricter_gate_publishes_nothing(small_idx_dir, tmp_path):
     result = pipeline_cli("run", *_small_run_flags(small_idx_dir, tmp_path, "e2e"))
     assert result.returncode == 0, result.stderr[-3000:]
-    for stage in ("ingest", "validate", "train", "evaluate", "export"):
-        assert f"\n{stage:<10} ok" in result.stdout
-    assert "version 1 at" in result.stdout
+    for step in STEP_NAMES:
+        status = "skipped" if step == "smoke_test" else "ok"  # no serving endpoint to call
+        assert f"\n{step:<14} {status}" in result.stdout, result.stdout
+    assert "version 1 at" in result.stdout and "stable -> 1" in result.stdout
 
     run_dir = tmp_path / "work" / "runs" / "e2e"
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    assert set(manifest) == {"ingest", "validate", "train", "evaluate", "export"}
-    assert manifest["export"]["version"] == 1
-    for artifact in ("validate/anomalies.json", "train/history.json", "train/training_curves.png",
-                     "evaluate/evaluation.json", "evaluate/confusion_matrix.png"):  # fmt: skip
+    assert set(manifest) == set(STEP_NAMES)
+    assert manifest["export"]["version"] == 1 and manifest["mark_stable"]["stable"] == 1
+    for artifact in (
+        "validate/anomalies.json",
+        "train/history.json",
+        "train/training_curves.png",
+        "evaluate/evaluation.json",
+        "evaluate/confusion_matrix.png",
+    ):
         assert (run_dir / artifact).is_file(), artifact
+    assert 'key: "stable"' in (tmp_path / "serving" / "models.config").read_text()
+    events = [json.loads(line)["event"] for line in (tmp_path / "work" / "lineage.jsonl").read_text().splitlines()]
+    assert events == ["gate", "exported", "label_moved", "label_moved"]  # the same records the DAG writes
 
     version_dir = Path(manifest["export"]["version_dir"])
     images, _ = Snapshot.load(manifest["ingest"]["snapshot"]).split_arrays("test[:32]")
@@ -60,23 +78,32 @@ def test_run_end_to_end_then_a_stricter_gate_publishes_nothing(small_idx_dir, tm
     expected = keras.models.load_model(manifest["train"]["model_path"]).predict(images.astype(np.float32), verbose=0)
     np.testing.assert_allclose(served["probabilities"].numpy(), expected, atol=1e-5)
 
-    strict = pipeline_cli("run", *_small_run_flags(small_idx_dir, tmp_path, "strict"), "--min-accuracy", "0.999")
+    again = pipeline_cli("run", *_small_run_flags(small_idx_dir, tmp_path, "again"))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "check_changes  ok" in again.stdout and "equal those of stable version 1" in again.stdout
+    assert "train          skipped" in again.stdout
+
+    strict = pipeline_cli(
+        "run", *_small_run_flags(small_idx_dir, tmp_path, "strict"), "--min-accuracy", "0.999", "--force", "true"
+    )
     assert strict.returncode == 0, strict.stderr[-3000:]
     assert "test accuracy" in strict.stdout and "NOT blessed" in strict.stdout
-    assert "export     skipped" in strict.stdout and "< min_accuracy 0.999" in strict.stdout
+    assert "export         skipped" in strict.stdout and "< min_accuracy 0.999" in strict.stdout
     assert published_versions(tmp_path / "models" / "fashion_mnist") == [1]
 
 
-def test_stages_one_by_one_share_a_run(small_idx_dir, tmp_path):
+def test_steps_one_by_one_share_a_run(small_idx_dir, tmp_path):
     flags = _small_run_flags(small_idx_dir, tmp_path, "stepwise")
     outputs = {}
-    for stage in ("ingest", "validate", "train", "evaluate", "export"):
+    for stage in ("ingest", "validate", "train", "evaluate", "gate", "export", "infra-validate", "promote"):
         result = pipeline_cli(stage, *flags)
         assert result.returncode == 0, f"{stage}: {result.stderr[-3000:]}"
         outputs[stage] = json.loads(result.stdout)
         assert outputs[stage]["run_id"] == "stepwise"
     assert outputs["evaluate"]["blessed"] is True
     assert outputs["export"]["version"] == 1
+    assert outputs["infra-validate"]["grpc"] == 16
+    assert outputs["promote"]["stable"] == 1  # promote_canary -> smoke_test -> mark_stable
     assert Path(outputs["train"]["model_path"]).parent == tmp_path / "work" / "runs" / "stepwise" / "train"
 
 
@@ -102,4 +129,7 @@ def test_bad_input_exits_2_with_the_reason(small_idx_dir, tmp_path, extra, messa
 def test_stage_without_inputs_says_what_is_missing(tmp_path):
     result = pipeline_cli("evaluate", "--workdir", str(tmp_path), "--run-id", "empty")
     assert result.returncode == 2
-    assert "'evaluate' needs --snapshot or a --run-id whose earlier stages produced one" in result.stderr
+    assert (
+        "error: evaluate: this step needs 'snapshot' from step 'ingest': pass --snapshot or a --run-id "
+        "whose earlier steps produced it" in result.stderr
+    )

@@ -19,28 +19,17 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from serving.client import TFServingClient
+from serving.launcher import LocalServer
 from tests.serving import saved_models
+from tests.support import REPO_ROOT, export_candidate, start_test_server
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 EXTERNAL = bool(os.environ.get("TFSERVING_REST_URL") and os.environ.get("TFSERVING_GRPC_TARGET"))
 local_only = pytest.mark.skipif(EXTERNAL, reason="uses flags or internals of the local server only")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclasses.dataclass
@@ -49,8 +38,7 @@ class ServerUnderTest:
     grpc_target: str
     models_dir: Path  # where tests write models
     server_models_dir: str  # the same folder as the server sees it
-    process: subprocess.Popen | None = None
-    log_path: Path | None = None
+    local: LocalServer | None = None
 
     def client(self, protocol: str = "grpc", **kwargs) -> TFServingClient:
         return TFServingClient(self.grpc_target, self.rest_url, protocol, **kwargs)
@@ -64,55 +52,7 @@ class ServerUnderTest:
         return f"model_config_list {{\n{body}\n}}\n"
 
     def logs(self) -> str:
-        return self.log_path.read_text() if self.log_path and self.log_path.exists() else ""
-
-
-def start_local_server(
-    models_dir: Path, log_path: Path, *extra: str, wait: bool = True, ports: tuple[int, int] | None = None
-):
-    """Starts `python -m serving.server` with an empty config; returns (process, rest url, grpc target).
-
-    Args:
-        ports: (gRPC, REST) ports, e.g. to restart a server where it was; free ports by default.
-    """
-    config = models_dir / "empty.config"
-    if not config.exists():
-        config.write_text("model_config_list {}\n")
-    grpc_port, rest_port = ports or (free_port(), free_port())
-    command = [
-        sys.executable, "-m", "serving.server", f"--port={grpc_port}", f"--rest_api_port={rest_port}",
-        f"--model_config_file={config}", "--file_system_poll_wait_seconds=0.2",
-        "--max_num_load_retries=1", "--load_retry_interval_micros=100000", *extra,
-    ]  # fmt: skip
-    log_file = open(log_path, "ab")  # noqa: SIM115  (kept open for the process's lifetime)
-    process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log_file, stderr=subprocess.STDOUT)
-    rest_url = f"http://127.0.0.1:{rest_port}"
-    if wait:
-        wait_until_serving(process, rest_url, log_path)
-    return process, rest_url, f"127.0.0.1:{grpc_port}"
-
-
-def wait_until_serving(process, rest_url: str, log_path: Path, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
-        try:
-            urllib.request.urlopen(rest_url + "/v1/models/none", timeout=1)
-        except urllib.error.HTTPError:
-            return  # Any HTTP answer (404 here) means it serves.
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError(f"server did not start in {timeout}s:\n{log_path.read_text()[-3000:]}")
-
-
-def stop_local_server(process: subprocess.Popen) -> int:
-    process.send_signal(signal.SIGTERM)
-    try:
-        return process.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        return process.wait()
+        return self.local.logs() if self.local else ""
 
 
 @pytest.fixture(scope="session")
@@ -135,30 +75,26 @@ def server(tmp_path_factory):
         "max_enqueued_batches { value: 100 }\nnum_batch_threads { value: 2 }\n"
     )
     shutil.copy(REPO_ROOT / "serving" / "monitoring.config", models_dir / "monitoring.config")
-    process, rest_url, grpc_target = start_local_server(
-        models_dir, log_path, "--enable_batching", f"--batching_parameters_file={batching}",
+    local = start_test_server(
+        models_dir,
+        log_path,
+        "--enable_batching",
+        f"--batching_parameters_file={batching}",
         f"--monitoring_config_file={models_dir / 'monitoring.config'}",
-    )  # fmt: skip
-    yield ServerUnderTest(rest_url, grpc_target, models_dir, str(models_dir), process, log_path)
-    stop_local_server(process)
+    )
+    yield ServerUnderTest(local.rest_url, local.grpc_target, models_dir, str(models_dir), local)
+    local.stop()
 
 
 @pytest.fixture(scope="session")
 def model_repo(server, trained_run):
     """Writes the test models: scaler v1 (x2) and v2 (x3), half_plus_two, and the real Fashion-MNIST model."""
-    from pipeline.export import export
-
     base = server.models_dir
     saved_models.save_scaler(base / "scaler", 1, 2.0)
     saved_models.save_scaler(base / "scaler", 2, 3.0)
     saved_models.save_half_plus_two(base / "examples", 1)
     config = trained_run["config"].replace(model_base_path=str(base), model_name="fashion")
-    export(
-        config,
-        trained_run["snapshot"],
-        trained_run["train"].model_path,
-        trained_run["evaluate"].evaluation_path,
-    )
+    export_candidate(trained_run, config)
     return base
 
 

@@ -182,22 +182,22 @@ def test_grpc_unknown_model_version_label(standard_config, name, version, label,
 
 @local_only
 def test_body_over_the_size_limit(tmp_path, model_repo):
-    from tests.serving.conftest import start_local_server, stop_local_server
+    from tests.support import start_test_server
 
     (tmp_path / "m.config").write_text(
         f"model_config_list {{ config {{ name: 'scaler' base_path: '{model_repo / 'scaler'}' }} }}"
     )
-    process, rest_url, _ = start_local_server(
+    local = start_test_server(
         tmp_path,
         tmp_path / "log",
         f"--model_config_file={tmp_path / 'm.config'}",
         "--rest_api_max_request_bytes=1000",
     )
     try:
-        server = type("S", (), {"rest_url": rest_url})()
+        server = local
         status, reply = rest(server, "POST", "/v1/models/scaler:predict", {"instances": [[1.0, 2.0, 3.0]] * 200})
         assert status == 413 and "exceeds the limit of 1000 bytes" in reply["error"]
         status, reply = rest(server, "POST", "/v1/models/scaler:predict", {"instances": X.tolist()})
         assert status == 200
     finally:
-        assert stop_local_server(process) == 0
+        assert local.stop() == 0

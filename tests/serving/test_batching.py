@@ -11,8 +11,9 @@ import pytest
 
 from serving.protocol import ServingError
 from serving.server.batching import BatchOptions, BatchScheduler
-from tests.serving.conftest import local_only, start_local_server, stop_local_server
+from tests.serving.conftest import local_only
 from tests.serving.test_conformance import X, rest
+from tests.support import start_test_server
 
 
 def _doubler(record: list):
@@ -42,8 +43,9 @@ def _submit_concurrently(scheduler, arrays, timeout=10):
 
 def test_concurrent_tasks_are_merged_and_split_back():
     sizes: list[int] = []
-    scheduler = BatchScheduler(_doubler(sizes), BatchOptions(max_batch_size=16, batch_timeout_micros=300_000,
-                                                             num_batch_threads=1))  # fmt: skip
+    scheduler = BatchScheduler(
+        _doubler(sizes), BatchOptions(max_batch_size=16, batch_timeout_micros=300_000, num_batch_threads=1)
+    )
     arrays = [np.full((1 + i % 3, 2), i, np.float32) for i in range(8)]
     results, errors = _submit_concurrently(scheduler, arrays)
     scheduler.close()
@@ -56,8 +58,9 @@ def test_concurrent_tasks_are_merged_and_split_back():
 
 def test_batches_are_padded_to_allowed_sizes():
     sizes: list[int] = []
-    scheduler = BatchScheduler(_doubler(sizes), BatchOptions(max_batch_size=8, allowed_batch_sizes=(4, 8),
-                                                             num_batch_threads=1))  # fmt: skip
+    scheduler = BatchScheduler(
+        _doubler(sizes), BatchOptions(max_batch_size=8, allowed_batch_sizes=(4, 8), num_batch_threads=1)
+    )
     result = scheduler.submit({"x": np.ones((3, 2), np.float32)}, 10)
     scheduler.close()
     assert sizes == [4] and result["y"].shape == (3, 2)
@@ -125,8 +128,9 @@ def test_batch_options_from_text_proto_and_checks():
     )
     assert options.max_enqueued_batches == 10  # TF Serving's default kept
     with pytest.raises(ValueError, match="last entry of allowed_batch_sizes must equal max_batch_size"):
-        BatchOptions.from_proto(protos.parse_text("max_batch_size { value: 32 } allowed_batch_sizes: 8",
-                                                  protos.BatchingParameters))  # fmt: skip
+        BatchOptions.from_proto(
+            protos.parse_text("max_batch_size { value: 32 } allowed_batch_sizes: 8", protos.BatchingParameters)
+        )
 
 
 @local_only
@@ -139,11 +143,15 @@ def test_server_queue_limit_and_graceful_sigterm(tmp_path, model_repo):
     )
     config = tmp_path / "models.config"
     config.write_text(f"model_config_list {{ config {{ name: 'scaler' base_path: '{model_repo / 'scaler'}' }} }}")
-    process, rest_url, _ = start_local_server(
-        tmp_path, tmp_path / "log", f"--model_config_file={config}", "--enable_batching",
-        f"--batching_parameters_file={batching}", "--enable_model_warmup=false",
-    )  # fmt: skip
-    server = type("S", (), {"rest_url": rest_url})()
+    local = start_test_server(
+        tmp_path,
+        tmp_path / "log",
+        f"--model_config_file={config}",
+        "--enable_batching",
+        f"--batching_parameters_file={batching}",
+        "--enable_model_warmup=false",
+    )
+    server = local
     first: list = []
     thread = threading.Thread(
         target=lambda: first.append(rest(server, "POST", "/v1/models/scaler:predict", {"instances": X[:1].tolist()}))
@@ -154,7 +162,7 @@ def test_server_queue_limit_and_graceful_sigterm(tmp_path, model_repo):
         status, reply = rest(server, "POST", "/v1/models/scaler:predict", {"instances": X.tolist()})  # 1 + 2 > 2
         assert status == 429 and "queue to which this task was submitted is full" in reply["error"]
     finally:
-        exit_code = stop_local_server(process)  # SIGTERM while the first request is still queued
+        exit_code = local.stop()  # SIGTERM while the first request is still queued
         thread.join()
     assert exit_code == 0
     assert first[0][0] == 200 and first[0][1]["predictions"][0]["y"] == [3.0, 6.0, 9.0]
@@ -170,12 +178,17 @@ def test_config_file_polling_and_rest_timeout(tmp_path, model_repo):
     config = tmp_path / "models.config"
     entry = f"name: 'scaler' base_path: '{model_repo / 'scaler'}' model_version_policy {{ all {{}} }}"
     config.write_text(f"model_config_list {{ config {{ {entry} }} }}")
-    process, rest_url, grpc_target = start_local_server(
-        tmp_path, tmp_path / "log", f"--model_config_file={config}", "--model_config_file_poll_wait_seconds=0.2",
-        "--enable_batching", f"--batching_parameters_file={batching}", "--rest_api_timeout_in_ms=500",
+    local = start_test_server(
+        tmp_path,
+        tmp_path / "log",
+        f"--model_config_file={config}",
+        "--model_config_file_poll_wait_seconds=0.2",
+        "--enable_batching",
+        f"--batching_parameters_file={batching}",
+        "--rest_api_timeout_in_ms=500",
         "--enable_model_warmup=false",
-    )  # fmt: skip
-    server = type("S", (), {"rest_url": rest_url})()
+    )
+    server = local
     try:
         status, reply = rest(server, "POST", "/v1/models/scaler:predict", {"instances": X[:1].tolist()})
         assert status == 504 and reply["error"]  # one row waits for a 3 s batching window
@@ -185,7 +198,7 @@ def test_config_file_polling_and_rest_timeout(tmp_path, model_repo):
         staged = tmp_path / "models.config.new"
         staged.write_text(f"model_config_list {{ config {{ {entry} version_labels {{ key: 'stable' value: 1 }} }} }}")
         staged.rename(config)
-        client = TFServingClient(grpc_target, rest_url)
+        client = TFServingClient(local.grpc_target, local.rest_url)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
@@ -197,6 +210,6 @@ def test_config_file_polling_and_rest_timeout(tmp_path, model_repo):
             raise AssertionError("the edited config file was not applied")
         client.close()
     finally:
-        assert stop_local_server(process) == 0
+        assert local.stop() == 0
     log = (tmp_path / "log").read_text()
     assert '"event": "load_done"' in log and '"event": "reload"' in log

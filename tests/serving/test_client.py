@@ -11,8 +11,9 @@ import pytest
 from PIL import Image
 
 from serving.client import TFServingClient
+from serving.launcher import free_port
 from serving.protocol import ServingError
-from tests.serving.conftest import REPO_ROOT, free_port
+from tests.support import REPO_ROOT
 
 
 def test_retries_unavailable_with_backoff_but_not_other_errors():
@@ -55,8 +56,18 @@ def test_version_and_label_together_are_refused():
 
 
 def _client_cli(server, *args):
-    command = [sys.executable, "-m", "serving.client", "--grpc-target", server.grpc_target,
-               "--rest-url", server.rest_url, "--model", "fashion", *args]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "serving.client",
+        "--grpc-target",
+        server.grpc_target,
+        "--rest-url",
+        server.rest_url,
+        "--model",
+        "fashion",
+        *args,
+    ]
     return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
 
 

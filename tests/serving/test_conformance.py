@@ -23,6 +23,7 @@ from tensorflow_serving.apis import (
 from serving.protocol import ServingError
 from tests.serving import saved_models
 from tests.serving.conftest import EXAMPLES, FASHION, SCALER, local_only
+from tests.support import wait_for
 
 PROTOCOLS = ["grpc", "rest"]
 X = np.array([[1, 2, 3], [4, 5, 6]], np.float32)
@@ -115,8 +116,9 @@ def test_rest_row_and_columnar_formats(standard_config):
     status, body = rest(standard_config, "POST", "/v1/models/scaler/labels/stable:predict", {"inputs": X.tolist()})
     assert status == 200
     assert body == {"outputs": {"y": [[2.0, 4.0, 6.0], [8.0, 10.0, 12.0]], "sum": [12.0, 30.0]}}
-    status, body = rest(standard_config, "POST", "/v1/models/scaler/versions/1:predict",
-                        {"instances": [[0.1, 0.2, 0.3]]})  # fmt: skip
+    status, body = rest(
+        standard_config, "POST", "/v1/models/scaler/versions/1:predict", {"instances": [[0.1, 0.2, 0.3]]}
+    )
     assert body["predictions"][0]["y"] == [0.2, 0.4, 0.6]  # float32 printed at its own precision
 
 
@@ -217,16 +219,6 @@ def test_classify_on_a_predict_signature_is_refused(standard_config, protocol):
 # --- versions, policies, labels, reload -------------------------------------------------
 
 
-def _wait_for(condition, timeout=60.0, interval=0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(interval)
-    raise AssertionError(f"condition not met in {timeout}s")
-
-
 def _available(client, model):
     try:
         return sorted(v["version"] for v in client.status(model) if v["state"] == "AVAILABLE")
@@ -241,11 +233,13 @@ def test_version_policies(server, model_repo):
             ("all {}", [1, 2]),
             ("specific { versions: 1 }", [1]),
         ):
-            client.reload_config(server.config_text(
-                f"config {{ name: 'scaler' base_path: '{{base}}/scaler' model_platform: 'tensorflow' "
-                f"model_version_policy {{ {policy} }} }}"
-            ))  # fmt: skip
-            assert _wait_for(lambda e=expected: _available(client, "scaler") == e and e), policy
+            client.reload_config(
+                server.config_text(
+                    f"config {{ name: 'scaler' base_path: '{{base}}/scaler' model_platform: 'tensorflow' "
+                    f"model_version_policy {{ {policy} }} }}"
+                )
+            )
+            assert wait_for(lambda e=expected: _available(client, "scaler") == e and e), policy
             assert client.predict("scaler", {"x": X}).version == expected[-1]
 
 
@@ -272,9 +266,9 @@ def test_hot_swap_under_load_has_no_failures(server, model_repo):
     base = server.models_dir / "swap"
     saved_models.copy_version(model_repo / "scaler" / "1", base, 1)
     with server.client() as client:
-        client.reload_config(server.config_text(
-            "config { name: 'swap' base_path: '{base}/swap' model_platform: 'tensorflow' }"
-        ))  # fmt: skip
+        client.reload_config(
+            server.config_text("config { name: 'swap' base_path: '{base}/swap' model_platform: 'tensorflow' }")
+        )
     failures, answers, stop = [], set(), threading.Event()
 
     def hammer(protocol):
@@ -290,9 +284,9 @@ def test_hot_swap_under_load_has_no_failures(server, model_repo):
     for thread in threads:
         thread.start()
     try:
-        _wait_for(lambda: 2.0 in answers)
+        wait_for(lambda: 2.0 in answers)
         saved_models.copy_version(model_repo / "scaler" / "2", base, 2)  # scale 3
-        _wait_for(lambda: 3.0 in answers)
+        wait_for(lambda: 3.0 in answers)
         time.sleep(1.0)  # keep calling while version 1 unloads
     finally:
         stop.set()
@@ -300,8 +294,8 @@ def test_hot_swap_under_load_has_no_failures(server, model_repo):
             thread.join()
     assert failures == []
     with server.client() as client:
-        assert _wait_for(lambda: _available(client, "swap") == [2])
-    if server.log_path:  # the local server logs loads and unloads as JSON lines
+        assert wait_for(lambda: _available(client, "swap") == [2])
+    if server.local:  # the local server logs loads and unloads as JSON lines
         assert '"event": "unload", "model": "swap", "version": 1' in server.logs()
 
 
@@ -309,16 +303,16 @@ def test_broken_version_next_to_a_good_one(server, model_repo):
     base = server.models_dir / "fragile"
     saved_models.copy_version(model_repo / "scaler" / "1", base, 1)
     with server.client() as client:
-        client.reload_config(server.config_text(
-            "config { name: 'fragile' base_path: '{base}/fragile' model_platform: 'tensorflow' }"
-        ))  # fmt: skip
+        client.reload_config(
+            server.config_text("config { name: 'fragile' base_path: '{base}/fragile' model_platform: 'tensorflow' }")
+        )
         saved_models.write_broken_version(base, 2)
 
         def failed():
             states = {v["version"]: v for v in client.status("fragile")}
             return states.get(2) if states.get(2, {}).get("state") == "END" else None
 
-        broken = _wait_for(failed)
+        broken = wait_for(failed)
         assert broken["error_code"] != "OK" and broken["error_message"]
         assert client.predict("fragile", {"x": X})["y"].tolist() == (X * 2).tolist()  # v1 still serves
         assert _available(client, "fragile") == [1]

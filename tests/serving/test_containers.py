@@ -38,7 +38,7 @@ def test_run_flags_agree_with_the_config_files_and_local_defaults():
 
 
 def test_models_config_parses_and_points_at_the_pipeline_model():
-    from pipeline.config import PipelineConfig
+    from pipeline.core.config import PipelineConfig
 
     config = protos.parse_text((SERVING / "models.config").read_text(), protos.ModelServerConfig)
     (model,) = config.model_config_list.config

@@ -1,0 +1,425 @@
+"""The one configuration object that flows into every stage.
+
+`PipelineConfig` holds every option with its default, bounds, choices and help text:
+the one home of those facts. The YAML loader, the CLI flags (`pipeline.cli`) and the
+Airflow trigger form (`trigger_form_schema`, turned into `Param`s by the DAG) are all
+generated from it. A config is built from a YAML file and/or `key=value` overrides and
+checked once by `PipelineConfig.validate`, so stages can trust what they get.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import re
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.core.errors import ConfigError
+
+DEFAULT_DATA_SOURCE = "idx:/usr/share/datasets/fashion-mnist"
+MODEL_NAMES = ("cnn", "mlp")
+STRATEGIES = ("auto", "mirrored", "one_device", "cpu")
+MIXED_PRECISION_MODES = ("auto", "on", "off")
+_RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+:-]{0,127}$")
+_MODEL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def _field(default: Any, help: str, *, title: str | None = None, **schema: Any) -> Any:
+    """A config field: its help text, an optional trigger-form title and JSON-schema bounds.
+
+    `schema` takes `minimum`, `maximum`, `exclusive_minimum`, `exclusive_maximum`,
+    `choices` (allowed values) and `pattern`; `validate` enforces them and the trigger
+    form shows them. A `title` puts the field on the Airflow trigger form.
+    """
+    return dataclasses.field(default=default, metadata={"help": help, "title": title, **schema})
+
+
+@dataclasses.dataclass
+class PipelineConfig:
+    """All pipeline options. Field names double as CLI flags (`--batch-size`)."""
+
+    # Data
+    data_source: str = _field(
+        DEFAULT_DATA_SOURCE,
+        "Where the data comes from: 'idx:<dir>' (MNIST-format IDX files) or 'tfds:<name>'.",
+        title="Data source",
+        pattern=r"^(idx|tfds):.+",
+    )
+    tfds_data_dir: str | None = _field(None, "TFDS data_dir for 'tfds:' sources (TFDS's default when unset).")
+    allow_download: bool = _field(False, "Let a 'tfds:' source download and prepare data (needs network).")
+    class_names: list[str] | None = _field(
+        None, "Class names for an IDX source (else class_names.txt in the folder, or known names)."
+    )
+    train_split: str = _field("train[:90%]", "TFDS split expression used for training.")
+    validation_split: str = _field("train[90%:]", "Split used for early stopping and checkpoint selection.")
+    test_split: str = _field("test", "Held-out split used by the evaluation gate.")
+
+    # Workspace
+    workdir: str = _field("artifacts", "Root folder for snapshots, runs and validation state.")
+    run_id: str | None = _field(None, "Run identifier; reuse one to resume an interrupted run.")
+    seed: int = _field(42, "Seed for shuffling, initialisation and augmentation.")
+
+    # Validation
+    max_label_shift: float = _field(
+        0.10, "Severe if any class frequency moves more than this (L-infinity) vs the previous snapshot."
+    )
+    max_pixel_drift: float = _field(
+        0.25,
+        "Severe if the pixel mean moves more than this many previous standard deviations "
+        "(or the pixel std changes by more than this fraction).",
+    )
+    max_split_size_change: float = _field(
+        0.50, "Severe if a split's size changes by more than this fraction vs the previous snapshot."
+    )
+    update_schema: bool = _field(
+        False, "Accept this snapshot's schema as the new stored schema instead of checking it."
+    )
+
+    # Preprocessing
+    batch_size: int = _field(
+        128, "Global batch size (split across replicas).", title="Batch size", minimum=1, maximum=8192
+    )
+    shuffle_buffer: int = _field(10_000, "Shuffle buffer size in examples.", minimum=1)
+    augment: bool = _field(False, "Random horizontal flips and small shifts while training.")
+    cache: bool = _field(True, "Cache decoded examples in memory after the first epoch.")
+
+    # Model and training
+    model: str = _field("cnn", "Model builder.", title="Model", choices=MODEL_NAMES)
+    epochs: int = _field(
+        10, "Maximum number of training epochs (early stopping may end sooner).", title="Epochs", minimum=1, maximum=500
+    )
+    learning_rate: float = _field(
+        1e-3,
+        "Peak learning rate (Adam with cosine decay).",
+        title="Learning rate",
+        exclusive_minimum=0,
+        maximum=1,
+    )
+    dropout: float = _field(0.3, "Dropout rate used by the model builders.", minimum=0, exclusive_maximum=1)
+    early_stopping_patience: int = _field(4, "Epochs without validation improvement before stopping.", minimum=1)
+    strategy: str = _field("auto", "Distribution strategy.", choices=STRATEGIES)
+    mixed_precision: str = _field(
+        "auto", "mixed_float16: 'auto' (on for GPUs), 'on' or 'off'.", choices=MIXED_PRECISION_MODES
+    )
+    jit_compile: bool = _field(False, "Compile the model with XLA.")
+
+    # Evaluation gate
+    min_accuracy: float = _field(
+        0.85, "Gate: the candidate needs at least this test accuracy.", title="Minimum accuracy", minimum=0, maximum=1
+    )
+    max_regression: float = _field(
+        0.01,
+        "Gate: largest allowed accuracy drop vs the published baseline.",
+        title="Maximum regression",
+        minimum=0,
+        maximum=1,
+    )
+    baseline_version: int | None = _field(None, "Published version to compare against (default: the newest one).")
+
+    # Export
+    model_base_path: str = _field(
+        "artifacts/models", "Serving base path; versions go to <model_base_path>/<model_name>/<N>."
+    )
+    model_name: str = _field("fashion_mnist", "Name of the served model.")
+    keep_versions: int = _field(5, "Number of newest versions to keep after publishing.", minimum=1)
+    warmup_requests: int = _field(
+        10, "Records written to assets.extra/tf_serving_warmup_requests.", minimum=1, maximum=1000
+    )
+
+    # Serving, infra-validation and promotion
+    serving_config_file: str = _field(
+        "artifacts/serving/models.config",
+        "ModelServerConfig the serving server reads; promotion rewrites its versions and labels.",
+    )
+    serving_grpc_target: str | None = _field(
+        "localhost:8500", "gRPC address of the serving server (config reloads, smoke tests); none to skip."
+    )
+    serving_rest_url: str | None = _field("http://localhost:8501", "REST address of the serving server.")
+    serving_model_base_path: str | None = _field(
+        None, "model_base_path as the serving server sees it (e.g. /models in a container); default: the same."
+    )
+    infra_validation_grpc_target: str | None = _field(
+        None, "A dedicated TF Serving to infra-validate in (default: a sandboxed local server process)."
+    )
+    infra_validation_rest_url: str | None = _field(
+        None, "REST address of that dedicated TF Serving (with infra_validation_grpc_target)."
+    )
+    infra_validation_timeout_s: float = _field(
+        180.0, "Longest the candidate may take to load and answer in infra-validation.", exclusive_minimum=0
+    )
+    smoke_test_examples: int = _field(
+        64, "Real test images sent in infra-validation and smoke tests.", minimum=1, maximum=10000
+    )
+    force: bool = _field(
+        False, "Train and promote even if data, config and code equal the stable model's.", title="Force"
+    )
+
+    def validate(self) -> PipelineConfig:
+        """Checks every value and returns self.
+
+        Returns:
+            This config, unchanged.
+
+        Raises:
+            ConfigError: naming the first field whose value is not acceptable.
+        """
+        for field in dataclasses.fields(self):
+            _check_type(field, getattr(self, field.name))
+            _check_range(field, getattr(self, field.name))
+        if not re.match(_field_meta("data_source")["pattern"], self.data_source):
+            raise ConfigError(f"data_source must look like 'idx:<dir>' or 'tfds:<name>', got {self.data_source!r}")
+        if self.run_id is not None and not _RUN_ID_PATTERN.match(self.run_id):
+            raise ConfigError(f"run_id {self.run_id!r} must be 1-128 letters, digits or _.+:- (no slashes)")
+        if not _MODEL_NAME_PATTERN.match(self.model_name):
+            raise ConfigError(f"model_name {self.model_name!r} must be 1-64 letters, digits or _.- (no slashes)")
+        if self.class_names is not None and len(set(self.class_names)) != len(self.class_names):
+            raise ConfigError(f"class_names has duplicates: {self.class_names}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """Returns the config as plain JSON-serialisable values."""
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> PipelineConfig:
+        """Returns a validated copy with `changes` applied."""
+        return dataclasses.replace(self, **changes).validate()
+
+    @property
+    def workdir_path(self) -> Path:
+        return Path(self.workdir)
+
+    @property
+    def model_dir(self) -> Path:
+        """The folder holding the numbered versions of the served model."""
+        return Path(self.model_base_path) / self.model_name
+
+
+# The options that decide what a run produces (training and the gate): equal values, data
+# and code mean a new run would reproduce the decision already made for the stable model.
+RUN_SIGNATURE_FIELDS = (
+    "data_source",
+    "class_names",
+    "train_split",
+    "validation_split",
+    "test_split",
+    "seed",
+    "batch_size",
+    "shuffle_buffer",
+    "augment",
+    "model",
+    "epochs",
+    "learning_rate",
+    "dropout",
+    "early_stopping_patience",
+    "mixed_precision",
+    "jit_compile",
+    "min_accuracy",
+    "max_regression",
+)
+
+
+def run_signature(config: PipelineConfig | dict[str, Any]) -> dict[str, Any]:
+    """Returns the subset of a config (or of its dict form) that decides a run's outcome."""
+    values = config if isinstance(config, dict) else config.to_dict()
+    return {name: values.get(name) for name in RUN_SIGNATURE_FIELDS}
+
+
+def _field_meta(name: str) -> dict[str, Any]:
+    return PipelineConfig.__dataclass_fields__[name].metadata
+
+
+@functools.cache
+def _type_hints() -> dict[str, Any]:
+    return typing.get_type_hints(PipelineConfig)
+
+
+def _base_type(field_name: str) -> tuple[type, bool]:
+    """Returns (scalar or list type, optional?) for a field's annotation."""
+    hint = _type_hints()[field_name]
+    optional = False
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        optional = True
+        hint = args[0]
+    return hint, optional
+
+
+def _check_type(field: dataclasses.Field, value: Any) -> None:
+    hint, optional = _base_type(field.name)
+    if value is None:
+        if optional:
+            return
+        raise ConfigError(f"{field.name} must not be empty")
+    if typing.get_origin(hint) is list:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{field.name} must be a list of strings, got {value!r}")
+        return
+    ok = (
+        isinstance(value, bool)
+        if hint is bool
+        else isinstance(value, int) and not isinstance(value, bool)
+        if hint is int
+        else isinstance(value, (int, float)) and not isinstance(value, bool)
+        if hint is float
+        else isinstance(value, hint)
+    )
+    if not ok:
+        raise ConfigError(f"{field.name} must be {hint.__name__}, got {type(value).__name__} {value!r}")
+
+
+def _check_range(field: dataclasses.Field, value: Any) -> None:
+    if value is None or isinstance(value, (bool, list)):
+        return
+    meta = field.metadata
+    if "choices" in meta and value not in meta["choices"]:
+        raise ConfigError(f"unknown {field.name} {value!r}; choose one of: {', '.join(meta['choices'])}")
+    if "minimum" in meta and value < meta["minimum"]:
+        raise ConfigError(f"{field.name} must be >= {meta['minimum']}, got {value}")
+    if "maximum" in meta and value > meta["maximum"]:
+        raise ConfigError(f"{field.name} must be <= {meta['maximum']}, got {value}")
+    if "exclusive_minimum" in meta and value <= meta["exclusive_minimum"]:
+        raise ConfigError(f"{field.name} must be > {meta['exclusive_minimum']}, got {value}")
+    if "exclusive_maximum" in meta and value >= meta["exclusive_maximum"]:
+        raise ConfigError(f"{field.name} must be < {meta['exclusive_maximum']}, got {value}")
+
+
+def field_names() -> list[str]:
+    """Returns the names of all config fields in declaration order."""
+    return [f.name for f in dataclasses.fields(PipelineConfig)]
+
+
+def field_help(name: str) -> str:
+    """Returns the help text of one config field, with its choices and range."""
+    meta = _field_meta(name)
+    return meta["help"] + (f" ({_describe_range(meta)})" if _describe_range(meta) else "")
+
+
+def _describe_range(meta: dict[str, Any]) -> str:
+    if "choices" in meta:
+        return "one of: " + ", ".join(meta["choices"])
+    low = (
+        f">= {meta['minimum']}"
+        if "minimum" in meta
+        else f"> {meta['exclusive_minimum']}"
+        if "exclusive_minimum" in meta
+        else ""
+    )
+    high = (
+        f"<= {meta['maximum']}"
+        if "maximum" in meta
+        else f"< {meta['exclusive_maximum']}"
+        if "exclusive_maximum" in meta
+        else ""
+    )
+    return " and ".join(part for part in (low, high) if part)
+
+
+_JSON_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string"}
+_SCHEMA_KEYS = {
+    "minimum": "minimum",
+    "maximum": "maximum",
+    "exclusive_minimum": "exclusiveMinimum",
+    "exclusive_maximum": "exclusiveMaximum",
+    "pattern": "pattern",
+}
+
+
+def trigger_form_fields() -> list[str]:
+    """Names of the options an orchestrator's trigger form shows (those with a title)."""
+    return [f.name for f in dataclasses.fields(PipelineConfig) if f.metadata.get("title")]
+
+
+def trigger_form_schema(config: PipelineConfig) -> dict[str, dict[str, Any]]:
+    """JSON-schema keyword arguments of each trigger-form option, defaults taken from `config`.
+
+    The DAG turns each entry into `airflow.sdk.Param(**entry)`; the pipeline stays free of Airflow.
+
+    Returns:
+        {option: {"default", "type", "title", "description", and its bounds / enum / pattern}}.
+    """
+    schema = {}
+    for name in trigger_form_fields():
+        meta = _field_meta(name)
+        hint, _ = _base_type(name)
+        entry: dict[str, Any] = {
+            "default": getattr(config, name),
+            "type": _JSON_TYPES[hint],
+            "title": meta["title"],
+            "description": field_help(name),
+        }
+        entry.update({key: meta[attr] for attr, key in _SCHEMA_KEYS.items() if attr in meta})
+        if "choices" in meta:
+            entry["enum"] = list(meta["choices"])
+        schema[name] = entry
+    return schema
+
+
+def parse_value(name: str, text: str) -> Any:
+    """Converts a command-line string to the type of config field `name`.
+
+    Args:
+        name: A config field name.
+        text: The value as typed by the user.
+
+    Returns:
+        The value converted to the field's type.
+
+    Raises:
+        ConfigError: if the field is unknown or the text does not convert.
+    """
+    if name not in field_names():
+        raise ConfigError(f"unknown config option {name!r}")
+    hint, optional = _base_type(name)
+    if optional and text.strip().lower() in ("", "none", "null"):
+        return None
+    if typing.get_origin(hint) is list:
+        return [part.strip() for part in text.split(",") if part.strip()]
+    if hint is bool:
+        lowered = text.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name} must be true or false, got {text!r}")
+    try:
+        return hint(text)
+    except ValueError:
+        raise ConfigError(f"{name} must be {hint.__name__}, got {text!r}") from None
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> PipelineConfig:
+    """Builds a validated config from defaults, an optional YAML file and overrides.
+
+    Args:
+        path: A YAML file with a mapping of field names to values, or None.
+        overrides: Field values that win over the file (already typed).
+
+    Returns:
+        The validated `PipelineConfig`.
+
+    Raises:
+        ConfigError: if the file cannot be read, has unknown keys, or any value is invalid.
+    """
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text())
+        except OSError as err:
+            raise ConfigError(f"cannot read config file {path}: {err.strerror}") from err
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of options")
+        values.update(loaded)
+    values.update(overrides or {})
+    unknown = sorted(set(values) - set(field_names()))
+    if unknown:
+        raise ConfigError(f"unknown config option(s): {', '.join(unknown)}")
+    return PipelineConfig(**values).validate()

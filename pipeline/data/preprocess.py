@@ -1,0 +1,77 @@
+"""Stage 3, preprocess: tf.data input pipelines over a snapshot.
+
+Images stay raw (uint8 pixel values); normalisation is the model's first layer,
+so training and serving see the same transformation.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from pipeline.core.config import PipelineConfig
+from pipeline.data.snapshot import Snapshot
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def _augmenter(seed: int):
+    import keras
+
+    return keras.Sequential(
+        [
+            keras.layers.RandomFlip("horizontal", seed=seed),
+            keras.layers.RandomTranslation(0.1, 0.1, fill_mode="constant", seed=seed + 1),
+        ],
+        name="augment",
+    )
+
+
+def make_dataset(snapshot: Snapshot, split: str, config: PipelineConfig, *, training: bool) -> tf.data.Dataset:
+    """Builds the input pipeline for one split.
+
+    Args:
+        snapshot: The data snapshot.
+        split: A TFDS split expression, e.g. `config.train_split`.
+        config: Uses `batch_size`, `shuffle_buffer`, `cache`, `augment` and `seed`.
+        training: Shuffle (seeded, reshuffled every epoch) and augment if enabled.
+
+    Returns:
+        Batches of (images float32 [B,H,W,C] in 0-255, labels int32 [B]), prefetched.
+    """
+    dataset = snapshot.load_split(split)
+    dataset = dataset.map(
+        lambda image, label: (tf.cast(image, tf.float32), tf.cast(label, tf.int32)),
+        num_parallel_calls=AUTOTUNE,
+    )
+    if config.cache:
+        dataset = dataset.cache()
+    if training:
+        dataset = dataset.shuffle(config.shuffle_buffer, seed=config.seed, reshuffle_each_iteration=True)
+    dataset = dataset.batch(config.batch_size)
+    if training and config.augment:
+        augment = _augmenter(config.seed)
+        dataset = dataset.map(
+            lambda images, labels: (augment(images, training=True), labels),
+            num_parallel_calls=AUTOTUNE,
+        )
+    return dataset.prefetch(AUTOTUNE)
+
+
+def split_size(snapshot: Snapshot, split: str) -> int:
+    """Returns the number of examples a split expression selects."""
+    return int(snapshot.builder().info.splits[split].num_examples)
+
+
+def pixel_moments(dataset: tf.data.Dataset) -> tuple[float, float]:
+    """Returns the mean and variance of all pixels in a dataset of (images, labels) batches."""
+    total = tf.constant(0.0, tf.float64)
+    total_sq = tf.constant(0.0, tf.float64)
+    count = tf.constant(0.0, tf.float64)
+    for images, _ in dataset:
+        pixels = tf.cast(images, tf.float64)
+        total += tf.reduce_sum(pixels)
+        total_sq += tf.reduce_sum(tf.square(pixels))
+        count += tf.cast(tf.size(pixels), tf.float64)
+    mean = total / tf.maximum(count, 1.0)
+    variance = total_sq / tf.maximum(count, 1.0) - tf.square(mean)
+    return float(mean), float(tf.maximum(variance, 1e-6))

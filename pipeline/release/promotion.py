@@ -1,0 +1,256 @@
+"""Promotion: which published versions serve, under the `canary` and `stable` labels.
+
+The serving server's ModelServerConfig file (`config.serving_config_file`) is the record
+of what is served: the model with a `specific` version policy listing the stable and
+canary versions, and the two labels. Every change rewrites that file atomically and, when
+a serving endpoint is configured, pushes it with HandleReloadConfigRequest (which TF
+Serving and the local server both implement) and waits until the versions are available.
+Labels may point only at loaded versions, so a new version is loaded before a label moves.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+from pipeline.core import lineage, model_repo
+from pipeline.core.artifacts import atomic_write_bytes, code_revision
+from pipeline.core.config import PipelineConfig, run_signature
+from pipeline.core.errors import PromotionError, ServingUnavailableError
+
+log = logging.getLogger(__name__)
+
+STABLE, CANARY = "stable", "canary"
+
+
+@dataclasses.dataclass(frozen=True)
+class ServingState:
+    """The served versions: what `stable` and `canary` point at (None when unset)."""
+
+    stable: int | None = None
+    canary: int | None = None
+
+    @property
+    def versions(self) -> list[int]:
+        return sorted({v for v in (self.stable, self.canary) if v is not None})
+
+
+def _server_model_path(config: PipelineConfig) -> str:
+    base = config.serving_model_base_path or str(Path(config.model_base_path).resolve())
+    return f"{base.rstrip('/')}/{config.model_name}"
+
+
+def _labels(state: ServingState) -> dict[str, int]:
+    return {key: value for key, value in ((STABLE, state.stable), (CANARY, state.canary)) if value is not None}
+
+
+def render_config(
+    config: PipelineConfig, versions: list[int], labels: dict[str, int], served_name: str | None = None
+) -> str:
+    """Returns ModelServerConfig text serving `versions` with `labels` (an empty list when none).
+
+    Args:
+        config: Gives the model name and where the serving server finds its versions.
+        versions: Versions to load (a `specific` policy).
+        labels: Version labels.
+        served_name: Serve under another name (infra-validation), same base path.
+    """
+    if not versions:
+        return "model_config_list {\n}\n"
+    listed = "".join(f"        versions: {v}\n" for v in sorted(versions))
+    label_text = "".join(
+        f'    version_labels {{\n      key: "{key}"\n      value: {value}\n    }}\n' for key, value in labels.items()
+    )
+    return (
+        "# Written by the pipeline's promotion step; labels move only through it.\n"
+        "model_config_list {\n  config {\n"
+        f'    name: "{served_name or config.model_name}"\n'
+        f'    base_path: "{_server_model_path(config)}"\n'
+        '    model_platform: "tensorflow"\n'
+        f"    model_version_policy {{\n      specific {{\n{listed}      }}\n    }}\n"
+        f"{label_text}  }}\n}}\n"
+    )
+
+
+def _with_other_models(config: PipelineConfig, text: str) -> str:
+    """Adds the serving config file's other models to `text`, so a shared config keeps them."""
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    path = Path(config.serving_config_file)
+    if not path.exists():
+        return text
+    current = text_format.Parse(path.read_text(), model_server_config_pb2.ModelServerConfig())
+    others = [m for m in current.model_config_list.config if m.name != config.model_name]
+    if not others:
+        return text
+    merged = text_format.Parse(text, model_server_config_pb2.ModelServerConfig())
+    for model in others:
+        merged.model_config_list.config.add().CopyFrom(model)
+    return "# Written by the pipeline's promotion step.\n" + text_format.MessageToString(merged)
+
+
+def read_state(config: PipelineConfig) -> ServingState:
+    """Reads the labels of `config.model_name` from the serving config file."""
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    path = Path(config.serving_config_file)
+    if not path.exists():
+        return ServingState()
+    parsed = text_format.Parse(path.read_text(), model_server_config_pb2.ModelServerConfig())
+    for model in parsed.model_config_list.config:
+        if model.name == config.model_name:
+            labels = dict(model.version_labels)
+            return ServingState(labels.get(STABLE), labels.get(CANARY))
+    return ServingState()
+
+
+def serving_client(config: PipelineConfig, target: str | None = None, rest_url: str | None = None):
+    """A client of the configured serving endpoint (or of `target` / `rest_url`)."""
+    from serving.client import TFServingClient
+
+    return TFServingClient(
+        target or config.serving_grpc_target, rest_url or config.serving_rest_url or "", timeout=30, retries=3
+    )
+
+
+def wait_available(client, model_name: str, versions: list[int], timeout_s: float) -> None:
+    """Waits until every version in `versions` is AVAILABLE.
+
+    Raises:
+        PromotionError: if one of them failed to load, or on timeout (with the last status seen).
+    """
+    from serving.polling import poll_until
+    from serving.protocol import ServingError
+
+    last: list[Any] = [None]
+
+    def all_available() -> bool:
+        try:
+            states = {entry["version"]: entry for entry in client.status(model_name)}
+        except ServingError as err:
+            last[0] = err
+            return False
+        last[0] = states
+        failed = [states[v] for v in versions if states.get(v, {}).get("state") == "END" and states[v]["error_message"]]
+        if failed:
+            raise PromotionError(f"version {failed[0]['version']} failed to load: {failed[0]['error_message']}")
+        return all(states.get(v, {}).get("state") == "AVAILABLE" for v in versions)
+
+    try:
+        poll_until(all_available, timeout_s, interval_s=0.5)
+    except TimeoutError:
+        raise PromotionError(
+            f"versions {versions} of {model_name} not available after {timeout_s:g}s (last: {last[0]})"
+        ) from None
+
+
+def apply_state(config: PipelineConfig, state: ServingState) -> None:
+    """Writes the serving config for `state` and, with an endpoint configured, reloads and waits.
+
+    New versions are first loaded under the old labels, then the labels move, because a
+    label may only point at a loaded version. Other models in the config file are kept.
+
+    Raises:
+        PromotionError: if a version is not published or serving refuses the change.
+        ServingUnavailableError: when the endpoint is down (retry later).
+    """
+    missing = [v for v in state.versions if v not in model_repo.published_versions(config.model_dir)]
+    if missing:
+        raise PromotionError(f"version(s) {missing} of {config.model_name} are not published in {config.model_dir}")
+    previous = read_state(config)
+    final_text = _with_other_models(config, render_config(config, state.versions, _labels(state)))
+    if config.serving_grpc_target:
+        if set(state.versions) - set(previous.versions):
+            both = sorted(set(previous.versions) | set(state.versions))
+            _push(config, _with_other_models(config, render_config(config, both, _labels(previous))), both)
+        _push(config, final_text, state.versions)
+    atomic_write_bytes(config.serving_config_file, final_text.encode())
+
+
+def _push(config: PipelineConfig, text: str, versions: list[int]) -> None:
+    from serving.protocol import ServingError
+
+    with serving_client(config) as client:
+        try:
+            client.reload_config(text)
+        except ServingError as err:
+            if err.code.name == "UNAVAILABLE":
+                raise ServingUnavailableError(f"serving endpoint {config.serving_grpc_target}: {err.message}") from err
+            raise PromotionError(f"serving refused the config: {err.code.name}: {err.message}") from err
+        wait_available(client, config.model_name, versions, config.infra_validation_timeout_s)
+
+
+def stable_model_card(config: PipelineConfig) -> dict[str, Any] | None:
+    """Returns the model card of the version labelled stable, if any."""
+    stable = read_state(config).stable
+    if stable is None:
+        return None
+    return model_repo.read_model_card(config.model_dir / str(stable))
+
+
+def unchanged_reason(config: PipelineConfig, fingerprint: str) -> str | None:
+    """Says why training can be skipped: data, training config and code equal the stable model's.
+
+    Returns:
+        The reason, or None if anything differs, nothing is stable, or `config.force` is set.
+    """
+    if config.force:
+        return None
+    card = stable_model_card(config)
+    if card is None:
+        return None
+    same_data = card["data"]["fingerprint"] == fingerprint
+    same_config = run_signature(card["config"]) == run_signature(config)
+    revision = code_revision()
+    same_code = card.get("code_revision") == revision and revision != "unknown"
+    if same_data and same_config and same_code:
+        return (
+            f"data fingerprint {fingerprint[:12]}, training config and code revision {revision[:12]} equal those "
+            f"of stable version {card['version']}: nothing to do (set force to retrain)"
+        )
+    return None
+
+
+def promote_canary(config: PipelineConfig, version: int, by: str) -> dict[str, Any]:
+    """Serves `version` under `canary`, `stable` unchanged; records the move in the lineage log."""
+    before = read_state(config)
+    after = ServingState(before.stable, version)
+    apply_state(config, after)
+    lineage.record(config, "label_moved", label=CANARY, version=version, previous=before.canary, by=by)
+    return {"stable": after.stable, "canary": after.canary}
+
+
+def mark_stable(config: PipelineConfig, version: int, by: str) -> dict[str, Any]:
+    """Moves `stable` (and `canary`) to `version`; records the move."""
+    before = read_state(config)
+    after = ServingState(version, version)
+    apply_state(config, after)
+    lineage.record(config, "label_moved", label=STABLE, version=version, previous=before.stable, by=by)
+    return {"stable": version, "canary": version, "previous_stable": before.stable}
+
+
+def restore(config: PipelineConfig, state: ServingState) -> None:
+    """Puts the labels back to `state` after a failed promotion (best effort, logged)."""
+    try:
+        apply_state(config, ServingState(state.stable, state.stable))
+    except Exception as err:  # noqa: BLE001  (the original failure is what the caller reports)
+        log.error("could not restore serving state %s: %s", state, err)
+
+
+def rollback(config: PipelineConfig, version: int, by: str, reason: str = "") -> dict[str, Any]:
+    """Moves `stable` back to an earlier published version and records the decision.
+
+    Raises:
+        PromotionError: if the version is not published.
+    """
+    before = read_state(config)
+    published = model_repo.published_versions(config.model_dir)
+    if version not in published:
+        raise PromotionError(f"cannot roll back to version {version}: published versions are {published}")
+    apply_state(config, ServingState(version, version))
+    lineage.record(config, "rollback", label=STABLE, version=version, previous=before.stable, by=by, reason=reason)
+    return {"stable": version, "previous_stable": before.stable}

@@ -1,0 +1,55 @@
+import numpy as np
+import pytest
+
+from pipeline.core.errors import ConfigError
+from pipeline.data.preprocess import make_dataset, pixel_moments, split_size
+
+
+@pytest.fixture(scope="module")
+def snapshot(trained_run):
+    return trained_run["snapshot"]
+
+
+def test_batches_keep_raw_pixels_and_int_labels(snapshot, trained_run):
+    config = trained_run["config"].replace(batch_size=32)
+    images, labels = next(iter(make_dataset(snapshot, "test", config, training=False)))
+    assert images.shape == (32, 28, 28, 1) and images.dtype.name == "float32"
+    assert labels.shape == (32,) and labels.dtype.name == "int32"
+    assert float(images.numpy().max()) > 1.0  # Not normalised here: the model does it.
+
+
+def test_training_shuffle_is_seeded_and_reshuffles_each_epoch(snapshot, trained_run):
+    config = trained_run["config"].replace(batch_size=2000)
+
+    def epoch_labels(dataset):
+        return next(iter(dataset))[1].numpy()
+
+    first = make_dataset(snapshot, "train", config, training=True)
+    second = make_dataset(snapshot, "train", config, training=True)
+    epoch_one = epoch_labels(first)
+    assert np.array_equal(epoch_one, epoch_labels(second))  # Same seed, same order.
+    assert not np.array_equal(epoch_one, epoch_labels(first))  # A new order next epoch.
+    other_seed = make_dataset(snapshot, "train", config.replace(seed=7), training=True)
+    assert not np.array_equal(epoch_one, epoch_labels(other_seed))
+
+
+def test_augmentation_keeps_shapes_and_changes_pixels(snapshot, trained_run):
+    config = trained_run["config"].replace(batch_size=64, augment=True, shuffle_buffer=1)
+    plain = next(iter(make_dataset(snapshot, "train", config.replace(augment=False), training=True)))[0]
+    augmented = next(iter(make_dataset(snapshot, "train", config, training=True)))[0]
+    assert augmented.shape == plain.shape
+    assert not np.allclose(augmented.numpy(), plain.numpy())
+
+
+def test_split_expressions(snapshot, trained_run):
+    assert split_size(snapshot, "train[:90%]") == 1800
+    assert split_size(snapshot, "test[:100]") == 100
+    with pytest.raises(ConfigError, match="split 'valid' is not in snapshot fashion-mnist"):
+        snapshot.load_split("valid")
+
+
+def test_pixel_moments(snapshot, trained_run):
+    mean, variance = pixel_moments(make_dataset(snapshot, "test", trained_run["config"], training=False))
+    images, _ = snapshot.split_arrays("test")
+    assert mean == pytest.approx(images.mean(), rel=1e-6)
+    assert variance == pytest.approx(images.astype(np.float64).var(), rel=1e-6)

@@ -1,0 +1,60 @@
+import json
+
+import numpy as np
+import pytest
+
+from pipeline.training.evaluate import classification_metrics, evaluate, gate
+from tests.support import export_candidate
+
+
+def test_classification_metrics_by_hand():
+    labels = np.array([0, 0, 1, 1, 2])
+    probabilities = np.array([[0.9, 0.1, 0.0], [0.2, 0.8, 0.0], [0.1, 0.9, 0.0], [0.0, 1.0, 0.0], [0.5, 0.0, 0.5]])
+    metrics = classification_metrics(labels, probabilities, ["a", "b", "c"])
+    assert metrics["accuracy"] == pytest.approx(3 / 5)  # The tie in row 5 picks class 0.
+    assert metrics["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [1, 0, 0]]
+    assert metrics["per_class"]["a"] == {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2}
+    assert metrics["per_class"]["b"]["precision"] == pytest.approx(2 / 3, abs=1e-6)
+    assert metrics["per_class"]["c"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1}
+    expected_loss = -np.mean(np.log(np.clip([0.9, 0.2, 0.9, 1.0, 0.5], 1e-7, 1)))
+    assert metrics["loss"] == pytest.approx(expected_loss, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    "accuracy, baseline, blessed",
+    [(0.90, None, True), (0.80, None, False), (0.90, 0.905, True), (0.90, 0.92, False), (0.84, 0.80, False)],
+)
+def test_gate_rules(make_config, accuracy, baseline, blessed):
+    config = make_config(min_accuracy=0.85, max_regression=0.01)
+    reasons = []
+    assert gate(accuracy, baseline, config, reasons) is blessed
+    assert len(reasons) == (1 if baseline is None else 2)
+
+
+def test_first_evaluation_has_no_baseline(trained_run):
+    result = trained_run["evaluate"]
+    report = json.loads(result.evaluation_path.read_text())
+    assert report["blessed"] is result.blessed is True
+    assert report["baseline"] == {"version": None, "accuracy": None}
+    assert any("no published model" in reason for reason in report["reasons"])
+    assert report["metrics"]["examples"] == 500
+    assert 0.5 <= report["metrics"]["accuracy"] <= 1.0
+    assert len(report["metrics"]["per_class"]) == 10
+    matrix = json.loads(result.confusion_matrix_path.read_text())["matrix"]
+    assert np.array(matrix).sum() == 500
+    assert result.confusion_matrix_png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_published_model_is_the_baseline_and_the_gate_can_refuse(trained_run, make_config):
+    shared = trained_run["config"]
+    config = make_config(workdir=shared.workdir, run_id="baseline-check")
+    published = export_candidate(trained_run, config)
+
+    same = evaluate(config, trained_run["snapshot"], trained_run["train"].model_path)
+    assert same.baseline_version == published.version
+    assert same.baseline_accuracy == pytest.approx(same.accuracy, abs=1e-6)  # Same model, same answers.
+    assert same.blessed
+
+    strict = evaluate(config.replace(min_accuracy=0.999), trained_run["snapshot"], trained_run["train"].model_path)
+    assert not strict.blessed
+    assert any("< min_accuracy 0.999" in reason for reason in strict.reasons)

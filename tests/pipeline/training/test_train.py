@@ -1,0 +1,66 @@
+import json
+
+import keras
+import pytest
+
+from pipeline.data.ingest import ingest
+from pipeline.training.train import read_history, train
+
+
+def test_training_writes_model_history_curves_and_logs(trained_run):
+    result = trained_run["train"]
+    assert result.model_path.name == "model.keras" and result.model_path.exists()
+    assert result.epochs_run == 1
+    history = json.loads(result.history_path.read_text())
+    assert history["epoch"] == [0]
+    assert set(history) >= {"loss", "accuracy", "val_loss", "val_accuracy"}
+    assert result.best_val_accuracy == pytest.approx(max(history["val_accuracy"]))
+    assert result.curves_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert any(result.tensorboard_dir.rglob("events.out.tfevents.*"))
+    assert (result.model_path.parent / "best.keras").exists()
+    assert not (result.model_path.parent / "backup").exists()  # Removed after a finished run.
+    assert result.hardware["strategy"] in ("cpu", "one_device", "mirrored")
+    model = keras.models.load_model(result.model_path)
+    assert model.input_shape == (None, 28, 28, 1) and model.output_shape == (None, 10)
+
+
+class InterruptAfterFirstEpoch(keras.callbacks.Callback):
+    """Simulates a crash right after epoch 1 was backed up."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 0:
+            raise RuntimeError("simulated crash")
+
+
+class RecordEpochs(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.epochs = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epochs.append(epoch)
+
+
+def test_interrupted_run_resumes_from_backup(make_config):
+    config = make_config(epochs=3, run_id="resumable")
+    snapshot = ingest(config)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(config, snapshot, extra_callbacks=[InterruptAfterFirstEpoch()])
+    out = config.workdir_path / "runs" / "resumable" / "train"
+    assert (out / "backup").exists()
+    assert read_history(out / "training_log.csv")["epoch"] == [0]
+
+    recorder = RecordEpochs()
+    result = train(config, snapshot, extra_callbacks=[recorder])
+    assert recorder.epochs == [1, 2]  # Epoch 0 was not trained again.
+    assert result.epochs_run == 3
+    assert json.loads(result.history_path.read_text())["epoch"] == [0, 1, 2]
+
+
+def test_same_seed_gives_the_same_training(make_config):
+    config = make_config(model="mlp", run_id="seeded-a")
+    snapshot = ingest(config)
+    first = json.loads(train(config, snapshot).history_path.read_text())
+    second = json.loads(train(config.replace(run_id="seeded-b"), snapshot).history_path.read_text())
+    assert first["loss"] == pytest.approx(second["loss"], rel=1e-5)
+    assert first["val_accuracy"] == second["val_accuracy"]

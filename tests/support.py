@@ -1,0 +1,87 @@
+"""Helpers shared by the test packages: paths, real data, local servers, waiting, candidate exports."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from serving import launcher
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+# Fast polling and one quick retry, so tests of loads and failures do not wait long.
+TEST_SERVER_FLAGS = (
+    "--file_system_poll_wait_seconds=0.2",
+    "--max_num_load_retries=1",
+    "--load_retry_interval_micros=100000",
+)
+
+
+def read_fashion_mnist(split: str, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first `count` images [N,28,28] and labels of the installed Fashion-MNIST ('train' or 'test')."""
+    from pipeline.data.idx import read_folder_split
+
+    if not (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").exists():
+        pytest.fail(
+            f"Fashion-MNIST is not installed under {FASHION_MNIST_DIR}: "
+            "run `make test` (it installs the Debian package dataset-fashion-mnist)"
+        )
+    return read_folder_split(FASHION_MNIST_DIR, split, limit=count)
+
+
+def start_test_server(
+    models_dir: Path, log_path: Path, *extra: str, wait: bool = True, ports: tuple[int, int] | None = None
+) -> launcher.LocalServer:
+    """Starts a local server on an (initially empty) config file in `models_dir`, with fast polling.
+
+    Args:
+        models_dir: Holds `empty.config` (written if missing); later flags may replace it.
+        log_path: The server's log file.
+        extra: More flags (a later `--model_config_file` wins over the empty one).
+        wait: Return only once it answers.
+        ports: (gRPC, REST) ports, e.g. to restart a server where it was; free ports by default.
+    """
+    config = models_dir / "empty.config"
+    if not config.exists():
+        config.write_text("model_config_list {}\n")
+    grpc_port, rest_port = ports or (None, None)
+    args = [f"--model_config_file={config}", *TEST_SERVER_FLAGS, *extra]
+    return launcher.start(args, log_path=log_path, grpc_port=grpc_port, rest_port=rest_port, wait=wait)
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 60.0, what: str = "a condition", interval: float = 0.2):
+    """Polls `condition` until it returns something truthy, and returns that.
+
+    An OSError (a server not listening yet) counts as not yet.
+
+    Raises:
+        AssertionError: naming `what`, after `timeout` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            result = condition()
+        except OSError:
+            result = None
+        if result:
+            return result
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+
+
+def export_candidate(trained_run: dict, config, **kwargs):
+    """Exports the shared trained run's model under `config` (its model base path and name)."""
+    from pipeline.training.export import export
+
+    return export(
+        config,
+        trained_run["snapshot"],
+        trained_run["train"].model_path,
+        trained_run["evaluate"].evaluation_path,
+        **kwargs,
+    )
