@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
 from airflow.sdk import Asset, Param, get_current_context
 from airflow.sdk.exceptions import AirflowFailException
@@ -45,11 +44,11 @@ def log_failure(context) -> None:
     )
 
 
-def current_config(**params: Any):
-    """This run's config: the settings, then the trigger form's values (or `params`)."""
+def current_config():
+    """This run's config: the deployment settings, then the trigger form's values."""
     context = get_current_context()
     form = {name: context["params"][name] for name in trigger_form_fields() if name in context["params"]}
-    return run_config(SETTINGS, {**form, **params}, context["dag_run"].run_id)
+    return run_config(SETTINGS, form, context["dag_run"].run_id)
 
 
 def who() -> str:

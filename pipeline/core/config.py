@@ -81,9 +81,6 @@ class PipelineConfig:
     )
 
     # Preprocessing
-    batch_size: int = _field(
-        128, "Global batch size (split across replicas).", title="Batch size", minimum=1, maximum=8192
-    )
     shuffle_buffer: int = _field(10_000, "Shuffle buffer size in examples.", minimum=1)
     augment: bool = _field(False, "Random horizontal flips and small shifts while training.")
     cache: bool = _field(True, "Cache decoded examples in memory after the first epoch.")
@@ -92,6 +89,9 @@ class PipelineConfig:
     model: str = _field("cnn", "Model builder.", title="Model", choices=MODEL_NAMES)
     epochs: int = _field(
         10, "Maximum number of training epochs (early stopping may end sooner).", title="Epochs", minimum=1, maximum=500
+    )
+    batch_size: int = _field(
+        128, "Global batch size (split across replicas).", title="Batch size", minimum=1, maximum=8192
     )
     learning_rate: float = _field(
         1e-3,

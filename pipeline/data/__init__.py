@@ -1,0 +1,1 @@
+"""Data steps: ingest a source into an immutable snapshot, validate it, build tf.data pipelines."""

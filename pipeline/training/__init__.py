@@ -1,0 +1,1 @@
+"""Training steps: build and train the model, evaluate it against the gate, export a SavedModel."""

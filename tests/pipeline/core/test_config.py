@@ -79,9 +79,9 @@ def test_the_trigger_form_is_generated_from_the_config_bounds():
 
     assert trigger_form_fields() == [
         "data_source",
-        "batch_size",
         "model",
         "epochs",
+        "batch_size",
         "learning_rate",
         "min_accuracy",
         "max_regression",
