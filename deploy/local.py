@@ -97,7 +97,12 @@ def serving_start() -> None:
         config_file.write_text("model_config_list {\n}\n")
     try:
         server = launcher.start(
-            [f"--model_config_file={config_file}", "--file_system_poll_wait_seconds=1"],
+            # The file holds the labels promotion last wrote; they name versions not loaded yet at start.
+            [
+                f"--model_config_file={config_file}",
+                "--file_system_poll_wait_seconds=1",
+                "--allow_version_labels_for_unavailable_models",
+            ],
             log_path=LOG_FILE,
             grpc_port=grpc_port,
             rest_port=rest_port,
@@ -173,9 +178,9 @@ def demo() -> None:
     config = _settings().base_config()
     images, truth = _test_images(6)
     with TFServingClient(config.serving_grpc_target, config.serving_rest_url) as client:
-        status = client.status(config.model_name, label="stable")
+        stable = client.predict(config.model_name, {"images": images[:1]}, label="stable").version
         print(
-            f"demo: serving {config.model_name} version {status[0]['version']} as 'stable' "
+            f"demo: serving {config.model_name} version {stable} as 'stable' "
             f"(gRPC {config.serving_grpc_target}, REST {config.serving_rest_url})\n"
         )
         for protocol in ("grpc", "rest"):

@@ -108,6 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="Replay assets.extra/tf_serving_warmup_requests before serving a version.",
     )
     add(
+        "--enable_signature_method_name_check",
+        type=_flag_bool,
+        nargs="?",
+        const=True,
+        default=False,
+        help="Classify/Regress only signatures whose method_name says so (off, as in TF Serving).",
+    )
+    add(
         "--allow_version_labels_for_unavailable_models",
         type=_flag_bool,
         nargs="?",
@@ -199,6 +207,7 @@ class ModelServer:
             load_retry_interval_s=args.load_retry_interval_micros / 1e6,
             allow_labels_for_unavailable=args.allow_version_labels_for_unavailable_models,
             enable_warmup=args.enable_model_warmup,
+            method_name_check=args.enable_signature_method_name_check,
         )
         timeout_s = args.rest_api_timeout_in_ms / 1000 if args.rest_api_timeout_in_ms > 0 else None
         self.service = ServingService(self.manager, self.registry, timeout_s)

@@ -3,8 +3,10 @@
 Concurrent requests for the same model version and signature wait up to
 `batch_timeout_micros` in a queue, are concatenated along the 0th dimension into one
 model call of at most `max_batch_size` rows (padded up to the next of
-`allowed_batch_sizes`), and the outputs are split back per request. A queue holding
-`max_enqueued_batches` full batches refuses more work with RESOURCE_EXHAUSTED.
+`allowed_batch_sizes`), and the outputs are split back per request. As TF Serving's shared
+batch scheduler does, a queue holding `max_enqueued_batches` full batches refuses more work
+with UNAVAILABLE, and a request whose deadline passes while it still waits in the queue
+gets RESOURCE_EXHAUSTED ("Run() timeout exceeded while waiting in batching queue").
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ class BatchOptions:
                 raise ValueError("the last entry of allowed_batch_sizes must equal max_batch_size")
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)  # identity: a task is found in the queue by itself
 class _Task:
     inputs: Arrays
     rows: int
@@ -111,8 +113,8 @@ class BatchScheduler:
         """Queues one request and waits for its share of a batch's outputs.
 
         Raises:
-            ServingError: INVALID_ARGUMENT (too large, mismatched sizes),
-                RESOURCE_EXHAUSTED (queue full), DEADLINE_EXCEEDED, UNAVAILABLE (closing),
+            ServingError: INVALID_ARGUMENT (too large, mismatched sizes), UNAVAILABLE (queue
+                full, or closing), RESOURCE_EXHAUSTED (the deadline passed while queued),
                 or whatever the model run raised.
         """
         rows = batch_rows(inputs)
@@ -126,7 +128,7 @@ class BatchScheduler:
             capacity = self._options.max_enqueued_batches * self._options.max_batch_size
             if self._queued_rows + rows > capacity:
                 raise ServingError(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    grpc.StatusCode.UNAVAILABLE,
                     "The batch scheduling queue to which this task was submitted is full "
                     f"(max_enqueued_batches {self._options.max_enqueued_batches} of "
                     f"max_batch_size {self._options.max_batch_size})",
@@ -135,7 +137,16 @@ class BatchScheduler:
             self._queued_rows += rows
             self._cv.notify_all()
         if not task.done.wait(timeout):
-            raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED, "Request timed out while batching")
+            with self._cv:
+                still_queued = task in self._queue
+                if still_queued:
+                    self._queue.remove(task)
+                    self._queued_rows -= rows
+            if still_queued:
+                raise ServingError(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED, "Run() timeout exceeded while waiting in batching queue"
+                )
+            task.done.wait()  # Already in a running batch: its answer comes with the batch's.
         if task.error is not None:
             raise task.error
         return task.outputs

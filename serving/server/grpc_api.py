@@ -119,10 +119,10 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
     def GetModelStatus(self, request, context):  # noqa: N802
         if not request.HasField("model_spec"):
             return _abort(context, invalid("Missing ModelSpec"))
-        name, version, label = _spec(request.model_spec)
+        name, version, _ = _spec(request.model_spec)  # get_model_status_impl.cc ignores a version label
         try:
             with self.service.observe("get_model_status", "GRPC", name):
-                return self.service.status(name, version, label)
+                return self.service.status(name, version)
         except ServingError as err:
             return _abort(context, err)
 

@@ -93,6 +93,7 @@ class ModelManager:
         load_retry_interval_s: Seconds between attempts.
         allow_labels_for_unavailable: Let labels point at versions that are not loaded.
         enable_warmup: Replay assets.extra warmup requests before serving a version.
+        method_name_check: Classify/Regress only on signatures of that method_name.
     """
 
     def __init__(
@@ -103,6 +104,7 @@ class ModelManager:
         load_retry_interval_s: float = 60.0,
         allow_labels_for_unavailable: bool = False,
         enable_warmup: bool = True,
+        method_name_check: bool = False,
     ):
         self._registry = registry
         self._batch_options = batch_options
@@ -110,8 +112,12 @@ class ModelManager:
         self._retry_interval = load_retry_interval_s
         self._allow_unavailable_labels = allow_labels_for_unavailable
         self._enable_warmup = enable_warmup
+        self._method_name_check = method_name_check
         self._models: dict[str, ManagedModel] = {}
         self._lock = threading.RLock()  # guards _models and version tables
+        # Version states of models removed from the config: TF Serving's state monitor keeps
+        # reporting them (END) in GetModelStatus.
+        self._removed: dict[str, dict[int, VersionState]] = {}
         self._sync_lock = threading.Lock()  # one config change or poll at a time
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
@@ -141,23 +147,31 @@ class ModelManager:
                     raise invalid(f"Label {label!r} of model {model.name} must match [a-zA-Z0-9_]+")
 
     def reload_config(self, config) -> None:
-        """Replaces the whole config: adds, updates and removes models, then moves labels.
+        """Replaces the whole config: checks labels, adds, updates and removes models, then moves labels.
 
-        Models not in the new config are unloaded. Versions the new config aspires to
-        are loaded before this returns. Labels are applied last and may point only at
-        loaded versions.
+        As TF Serving's ServerCore does, the labels are checked first, against the versions
+        available when the config is applied: a label may point only at an available
+        version. With `allow_labels_for_unavailable`, a new label (or one keeping its
+        version) may point at a version that is not loaded yet; moving an existing label
+        still needs the target available. So a server started with a config whose labels
+        name versions refuses it, unless that flag is set. Models not in the new config are
+        unloaded; versions the new config aspires to are loaded before this returns.
 
         Raises:
             ServingError: INVALID_ARGUMENT for a bad config, FAILED_PRECONDITION for a
-                label on a version that is not available.
+                label on a version that is not available (nothing is changed then).
         """
         self.check_config(config)
         with self._sync_lock:
             wanted = {m.name: m for m in config.model_config_list.config}
             with self._lock:
+                for name, model_config in wanted.items():
+                    self._check_labels(name, dict(model_config.version_labels))
                 for name in list(self._models):
                     if name not in wanted:
-                        self._unload_all(self._models.pop(name))
+                        removed = self._models.pop(name)
+                        self._unload_all(removed)
+                        self._removed[name] = {**self._removed.get(name, {}), **removed.versions}
                 for name, model_config in wanted.items():
                     managed = self._models.get(name)
                     if managed is None:
@@ -167,22 +181,30 @@ class ModelManager:
                         managed.config = model_config
             for managed in list(self._models.values()):
                 self._sync(managed)
-            for name, model_config in wanted.items():
-                managed = self._models[name]
-                labels = dict(model_config.version_labels)
-                for version in labels.values():
-                    state = managed.versions.get(version)
-                    if not self._allow_unavailable_labels and (state is None or state.state != AVAILABLE):
-                        raise ServingError(
-                            grpc.StatusCode.FAILED_PRECONDITION,
-                            f"Request to assign label to version {version} of model {name}, which is not "
-                            "currently available for inference",
-                        )
-                with self._lock:
+            with self._lock:
+                for name, model_config in wanted.items():
+                    managed = self._models[name]
+                    labels = dict(model_config.version_labels)
                     if labels != managed.labels:
                         log.info("labels of %s: %s", name, labels, extra={"event": "labels", "model": name})
                     managed.labels = labels
             self.config = config
+
+    def _check_labels(self, name: str, labels: dict[str, int]) -> None:
+        """Refuses labels on versions not available now (TF Serving's UpdateModelVersionLabelMap)."""
+        managed = self._models.get(name)
+        for label, version in labels.items():
+            state = managed.versions.get(version) if managed else None
+            if state is not None and state.state == AVAILABLE:
+                continue
+            current = managed.labels.get(label) if managed else None
+            if self._allow_unavailable_labels and current in (None, version):
+                continue
+            raise ServingError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"Request to assign label to version {version} of model {name}, which is not "
+                "currently available for inference",
+            )
 
     # --- polling and loading --------------------------------------------------------------
 
@@ -248,7 +270,14 @@ class ModelManager:
         error: ServingError | None = None
         for attempt in range(self._retries + 1):
             try:
-                servable = Servable(managed.name, version, path, self._batch_options, self._on_batch(managed.name))
+                servable = Servable(
+                    managed.name,
+                    version,
+                    path,
+                    self._batch_options,
+                    self._on_batch(managed.name),
+                    method_name_check=self._method_name_check,
+                )
                 warmed = servable.warmup() if self._enable_warmup else 0
             except ServingError as err:
                 error = ServingError(err.code, f"Warmup of {path} failed: {err.message}")
@@ -330,13 +359,14 @@ class ModelManager:
             raise invalid(f"Both model version ({version}) and model version label ({label}) cannot be supplied.")
         with self._lock:
             managed = self._models.get(name)
+            if label:  # TF Serving resolves the label first, even for an unknown model.
+                labels = managed.labels if managed else {}
+                if label not in labels:
+                    raise invalid(f"Unrecognized servable version label: {label}")
+                version = labels[label]
             if managed is None:
                 what = f"Specific({name}, {version})" if version is not None else f"Latest({name})"
                 raise ServingError(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: {what}")
-            if label:
-                if label not in managed.labels:
-                    raise invalid(f"Unrecognized servable version label: {label}")
-                version = managed.labels[label]
             if version is not None:
                 state = managed.versions.get(version)
                 if state is None or state.state != AVAILABLE:
@@ -350,25 +380,25 @@ class ModelManager:
                 raise ServingError(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: Latest({name})")
             return managed.versions[max(available)].servable
 
-    def status(self, name: str, version: int | None = None, label: str | None = None) -> list[VersionState]:
+    def status(self, name: str, version: int | None = None) -> list[VersionState]:
         """Returns version states, newest first, as GetModelStatus reports them.
 
+        Like TF Serving's GetModelStatus, this knows no labels (a request's label is ignored)
+        and keeps answering for models removed from the config, their versions in END.
+
         Raises:
-            ServingError: NOT_FOUND as TF Serving words it; INVALID_ARGUMENT for an unknown label.
+            ServingError: NOT_FOUND, worded as TF Serving words it.
         """
         with self._lock:
             managed = self._models.get(name)
-            if label:
-                if managed is None or label not in managed.labels:
-                    raise invalid(f"Unrecognized servable version label: {label}")
-                version = managed.labels[label]
+            versions = {**self._removed.get(name, {}), **(managed.versions if managed else {})}
             if version is not None:
-                if managed is None or version not in managed.versions:
+                if version not in versions:
                     raise ServingError(grpc.StatusCode.NOT_FOUND, f"Could not find version {version} of model {name}")
-                return [dataclasses.replace(managed.versions[version])]
-            if managed is None or not managed.versions:
+                return [dataclasses.replace(versions[version])]
+            if not versions:
                 raise ServingError(grpc.StatusCode.NOT_FOUND, f"Could not find any versions of model {name}")
-            return [dataclasses.replace(s) for _, s in sorted(managed.versions.items(), reverse=True)]
+            return [dataclasses.replace(s) for _, s in sorted(versions.items(), reverse=True)]
 
     def close(self) -> None:
         """Stops polling and closes every loaded version's batch threads."""

@@ -137,7 +137,7 @@ class RestApi:
                     response = self.service.metadata(servable)
                 return _metadata_json(response)
             with self.service.observe("get_model_status", "REST", name):
-                response = self.service.status(name, version_number, label)
+                response = self.service.status(name, version_number)  # a label is ignored, as in TF Serving
             return json_format.MessageToDict(
                 response, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
             )
@@ -248,8 +248,11 @@ class RestHandler(BaseHTTPRequestHandler):
             self._send(404, {"error": f"Not found: {method} {self.path}"})
             return
         future = server.executor.submit(server.api.handle, method, self.path, body)
+        # The service enforces the deadline itself (a request still queued for batching answers 429);
+        # a little grace here keeps that answer, and 504 is left for a model run that overruns.
+        wait_s = None if server.timeout_s is None else server.timeout_s + 1.0
         try:
-            status, payload = future.result(timeout=server.timeout_s)
+            status, payload = future.result(timeout=wait_s)
         except concurrent.futures.TimeoutError:
             status, payload = 504, {"error": f"Request timed out after {server.timeout_s:g} s"}
         self._send(status, payload)

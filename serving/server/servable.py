@@ -62,9 +62,19 @@ class Servable:
         path: The version folder.
         batch_options: Batch predict calls with these options, or None to run each alone.
         on_batch: Metrics hook called with each batch size.
+        method_name_check: Classify/Regress only on signatures of that method_name
+            (`--enable_signature_method_name_check`; off by default, as in TF Serving).
     """
 
-    def __init__(self, name: str, version: int, path: Path, batch_options: BatchOptions | None, on_batch=None):
+    def __init__(
+        self,
+        name: str,
+        version: int,
+        path: Path,
+        batch_options: BatchOptions | None,
+        on_batch=None,
+        method_name_check: bool = False,
+    ):
         self.name = name
         self.version = version
         self.path = path
@@ -74,6 +84,7 @@ class Servable:
         self._batch_options = batch_options
         self._on_batch = on_batch
         self._batchers: dict[str, BatchScheduler] = {}
+        self._method_name_check = method_name_check
 
     # --- signatures ---------------------------------------------------------------
 
@@ -164,9 +175,7 @@ class Servable:
 
     def _examples_input(self, signature_name: str, method: str, model_input) -> tuple[str, Any, Arrays]:
         resolved, signature_def = self.signature(signature_name)
-        if signature_def.method_name != method:
-            kind = "classification" if method == CLASSIFY_METHOD else "regression"
-            raise invalid(f"Expected {kind} signature method_name to be {method}. Was: {signature_def.method_name}")
+        self._check_examples_signature(signature_def, method)
         kind = model_input.WhichOneof("kind")
         if kind == "example_list":
             examples = list(model_input.example_list.examples)
@@ -186,6 +195,34 @@ class Servable:
         serialized = np.empty(len(examples), dtype=object)
         serialized[:] = [e.SerializeToString() for e in examples]
         return resolved, signature_def, self._run(resolved, {input_name: serialized})
+
+    def _check_examples_signature(self, signature_def, method: str) -> None:
+        """TF Serving's PreProcessClassification/PreProcessRegression checks (classifier.cc, regressor.cc).
+
+        With the method-name check on, only the method_name counts; off (the default), any
+        signature of the right structure works, whatever its method_name (TF2 exports say predict).
+        """
+        kind = "classification" if method == CLASSIFY_METHOD else "regression"
+        if self._method_name_check:
+            if signature_def.method_name != method:
+                raise invalid(f"Expected {kind} signature method_name to be {method}. Was: {signature_def.method_name}")
+            return
+        outputs = set(signature_def.outputs)
+        if len(signature_def.inputs) != 1:
+            raise invalid("Expected one input Tensor.")
+        if method == CLASSIFY_METHOD and len(outputs) not in (1, 2):
+            raise invalid(f"Expected one or two output Tensors, found {len(outputs)}")
+        if method == REGRESS_METHOD and len(outputs) != 1:
+            raise invalid("Expected one output Tensor.")
+        if "inputs" not in signature_def.inputs:
+            raise invalid(f"No {kind} inputs found in SignatureDef: {signature_def}")
+        if method == CLASSIFY_METHOD and not outputs & {"classes", "scores"}:
+            raise invalid(
+                'Expected classification signature outputs to contain at least one of "classes" or "scores". '
+                f"Signature was: {signature_def}"
+            )
+        if method == REGRESS_METHOD and "outputs" not in outputs:
+            raise invalid(f"No regression outputs found in SignatureDef: {signature_def}")
 
     def classify(self, signature_name: str, model_input) -> tuple[str, Any]:
         """Runs a classify signature; returns (signature name, ClassificationResult)."""

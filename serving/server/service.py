@@ -92,9 +92,10 @@ class ServingService:
         _fill_spec(response.model_spec, servable, name)
         return response
 
-    def status(self, name: str, version: int | None, label: str | None) -> get_model_status_pb2.GetModelStatusResponse:
+    def status(self, name: str, version: int | None) -> get_model_status_pb2.GetModelStatusResponse:
+        """GetModelStatus: every known version of `name` (or one), labels play no part (as in TF Serving)."""
         response = get_model_status_pb2.GetModelStatusResponse()
-        for state in self.manager.status(name, version, label):
+        for state in self.manager.status(name, version):
             _fill_version_status(response.model_version_status.add(), state)
         return response
 

@@ -44,6 +44,11 @@ def airflow_db():
     return AIRFLOW_HOME
 
 
+def _serving_flags(config_file: Path) -> list[str]:
+    # As in production: a restart reads the labels promotion wrote, before any version is loaded.
+    return [f"--model_config_file={config_file}", "--allow_version_labels_for_unavailable_models"]
+
+
 @pytest.fixture(scope="session")
 def serving_server(tmp_path_factory):
     """A local serving server started on the promotion config file (initially empty).
@@ -54,7 +59,7 @@ def serving_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("serving")
     config_file = root / "models.config"
     config_file.write_text("model_config_list {\n}\n")
-    local = start_test_server(root, root / "server.log", f"--model_config_file={config_file}")
+    local = start_test_server(root, root / "server.log", *_serving_flags(config_file))
     server = {"config_file": config_file, "rest_url": local.rest_url, "grpc_target": local.grpc_target, "local": local}
     yield server
     server["local"].stop()
@@ -64,10 +69,7 @@ def restart_serving(server: dict) -> None:
     """Starts the serving server again on the same ports and config file."""
     old = server["local"]
     server["local"] = start_test_server(
-        old.log_path.parent,
-        old.log_path,
-        f"--model_config_file={server['config_file']}",
-        ports=(old.grpc_port, old.rest_port),
+        old.log_path.parent, old.log_path, *_serving_flags(server["config_file"]), ports=(old.grpc_port, old.rest_port)
     )
 
 

@@ -206,4 +206,4 @@ def test_serving_down_during_promotion_retries_and_keeps_stable(dag_bag, serving
     assert _serving_labels(serving_server["config_file"]) == before
     if "stable" in before:  # run alone, no earlier test has promoted a model
         with TFServingClient(serving_server["grpc_target"], serving_server["rest_url"]) as client:
-            assert client.status("fashion_mnist", label="stable")[0]["version"] == before["stable"]
+            assert client.predict("fashion_mnist", {"images": images}, label="stable").version == before["stable"]

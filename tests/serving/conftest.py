@@ -107,7 +107,13 @@ FASHION = "config { name: 'fashion' base_path: '{base}/fashion' model_platform: 
 
 @pytest.fixture
 def standard_config(server, model_repo):
-    """Applies the standard config (scaler with labels, examples, fashion) before a test."""
+    """Applies the standard config (scaler with labels, examples, fashion) before a test.
+
+    As with TF Serving, a label may only name a version that is already available, so the
+    versions are loaded first and labelled in a second reload.
+    """
+    unlabelled = SCALER.split("version_labels", 1)[0] + "}"
     with server.client() as client:
+        client.reload_config(server.config_text(unlabelled, EXAMPLES, FASHION))
         client.reload_config(server.config_text(SCALER, EXAMPLES, FASHION))
     return server

@@ -85,6 +85,8 @@ def copy_version(source: Path, base: Path, version: int) -> Path:
 def save_half_plus_two(base: Path, version: int = 1) -> Path:
     """A TF1-style graph with predict, classify and regress signatures (like TF Serving's half_plus_two).
 
+    `regress_as_predict` has a regression's inputs and outputs but method_name predict.
+
     Examples carry a float feature 'x'; regress returns 0.5 * x + 2; classify returns
     classes ['low', 'high'] with scores [1 - s, s] where s = sigmoid(x).
     """
@@ -114,6 +116,10 @@ def save_half_plus_two(base: Path, version: int = 1) -> Path:
                     "serving_default": signatures.predict_signature_def({"x": x_input}, {"y": y_output}),
                     "classify_x": signatures.classification_signature_def(serialized, classes, scores),
                     "regress_x": signatures.regression_signature_def(serialized, regressed),
+                    # As TF2 exports them: a regression's structure under method_name predict.
+                    "regress_as_predict": signatures.predict_signature_def(
+                        {"inputs": serialized}, {"outputs": regressed}
+                    ),
                 },
                 strip_default_attrs=True,
             )

@@ -115,8 +115,9 @@ def test_rest_bad_requests(standard_config, path, body, status, fragment):
     [
         ("/v1/models/nope", 404, "Could not find any versions of model nope"),
         ("/v1/models/scaler/versions/9", 404, "Could not find version 9 of model scaler"),
-        ("/v1/models/scaler/labels/nope", 400, "Unrecognized servable version label: nope"),
+        ("/v1/models/nope/labels/stable", 404, "Could not find any versions of model nope"),  # label ignored
         ("/v1/models/nope/metadata", 404, "Servable not found"),
+        ("/v1/models/scaler/labels/nope/metadata", 400, "Unrecognized servable version label: nope"),
     ],
 )
 def test_rest_bad_status_requests(standard_config, path, status, fragment):

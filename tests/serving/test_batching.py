@@ -96,13 +96,35 @@ def test_full_queue_is_resource_exhausted_and_errors_reach_every_task():
         time.sleep(0.01)
     with pytest.raises(ServingError, match="queue to which this task was submitted is full") as caught:
         scheduler.submit({"x": np.ones((1, 2))})
-    assert caught.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert caught.value.http_status == 429
+    assert caught.value.code == grpc.StatusCode.UNAVAILABLE  # TF Serving's shared_batch_scheduler.h
+    assert caught.value.http_status == 503
     release.set()
     first.join()
     second.join()
     scheduler.close()
     assert outcomes == ["INTERNAL: model failed", "INTERNAL: model failed"]
+
+
+def test_a_deadline_passing_in_the_queue_is_resource_exhausted():
+    started, release = threading.Event(), threading.Event()
+
+    def slow(inputs):
+        started.set()
+        release.wait(10)
+        return {"y": inputs["x"]}
+
+    scheduler = BatchScheduler(slow, BatchOptions(max_batch_size=1, max_enqueued_batches=2, num_batch_threads=1))
+    first = threading.Thread(target=lambda: scheduler.submit({"x": np.ones((1, 2))}, 10))
+    first.start()
+    assert started.wait(10)  # the only worker is busy with the first request
+    with pytest.raises(ServingError) as caught:
+        scheduler.submit({"x": np.ones((1, 2))}, timeout=0.1)
+    assert caught.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED and caught.value.http_status == 429
+    assert caught.value.message == "Run() timeout exceeded while waiting in batching queue"  # batching_session.cc
+    assert scheduler._queued_rows == 0  # the expired request left the queue and never runs
+    release.set()
+    first.join()
+    scheduler.close()
 
 
 def _try(scheduler):
@@ -160,7 +182,7 @@ def test_server_queue_limit_and_graceful_sigterm(tmp_path, model_repo):
         thread.start()
         time.sleep(1.0)  # the first request (1 row) now waits in the queue while the window is open
         status, reply = rest(server, "POST", "/v1/models/scaler:predict", {"instances": X.tolist()})  # 1 + 2 > 2
-        assert status == 429 and "queue to which this task was submitted is full" in reply["error"]
+        assert status == 503 and "queue to which this task was submitted is full" in reply["error"]
     finally:
         exit_code = local.stop()  # SIGTERM while the first request is still queued
         thread.join()
@@ -170,7 +192,7 @@ def test_server_queue_limit_and_graceful_sigterm(tmp_path, model_repo):
 
 @local_only
 def test_config_file_polling_and_rest_timeout(tmp_path, model_repo):
-    """--model_config_file_poll_wait_seconds applies an edited config; --rest_api_timeout_in_ms answers 504."""
+    """--model_config_file_poll_wait_seconds applies an edited config; --rest_api_timeout_in_ms ends queued work."""
     from serving.client import TFServingClient
 
     batching = tmp_path / "batching.config"
@@ -191,7 +213,8 @@ def test_config_file_polling_and_rest_timeout(tmp_path, model_repo):
     server = local
     try:
         status, reply = rest(server, "POST", "/v1/models/scaler:predict", {"instances": X[:1].tolist()})
-        assert status == 504 and reply["error"]  # one row waits for a 3 s batching window
+        assert status == 429  # one row waits for a 3 s batching window; its 500 ms deadline passes in the queue
+        assert reply["error"] == "Run() timeout exceeded while waiting in batching queue"
         status, reply = rest(server, "POST", "/v1/models/scaler:predict", {"instances": X.tolist()})
         assert status == 200  # a full batch runs at once
 
@@ -202,7 +225,7 @@ def test_config_file_polling_and_rest_timeout(tmp_path, model_repo):
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
-                assert [v["version"] for v in client.status("scaler", label="stable")] == [1]
+                assert client.predict("scaler", {"x": X}, label="stable").version == 1
                 break
             except ServingError:
                 time.sleep(0.2)

@@ -91,5 +91,5 @@ def test_cli_status_metadata_and_errors(standard_config):
     assert metadata.returncode == 0 and '"serving_default"' in metadata.stdout
     missing = _client_cli(standard_config, "predict", "--image", "/no/such.png")
     assert missing.returncode == 2 and "error:" in missing.stderr
-    unknown = _client_cli(standard_config, "status", "--label", "nope")
+    unknown = _client_cli(standard_config, "metadata", "--label", "nope")
     assert unknown.returncode == 1 and "INVALID_ARGUMENT: Unrecognized servable version label: nope" in unknown.stderr

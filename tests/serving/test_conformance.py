@@ -20,6 +20,7 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
+from serving.client import TFServingClient
 from serving.protocol import ServingError
 from tests.serving import saved_models
 from tests.serving.conftest import EXAMPLES, FASHION, SCALER, local_only
@@ -63,7 +64,28 @@ def test_model_status_by_name_version_and_label(standard_config, protocol):
             (1, "AVAILABLE", "OK"),
         ]
         assert [v["version"] for v in client.status("scaler", version=1)] == [1]
-        assert [v["version"] for v in client.status("scaler", label="canary")] == [2]
+        # get_model_status_impl.cc ignores a version label: every version, even for a label nobody set.
+        assert [v["version"] for v in client.status("scaler", label="canary")] == [2, 1]
+        assert [v["version"] for v in client.status("scaler", label="nope")] == [2, 1]
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_a_label_is_resolved_before_the_model(server, protocol):
+    """An unknown model addressed by label: 400 for the label, not 404 for the model (server_core.cc)."""
+    with server.client(protocol) as client, pytest.raises(ServingError) as caught:
+        client.predict("no_such_model", {"x": X}, label="stable")
+    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.message == "Unrecognized servable version label: stable"
+
+
+def test_a_removed_model_still_reports_its_versions_as_ended(server, model_repo):
+    """ServableStateMonitor never forgets: a model dropped from the config answers 200 with END versions."""
+    removed = "config { name: 'removed' base_path: '{base}/examples' model_platform: 'tensorflow' }"
+    with server.client() as client:
+        client.reload_config(server.config_text(removed))
+        assert [v["state"] for v in client.status("removed")] == ["AVAILABLE"]
+        client.reload_config(server.config_text(EXAMPLES))
+        assert [(v["state"], v["error_code"]) for v in client.status("removed")] == [("END", "OK")]
 
 
 def test_rest_status_body_is_tf_serving_json(standard_config):
@@ -203,17 +225,25 @@ def test_rest_classify_and_regress(standard_config):
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
-def test_classify_on_a_predict_signature_is_refused(standard_config, protocol):
+def test_classify_on_a_signature_without_classification_inputs_is_refused(standard_config, protocol):
+    """TF Serving checks the signature's structure (classifier.cc), not its method_name, by default."""
     if protocol == "rest":
         status, reply = rest(standard_config, "POST", "/v1/models/scaler:classify", {"examples": [{"x": 1.0}]})
-        assert status == 400 and "classification signature" in reply["error"]
+        assert status == 400 and reply["error"].startswith("No classification inputs found in SignatureDef: ")
         return
     request = classification_pb2.ClassificationRequest(input=_examples(1.0))
     request.model_spec.name = "scaler"
     with pytest.raises(grpc.RpcError) as caught:
         grpc_stub(standard_config).Classify(request, timeout=30)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "classification signature" in caught.value.details()
+    assert caught.value.details().startswith("No classification inputs found in SignatureDef: ")
+
+
+def test_regress_on_a_tf2_signature_whose_method_name_says_predict(standard_config):
+    """--enable_signature_method_name_check is off by default (model_servers/server.h)."""
+    body = {"signature_name": "regress_as_predict", "examples": [{"x": 1.0}, {"x": 6.0}]}
+    status, reply = rest(standard_config, "POST", "/v1/models/examples:regress", body)
+    assert status == 200 and reply == {"results": [2.5, 5.0]}
 
 
 # --- versions, policies, labels, reload -------------------------------------------------
@@ -243,7 +273,8 @@ def test_version_policies(server, model_repo):
             assert client.predict("scaler", {"x": X}).version == expected[-1]
 
 
-def test_reload_replaces_the_whole_config(server, model_repo):
+def test_reload_replaces_the_whole_config(standard_config):
+    server = standard_config
     with server.client() as client:
         client.reload_config(server.config_text(SCALER, EXAMPLES))
         assert client.predict("examples", {"x": np.array([2.0], np.float32)})["y"].tolist() == [3.0]
@@ -253,13 +284,44 @@ def test_reload_replaces_the_whole_config(server, model_repo):
         assert caught.value.code == grpc.StatusCode.NOT_FOUND
 
 
-def test_label_on_an_unloaded_version_is_refused_and_nothing_changes(standard_config):
-    bad = SCALER.replace("all {}", "specific { versions: 1 }")  # canary -> 2 is no longer loaded
+def test_label_on_an_unavailable_version_is_refused_and_nothing_changes(standard_config):
+    """Labels are checked against the versions available when a config is applied (server_core.cc)."""
+    bad = SCALER.replace("key: 'canary' value: 2", "key: 'canary' value: 3")  # there is no version 3
     with standard_config.client() as client:
         with pytest.raises(ServingError) as caught:
             client.reload_config(standard_config.config_text(bad, EXAMPLES, FASHION))
         assert caught.value.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert caught.value.message == (
+            "Request to assign label to version 3 of model scaler, which is not currently available for inference"
+        )
+        assert client.predict("scaler", {"x": X}, label="canary")["y"].tolist() == (X * 3).tolist()
+
+
+@local_only
+def test_a_config_with_labels_starts_only_with_allow_version_labels_for_unavailable_models(tmp_path, model_repo):
+    """TF Serving checks labels before it loads anything: a labelled config cannot start a bare server."""
+    from tests.support import start_test_server
+
+    config = tmp_path / "labelled.config"
+    config.write_text(
+        f"model_config_list {{ config {{ name: 'scaler' base_path: '{model_repo / 'scaler'}' "
+        "model_platform: 'tensorflow' model_version_policy { all {} } version_labels { key: 'stable' value: 1 } } }"
+    )
+    refused = start_test_server(tmp_path, tmp_path / "refused.log", f"--model_config_file={config}", wait=False)
+    assert refused.process.wait(timeout=120) != 0
+    assert "Request to assign label to version 1 of model scaler, which is not currently available" in refused.logs()
+
+    allowed = start_test_server(
+        tmp_path,
+        tmp_path / "allowed.log",
+        f"--model_config_file={config}",
+        "--allow_version_labels_for_unavailable_models",
+    )
+    with allowed, TFServingClient(allowed.grpc_target, allowed.rest_url) as client:
         assert client.predict("scaler", {"x": X}, label="stable")["y"].tolist() == (X * 2).tolist()
+        with pytest.raises(ServingError) as caught:  # moving an existing label still needs the target available
+            client.reload_config(config.read_text().replace("value: 1", "value: 7"))
+        assert caught.value.code == grpc.StatusCode.FAILED_PRECONDITION
 
 
 def test_hot_swap_under_load_has_no_failures(server, model_repo):

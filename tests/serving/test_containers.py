@@ -3,6 +3,8 @@
 import re
 from pathlib import Path
 
+import numpy as np
+
 from serving.server import protos
 from serving.server.app import build_parser
 from serving.server.batching import BatchOptions
@@ -57,3 +59,33 @@ def test_batching_and_monitoring_configs_parse():
     monitoring = protos.parse_text((SERVING / "monitoring.config").read_text(), protos.MonitoringConfig)
     assert monitoring.prometheus_config.enable
     assert monitoring.prometheus_config.path == "/monitoring/prometheus/metrics"
+
+
+def test_the_image_pins_a_released_tf_serving():
+    text = (SERVING / "Dockerfile").read_text()
+    assert re.search(r"^ARG TF_SERVING_VERSION=2\.20\.0$", text, re.M)  # the newest release tag (2.21 does not exist)
+
+
+def test_the_shipped_labelled_config_starts_with_the_image_flags(tmp_path, model_repo):
+    """TF Serving checks labels before loading: the image's flags must let models.config start a fresh server."""
+    from serving.client import TFServingClient
+    from tests.serving import saved_models
+    from tests.support import start_test_server
+
+    flags = _flags()
+    assert flags["allow_version_labels_for_unavailable_models"] == "true"
+    saved_models.copy_version(model_repo / "scaler" / "1", tmp_path / "fashion_mnist", 1)
+    config = tmp_path / "models.config"
+    config.write_text((SERVING / "models.config").read_text().replace("/models/", f"{tmp_path}/"))
+    refused = start_test_server(tmp_path, tmp_path / "refused.log", f"--model_config_file={config}", wait=False)
+    assert refused.process.wait(timeout=120) != 0, "TF Serving refuses labels on versions not loaded yet"
+    server = start_test_server(
+        tmp_path,
+        tmp_path / "image.log",
+        f"--model_config_file={config}",
+        "--allow_version_labels_for_unavailable_models=" + flags["allow_version_labels_for_unavailable_models"],
+    )
+    with server, TFServingClient(server.grpc_target, server.rest_url) as client:
+        assert (
+            client.predict("fashion_mnist", {"x": np.array([[1.0, 2.0, 3.0]], np.float32)}, label="stable").version == 1
+        )

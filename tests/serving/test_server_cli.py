@@ -70,5 +70,7 @@ def test_help_lists_tf_serving_flags():
         "--rest_api_timeout_in_ms",
         "--file_system_poll_wait_seconds",
         "--model_config_file_poll_wait_seconds",
+        "--allow_version_labels_for_unavailable_models",
+        "--enable_signature_method_name_check",
     ):
         assert flag in text
