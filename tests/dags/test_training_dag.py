@@ -188,7 +188,7 @@ def test_ingest_failure_stops_the_run_with_the_stage_message(dag_bag, caplog, ru
     assert "IDX data folder /no/such/folder does not exist" in caplog.text
 
 
-def test_serving_down_during_promotion_retries_and_keeps_stable(dag_bag, serving_server, run_conf):
+def test_serving_down_during_promotion_retries_and_keeps_stable(dag_bag, serving_server, run_conf, images):
     from tests.dags.conftest import restart_serving
 
     before = _serving_labels(serving_server["config_file"])
