@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -14,7 +15,7 @@ from serving.server import metrics, protos
 from serving.server.batching import BatchOptions
 from serving.server.grpc_api import make_grpc_server
 from serving.server.manager import ModelManager
-from serving.server.rest import RestApi, make_rest_server, serve_in_thread
+from serving.server.rest import RestApi, make_rest_server
 from serving.server.service import ServingService
 
 log = logging.getLogger("serving.server")
@@ -122,6 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
         const=True,
         default=False,
         help="Let labels point at versions that are not loaded.",
+    )
+    add(
+        "--rest_api_num_threads",
+        type=int,
+        default=0,
+        help="REST requests handled at once (default 0: four per CPU core, as TF Serving sizes it by CPUs).",
     )
     add(
         "--shutdown_grace_seconds",
@@ -235,9 +242,11 @@ class ModelServer:
             args.rest_api_max_request_bytes,
             self.service.request_timeout_s,
             self.registry.render,
+            threads=args.rest_api_num_threads or 4 * (os.cpu_count() or 1),
+            grace_s=args.shutdown_grace_seconds,
         )
-        self.rest_port = self.rest_server.server_address[1]
-        serve_in_thread(self.rest_server)
+        self.rest_port = self.rest_server.port
+        self.rest_server.start()
         log.info(
             "Exporting HTTP/REST API at %s:%d",
             args.host,
@@ -277,9 +286,7 @@ class ModelServer:
         log.info("shutting down", extra={"event": "shutdown"})
         self._stop.set()
         stopped = self.grpc_server.stop(grace_s)
-        self.rest_server.shutdown()
-        self.rest_server.server_close()  # waits for in-flight REST requests
+        self.rest_server.stop()  # in-flight REST requests finish within the grace, idle connections close
         stopped.wait(grace_s)
-        self.rest_server.executor.shutdown(wait=True)
         self.manager.close()
         log.info("stopped", extra={"event": "stopped"})

@@ -1,18 +1,25 @@
-"""TF Serving's REST API (g3doc/api_rest.md) over a threaded HTTP server."""
+"""TF Serving's REST API (g3doc/api_rest.md) as a Starlette app on uvicorn."""
 
 from __future__ import annotations
 
 import base64
-import concurrent.futures
 import json
 import logging
 import re
+import socket
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import time
 from typing import Any
 from urllib.parse import unquote
 
+import anyio
+import anyio.to_thread
+import uvicorn
 from google.protobuf import json_format
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
 from tensorflow.core.example import example_pb2, feature_pb2
 from tensorflow_serving.apis import input_pb2
 
@@ -197,77 +204,110 @@ def _metadata_json(response) -> dict[str, Any]:
     }
 
 
-class RestServer(ThreadingHTTPServer):
-    """HTTP server whose close() waits for in-flight requests; it carries what `RestHandler` needs."""
-
-    daemon_threads = False
-    block_on_close = True
-    allow_reuse_address = True
-
-    api: RestApi
-    max_request_bytes: int
-    timeout_s: float | None
-    registry_render: Any
-    executor: concurrent.futures.ThreadPoolExecutor
+class _BodyTooLarge(Exception):
+    pass
 
 
-class RestHandler(BaseHTTPRequestHandler):
-    """One HTTP/1.1 connection: routes `/v1/...` to the server's `RestApi` in its executor."""
+def _too_large(declared_or_read: int, limit: int) -> JSONResponse:
+    error = (
+        f"Request body of {declared_or_read} bytes exceeds the limit of {limit} bytes (--rest_api_max_request_bytes)"
+    )
+    return JSONResponse({"error": error}, status_code=413, headers={"Connection": "close"})
 
-    protocol_version = "HTTP/1.1"
-    server_version = "serving-local"
-    server: RestServer
 
-    def log_message(self, format, *args):  # noqa: A002  (BaseHTTPRequestHandler's signature)
-        log.debug("%s %s", self.address_string(), format % args)
+async def _read_body(request: Request, limit: int) -> bytes:
+    """Reads the body, refusing it as soon as it passes `limit` (before it is read whole)."""
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _BodyTooLarge(size)
+        chunks.append(chunk)
+    return b"".join(chunks)
 
-    def _send(self, status: int, payload: Any, content_type: str = "application/json") -> None:
-        data = payload if isinstance(payload, bytes) else json.dumps(payload, indent=1).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
-    def _serve(self, method: str) -> None:
-        server = self.server
-        if server.api.monitoring_path and method == "GET" and self.path.split("?", 1)[0] == server.api.monitoring_path:
-            self._send(200, server.registry_render().encode(), "text/plain; version=0.0.4")
-            return
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > server.max_request_bytes:
-            self.close_connection = True
-            error = (
-                f"Request body of {length} bytes exceeds the limit of "
-                f"{server.max_request_bytes} bytes (--rest_api_max_request_bytes)"
-            )
-            self._send(413, {"error": error})
-            return
-        body = self.rfile.read(length) if length else b""
-        if not self.path.lower().startswith("/v1/"):
-            self._send(404, {"error": f"Not found: {method} {self.path}"})
-            return
-        future = server.executor.submit(server.api.handle, method, self.path, body)
-        # The service enforces the deadline itself (a request still queued for batching answers 429);
-        # a little grace here keeps that answer, and 504 is left for a model run that overruns.
-        wait_s = None if server.timeout_s is None else server.timeout_s + 1.0
+def make_rest_app(
+    api: RestApi,
+    max_request_bytes: int,
+    timeout_s: float | None,
+    registry_render,
+    threads: int,
+) -> Starlette:
+    """The REST API as an ASGI app (Starlette), served by uvicorn.
+
+    Args:
+        api: The request router (framework-free: method, raw path, body -> status, JSON).
+        max_request_bytes: Bodies larger than this are refused with 413, before being read whole.
+        timeout_s: The request deadline; the service enforces it (a request still queued for
+            batching answers 429), and 504 answers a model run that overruns it.
+        registry_render: Returns the Prometheus text for the monitoring path.
+        threads: Requests handled at once (`--rest_api_num_threads`); more wait for a thread.
+    """
+    limiter = anyio.CapacityLimiter(threads)
+    wait_s = None if timeout_s is None else timeout_s + 1.0
+
+    async def endpoint(request: Request) -> Response:
+        method = request.method
+        # The raw (still percent-encoded) path: model names are unquoted by the router, as TF Serving does.
+        raw = request.scope.get("raw_path") or request.url.path.encode()
+        path = raw.decode("latin-1")
+        if request.url.query:
+            path += "?" + request.url.query
+        if api.monitoring_path and method == "GET" and path.split("?", 1)[0] == api.monitoring_path:
+            return PlainTextResponse(registry_render(), media_type="text/plain; version=0.0.4")
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > max_request_bytes:
+            return _too_large(int(declared), max_request_bytes)
         try:
-            status, payload = future.result(timeout=wait_s)
-        except concurrent.futures.TimeoutError:
-            status, payload = 504, {"error": f"Request timed out after {server.timeout_s:g} s"}
-        self._send(status, payload)
+            body = await _read_body(request, max_request_bytes)
+        except _BodyTooLarge as err:
+            return _too_large(err.args[0], max_request_bytes)
+        if not path.lower().startswith("/v1/"):
+            return JSONResponse({"error": f"Not found: {method} {path}"}, status_code=404)
+        try:
+            with anyio.fail_after(wait_s):
+                status, payload = await anyio.to_thread.run_sync(api.handle, method, path, body, limiter=limiter)
+        except TimeoutError:
+            status, payload = 504, {"error": f"Request timed out after {timeout_s:g} s"}
+        return Response(json.dumps(payload, indent=1), status_code=status, media_type="application/json")
 
-    def do_GET(self):  # noqa: N802  (http.server's naming)
-        self._serve("GET")
+    methods = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]
+    return Starlette(routes=[Route("/{path:path}", endpoint, methods=methods)])
 
-    def do_POST(self):  # noqa: N802
-        self._serve("POST")
 
-    def do_PUT(self):  # noqa: N802
-        self._serve("PUT")
+class RestServer:
+    """uvicorn serving the REST app on a socket bound up front (so port 0 reports its port)."""
 
-    def do_DELETE(self):  # noqa: N802
-        self._serve("DELETE")
+    def __init__(self, app: Starlette, host: str, port: int, grace_s: float, backlog: int = 2048):
+        self.socket = socket.create_server((host, port), backlog=backlog, reuse_port=False)
+        self.port = self.socket.getsockname()[1]
+        config = uvicorn.Config(
+            app,
+            log_level="warning",
+            access_log=False,
+            timeout_keep_alive=30,
+            timeout_graceful_shutdown=grace_s,
+            lifespan="off",
+            server_header=False,
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [self.socket]}, name="rest", daemon=True
+        )
+
+    def start(self, timeout_s: float = 30) -> None:
+        self._thread.start()
+        deadline = time.monotonic() + timeout_s
+        while not self._server.started and self._thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if not self._server.started:
+            raise OSError(f"the REST server did not start on port {self.port}")
+
+    def stop(self) -> None:
+        """Stops accepting, closes idle connections, lets in-flight requests finish (up to the grace)."""
+        self._server.should_exit = True
+        self._thread.join()
+        self.socket.close()
 
 
 def make_rest_server(
@@ -277,27 +317,10 @@ def make_rest_server(
     max_request_bytes: int,
     timeout_s: float | None,
     registry_render,
+    *,
+    threads: int = 32,
+    grace_s: float = 30,
 ) -> RestServer:
-    """Builds (does not start) the REST server.
-
-    Args:
-        api: The request router.
-        host: Address to bind.
-        port: Port (0 picks a free one).
-        max_request_bytes: Bodies larger than this are refused with 413.
-        timeout_s: Requests running longer answer 504 DEADLINE_EXCEEDED.
-        registry_render: Returns the Prometheus text for the monitoring path.
-    """
-    server = RestServer((host, port), RestHandler)
-    server.api = api
-    server.max_request_bytes = max_request_bytes
-    server.timeout_s = timeout_s
-    server.registry_render = registry_render
-    server.executor = concurrent.futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="rest")
-    return server
-
-
-def serve_in_thread(server: RestServer) -> threading.Thread:
-    thread = threading.Thread(target=server.serve_forever, name="rest", daemon=True)
-    thread.start()
-    return thread
+    """Builds (does not start) the REST server; see `make_rest_app` for the arguments."""
+    app = make_rest_app(api, max_request_bytes, timeout_s, registry_render, threads)
+    return RestServer(app, host, port, grace_s)

@@ -1,0 +1,68 @@
+"""The REST transport (uvicorn): limits, idle and slow connections, shutdown."""
+
+from __future__ import annotations
+
+import socket
+
+import numpy as np
+import pytest
+
+from serving.client import TFServingClient
+from tests.serving.conftest import local_only
+from tests.support import start_test_server
+
+X = np.array([[1, 2, 3]], np.float32)
+
+
+@pytest.fixture
+def scaler_server(tmp_path, model_repo):
+    config = tmp_path / "m.config"
+    config.write_text(f"model_config_list {{ config {{ name: 'scaler' base_path: '{model_repo / 'scaler'}' }} }}")
+    server = start_test_server(
+        tmp_path,
+        tmp_path / "server.log",
+        f"--model_config_file={config}",
+        "--rest_api_max_request_bytes=1000",
+        "--shutdown_grace_seconds=5",
+    )
+    yield server
+    server.stop()
+
+
+def _raw(port: int, data: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(data)
+        return sock.recv(65536)
+
+
+@local_only
+def test_a_declared_body_over_the_limit_is_refused_before_it_is_sent(scaler_server):
+    head = b"POST /v1/models/scaler:predict HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000\r\n\r\n"
+    reply = _raw(scaler_server.rest_port, head)  # no body follows: the answer cannot wait for it
+    assert reply.startswith(b"HTTP/1.1 413") and b"exceeds the limit of 1000 bytes" in reply
+
+
+@local_only
+@pytest.mark.parametrize("length", [b"-1", b"abc", b"1e3", b"12, 12"])
+def test_a_malformed_content_length_gets_a_400(scaler_server, length):
+    reply = _raw(
+        scaler_server.rest_port, b"POST /v1/models/scaler:predict HTTP/1.1\r\nContent-Length: " + length + b"\r\n\r\n"
+    )
+    assert reply.startswith(b"HTTP/1.1 400")
+
+
+@local_only
+def test_idle_and_slow_connections_neither_block_requests_nor_shutdown(scaler_server):
+    port = scaler_server.rest_port
+    idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(300)]
+    slow = [socket.create_connection(("127.0.0.1", port)) for _ in range(50)]
+    for sock in slow:  # half a request line, never finished
+        sock.sendall(b"POST /v1/models/scaler:pre")
+    try:
+        with TFServingClient(scaler_server.grpc_target, scaler_server.rest_url, "rest", retries=0, timeout=5) as client:
+            assert client.predict("scaler", {"x": X})["y"].tolist() == (X * 3).tolist()
+        # SIGTERM with every connection still open: 0 means it exited by itself (stop() kills after 20 s).
+        assert scaler_server.stop(timeout_s=20) == 0
+    finally:
+        for sock in idle + slow:
+            sock.close()
