@@ -170,7 +170,31 @@ def _dense_shape(value: Any) -> list[int]:
     return shape
 
 
-def json_to_array(value: Any, dtype: str) -> np.ndarray:
+def _dense_numbers(value: Any, dtype: str) -> np.ndarray | None:
+    """NumPy's own (C) conversion of a rectangular list of JSON numbers, or None to take the checked path.
+
+    Only when every value is a number of the right kind (ints, in range, for an int dtype):
+    anything else (ragged lists, strings, nulls, NaN for ints, huge ints) goes the
+    element-by-element way, which words TF Serving's error.
+    """
+    if not isinstance(value, list) or dtype not in _INT_TYPES | _FLOAT_TYPES:
+        return None
+    try:
+        array = np.array(value)
+    except (ValueError, TypeError, OverflowError):
+        return None
+    if dtype in _INT_TYPES:
+        if array.dtype.kind not in "iu":
+            return None
+        info = np.iinfo(dtype)
+        if array.size and (array.min() < info.min or array.max() > info.max):
+            return None
+    elif array.dtype.kind not in "iuf":
+        return None
+    return array.astype(np.float32 if dtype == "bfloat16" else dtype)
+
+
+def json_to_array(value: Any, dtype: str, *, no_bools: bool = False) -> np.ndarray:
     """Converts a JSON value (scalar or nested lists) to a dense array of `dtype`.
 
     The shape is read off the first element at each level, as TF Serving does;
@@ -179,6 +203,8 @@ def json_to_array(value: Any, dtype: str) -> np.ndarray:
     Args:
         value: Parsed JSON.
         dtype: A numpy/TF dtype name such as 'uint8', 'float32' or 'string'.
+        no_bools: The document holds no `true`/`false` (NumPy would take them for 1 and 0),
+            so a rectangular list of numbers can be converted by NumPy at once.
 
     Returns:
         The array (dtype object holding bytes for 'string').
@@ -186,6 +212,8 @@ def json_to_array(value: Any, dtype: str) -> np.ndarray:
     Raises:
         ServingError: INVALID_ARGUMENT naming the offending value and level.
     """
+    if no_bools and (fast := _dense_numbers(value, dtype)) is not None:
+        return fast
     shape = _dense_shape(value)
     rank = len(shape)
     flat: list[Any] = []
@@ -249,13 +277,22 @@ def array_to_json(array: np.ndarray, name: str = "") -> Any:
     return array.tolist()
 
 
-def row_inputs(instances: list, input_dtypes: dict[str, str]) -> dict[str, np.ndarray]:
+def row_inputs(instances: list, input_dtypes: dict[str, str], *, no_bools: bool = False) -> dict[str, np.ndarray]:
     """Converts a row-format `instances` list to batched input arrays.
+
+    Args:
+        instances: The parsed `instances` list.
+        input_dtypes: Input name -> dtype name.
+        no_bools: The body holds no `true`/`false`: plain numeric rows convert in one NumPy call.
 
     Raises:
         ServingError: INVALID_ARGUMENT as TF Serving words it.
     """
     single = len(input_dtypes) == 1
+    if single and no_bools and not isinstance(instances[0], dict):
+        name, dtype = next(iter(input_dtypes.items()))
+        if (fast := _dense_numbers(instances, dtype)) is not None and fast.ndim >= 1:
+            return {name: fast}
 
     def is_object(value: Any) -> bool:
         return isinstance(value, dict) and not is_b64(value)
@@ -299,8 +336,8 @@ def row_inputs(instances: list, input_dtypes: dict[str, str]) -> dict[str, np.nd
     return {name: np.stack(arrays) for name, arrays in columns.items()}
 
 
-def columnar_inputs(inputs: Any, input_dtypes: dict[str, str]) -> dict[str, np.ndarray]:
-    """Converts a columnar `inputs` value (one value, or an object of named values)."""
+def columnar_inputs(inputs: Any, input_dtypes: dict[str, str], *, no_bools: bool = False) -> dict[str, np.ndarray]:
+    """Converts a columnar `inputs` value (one value, or an object of named values); `no_bools` as `row_inputs`."""
     if not isinstance(inputs, dict) or is_b64(inputs):
         if len(input_dtypes) > 1:
             raise invalid(
@@ -308,12 +345,12 @@ def columnar_inputs(inputs: Any, input_dtypes: dict[str, str]) -> dict[str, np.n
                 "required as per tensorinfo_map"
             )
         name, dtype = next(iter(input_dtypes.items()))
-        return {name: json_to_array(inputs, dtype)}
+        return {name: json_to_array(inputs, dtype, no_bools=no_bools)}
     arrays = {}
     for name, dtype in input_dtypes.items():
         if name not in inputs:
             raise invalid(f"Missing named input: {name} in 'inputs' object.")
-        arrays[name] = json_to_array(inputs[name], dtype)
+        arrays[name] = json_to_array(inputs[name], dtype, no_bools=no_bools)
     return arrays
 
 

@@ -50,10 +50,33 @@ def test_json_to_array_dtypes_and_shapes():
         ([{"a": 1}], "float32", "is not of expected type: float"),
     ],
 )
-def test_json_to_array_errors(value, dtype, message):
+@pytest.mark.parametrize("no_bools", [False, True], ids=["checked", "numpy-fast-path"])
+def test_json_to_array_errors(value, dtype, message, no_bools):
     with pytest.raises(ServingError, match=message.replace("[", r"\[").replace(".", r"\.")) as caught:
-        json_to_array(value, dtype)
+        json_to_array(value, dtype, no_bools=no_bools)
     assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+@pytest.mark.parametrize(
+    "value, dtype",
+    [
+        ([[0, 255], [7, 9]], "uint8"),
+        ([[1, 2.5], [3, -4]], "float32"),
+        ([1, 2, 3], "int64"),
+        ([[[0.25]]], "float64"),
+        (4, "int32"),
+    ],
+)
+def test_the_numpy_fast_path_gives_what_the_checked_path_gives(value, dtype):
+    fast, checked = json_to_array(value, dtype, no_bools=True), json_to_array(value, dtype)
+    assert fast.dtype == checked.dtype and fast.shape == checked.shape and fast.tolist() == checked.tolist()
+
+
+def test_rows_of_numbers_convert_in_one_call_and_keep_row_errors():
+    images = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    assert row_inputs(images.tolist(), {"images": "uint8"}, no_bools=True)["images"].tolist() == images.tolist()
+    with pytest.raises(ServingError, match="Failed to process element: 1 of 'instances' list"):
+        row_inputs([[1, 2], [3]], {"x": "int32"}, no_bools=True)
 
 
 def test_row_and_columnar_inputs():

@@ -30,9 +30,13 @@ def scaler_server(tmp_path, model_repo):
 
 
 def _raw(port: int, data: bytes) -> bytes:
+    """Sends raw bytes; returns everything the server answers before it closes the connection."""
+    reply = b""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(data)
-        return sock.recv(65536)
+        while chunk := sock.recv(65536):
+            reply += chunk
+    return reply
 
 
 @local_only
