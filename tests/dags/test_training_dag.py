@@ -10,19 +10,11 @@ import sys
 import pytest
 
 from pipeline.core.config import trigger_form_fields
+from pipeline.runner import STEP_NAMES
 from serving.client import TFServingClient
 from tests.support import REPO_ROOT
 
-DOWNSTREAM_OF_CHECK = [
-    "train",
-    "evaluate",
-    "gate",
-    "export",
-    "infra_validate",
-    "promote_canary",
-    "smoke_test",
-    "mark_stable",
-]
+DOWNSTREAM_OF_CHECK = list(STEP_NAMES[STEP_NAMES.index("train") :])
 
 
 def _states(run) -> dict[str, str]:

@@ -14,19 +14,23 @@ from tests.support import start_test_server
 X = np.array([[1, 2, 3]], np.float32)
 
 
-@pytest.fixture
-def scaler_server(tmp_path, model_repo):
-    config = tmp_path / "m.config"
+def _start_scaler_server(folder, model_repo):
+    config = folder / "m.config"
     config.write_text(f"model_config_list {{ config {{ name: 'scaler' base_path: '{model_repo / 'scaler'}' }} }}")
-    server = start_test_server(
-        tmp_path,
-        tmp_path / "server.log",
+    return start_test_server(
+        folder,
+        folder / "server.log",
         f"--model_config_file={config}",
         "--rest_api_max_request_bytes=1000",
         "--shutdown_grace_seconds=5",
     )
-    yield server
-    server.stop()
+
+
+@pytest.fixture(scope="module")
+def scaler_server(tmp_path_factory, model_repo):
+    """One server for the tests that leave it as they found it."""
+    with _start_scaler_server(tmp_path_factory.mktemp("transport"), model_repo) as server:
+        yield server
 
 
 def _raw(port: int, data: bytes) -> bytes:
@@ -56,7 +60,8 @@ def test_a_malformed_content_length_gets_a_400(scaler_server, length):
 
 
 @local_only
-def test_idle_and_slow_connections_neither_block_requests_nor_shutdown(scaler_server):
+def test_idle_and_slow_connections_neither_block_requests_nor_shutdown(tmp_path, model_repo):
+    scaler_server = _start_scaler_server(tmp_path, model_repo)
     port = scaler_server.rest_port
     idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(300)]
     slow = [socket.create_connection(("127.0.0.1", port)) for _ in range(50)]
@@ -70,3 +75,4 @@ def test_idle_and_slow_connections_neither_block_requests_nor_shutdown(scaler_se
     finally:
         for sock in idle + slow:
             sock.close()
+        scaler_server.stop()  # no-op when it has exited
