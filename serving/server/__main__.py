@@ -16,6 +16,13 @@ def main(argv: list[str] | None = None) -> int:
     from serving.server.app import JsonLogFormatter, ModelServer, ServerOptions, build_parser
 
     args = build_parser().parse_args(argv)
+    if args.version:
+        import tensorflow as tf
+
+        from serving import __version__
+
+        print(f"TensorFlow ModelServer: {__version__}-local\nTensorFlow Library: {tf.__version__}")
+        return 0
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonLogFormatter())
     root = logging.getLogger("serving")

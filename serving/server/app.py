@@ -125,6 +125,48 @@ def build_parser() -> argparse.ArgumentParser:
         help="Let labels point at versions that are not loaded.",
     )
     add(
+        "--num_request_iterations_for_warmup",
+        type=int,
+        default=1,
+        help="Times each warmup record is replayed (default 1).",
+    )
+    add("--saved_model_tags", default="serve", help="Comma-separated tags of the MetaGraph to load (default serve).")
+    add(
+        "--tensorflow_intra_op_parallelism",
+        type=int,
+        default=0,
+        help="Threads inside one TensorFlow op (default 0: TensorFlow decides).",
+    )
+    add(
+        "--tensorflow_inter_op_parallelism",
+        type=int,
+        default=0,
+        help="Threads running independent TensorFlow ops (default 0: TensorFlow decides).",
+    )
+    add("--grpc_socket_path", default="", help="Also serve gRPC on this Unix domain socket.")
+    add(
+        "--grpc_channel_arguments",
+        default="",
+        help="Comma-separated key=value gRPC server arguments, e.g. grpc.max_concurrent_streams=100.",
+    )
+    add(
+        "--enable_grpc_healthcheck_service",
+        type=_flag_bool,
+        nargs="?",
+        const=True,
+        default=False,
+        help="Serve the standard grpc.health.v1.Health service on the gRPC port.",
+    )
+    add(
+        "--prefer_tflite_model",
+        type=_flag_bool,
+        nargs="?",
+        const=True,
+        default=False,
+        help="Serve model.tflite instead of the SavedModel (not supported here: refused when true).",
+    )
+    add("--version", action="store_true", help="Print the server and TensorFlow versions and exit.")
+    add(
         "--rest_api_num_threads",
         type=int,
         default=0,
@@ -155,6 +197,10 @@ class ServerOptions:
         Raises:
             ValueError: naming the flag or file that is wrong.
         """
+        if args.prefer_tflite_model:
+            raise ValueError("--prefer_tflite_model: TFLite models are not supported by this server; serve SavedModels")
+        if args.num_request_iterations_for_warmup < 1:
+            raise ValueError("--num_request_iterations_for_warmup must be at least 1")
         if args.model_config_file:
             model_config = protos.parse_text(
                 _read(args.model_config_file, "--model_config_file"),
@@ -193,6 +239,31 @@ class ServerOptions:
         return cls(args, model_config, batch_options, monitoring_path)
 
 
+def _set_tensorflow_threads(intra_op: int, inter_op: int) -> None:
+    """Applies --tensorflow_{intra,inter}_op_parallelism (0 leaves TensorFlow's choice); before any model loads."""
+    import tensorflow as tf
+
+    if intra_op > 0:
+        tf.config.threading.set_intra_op_parallelism_threads(intra_op)
+    if inter_op > 0:
+        tf.config.threading.set_inter_op_parallelism_threads(inter_op)
+
+
+def parse_channel_arguments(text: str) -> list[tuple[str, int | str]]:
+    """Parses --grpc_channel_arguments ('key=value,key=value'; integer values become ints).
+
+    Raises:
+        ValueError: naming the argument that is not key=value.
+    """
+    options: list[tuple[str, int | str]] = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--grpc_channel_arguments: {item!r} is not key=value")
+        options.append((key, int(value) if value.lstrip("-").isdigit() else value))
+    return options
+
+
 def _read(path: str, flag: str) -> str:
     try:
         return Path(path).read_text()
@@ -207,6 +278,7 @@ class ModelServer:
         args = options.args
         self.options = options
         self.registry = metrics.Registry()
+        _set_tensorflow_threads(args.tensorflow_intra_op_parallelism, args.tensorflow_inter_op_parallelism)
         self.manager = ModelManager(
             self.registry,
             batch_options=options.batch_options,
@@ -215,6 +287,8 @@ class ModelServer:
             allow_labels_for_unavailable=args.allow_version_labels_for_unavailable_models,
             enable_warmup=args.enable_model_warmup,
             method_name_check=args.enable_signature_method_name_check,
+            saved_model_tags=tuple(tag.strip() for tag in args.saved_model_tags.split(",") if tag.strip()),
+            warmup_iterations=args.num_request_iterations_for_warmup,
         )
         timeout_s = args.rest_api_timeout_in_ms / 1000 if args.rest_api_timeout_in_ms > 0 else None
         self.service = ServingService(self.manager, self.registry, timeout_s)
@@ -227,7 +301,14 @@ class ModelServer:
         self.manager.reload_config(self.options.model_config)
         if args.model_config_file:
             self._config_text = Path(args.model_config_file).read_text()
-        self.grpc_server, self.grpc_port = make_grpc_server(self.service, args.host, args.port)
+        self.grpc_server, self.grpc_port = make_grpc_server(
+            self.service,
+            args.host,
+            args.port,
+            socket_path=args.grpc_socket_path,
+            channel_arguments=parse_channel_arguments(args.grpc_channel_arguments),
+            health_check=args.enable_grpc_healthcheck_service,
+        )
         self.grpc_server.start()
         log.info(
             "Running gRPC ModelServer at %s:%d",

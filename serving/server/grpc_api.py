@@ -51,9 +51,8 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     def Predict(self, request, context):  # noqa: N802  (gRPC method names)
         name, version, label = _spec(request.model_spec)
         try:
-            with self.service.observe("predict", "GRPC", name) as record:
+            with self.service.observe("predict", "GRPC", name):
                 servable = self.service.resolve(name, version, label)
-                record["version"] = servable.version
                 inputs = {key: parse_tensor(key, proto) for key, proto in request.inputs.items()}
                 signature, outputs = self.service.predict(
                     servable, request.model_spec.signature_name, inputs, list(request.output_filter)
@@ -71,9 +70,8 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     def _examples(self, api: str, model_spec, context, run):
         name, version, label = _spec(model_spec)
         try:
-            with self.service.observe(api, "GRPC", name) as record:
+            with self.service.observe(api, "GRPC", name):
                 servable = self.service.resolve(name, version, label)
-                record["version"] = servable.version
                 return run(servable)
         except ServingError as err:
             return _abort(context, err)
@@ -104,9 +102,8 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     def GetModelMetadata(self, request, context):  # noqa: N802
         name, version, label = _spec(request.model_spec)
         try:
-            with self.service.observe("get_model_metadata", "GRPC", name) as record:
+            with self.service.observe("get_model_metadata", "GRPC", name):
                 servable = self.service.resolve(name, version, label)
-                record["version"] = servable.version
                 return self.service.metadata(servable, list(request.metadata_field))
         except ServingError as err:
             return _abort(context, err)
@@ -142,21 +139,48 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         return response
 
 
-def make_grpc_server(service: ServingService, host: str, port: int, max_workers: int = 32) -> tuple[grpc.Server, int]:
-    """Builds and binds (does not start) the gRPC server; returns it and the bound port."""
+def make_grpc_server(
+    service: ServingService,
+    host: str,
+    port: int,
+    max_workers: int = 32,
+    *,
+    socket_path: str = "",
+    channel_arguments: list[tuple[str, int | str]] = (),
+    health_check: bool = False,
+) -> tuple[grpc.Server, int]:
+    """Builds and binds (does not start) the gRPC server; returns it and the bound TCP port.
+
+    Args:
+        service: The serving logic.
+        host: Address to bind; `port` 0 picks a free port.
+        max_workers: Requests handled at once.
+        socket_path: Also serve on this Unix domain socket (`--grpc_socket_path`).
+        channel_arguments: gRPC server options (`--grpc_channel_arguments`), after the defaults.
+        health_check: Add the standard grpc.health.v1.Health service, reporting SERVING.
+    """
     from concurrent import futures
 
+    options = [
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.so_reuseport", 0),
+        *channel_arguments,
+    ]
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
-        options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.so_reuseport", 0),
-        ],
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"), options=options
     )
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(service), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(service), server)
+    if health_check:
+        from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+        servicer = health.HealthServicer()
+        servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise OSError(f"cannot bind gRPC port {host}:{port}")
+    if socket_path and server.add_insecure_port(f"unix:{socket_path}") == 0:
+        raise OSError(f"cannot bind gRPC socket {socket_path}")
     return server, bound

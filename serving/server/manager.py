@@ -94,6 +94,8 @@ class ModelManager:
         allow_labels_for_unavailable: Let labels point at versions that are not loaded.
         enable_warmup: Replay assets.extra warmup requests before serving a version.
         method_name_check: Classify/Regress only on signatures of that method_name.
+        saved_model_tags: Tags of the MetaGraph each version loads.
+        warmup_iterations: Times each warmup record is replayed.
     """
 
     def __init__(
@@ -105,6 +107,8 @@ class ModelManager:
         allow_labels_for_unavailable: bool = False,
         enable_warmup: bool = True,
         method_name_check: bool = False,
+        saved_model_tags: tuple[str, ...] = ("serve",),
+        warmup_iterations: int = 1,
     ):
         self._registry = registry
         self._batch_options = batch_options
@@ -113,6 +117,8 @@ class ModelManager:
         self._allow_unavailable_labels = allow_labels_for_unavailable
         self._enable_warmup = enable_warmup
         self._method_name_check = method_name_check
+        self._tags = saved_model_tags
+        self._warmup_iterations = warmup_iterations
         self._models: dict[str, ManagedModel] = {}
         self._lock = threading.RLock()  # guards _models and version tables
         # Version states of models removed from the config: TF Serving's state monitor keeps
@@ -249,7 +255,6 @@ class ModelManager:
                     self._unload(managed, state)
             self._registry.set(
                 metrics.MODEL_VERSIONS,
-                "Model versions available for inference",
                 sum(1 for s in managed.versions.values() if s.state == AVAILABLE),
                 model_name=managed.name,
             )
@@ -277,18 +282,17 @@ class ModelManager:
                     self._batch_options,
                     self._on_batch(managed.name),
                     method_name_check=self._method_name_check,
+                    tags=self._tags,
                 )
-                warmed = servable.warmup() if self._enable_warmup else 0
-            except ServingError as err:
-                error = ServingError(err.code, f"Warmup of {path} failed: {err.message}")
+                warmed = servable.warmup(self._warmup_iterations) if self._enable_warmup else 0
+            except ServingError as err:  # the loader's own code and message, as TF Serving reports them
+                error = err
             except Exception as err:  # noqa: BLE001  (any load failure is reported, not raised)
                 error = ServingError(grpc.StatusCode.UNKNOWN, f"Failed to load {path}: {type(err).__name__}: {err}")
             else:
                 with self._lock:
                     state.servable, state.state, state.error = servable, AVAILABLE, None
-                self._registry.inc(
-                    metrics.LOAD_COUNT, "SavedModel load attempts", model_path=str(path), status="success"
-                )
+                self._registry.inc(metrics.LOAD_COUNT, model_path=str(path), status="success")
                 log.info(
                     "%s version %d available (%d warmup requests, %.2fs)",
                     managed.name,
@@ -298,7 +302,7 @@ class ModelManager:
                     extra={"event": "load_done", "warmup_requests": warmed, **fields},
                 )
                 return
-            self._registry.inc(metrics.LOAD_COUNT, "SavedModel load attempts", model_path=str(path), status="failure")
+            self._registry.inc(metrics.LOAD_COUNT, model_path=str(path), status="failure")
             if attempt < self._retries and not self._stop.is_set():
                 log.warning(
                     "load attempt %d of %s failed: %s",
@@ -321,9 +325,7 @@ class ModelManager:
 
     def _on_batch(self, model_name: str):
         def record(size: int) -> None:
-            self._registry.observe(
-                metrics.BATCH_SIZE, "Sizes of batches run", metrics.BATCH_BUCKETS, size, model_name=model_name
-            )
+            self._registry.observe(metrics.BATCH_SIZE, metrics.BATCH_BUCKETS, size, model_name=model_name)
 
         return record
 

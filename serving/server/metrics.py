@@ -52,41 +52,35 @@ class Registry:
         self._counters: dict[str, dict[tuple, float]] = defaultdict(dict)
         self._gauges: dict[str, dict[tuple, float]] = defaultdict(dict)
         self._histograms: dict[str, tuple[tuple[float, ...], dict[tuple, list]]] = {}
-        self._help: dict[str, str] = {}
 
-    def inc(self, name: str, help_text: str, amount: float = 1.0, **labels: object) -> None:
+    def inc(self, name: str, amount: float = 1.0, **labels: object) -> None:
         key = tuple(sorted((k, str(v)) for k, v in labels.items()))
         with self._lock:
-            self._help[name] = help_text
             self._counters[name][key] = self._counters[name].get(key, 0.0) + amount
 
-    def set(self, name: str, help_text: str, value: float, **labels: object) -> None:
+    def set(self, name: str, value: float, **labels: object) -> None:
         key = tuple(sorted((k, str(v)) for k, v in labels.items()))
         with self._lock:
-            self._help[name] = help_text
             self._gauges[name][key] = value
 
-    def observe(self, name: str, help_text: str, buckets: tuple[float, ...], value: float, **labels) -> None:
+    def observe(self, name: str, buckets: tuple[float, ...], value: float, **labels) -> None:
         key = tuple(sorted((k, str(v)) for k, v in labels.items()))
         with self._lock:
-            self._help[name] = help_text
             _, series = self._histograms.setdefault(name, (buckets, {}))
             counts = series.setdefault(key, [0] * (len(buckets) + 1) + [0.0])
             counts[bisect.bisect_left(buckets, value)] += 1
             counts[-1] += value
 
     def render(self) -> str:
-        """Returns all metrics in Prometheus text format 0.0.4."""
+        """Returns all metrics in Prometheus text format 0.0.4: TYPE lines and no HELP, as TF Serving writes."""
         lines = []
         with self._lock:
             for kind, table in (("counter", self._counters), ("gauge", self._gauges)):
                 for name, series in sorted(table.items()):
-                    lines.append(f"# HELP {name} {self._help[name]}")
                     lines.append(f"# TYPE {name} {kind}")
                     for key, value in sorted(series.items()):
                         lines.append(f"{name}{_labels(key)} {value:g}")
             for name, (buckets, series) in sorted(self._histograms.items()):
-                lines.append(f"# HELP {name} {self._help[name]}")
                 lines.append(f"# TYPE {name} histogram")
                 for key, counts in sorted(series.items()):
                     cumulative = 0

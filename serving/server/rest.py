@@ -138,9 +138,8 @@ class RestApi:
             name, label = unquote(name), label and unquote(label)
             version_number = int(version) if version else None
             if metadata:
-                with self.service.observe("get_model_metadata", "REST", name) as record:
+                with self.service.observe("get_model_metadata", "REST", name):
                     servable = self.service.resolve(name, version_number, label)
-                    record["version"] = servable.version
                     response = self.service.metadata(servable)
                 return _metadata_json(response)
             with self.service.observe("get_model_status", "REST", name):
@@ -151,10 +150,9 @@ class RestApi:
         raise invalid(f"Malformed request: {method} {path}")
 
     def _predict_like(self, verb: str, name: str, version: str | None, label: str | None, body: bytes) -> Any:
-        with self.service.observe(verb, "REST", name) as record:
+        with self.service.observe(verb, "REST", name):
             document = _parse_body(body)
             servable = self.service.resolve(name, int(version) if version else None, label)
-            record["version"] = servable.version
             signature = document.get("signature_name", "")
             if verb == "classify":
                 response = self.service.classify(servable, signature, examples_input(document))

@@ -9,6 +9,7 @@ from typing import Any
 import grpc
 import numpy as np
 import tensorflow as tf
+from google.protobuf.message import DecodeError
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import classification_pb2, inference_pb2, prediction_log_pb2, regression_pb2
 
@@ -26,14 +27,14 @@ MAX_WARMUP_RECORDS = 1000
 Arrays = dict[str, np.ndarray]
 
 
-def read_signature_defs(path: Path) -> dict[str, Any]:
-    """Reads the `serve` MetaGraph's SignatureDefs from saved_model.pb (what metadata returns)."""
+def read_signature_defs(path: Path, tags: tuple[str, ...] = ("serve",)) -> dict[str, Any]:
+    """Reads the SignatureDefs of the MetaGraph with `tags` from saved_model.pb (what metadata returns)."""
     saved_model = saved_model_pb2.SavedModel()
     saved_model.ParseFromString((path / "saved_model.pb").read_bytes())
     for meta_graph in saved_model.meta_graphs:
-        if "serve" in meta_graph.meta_info_def.tags:
+        if set(tags) == set(meta_graph.meta_info_def.tags):
             return {k: v for k, v in meta_graph.signature_def.items() if not k.startswith("__")}
-    raise ValueError(f"{path}: no MetaGraph tagged 'serve'")
+    raise ValueError(f"{path}: no MetaGraph tagged {','.join(tags)!r}")
 
 
 def _check_shape(name: str, shape: tuple[int, ...], declared) -> None:
@@ -64,6 +65,7 @@ class Servable:
         on_batch: Metrics hook called with each batch size.
         method_name_check: Classify/Regress only on signatures of that method_name
             (`--enable_signature_method_name_check`; off by default, as in TF Serving).
+        tags: The MetaGraph to load (`--saved_model_tags`).
     """
 
     def __init__(
@@ -74,12 +76,13 @@ class Servable:
         batch_options: BatchOptions | None,
         on_batch=None,
         method_name_check: bool = False,
+        tags: tuple[str, ...] = ("serve",),
     ):
         self.name = name
         self.version = version
         self.path = path
-        self.signature_defs = read_signature_defs(path)
-        self._loaded = tf.saved_model.load(str(path), tags=["serve"])
+        self.signature_defs = read_signature_defs(path, tags)
+        self._loaded = tf.saved_model.load(str(path), tags=list(tags))
         self._functions = dict(self._loaded.signatures)
         self._batch_options = batch_options
         self._on_batch = on_batch
@@ -276,33 +279,48 @@ class Servable:
 
     # --- warmup and lifecycle ------------------------------------------------------
 
-    def warmup(self) -> int:
-        """Replays assets.extra/tf_serving_warmup_requests; returns how many ran.
+    def warmup(self, iterations: int = 1) -> int:
+        """Replays assets.extra/tf_serving_warmup_requests, each record `iterations` times.
+
+        As TF Serving's saved_model_warmup_util.cc: more than 1000 records fail the load.
+
+        Returns:
+            How many records ran.
 
         Raises:
-            ServingError: if a warmup request fails (the version then fails to load).
+            ServingError: if a warmup request fails or there are too many records (the
+                version then fails to load).
         """
         path = self.path / WARMUP_FILE
         if not path.exists():
             return 0
         count = 0
-        for record in tf.data.TFRecordDataset(str(path)).take(MAX_WARMUP_RECORDS):
-            entry = prediction_log_pb2.PredictionLog.FromString(record.numpy())
-            kind = entry.WhichOneof("log_type")
-            if kind == "predict_log":
-                request = entry.predict_log.request
-                inputs = {name: tf.make_ndarray(proto) for name, proto in request.inputs.items()}
-                self.predict(request.model_spec.signature_name, inputs, list(request.output_filter))
-            elif kind == "classify_log":
-                self.classify(entry.classify_log.request.model_spec.signature_name, entry.classify_log.request.input)
-            elif kind == "regress_log":
-                self.regress(entry.regress_log.request.model_spec.signature_name, entry.regress_log.request.input)
-            elif kind == "multi_inference_log":
-                self.multi_inference(entry.multi_inference_log.request)
-            else:
-                raise invalid(f"Unsupported log_type for warmup: {kind}")
+        for record in tf.data.TFRecordDataset(str(path)):
+            try:
+                entry = prediction_log_pb2.PredictionLog.FromString(record.numpy())
+            except DecodeError:
+                raise invalid(f"Failed to parse warmup record from {path}") from None
+            for _ in range(iterations):
+                self._replay(entry)
             count += 1
+            if count > MAX_WARMUP_RECORDS:
+                raise invalid(f"Number of warmup records exceeds the maximum ({MAX_WARMUP_RECORDS}) at {path}")
         return count
+
+    def _replay(self, entry) -> None:
+        kind = entry.WhichOneof("log_type")
+        if kind == "predict_log":
+            request = entry.predict_log.request
+            inputs = {name: tf.make_ndarray(proto) for name, proto in request.inputs.items()}
+            self.predict(request.model_spec.signature_name, inputs, list(request.output_filter))
+        elif kind == "classify_log":
+            self.classify(entry.classify_log.request.model_spec.signature_name, entry.classify_log.request.input)
+        elif kind == "regress_log":
+            self.regress(entry.regress_log.request.model_spec.signature_name, entry.regress_log.request.input)
+        elif kind == "multi_inference_log":
+            self.multi_inference(entry.multi_inference_log.request)
+        else:
+            raise invalid(f"Unsupported log_type for warmup: {kind}")
 
     def close(self) -> None:
         """Stops this version's batch threads (queued requests still finish)."""

@@ -23,6 +23,10 @@ from serving.server.servable import Servable
 _STATE_ENUM = get_model_status_pb2.ModelVersionStatus.State
 
 
+# The API label TF Serving puts on request_latency, by the service call that observes it.
+_TIMED_APIS = {"predict": "Predict", "classify": "Classify", "regress": "Regress"}
+
+
 class ServingService:
     """Predict, classify, regress, status, metadata and reload over a ModelManager.
 
@@ -39,12 +43,17 @@ class ServingService:
 
     @contextlib.contextmanager
     def observe(self, api: str, entrypoint: str, model_name: str):
-        """Counts the request by model, version, API, entry point and status; times it."""
+        """Counts the request and times it, with the names and labels of TF Serving's exporter.
+
+        `:tensorflow:serving:request_count` {model_name, status} for every request;
+        `:tensorflow:serving:request_latency` {model_name, API, entrypoint} for successful
+        Predict, Classify and Regress calls only (prometheus_exporter.cc), so dashboards
+        built for TF Serving work unchanged.
+        """
         started = time.monotonic()
-        record = {"version": ""}
         status = "OK"
         try:
-            yield record
+            yield
         except ServingError as err:
             status = err.code.name
             raise
@@ -52,22 +61,16 @@ class ServingService:
             status = "INTERNAL"
             raise
         finally:
-            labels = {
-                "model_name": model_name,
-                "version": record["version"],
-                "API": api,
-                "entrypoint": entrypoint,
-            }
-            self.registry.inc(
-                metrics.REQUEST_COUNT, "Requests by model, version, API and status", status=status, **labels
-            )
-            self.registry.observe(
-                metrics.REQUEST_LATENCY,
-                "Request latency in microseconds",
-                metrics.LATENCY_BUCKETS_US,
-                (time.monotonic() - started) * 1e6,
-                **labels,
-            )
+            self.registry.inc(metrics.REQUEST_COUNT, model_name=model_name, status=status)
+            if status == "OK" and api in _TIMED_APIS:
+                self.registry.observe(
+                    metrics.REQUEST_LATENCY,
+                    metrics.LATENCY_BUCKETS_US,
+                    (time.monotonic() - started) * 1e6,
+                    model_name=model_name,
+                    API=_TIMED_APIS[api],
+                    entrypoint=entrypoint,
+                )
 
     def resolve(self, name: str, version: int | None, label: str | None) -> Servable:
         return self.manager.resolve(name, version, label)

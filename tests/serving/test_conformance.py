@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 import time
 import urllib.error
@@ -380,6 +381,30 @@ def test_broken_version_next_to_a_good_one(server, model_repo):
         assert _available(client, "fragile") == [1]
 
 
+def test_more_than_1000_warmup_records_fail_the_load(server, model_repo):
+    """saved_model_warmup_util.cc: the 1001st record fails the load with INVALID_ARGUMENT."""
+    from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+
+    base = server.models_dir / "overwarm"
+    staging = server.models_dir / ".tmp-overwarm"
+    shutil.copytree(model_repo / "scaler" / "1", staging)
+    request = predict_pb2.PredictRequest()
+    request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.ones((1, 3), np.float32)))
+    record = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+    with tf.io.TFRecordWriter(str(staging / "assets.extra" / "tf_serving_warmup_requests")) as writer:
+        for _ in range(1001):
+            writer.write(record.SerializeToString())
+    base.mkdir()
+    staging.rename(base / "1")
+    with server.client() as client:
+        client.reload_config(
+            server.config_text("config { name: 'overwarm' base_path: '{base}/overwarm' model_platform: 'tensorflow' }")
+        )
+        (state,) = wait_for(lambda: [v for v in client.status("overwarm") if v["state"] == "END"] or None)
+    assert state["error_code"] == "INVALID_ARGUMENT"
+    assert state["error_message"].startswith("Number of warmup records exceeds the maximum (1000) at ")
+
+
 # --- batching and metrics ------------------------------------------------------------------
 
 
@@ -420,11 +445,11 @@ def test_local_metrics_cover_versions_latency_batches_and_loads(standard_config,
         with pytest.raises(ServingError):
             client.predict("scaler", {"x": X}, version=99)
     text = urllib.request.urlopen(standard_config.rest_url + "/monitoring/prometheus/metrics").read().decode()
-    assert (
-        ':tensorflow:serving:request_count{API="predict",entrypoint="GRPC",model_name="scaler",status="OK",'
-        'version="1"}' in text
-    )
-    assert ":tensorflow:serving:request_latency_bucket{" in text
+    # TF Serving's exporter: request_count {model_name, status}; request_latency {model_name, API, entrypoint}.
+    assert ':tensorflow:serving:request_count{model_name="scaler",status="OK"}' in text
+    assert ':tensorflow:serving:request_latency_bucket{API="Predict",entrypoint="GRPC",model_name="scaler",le=' in text
+    assert "# TYPE :tensorflow:serving:request_count counter" in text and "# HELP" not in text
     assert ":tensorflow:serving:batching_session:processed_batch_size_count" in text
     assert ':tensorflow:cc:saved_model:load_attempt_count{model_path="' in text
-    assert 'model_name="scaler",status="NOT_FOUND",version=""' in text  # failures are counted too
+    assert ':tensorflow:serving:request_count{model_name="scaler",status="NOT_FOUND"}' in text  # failures count too
+    assert 'status="NOT_FOUND"' not in text.split(":tensorflow:serving:request_latency", 1)[1]  # latency: OK only

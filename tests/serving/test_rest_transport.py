@@ -76,3 +76,31 @@ def test_idle_and_slow_connections_neither_block_requests_nor_shutdown(tmp_path,
         for sock in idle + slow:
             sock.close()
         scaler_server.stop()  # no-op when it has exited
+
+
+@local_only
+def test_grpc_on_a_unix_socket_with_the_health_service(tmp_path, model_repo):
+    """The flags TF Serving's own test harness passes: --grpc_socket_path, --grpc_channel_arguments."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    socket_path = tmp_path / "grpc.sock"
+    config = tmp_path / "m.config"
+    config.write_text(f"model_config_list {{ config {{ name: 'scaler' base_path: '{model_repo / 'scaler'}' }} }}")
+    server = start_test_server(
+        tmp_path,
+        tmp_path / "server.log",
+        f"--model_config_file={config}",
+        f"--grpc_socket_path={socket_path}",
+        "--grpc_channel_arguments=grpc.max_concurrent_streams=64",
+        "--enable_grpc_healthcheck_service",
+        "--tensorflow_intra_op_parallelism=1",
+        "--tensorflow_inter_op_parallelism=1",
+        "--num_request_iterations_for_warmup=2",
+    )
+    with server, TFServingClient(f"unix:{socket_path}", timeout=30) as client:
+        assert client.predict("scaler", {"x": X})["y"].tolist() == (X * 3).tolist()
+        with grpc.insecure_channel(server.grpc_target) as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    assert '"warmup_requests": 3' in server.logs()  # its 3 warmup records (replayed twice each) passed

@@ -74,3 +74,46 @@ def test_help_lists_tf_serving_flags():
         "--enable_signature_method_name_check",
     ):
         assert flag in text
+
+
+def test_tf_serving_harness_flags_are_accepted_and_parsed():
+    from serving.server.app import parse_channel_arguments
+
+    args = build_parser().parse_args(
+        [
+            "--grpc_socket_path=/tmp/x.sock",
+            "--grpc_channel_arguments=grpc.max_concurrent_streams=100,grpc.primary_user_agent=a",
+            "--enable_grpc_healthcheck_service",
+            "--tensorflow_intra_op_parallelism=2",
+            "--tensorflow_inter_op_parallelism=1",
+            "--saved_model_tags=serve,gpu",
+            "--num_request_iterations_for_warmup=3",
+            "--rest_api_num_threads=8",
+        ]
+    )
+    assert parse_channel_arguments(args.grpc_channel_arguments) == [
+        ("grpc.max_concurrent_streams", 100),
+        ("grpc.primary_user_agent", "a"),
+    ]
+    assert args.enable_grpc_healthcheck_service and args.saved_model_tags == "serve,gpu"
+    with pytest.raises(ValueError, match="'oops' is not key=value"):
+        parse_channel_arguments("oops")
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--prefer_tflite_model=true"], "--prefer_tflite_model: TFLite models are not supported"),
+        (["--num_request_iterations_for_warmup=0"], "--num_request_iterations_for_warmup must be at least 1"),
+    ],
+)
+def test_unsupported_flag_values_are_refused_by_name(tmp_path, flags, message):
+    args = build_parser().parse_args([f"--model_base_path={tmp_path}", *flags])
+    with pytest.raises(ValueError, match=message):
+        ServerOptions.from_args(args)
+
+
+def test_an_unknown_flag_is_named(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--model_base_path=/m", "--no_such_flag=1"])
+    assert "unrecognized arguments: --no_such_flag=1" in capsys.readouterr().err
