@@ -37,16 +37,6 @@ def read_signature_defs(path: Path, tags: tuple[str, ...] = ("serve",)) -> dict[
     raise ValueError(f"{path}: no MetaGraph tagged {','.join(tags)!r}")
 
 
-def _check_shape(name: str, shape: tuple[int, ...], declared) -> None:
-    """Raises INVALID_ARGUMENT if an input's shape cannot match the signature's TensorShapeProto."""
-    if declared.unknown_rank:
-        return
-    dims = [d.size for d in declared.dim]
-    if len(shape) != len(dims) or any(d >= 0 and d != s for d, s in zip(dims, shape, strict=True)):
-        wanted = "[" + ",".join("?" if d < 0 else str(d) for d in dims) + "]"
-        raise invalid(f"input {name}: shape {list(shape)} is not compatible with the signature's shape {wanted}")
-
-
 def tf_error(err: tf.errors.OpError) -> ServingError:
     """Converts a TensorFlow runtime error to a ServingError with the same code."""
     lines = [line for line in str(err.message).splitlines() if line.strip()]
@@ -154,8 +144,6 @@ class Servable:
                 f"input size does not match signature: {len(inputs)}!={len(expected)} for inputs "
                 f"{','.join(sorted(inputs))}. Sent extra: {extra}. Missing but required: {missing}."
             )
-        for name, array in inputs.items():
-            _check_shape(name, np.shape(array), signature_def.inputs[name].tensor_shape)
         unknown = sorted(set(output_filter) - set(signature_def.outputs))
         if unknown:
             raise invalid(f"output tensor alias not found in signature: {unknown[0]}")

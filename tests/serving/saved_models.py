@@ -128,6 +128,25 @@ def save_half_plus_two(base: Path, version: int = 1) -> Path:
     return final
 
 
+class HalfPlusTwo(tf.Module):
+    """y = 0.5 * x + 2 with x float [?, 1], as TF Serving's quick-start model declares it."""
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 1], tf.float32, name="x")])
+    def serve(self, x):
+        return {"y": x * 0.5 + 2.0}
+
+
+def save_quickstart_half_plus_two(base: Path, version: int = 1) -> Path:
+    """The model of TF Serving's README quick start, exported with TF2."""
+    base.mkdir(parents=True, exist_ok=True)
+    staging = base / f".tmp-{uuid.uuid4().hex}"
+    module = HalfPlusTwo()
+    tf.saved_model.save(module, str(staging), signatures={"serving_default": module.serve})
+    final = base / str(version)
+    os.rename(staging, final)
+    return final
+
+
 def write_broken_version(base: Path, version: int) -> Path:
     """A version folder whose saved_model.pb is garbage (fails to load)."""
     final = base / str(version)

@@ -39,7 +39,7 @@ IMAGE = np.zeros((28, 28), np.uint8).tolist()
             400,
             'JSON Value: "a" Type: String is not of expected type: float',
         ),
-        (PREDICT, {"instances": [[1, 2]]}, 400, ""),  # wrong shape for [None, 3]
+        (PREDICT, {"instances": [1, 2]}, 400, ""),  # rank 1: the graph's reduce_sum(axis=1) refuses it
         (
             PREDICT,
             {"signature_name": "nope", "instances": X.tolist()},
@@ -152,7 +152,7 @@ def test_grpc_tensor_whose_declared_shape_does_not_match_its_content(standard_co
     "inputs, fragment",
     [
         ({"x": tf.make_tensor_proto(X.astype(np.float64))}, "double"),
-        ({"x": tf.make_tensor_proto(np.zeros((2, 4), np.float32))}, ""),
+        ({"x": tf.make_tensor_proto(np.zeros((4,), np.float32))}, ""),  # a shape the graph cannot take
         ({"y": tf.make_tensor_proto(X)}, ""),
         ({}, ""),
     ],

@@ -215,6 +215,22 @@ def test_grpc_classify_regress_and_multi_inference(standard_config):
     assert results[1].regression_result.regressions[0].value == pytest.approx(3.0)
 
 
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_tf_serving_quick_start(server, model_repo, protocol):
+    """TF Serving's README: half_plus_two (x [?,1]) takes {"instances": [1.0, 2.0, 5.0]}; the graph decides shapes."""
+    half = "config { name: 'half_plus_two' base_path: '{base}/half_plus_two' model_platform: 'tensorflow' }"
+    with server.client() as client:
+        client.reload_config(server.config_text(half))
+    if protocol == "rest":
+        status, reply = rest(server, "POST", "/v1/models/half_plus_two:predict", {"instances": [1.0, 2.0, 5.0]})
+        assert (status, reply) == (200, {"predictions": [2.5, 3.0, 4.5]})
+        status, reply = rest(server, "POST", "/v1/models/half_plus_two:predict", {"instances": [[[1.0, 2.0]]]})
+        assert status == 200  # broadcasting is the graph's business, as in TF Serving
+        return
+    with server.client() as client:
+        assert client.predict("half_plus_two", {"x": np.array([1.0], np.float32)})["y"].tolist() == [2.5]
+
+
 def test_rest_classify_and_regress(standard_config):
     body = {"signature_name": "classify_x", "examples": [{"x": 0.0}, {"x": [2.0]}]}
     status, reply = rest(standard_config, "POST", "/v1/models/examples:classify", body)
@@ -396,7 +412,7 @@ def test_more_than_1000_warmup_records_fail_the_load(server, model_repo):
             writer.write(record.SerializeToString())
     base.mkdir()
     staging.rename(base / "1")
-    with server.client() as client:
+    with server.client(timeout=300) as client:  # the reload waits while 1,001 records replay
         client.reload_config(
             server.config_text("config { name: 'overwarm' base_path: '{base}/overwarm' model_platform: 'tensorflow' }")
         )
