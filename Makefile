@@ -9,7 +9,7 @@ STAMP := $(VENV)/.requirements-installed
 DATA_DIR := /usr/share/datasets/fashion-mnist
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup data browser demo airflow serving-start serving-stop test lint format clean
+.PHONY: setup data browser demo airflow serving-start serving-stop test lint format clean bench
 
 setup: $(STAMP)
 
@@ -61,6 +61,11 @@ serving-start: setup
 
 serving-stop:
 	$(BIN)/python deploy/local.py serving-stop
+
+# Benchmarks on the model `make demo` published (not part of `make test`, which runs smoke versions).
+bench: setup data
+	$(BIN)/python bench/serving_latency.py
+	$(BIN)/python bench/serving_throughput.py
 
 lint: setup
 	$(BIN)/ruff check .

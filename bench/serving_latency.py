@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -137,8 +138,7 @@ def main() -> None:
     if not versions:
         sys.exit(f"no versions in {model_dir}: run `make demo` first")
     images, _ = read_folder_split(DATA_DIR, "test", limit=2000)
-    scratch = ROOT / "artifacts" / "bench"
-    scratch.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="serving-latency-"))  # the server's config and log
     config = scratch / "latency.config"
     config.write_text(f"model_config_list {{ config {{ name: 'm' base_path: '{model_dir}' }} }}")
     flags = [f"--model_config_file={config}"]

@@ -54,6 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="A TensorFlow Serving compatible model server (gRPC and REST) for SavedModels.",
     )
     add = parser.add_argument
+
+    def add_switch(flag: str, default: bool, help: str) -> None:
+        """A boolean flag as TF Serving takes it: `--flag`, `--flag=true` or `--flag=false`."""
+        add(flag, type=_flag_bool, nargs="?", const=True, default=default, help=help)
+
     add("--port", type=int, default=8500, help="gRPC port (default 8500).")
     add("--rest_api_port", type=int, default=8501, help="REST port (default 8501).")
     add("--host", default="127.0.0.1", help="Address both ports bind to (default 127.0.0.1).")
@@ -76,14 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="Scan base paths for new versions this often (0: once at start).",
     )
-    add(
-        "--enable_batching",
-        type=_flag_bool,
-        nargs="?",
-        const=True,
-        default=False,
-        help="Batch concurrent requests.",
-    )
+    add_switch("--enable_batching", False, "Batch concurrent requests.")
     add("--batching_parameters_file", default="", help="Text-format BatchingParameters.")
     add("--monitoring_config_file", default="", help="Text-format MonitoringConfig (Prometheus endpoint).")
     add("--rest_api_timeout_in_ms", type=int, default=30000, help="REST request timeout (default 30000).")
@@ -100,29 +98,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=60_000_000,
         help="Wait between load retries (default 1 minute).",
     )
-    add(
-        "--enable_model_warmup",
-        type=_flag_bool,
-        nargs="?",
-        const=True,
-        default=True,
-        help="Replay assets.extra/tf_serving_warmup_requests before serving a version.",
+    add_switch(
+        "--enable_model_warmup", True, "Replay assets.extra/tf_serving_warmup_requests before serving a version."
     )
-    add(
+    add_switch(
         "--enable_signature_method_name_check",
-        type=_flag_bool,
-        nargs="?",
-        const=True,
-        default=False,
-        help="Classify/Regress only signatures whose method_name says so (off, as in TF Serving).",
+        False,
+        "Classify/Regress only signatures whose method_name says so (off, as in TF Serving).",
     )
-    add(
-        "--allow_version_labels_for_unavailable_models",
-        type=_flag_bool,
-        nargs="?",
-        const=True,
-        default=False,
-        help="Let labels point at versions that are not loaded.",
+    add_switch(
+        "--allow_version_labels_for_unavailable_models", False, "Let labels point at versions that are not loaded."
     )
     add(
         "--num_request_iterations_for_warmup",
@@ -149,21 +134,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="",
         help="Comma-separated key=value gRPC server arguments, e.g. grpc.max_concurrent_streams=100.",
     )
-    add(
-        "--enable_grpc_healthcheck_service",
-        type=_flag_bool,
-        nargs="?",
-        const=True,
-        default=False,
-        help="Serve the standard grpc.health.v1.Health service on the gRPC port.",
+    add_switch(
+        "--enable_grpc_healthcheck_service", False, "Serve the standard grpc.health.v1.Health service on the gRPC port."
     )
-    add(
+    add_switch(
         "--prefer_tflite_model",
-        type=_flag_bool,
-        nargs="?",
-        const=True,
-        default=False,
-        help="Serve model.tflite instead of the SavedModel (not supported here: refused when true).",
+        False,
+        "Serve model.tflite instead of the SavedModel (not supported here: refused when true).",
     )
     add("--version", action="store_true", help="Print the server and TensorFlow versions and exit.")
     add(
