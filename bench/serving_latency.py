@@ -11,6 +11,7 @@ latency and throughput with the ratios the serving issue names. Writes JSON to b
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import os
@@ -87,10 +88,8 @@ def _load(server, make_caller, images: np.ndarray, concurrency: int, batch: int,
     def client_loop(offset: int) -> None:
         call, close = make_caller(server, images)
         try:
-            try:
+            with contextlib.suppress(Exception):  # a refused warm-up call is not a timed request
                 call(images[:batch])  # connect and warm up before timing
-            except Exception:  # noqa: BLE001  (a refused warm-up call is not a timed request)
-                pass
             barrier.wait()
             mine = []
             for index in range(per_client):
