@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import re
 import socket
 import threading
-import time
 from typing import Any
 from urllib.parse import unquote
 
@@ -23,6 +23,7 @@ from starlette.routing import Route
 from tensorflow.core.example import example_pb2, feature_pb2
 from tensorflow_serving.apis import input_pb2
 
+from serving.polling import poll_until
 from serving.protocol import (
     ServingError,
     columnar_inputs,
@@ -296,9 +297,8 @@ class RestServer:
 
     def start(self, timeout_s: float = 30) -> None:
         self._thread.start()
-        deadline = time.monotonic() + timeout_s
-        while not self._server.started and self._thread.is_alive() and time.monotonic() < deadline:
-            time.sleep(0.01)
+        with contextlib.suppress(TimeoutError):  # judged just below
+            poll_until(lambda: self._server.started or not self._thread.is_alive(), timeout_s, interval_s=0.01)
         if not self._server.started:
             raise OSError(f"the REST server did not start on port {self.port}")
 

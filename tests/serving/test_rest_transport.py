@@ -14,7 +14,8 @@ from tests.support import start_test_server
 X = np.array([[1, 2, 3]], np.float32)
 
 
-def _start_scaler_server(folder, model_repo):
+def _start_scaler_server(folder, model_repo, *extra: str):
+    """A server for the scaler alone: small body limit, short grace, plus `extra` flags."""
     config = folder / "m.config"
     config.write_text(f"model_config_list {{ config {{ name: 'scaler' base_path: '{model_repo / 'scaler'}' }} }}")
     return start_test_server(
@@ -23,6 +24,7 @@ def _start_scaler_server(folder, model_repo):
         f"--model_config_file={config}",
         "--rest_api_max_request_bytes=1000",
         "--shutdown_grace_seconds=5",
+        *extra,
     )
 
 
@@ -85,12 +87,9 @@ def test_grpc_on_a_unix_socket_with_the_health_service(tmp_path, model_repo):
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     socket_path = tmp_path / "grpc.sock"
-    config = tmp_path / "m.config"
-    config.write_text(f"model_config_list {{ config {{ name: 'scaler' base_path: '{model_repo / 'scaler'}' }} }}")
-    server = start_test_server(
+    server = _start_scaler_server(
         tmp_path,
-        tmp_path / "server.log",
-        f"--model_config_file={config}",
+        model_repo,
         f"--grpc_socket_path={socket_path}",
         "--grpc_channel_arguments=grpc.max_concurrent_streams=64",
         "--enable_grpc_healthcheck_service",
