@@ -65,7 +65,6 @@ serving-stop:
 # Benchmarks on the model `make demo` published (not part of `make test`, which runs smoke versions).
 bench: setup data
 	$(BIN)/python bench/serving_latency.py
-	$(BIN)/python bench/serving_throughput.py
 
 lint: setup
 	$(BIN)/ruff check .

@@ -198,17 +198,18 @@ class TFServingClient:
                 outputs = {"output": outputs}
             return PredictResult({name: np.asarray(value) for name, value in outputs.items()})
 
-        import tensorflow as tf
         from tensorflow_serving.apis import predict_pb2
+
+        from serving import tensors
 
         request = predict_pb2.PredictRequest()
         self._model_spec(request.model_spec, model, version, label, signature)
         for name, array in inputs.items():
-            request.inputs[name].CopyFrom(tf.make_tensor_proto(np.asarray(array)))
+            request.inputs[name].CopyFrom(tensors.to_tensor_proto(array))
         prediction, _ = self._stubs()
         response = self._with_retries(lambda: prediction.Predict(request, timeout=self.timeout))
         return PredictResult(
-            {name: tf.make_ndarray(proto) for name, proto in response.outputs.items()},
+            {name: tensors.to_array(proto) for name, proto in response.outputs.items()},
             response.model_spec.version.value,
         )
 

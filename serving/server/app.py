@@ -197,6 +197,7 @@ class ServerOptions:
         batch_options = None
         if args.enable_batching:
             params = protos.BatchingParameters()
+            params.thread_pool_name.value = "model_server_batch_threads"  # server.cc, when no file is given
             if args.batching_parameters_file:
                 params = protos.parse_text(
                     _read(args.batching_parameters_file, "--batching_parameters_file"),

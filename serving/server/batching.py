@@ -36,6 +36,7 @@ class BatchOptions:
     num_batch_threads: int = os.cpu_count() or 1
     allowed_batch_sizes: tuple[int, ...] = ()
     pad_variable_length_inputs: bool = False
+    thread_pool_name: str = "batch_threads"
 
     @classmethod
     def from_proto(cls, params) -> BatchOptions:
@@ -47,6 +48,8 @@ class BatchOptions:
         if params.allowed_batch_sizes:
             values["allowed_batch_sizes"] = tuple(int(s) for s in params.allowed_batch_sizes)
         values["pad_variable_length_inputs"] = bool(params.pad_variable_length_inputs)
+        if params.HasField("thread_pool_name"):
+            values["thread_pool_name"] = params.thread_pool_name.value
         options = cls(**values)
         options.check()
         return options
@@ -68,6 +71,7 @@ class _Task:
     inputs: Arrays
     rows: int
     key: tuple
+    enqueued: float = dataclasses.field(default_factory=time.monotonic)
     done: threading.Event = dataclasses.field(default_factory=threading.Event)
     outputs: Arrays | None = None
     error: BaseException | None = None
@@ -92,12 +96,14 @@ class BatchScheduler:
         run: Runs the model on a dict of batched input arrays, returning output arrays.
         options: Batching parameters.
         on_batch: Called with the size of every batch run (for metrics).
+        on_dequeue: Called with the microseconds each task waited in the queue (for metrics).
     """
 
-    def __init__(self, run: Callable[[Arrays], Arrays], options: BatchOptions, on_batch=None):
+    def __init__(self, run: Callable[[Arrays], Arrays], options: BatchOptions, on_batch=None, on_dequeue=None):
         self._run = run
         self._options = options
         self._on_batch = on_batch or (lambda size: None)
+        self._on_dequeue = on_dequeue or (lambda micros: None)
         self._queue: collections.deque[_Task] = collections.deque()
         self._queued_rows = 0
         self._cv = threading.Condition()
@@ -151,6 +157,11 @@ class BatchScheduler:
             raise task.error
         return task.outputs
 
+    def queue_depth(self) -> tuple[int, int]:
+        """Returns (tasks, rows) waiting in the queue now."""
+        with self._cv:
+            return len(self._queue), self._queued_rows
+
     def close(self) -> None:
         """Stops accepting work; queued tasks still run."""
         with self._cv:
@@ -181,7 +192,10 @@ class BatchScheduler:
                     rows += task.rows
                     self._queue.remove(task)
             self._queued_rows -= rows
-            return batch
+        now = time.monotonic()
+        for task in batch:
+            self._on_dequeue((now - task.enqueued) * 1e6)
+        return batch
 
     def _worker(self) -> None:
         while (batch := self._take_batch()) is not None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 
 import grpc
-import tensorflow as tf
 from tensorflow_serving.apis import (
     model_management_pb2,
     model_service_pb2_grpc,
@@ -13,8 +12,10 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
+from serving import tensors
 from serving.protocol import ServingError, invalid
 from serving.server.service import ServingService
+from serving.tensors import TensorContentError
 
 log = logging.getLogger("serving.server")
 
@@ -34,14 +35,13 @@ def _abort(context, err: ServingError):
 
 def parse_tensor(name: str, proto):
     """Converts a request TensorProto to an array; INVALID_ARGUMENT if its shape and content disagree."""
-    declared = [d.size for d in proto.tensor_shape.dim]
     try:
-        array = tf.make_ndarray(proto)
+        return tensors.to_array(proto)
+    except TensorContentError as err:
+        raise invalid(f"tensor parsing error: {name} ({err})") from None
     except (ValueError, TypeError) as err:
+        declared = [d.size for d in proto.tensor_shape.dim]
         raise invalid(f"tensor parsing error: {name} (declared shape {declared}: {err})") from None
-    if proto.tensor_content and list(array.shape) != declared:
-        raise invalid(f"tensor parsing error: {name} (declared shape {declared} does not match content)")
-    return array
 
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
@@ -64,7 +64,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         response.model_spec.version.value = servable.version
         response.model_spec.signature_name = signature
         for key, array in outputs.items():
-            response.outputs[key].CopyFrom(tf.make_tensor_proto(array))
+            response.outputs[key].CopyFrom(tensors.to_tensor_proto(array))
         return response
 
     def _examples(self, api: str, model_spec, context, run):

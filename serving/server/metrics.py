@@ -9,6 +9,10 @@ from collections import defaultdict
 REQUEST_COUNT = ":tensorflow:serving:request_count"
 REQUEST_LATENCY = ":tensorflow:serving:request_latency"
 BATCH_SIZE = ":tensorflow:serving:batching_session:processed_batch_size"
+QUEUING_LATENCY = ":tensorflow:serving:batching_session:queuing_latency"
+# Not in TF Serving (it has no queue-depth metric): this project's own, under its own prefix.
+BATCH_QUEUE_TASKS = ":mlops:serving:batching_queue_tasks"
+BATCH_QUEUE_ROWS = ":mlops:serving:batching_queue_rows"
 LOAD_COUNT = ":tensorflow:cc:saved_model:load_attempt_count"
 MODEL_VERSIONS = ":tensorflow:serving:model_versions_available"
 
@@ -31,6 +35,8 @@ LATENCY_BUCKETS_US = (
     10_000_000,
 )
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+# batching_session.cc: Buckets::Exponential(100, 1.2, 52), microseconds.
+QUEUING_BUCKETS_US = tuple(round(100 * 1.2**i, 3) for i in range(52))
 
 
 def _labels(pairs: tuple[tuple[str, str], ...], extra: str = "") -> str:
@@ -52,6 +58,11 @@ class Registry:
         self._counters: dict[str, dict[tuple, float]] = defaultdict(dict)
         self._gauges: dict[str, dict[tuple, float]] = defaultdict(dict)
         self._histograms: dict[str, tuple[tuple[float, ...], dict[tuple, list]]] = {}
+        self._collectors: list = []
+
+    def add_collector(self, collect) -> None:
+        """Adds a function called at each scrape, returning [(gauge name, value, labels dict)]."""
+        self._collectors.append(collect)
 
     def inc(self, name: str, amount: float = 1.0, **labels: object) -> None:
         key = tuple(sorted((k, str(v)) for k, v in labels.items()))
@@ -74,8 +85,13 @@ class Registry:
     def render(self) -> str:
         """Returns all metrics in Prometheus text format 0.0.4: TYPE lines and no HELP, as TF Serving writes."""
         lines = []
+        collected: dict[str, dict[tuple, float]] = defaultdict(dict)
+        for collect in self._collectors:
+            for name, value, labels in collect():
+                collected[name][tuple(sorted((k, str(v)) for k, v in labels.items()))] = value
         with self._lock:
-            for kind, table in (("counter", self._counters), ("gauge", self._gauges)):
+            gauges = {**self._gauges, **collected}
+            for kind, table in (("counter", self._counters), ("gauge", gauges)):
                 for name, series in sorted(table.items()):
                     lines.append(f"# TYPE {name} {kind}")
                     for key, value in sorted(series.items()):

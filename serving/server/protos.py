@@ -72,10 +72,18 @@ ModelServerConfig = model_server_config_pb2.ModelServerConfig
 
 
 def parse_text(text: str, message_class, source: str = "config"):
-    """Parses a text-format proto, raising ValueError naming the source on bad syntax."""
+    """Parses a text-format proto.
+
+    Raises:
+        ValueError: on bad syntax, with TF Serving's words (proto_util.h's status and protobuf's
+            parser error), e.g. "Invalid protobuf file: 'models.config': Error parsing text-format
+            tensorflow.serving.ModelServerConfig: 1:1 : ...".
+    """
     message = message_class()
     try:
         text_format.Parse(text, message)
     except text_format.ParseError as err:
-        raise ValueError(f"{source}: invalid {message_class.DESCRIPTOR.name} text proto: {err}") from err
+        raise ValueError(
+            f"Invalid protobuf file: '{source}': Error parsing text-format {message_class.DESCRIPTOR.full_name}: {err}"
+        ) from err
     return message

@@ -14,6 +14,7 @@ from urllib.parse import unquote
 
 import anyio
 import anyio.to_thread
+import orjson
 import uvicorn
 from google.protobuf import json_format
 from starlette.applications import Starlette
@@ -45,11 +46,19 @@ _STATUS_PATH = re.compile(
 )
 
 
+def _loads(body: bytes) -> Any:
+    """json.loads, through orjson when it can (about 3x faster); json decides NaN, huge ints and errors."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return json.loads(body)
+
+
 def _parse_body(body: bytes) -> dict[str, Any]:
     if not body:
         raise invalid("JSON Parse error: The document is empty")
     try:
-        document = json.loads(body)
+        document = _loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise invalid(f"JSON Parse error: {getattr(err, 'msg', err)} at offset: {getattr(err, 'pos', 0)}") from None
     if not isinstance(document, dict):
@@ -275,11 +284,21 @@ def make_rest_app(
     return Starlette(routes=[Route("/{path:path}", endpoint, methods=methods)])
 
 
+RECEIVE_BUFFER_BYTES = 1 << 20
+
+
 class RestServer:
     """uvicorn serving the REST app on a socket bound up front (so port 0 reports its port)."""
 
     def __init__(self, app: Starlette, host: str, port: int, grace_s: float, backlog: int = 2048):
-        self.socket = socket.create_server((host, port), backlog=backlog, reuse_port=False)
+        self.socket = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Set before listen() so accepted connections inherit it and negotiate a large enough
+        # window: with the default (~64 KiB at first) a batch-32 JSON body fills the window,
+        # and the client waits for TCP's 200 ms persist timer (seen as a p99 of ~200 ms).
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
+        self.socket.bind((host, port))
+        self.socket.listen(backlog)
         self.port = self.socket.getsockname()[1]
         config = uvicorn.Config(
             app,

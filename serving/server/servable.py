@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from google.protobuf.message import DecodeError
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import classification_pb2, inference_pb2, prediction_log_pb2, regression_pb2
 
+from serving import tensors
 from serving.protocol import ServingError, code_from_number, invalid, tf_type_name
 from serving.server.batching import BatchOptions, BatchScheduler
 
@@ -53,6 +55,7 @@ class Servable:
         path: The version folder.
         batch_options: Batch predict calls with these options, or None to run each alone.
         on_batch: Metrics hook called with each batch size.
+        on_dequeue: Metrics hook called with each request's microseconds in the batching queue.
         method_name_check: Classify/Regress only on signatures of that method_name
             (`--enable_signature_method_name_check`; off by default, as in TF Serving).
         tags: The MetaGraph to load (`--saved_model_tags`).
@@ -66,6 +69,7 @@ class Servable:
         batch_options: BatchOptions | None,
         on_batch=None,
         method_name_check: bool = False,
+        on_dequeue=None,
         tags: tuple[str, ...] = ("serve",),
     ):
         self.name = name
@@ -74,9 +78,15 @@ class Servable:
         self.signature_defs = read_signature_defs(path, tags)
         self._loaded = tf.saved_model.load(str(path), tags=list(tags))
         self._functions = dict(self._loaded.signatures)
+        # Input specs sorted by name, read once: the property is rebuilt on every access.
+        self._input_specs = {
+            key: sorted(function.structured_input_signature[1].items()) for key, function in self._functions.items()
+        }
         self._batch_options = batch_options
         self._on_batch = on_batch
+        self._on_dequeue = on_dequeue
         self._batchers: dict[str, BatchScheduler] = {}
+        self._batchers_lock = threading.Lock()
         self._method_name_check = method_name_check
 
     # --- signatures ---------------------------------------------------------------
@@ -97,21 +107,20 @@ class Servable:
 
     def _run(self, signature_name: str, inputs: Arrays) -> Arrays:
         function = self._functions[signature_name]
-        specs = function.structured_input_signature[1]
-        tensors = {}
-        for index, (name, spec) in enumerate(sorted(specs.items())):
+        feeds = {}
+        for index, (name, spec) in enumerate(self._input_specs[signature_name]):
             array = inputs[name]
             if array.dtype == object:
-                tensors[name] = tf.constant(array.tolist() if array.ndim else array.item(), dtype=spec.dtype)
+                feeds[name] = tf.constant(array.tolist() if array.ndim else array.item(), dtype=spec.dtype)
                 continue
             if tf.as_dtype(array.dtype) != spec.dtype:
                 raise invalid(
                     f"Expects arg[{index}] to be {tf_type_name(spec.dtype.name)} but "
                     f"{tf_type_name(tf.as_dtype(array.dtype).name)} is provided"
                 )
-            tensors[name] = tf.constant(array)
+            feeds[name] = tf.constant(array)
         try:
-            outputs = function(**tensors)
+            outputs = function(**feeds)
         except tf.errors.OpError as err:
             raise tf_error(err) from None
         except (TypeError, ValueError) as err:
@@ -156,11 +165,15 @@ class Servable:
         return resolved, outputs
 
     def _batcher(self, signature_name: str) -> BatchScheduler:
-        if signature_name not in self._batchers:
-            self._batchers[signature_name] = BatchScheduler(
-                lambda arrays: self._run(signature_name, arrays), self._batch_options, self._on_batch
-            )
-        return self._batchers[signature_name]
+        with self._batchers_lock:
+            if signature_name not in self._batchers:
+                self._batchers[signature_name] = BatchScheduler(
+                    lambda arrays: self._run(signature_name, arrays),
+                    self._batch_options,
+                    self._on_batch,
+                    self._on_dequeue,
+                )
+            return self._batchers[signature_name]
 
     # --- classify / regress ---------------------------------------------------------
 
@@ -299,7 +312,7 @@ class Servable:
         kind = entry.WhichOneof("log_type")
         if kind == "predict_log":
             request = entry.predict_log.request
-            inputs = {name: tf.make_ndarray(proto) for name, proto in request.inputs.items()}
+            inputs = {name: tensors.to_array(proto) for name, proto in request.inputs.items()}
             self.predict(request.model_spec.signature_name, inputs, list(request.output_filter))
         elif kind == "classify_log":
             self.classify(entry.classify_log.request.model_spec.signature_name, entry.classify_log.request.input)
@@ -309,6 +322,11 @@ class Servable:
             self.multi_inference(entry.multi_inference_log.request)
         else:
             raise invalid(f"Unsupported log_type for warmup: {kind}")
+
+    def queue_depth(self) -> tuple[int, int]:
+        """Returns (tasks, rows) waiting in this version's batching queues."""
+        depths = [batcher.queue_depth() for batcher in list(self._batchers.values())]
+        return sum(d[0] for d in depths), sum(d[1] for d in depths)
 
     def close(self) -> None:
         """Stops this version's batch threads (queued requests still finish)."""

@@ -128,19 +128,23 @@ def save_half_plus_two(base: Path, version: int = 1) -> Path:
     return final
 
 
-class HalfPlusTwo(tf.Module):
-    """y = 0.5 * x + 2 with x float [?, 1], as TF Serving's quick-start model declares it."""
+class HalfPlus(tf.Module):
+    """y = 0.5 * x + offset with x float [?, 1], as TF Serving's quick-start models declare it."""
+
+    def __init__(self, offset: float):
+        super().__init__()
+        self.offset = offset
 
     @tf.function(input_signature=[tf.TensorSpec([None, 1], tf.float32, name="x")])
     def serve(self, x):
-        return {"y": x * 0.5 + 2.0}
+        return {"y": x * 0.5 + self.offset}
 
 
-def save_quickstart_half_plus_two(base: Path, version: int = 1) -> Path:
-    """The model of TF Serving's README quick start, exported with TF2."""
+def save_quickstart_half_plus_two(base: Path, version: int = 1, offset: float = 2.0) -> Path:
+    """The model of TF Serving's README quick start (offset 3: its half_plus_three), exported with TF2."""
     base.mkdir(parents=True, exist_ok=True)
     staging = base / f".tmp-{uuid.uuid4().hex}"
-    module = HalfPlusTwo()
+    module = HalfPlus(offset)
     tf.saved_model.save(module, str(staging), signatures={"serving_default": module.serve})
     final = base / str(version)
     os.rename(staging, final)

@@ -84,7 +84,8 @@ def test_full_queue_is_resource_exhausted_and_errors_reach_every_task():
         raise ServingError(grpc.StatusCode.INTERNAL, "model failed")
 
     options = BatchOptions(max_batch_size=1, max_enqueued_batches=1, num_batch_threads=1)
-    scheduler = BatchScheduler(slow, options)
+    waits: list[float] = []
+    scheduler = BatchScheduler(slow, options, on_dequeue=waits.append)
     outcomes = []
     first = threading.Thread(target=lambda: outcomes.append(_try(scheduler)))
     first.start()
@@ -94,6 +95,7 @@ def test_full_queue_is_resource_exhausted_and_errors_reach_every_task():
     second.start()
     while scheduler._queued_rows == 0:  # the second task waits in the queue
         time.sleep(0.01)
+    assert scheduler.queue_depth() == (1, 1)  # what the :mlops:serving:batching_queue_* gauges report
     with pytest.raises(ServingError, match="queue to which this task was submitted is full") as caught:
         scheduler.submit({"x": np.ones((1, 2))})
     assert caught.value.code == grpc.StatusCode.UNAVAILABLE  # TF Serving's shared_batch_scheduler.h
@@ -103,6 +105,8 @@ def test_full_queue_is_resource_exhausted_and_errors_reach_every_task():
     second.join()
     scheduler.close()
     assert outcomes == ["INTERNAL: model failed", "INTERNAL: model failed"]
+    assert scheduler.queue_depth() == (0, 0)
+    assert len(waits) == 2 and waits[1] > waits[0]  # the second waited behind the first model run (µs)
 
 
 def test_a_deadline_passing_in_the_queue_is_resource_exhausted():

@@ -466,6 +466,10 @@ def test_local_metrics_cover_versions_latency_batches_and_loads(standard_config,
     assert ':tensorflow:serving:request_latency_bucket{API="Predict",entrypoint="GRPC",model_name="scaler",le=' in text
     assert "# TYPE :tensorflow:serving:request_count counter" in text and "# HELP" not in text
     assert ":tensorflow:serving:batching_session:processed_batch_size_count" in text
+    # batching_session.cc's queuing_latency {thread_pool_name}, and this project's queue-depth gauges.
+    assert ":tensorflow:serving:batching_session:queuing_latency_count{thread_pool_name=" in text
+    assert ':mlops:serving:batching_queue_tasks{model_name="scaler",version="1"} 0' in text
+    assert ':mlops:serving:batching_queue_rows{model_name="scaler",version="1"} 0' in text
     assert ':tensorflow:cc:saved_model:load_attempt_count{model_path="' in text
     assert ':tensorflow:serving:request_count{model_name="scaler",status="NOT_FOUND"}' in text  # failures count too
     assert 'status="NOT_FOUND"' not in text.split(":tensorflow:serving:request_latency", 1)[1]  # latency: OK only

@@ -3,7 +3,10 @@
 import json
 import subprocess
 import sys
+import time
 
+import grpc
+import numpy as np
 import pytest
 
 from serving.server.app import ModelServer, ServerOptions, build_parser
@@ -25,7 +28,7 @@ def _write(folder, text):
         (lambda tmp: [f"--model_config_file={tmp / 'missing.config'}"], "cannot read"),
         (
             lambda tmp: [f"--model_config_file={_write(tmp, 'model_config_list {')}"],
-            "invalid ModelServerConfig text proto",
+            "Error parsing text-format tensorflow.serving.ModelServerConfig",
         ),
         (lambda tmp: ["--model_config_file=" + str(_write(tmp, BAD_NAME))], "Invalid model name: 'a/b'"),
     ],
@@ -117,3 +120,68 @@ def test_an_unknown_flag_is_named(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--model_base_path=/m", "--no_such_flag=1"])
     assert "unrecognized arguments: --no_such_flag=1" in capsys.readouterr().err
+
+
+def _serve(args, **kwargs):
+    return subprocess.Popen(
+        [sys.executable, "-m", "serving.server", *args], cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True, **kwargs
+    )
+
+
+def test_a_bad_model_config_prints_tf_servings_error_text(tmp_path):
+    """tensorflow_model_server_test.py testBadModelConfig: its file holds the words 'improperly formatted file'."""
+    config = _write(tmp_path, "improperly formatted file\n")
+    process = _serve(["--port=0", "--rest_api_port=0", f"--model_config_file={config}"])
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode != 0
+    assert "Error parsing text-format tensorflow.serving.ModelServerConfig" in stderr  # what the harness greps for
+    assert f"Invalid protobuf file: '{config}'" in stderr  # proto_util.h's status text
+
+
+def test_a_two_model_config_comes_up_within_tf_servings_test_harness_wait(tmp_path):
+    """TF Serving's harness: the server is ready once Predict for a missing model says 'Servable', polled
+    once a second up to 60 times (WaitForServerReady); then both models answer (testGetModelStatus...)."""
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    from serving import tensors
+    from serving.launcher import free_port
+    from tests.serving import saved_models
+
+    saved_models.save_quickstart_half_plus_two(tmp_path / "half_plus_two", 123)
+    saved_models.save_quickstart_half_plus_two(tmp_path / "half_plus_three", 123, offset=3.0)
+    config = _write(
+        tmp_path,
+        "model_config_list: {\n"
+        + "".join(
+            f'  config: {{ name: "{name}", base_path: "{tmp_path / name}", model_platform: "tensorflow" }}\n'
+            for name in ("half_plus_two", "half_plus_three")
+        )
+        + "}\n",
+    )
+    port = free_port()
+    process = _serve([f"--port={port}", "--rest_api_port=0", f"--model_config_file={config}"])
+    try:
+        channel = grpc.insecure_channel(f"localhost:{port}")
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        probe = predict_pb2.PredictRequest()
+        probe.model_spec.name = "intentionally_missing_model"
+        for _attempt in range(60):
+            time.sleep(1)
+            try:
+                stub.Predict(probe, 5.0)
+            except grpc.RpcError as error:
+                if "Servable" in (error.details() or ""):
+                    break
+        else:
+            pytest.fail("the server did not become ready within the harness's 60 attempts")
+        for name, expected in (("half_plus_two", 3.0), ("half_plus_three", 4.0)):
+            request = predict_pb2.PredictRequest()
+            request.model_spec.name = name
+            request.inputs["x"].CopyFrom(tensors.to_tensor_proto(np.array([[2.0]], np.float32)))
+            response = stub.Predict(request, 5.0)
+            assert tensors.to_array(response.outputs["y"]).tolist() == [[expected]]
+            assert response.model_spec.version.value == 123
+        channel.close()
+    finally:
+        process.terminate()
+        process.communicate(timeout=60)

@@ -1,0 +1,91 @@
+"""NumPy arrays to and from TensorProtos, without TensorFlow's per-call Python overhead.
+
+Numeric tensors travel as `tensor_content` (the raw little-endian bytes, as TF Serving's own
+clients and `tf.make_tensor_proto` write them): one memory copy each way. Strings, bfloat16,
+resources and tensors sent as repeated `*_val` fields take TensorFlow's general converters.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from tensorflow.core.framework import tensor_pb2, types_pb2
+
+_ENUM_BY_DTYPE = {
+    np.dtype(np.float32): types_pb2.DT_FLOAT,
+    np.dtype(np.float64): types_pb2.DT_DOUBLE,
+    np.dtype(np.float16): types_pb2.DT_HALF,
+    np.dtype(np.int8): types_pb2.DT_INT8,
+    np.dtype(np.int16): types_pb2.DT_INT16,
+    np.dtype(np.int32): types_pb2.DT_INT32,
+    np.dtype(np.int64): types_pb2.DT_INT64,
+    np.dtype(np.uint8): types_pb2.DT_UINT8,
+    np.dtype(np.uint16): types_pb2.DT_UINT16,
+    np.dtype(np.uint32): types_pb2.DT_UINT32,
+    np.dtype(np.uint64): types_pb2.DT_UINT64,
+    np.dtype(np.bool_): types_pb2.DT_BOOL,
+    np.dtype(np.complex64): types_pb2.DT_COMPLEX64,
+    np.dtype(np.complex128): types_pb2.DT_COMPLEX128,
+}
+_DTYPE_BY_ENUM = {enum: dtype.newbyteorder("<") for dtype, enum in _ENUM_BY_DTYPE.items()}
+
+
+class TensorContentError(ValueError):
+    """A TensorProto whose declared shape disagrees with its content."""
+
+
+def to_tensor_proto(value) -> tensor_pb2.TensorProto:
+    """Returns a TensorProto holding `value` (an array or anything `np.asarray` takes).
+
+    Args:
+        value: The tensor.
+
+    Returns:
+        The proto, numeric dtypes as `tensor_content`.
+    """
+    array = np.asarray(value)
+    enum = _ENUM_BY_DTYPE.get(array.dtype.newbyteorder("="))
+    if enum is None:
+        import tensorflow as tf
+
+        return tf.make_tensor_proto(array)
+    proto = tensor_pb2.TensorProto(dtype=enum)
+    for size in array.shape:
+        proto.tensor_shape.dim.add(size=size)
+    proto.tensor_content = np.ascontiguousarray(array, dtype=_DTYPE_BY_ENUM[enum]).tobytes()
+    return proto
+
+
+def to_array(proto: tensor_pb2.TensorProto) -> np.ndarray:
+    """Returns the array a TensorProto holds.
+
+    A numeric proto with `tensor_content` is read in place of its bytes after checking that
+    they are exactly what the declared shape needs, so a small message cannot make the
+    reader allocate a large array.
+
+    Args:
+        proto: The TensorProto.
+
+    Returns:
+        The array (read-only when read from `tensor_content`).
+
+    Raises:
+        TensorContentError: The content's size does not match the declared shape.
+        ValueError, TypeError: TensorFlow's converter refused the proto.
+    """
+    dtype = _DTYPE_BY_ENUM.get(proto.dtype)
+    if dtype is None or not proto.tensor_content:
+        import tensorflow as tf
+
+        return tf.make_ndarray(proto)
+    shape = [dim.size for dim in proto.tensor_shape.dim]
+    if any(size < 0 for size in shape):
+        raise TensorContentError(f"declared shape {shape} has a negative dimension")
+    expected = math.prod(shape) * dtype.itemsize
+    if len(proto.tensor_content) != expected:
+        raise TensorContentError(
+            f"declared shape {shape} needs {expected} bytes of {dtype.name} content, "
+            f"the tensor has {len(proto.tensor_content)}"
+        )
+    return np.frombuffer(proto.tensor_content, dtype=dtype).reshape(shape)
