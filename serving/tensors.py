@@ -31,8 +31,40 @@ _ENUM_BY_DTYPE = {
 _DTYPE_BY_ENUM = {enum: dtype.newbyteorder("<") for dtype, enum in _ENUM_BY_DTYPE.items()}
 
 
+# TensorFlow repeats the last of fewer `*_val` values to fill the declared shape; that is
+# allowed for tensors up to this many elements, so a tiny message cannot ask for gigabytes.
+MAX_FILLED_ELEMENTS = 1 << 16
+
+_VALUE_FIELDS = (
+    "float_val",
+    "double_val",
+    "int_val",
+    "int64_val",
+    "bool_val",
+    "string_val",
+    "half_val",
+    "uint32_val",
+    "uint64_val",
+    "scomplex_val",
+    "dcomplex_val",
+)
+
+
 class TensorContentError(ValueError):
     """A TensorProto whose declared shape disagrees with its content."""
+
+
+def _check_value_count(proto: tensor_pb2.TensorProto, shape: list[int]) -> None:
+    declared = math.prod(shape)
+    values = sum(len(getattr(proto, field)) for field in _VALUE_FIELDS)
+    if proto.scomplex_val or proto.dcomplex_val:
+        values //= 2
+    if values == declared or declared <= MAX_FILLED_ELEMENTS:
+        return
+    raise TensorContentError(
+        f"declared shape {shape} has {declared} elements, the tensor holds {values} values "
+        f"(filling is allowed up to {MAX_FILLED_ELEMENTS} elements)"
+    )
 
 
 def to_tensor_proto(value) -> tensor_pb2.TensorProto:
@@ -75,13 +107,14 @@ def to_array(proto: tensor_pb2.TensorProto) -> np.ndarray:
         ValueError, TypeError: TensorFlow's converter refused the proto.
     """
     dtype = _DTYPE_BY_ENUM.get(proto.dtype)
-    if dtype is None or not proto.tensor_content:
-        import tensorflow as tf
-
-        return tf.make_ndarray(proto)
     shape = [dim.size for dim in proto.tensor_shape.dim]
     if any(size < 0 for size in shape):
         raise TensorContentError(f"declared shape {shape} has a negative dimension")
+    if dtype is None or not proto.tensor_content:
+        _check_value_count(proto, shape)
+        import tensorflow as tf
+
+        return tf.make_ndarray(proto)
     expected = math.prod(shape) * dtype.itemsize
     if len(proto.tensor_content) != expected:
         raise TensorContentError(

@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +31,8 @@ from typing import Any
 from pipeline.core.config import PipelineConfig
 
 TMP_PREFIX = ".tmp-"
+OWNER_SUFFIX = ".owner"  # `<staging folder>.owner`: flock held by the folder's writer
+STAGING_LOCK = ".staging.lock"
 
 
 class StageResult:
@@ -135,10 +138,13 @@ def fsync_tree(root: Path) -> None:
 
 @contextlib.contextmanager
 def staging_dir(parent: str | Path, label: str) -> Iterator[Path]:
-    """Yields a fresh temporary folder inside `parent`, removed on failure.
+    """Yields a fresh temporary folder inside `parent` that belongs to this process, removed on failure.
 
-    The name starts with `.tmp-` so it is never mistaken for a finished artifact
-    (nor for a numeric model version). The caller renames it into place.
+    The name starts with `.tmp-` so it is never mistaken for a finished artifact (nor for a
+    numeric model version). While the block runs, this process holds an flock on the sibling
+    file `<folder>.owner`: `remove_stale_staging` removes only folders whose owner lock is
+    free (the owner exited or was killed), never another writer's live folder. The caller
+    renames the folder into place.
 
     Args:
         parent: Folder on the same file system as the final destination.
@@ -150,33 +156,85 @@ def staging_dir(parent: str | Path, label: str) -> Iterator[Path]:
     parent = Path(parent)
     parent.mkdir(parents=True, exist_ok=True)
     tmp = parent / f"{TMP_PREFIX}{label}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+    owner_path = _owner_path(tmp)
+    # Created under the folder's staging lock, as cleanup runs under it: a cleaner never sees
+    # a folder whose owner file is not locked yet.
+    with file_lock(parent / STAGING_LOCK):
+        owner = open(owner_path, "w")  # noqa: SIM115  (held until the block ends)
+        fcntl.flock(owner, fcntl.LOCK_EX)
+        tmp.mkdir()
     try:
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if tmp.exists():
-        # Not renamed by the caller: nothing was published, do not leave litter.
-        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        if tmp.exists():
+            # Not renamed by the caller: nothing was published, do not leave litter.
+            shutil.rmtree(tmp, ignore_errors=True)
+    finally:
+        owner_path.unlink(missing_ok=True)
+        owner.close()
 
 
-def remove_stale_staging(parent: str | Path) -> list[Path]:
-    """Deletes `.tmp-*` leftovers of killed processes in `parent`.
+def _owner_path(staging: Path) -> Path:
+    return staging.with_name(staging.name + OWNER_SUFFIX)
+
+
+def _owner_alive(owner_path: Path) -> bool:
+    """True while the process that created `owner_path` holds its lock."""
+    try:
+        with open(owner_path, "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            return False
+    except FileNotFoundError:
+        return False
+
+
+def remove_stale_staging(parent: str | Path, unowned_grace_s: float = 3600.0) -> list[Path]:
+    """Deletes `.tmp-*` leftovers of killed processes in `parent`, and nothing a live writer uses.
+
+    A staging folder is removed when its owner lock is free (its writer is gone). A `.tmp-*`
+    entry without an owner file (a temporary file of `atomic_output`, an old version being
+    deleted, or a leftover of an older release) is removed only when it has not changed for
+    `unowned_grace_s` seconds. Runs under the folder's staging lock.
 
     Returns:
         The removed paths.
     """
     parent = Path(parent)
-    removed = []
-    if parent.is_dir():
-        for entry in parent.iterdir():
-            if entry.name.startswith(TMP_PREFIX):
-                if entry.is_dir():
-                    shutil.rmtree(entry, ignore_errors=True)
-                else:
+    removed: list[Path] = []
+    if not parent.is_dir():
+        return removed
+    with file_lock(parent / STAGING_LOCK):
+        entries = {entry.name: entry for entry in parent.iterdir() if entry.name.startswith(TMP_PREFIX)}
+        now = time.time()
+        for name, entry in sorted(entries.items()):
+            if name.endswith(OWNER_SUFFIX):
+                staging = entry.with_name(name[: -len(OWNER_SUFFIX)])
+                if not _owner_alive(entry):
+                    if staging.exists():
+                        shutil.rmtree(staging, ignore_errors=True)
+                        removed.append(staging)
                     entry.unlink(missing_ok=True)
-                removed.append(entry)
+                continue
+            if (name + OWNER_SUFFIX) in entries:
+                continue  # judged by its owner file
+            try:
+                age = now - entry.lstat().st_mtime
+            except FileNotFoundError:
+                continue
+            if age < unowned_grace_s:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed.append(entry)
     return removed
 
 

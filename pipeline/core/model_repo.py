@@ -144,11 +144,43 @@ def ensure_writable(model_dir: str | Path) -> None:
         ) from err
 
 
+def check_complete(folder: Path) -> None:
+    """Checks that a SavedModel folder has its graph and, if it has variables, their index and data.
+
+    Raises:
+        ExportError: naming what is missing.
+    """
+    graph = folder / "saved_model.pb"
+    if not graph.is_file() or graph.stat().st_size == 0:
+        raise ExportError(f"{folder} is not a complete SavedModel: saved_model.pb is missing or empty")
+    variables = folder / "variables"
+    if variables.exists():
+        index = variables / "variables.index"
+        shards = list(variables.glob("variables.data-*"))
+        if not index.is_file() or not shards:
+            raise ExportError(f"{folder} is not a complete SavedModel: variables index or data missing")
+
+
+def verify_saved_model(folder: Path, images: np.ndarray) -> None:
+    """Loads a SavedModel and runs its serving signature on `images`, as a server's load would.
+
+    Raises:
+        ExportError: if it does not load or answer with one row per image.
+    """
+    check_complete(folder)
+    try:
+        outputs = predict_saved_model(folder, images)
+    except Exception as err:  # noqa: BLE001  (any failure means: do not publish)
+        raise ExportError(f"{folder} does not load and answer: {type(err).__name__}: {err}") from err
+    if outputs["probabilities"].shape[0] != images.shape[0]:
+        raise ExportError(f"{folder} answered {outputs['probabilities'].shape[0]} rows for {images.shape[0]} images")
+
+
 def publish_version(staging: Path, model_dir: Path, card: dict[str, Any]) -> tuple[int, Path]:
     """Renames a complete staging folder to the next free integer version.
 
     The model card (with the version number) is written into the staging folder
-    under the lock, just before the rename.
+    under the lock, just before the rename, after checking the folder is still complete.
 
     Returns:
         (version number, version folder).
@@ -157,6 +189,7 @@ def publish_version(staging: Path, model_dir: Path, card: dict[str, Any]) -> tup
         ExportError: if the version folder appeared concurrently.
     """
     with publish_lock(model_dir):
+        check_complete(staging)
         versions = published_versions(model_dir)
         version = (versions[-1] + 1) if versions else 1
         final = model_dir / str(version)

@@ -10,6 +10,7 @@ Labels may point only at loaded versions, so a new version is loaded before a la
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from pathlib import Path
@@ -162,13 +163,30 @@ def apply_state(config: PipelineConfig, state: ServingState) -> None:
     if missing:
         raise PromotionError(f"version(s) {missing} of {config.model_name} are not published in {config.model_dir}")
     previous = read_state(config)
-    final_text = _with_other_models(config, render_config(config, state.versions, _labels(state)))
-    if config.serving_grpc_target:
-        if set(state.versions) - set(previous.versions):
-            both = sorted(set(previous.versions) | set(state.versions))
-            _push(config, _with_other_models(config, render_config(config, both, _labels(previous))), both)
-        _push(config, final_text, state.versions)
-    atomic_write_bytes(config.serving_config_file, final_text.encode())
+    config_file = Path(config.serving_config_file)
+    previous_text = config_file.read_bytes() if config_file.exists() else None
+    steps = []
+    if config.serving_grpc_target and set(state.versions) - set(previous.versions):
+        both = sorted(set(previous.versions) | set(state.versions))
+        steps.append((_with_other_models(config, render_config(config, both, _labels(previous))), both))
+    steps.append((_with_other_models(config, render_config(config, state.versions, _labels(state))), state.versions))
+    # The file first, then the server: a server restarted at any moment comes back with a
+    # state at least as new as the one it was serving. If serving refuses, the file goes back.
+    try:
+        for text, versions in steps:
+            atomic_write_bytes(config_file, text.encode())
+            if config.serving_grpc_target:
+                _push(config, text, versions)
+    except BaseException as err:
+        if previous_text is not None:
+            atomic_write_bytes(config_file, previous_text)
+        else:
+            config_file.unlink(missing_ok=True)
+        if isinstance(err, PromotionError) and config.serving_grpc_target and previous_text is not None:
+            # Serving refused a step (e.g. a version failed to load): put it back on the old config.
+            with contextlib.suppress(PromotionError, ServingUnavailableError):
+                _push(config, previous_text.decode(), previous.versions)
+        raise
 
 
 def _push(config: PipelineConfig, text: str, versions: list[int]) -> None:

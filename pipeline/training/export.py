@@ -198,6 +198,7 @@ def export(
     with staging_dir(model_dir, "export") as staging:
         write_saved_model(model_path, snapshot, staging)
         write_warmup_requests(model_repo.warmup_path(staging), images, config.model_name, config.warmup_requests)
+        model_repo.verify_saved_model(staging, images[:2])  # publish only what loads and answers
         card = build_model_card(config, snapshot, evaluation)
         version, version_dir = model_repo.publish_version(staging, model_dir, card)
     removed = model_repo.prune_versions(model_dir, config.keep_versions, protected_versions)

@@ -38,6 +38,9 @@ class VersionState:
     state: str = START
     error: ServingError | None = None
     servable: Servable | None = None
+    attempts: int = 0  # failed load attempts of the folder as it is now
+    retry_at: float = 0.0  # monotonic time of the next attempt after a failure
+    fingerprint: tuple = ()  # the folder's files (name, size, mtime) at the last attempt
 
 
 @dataclasses.dataclass
@@ -82,6 +85,18 @@ def aspired_versions(policy, found: dict[int, Path]) -> set[int]:
         return set(policy.specific.versions) & set(found)
     count = policy.latest.num_versions if choice == "latest" and policy.latest.num_versions else 1
     return set(sorted(found)[-count:])
+
+
+def folder_fingerprint(path: Path) -> tuple:
+    """(relative name, size, mtime) of every file under `path`: changes when the folder does."""
+    entries = []
+    for file in sorted(path.rglob("*")):
+        try:
+            info = file.stat()
+        except OSError:
+            continue
+        entries.append((str(file.relative_to(path)), info.st_size, info.st_mtime_ns))
+    return tuple(entries)
 
 
 def freeze_heap() -> None:
@@ -267,10 +282,16 @@ class ModelManager:
             managed.config.model_version_policy if managed.config.HasField("model_version_policy") else None,
             found,
         )
-        for version in sorted(aspired, reverse=True):
+        for version in sorted(aspired, reverse=True):  # the newest first: a broken old one never delays it
             state = managed.versions.get(version)
             if state is None or (state.state == END and state.error is None):
                 self._load(managed, version, found[version])
+            elif state.state == END and state.error is not None:
+                fingerprint = folder_fingerprint(found[version])
+                if fingerprint != state.fingerprint:  # the folder changed (e.g. completed): try afresh
+                    self._load(managed, version, found[version])
+                elif state.attempts <= self._retries and time.monotonic() >= state.retry_at:
+                    self._load(managed, version, found[version], state.attempts)
         with self._lock:
             serving = [v for v in aspired if managed.versions[v].state == AVAILABLE]
             doomed = [s for v, s in managed.versions.items() if v not in aspired and s.state == AVAILABLE]
@@ -285,8 +306,14 @@ class ModelManager:
                 model_name=managed.name,
             )
 
-    def _load(self, managed: ManagedModel, version: int, path: Path) -> None:
-        state = VersionState(version=version, path=path, state=LOADING)
+    def _load(self, managed: ManagedModel, version: int, path: Path, failed_attempts: int = 0) -> None:
+        """Makes one load attempt; a failure is retried by later polls, never by waiting here.
+
+        So a broken version costs one attempt per `load_retry_interval` (up to
+        `max_num_load_retries` more), holds no lock meanwhile, and is tried afresh as soon as
+        its folder changes; a version gone from disk is simply not aspired any more.
+        """
+        state = VersionState(version=version, path=path, state=LOADING, fingerprint=folder_fingerprint(path))
         with self._lock:
             managed.versions[version] = state
         fields = {"model": managed.name, "version": version, "path": str(path)}
@@ -298,51 +325,51 @@ class ModelManager:
             extra={"event": "load_start", **fields},
         )
         started = time.monotonic()
-        error: ServingError | None = None
-        for attempt in range(self._retries + 1):
-            try:
-                servable = Servable(
-                    managed.name,
-                    version,
-                    path,
-                    self._batch_options,
-                    self._on_batch(managed.name),
-                    method_name_check=self._method_name_check,
-                    on_dequeue=self._on_dequeue,
-                    tags=self._tags,
-                )
-                warmed = servable.warmup(self._warmup_iterations) if self._enable_warmup else 0
-            except ServingError as err:  # the loader's own code and message, as TF Serving reports them
-                error = err
-            except Exception as err:  # noqa: BLE001  (any load failure is reported, not raised)
-                error = ServingError(grpc.StatusCode.UNKNOWN, f"Failed to load {path}: {type(err).__name__}: {err}")
-            else:
-                freeze_heap()
-                with self._lock:
-                    state.servable, state.state, state.error = servable, AVAILABLE, None
-                self._registry.inc(metrics.LOAD_COUNT, model_path=str(path), status="success")
-                log.info(
-                    "%s version %d available (%d warmup requests, %.2fs)",
-                    managed.name,
-                    version,
-                    warmed,
-                    time.monotonic() - started,
-                    extra={"event": "load_done", "warmup_requests": warmed, **fields},
-                )
-                return
-            self._registry.inc(metrics.LOAD_COUNT, model_path=str(path), status="failure")
-            if attempt < self._retries and not self._stop.is_set():
-                log.warning(
-                    "load attempt %d of %s failed: %s",
-                    attempt + 1,
-                    path,
-                    error.message,
-                    extra={"event": "load_retry", **fields},
-                )
-                if self._stop.wait(self._retry_interval):
-                    break
+        try:
+            servable = Servable(
+                managed.name,
+                version,
+                path,
+                self._batch_options,
+                self._on_batch(managed.name),
+                method_name_check=self._method_name_check,
+                on_dequeue=self._on_dequeue,
+                tags=self._tags,
+            )
+            warmed = servable.warmup(self._warmup_iterations) if self._enable_warmup else 0
+        except ServingError as err:  # the loader's own code and message, as TF Serving reports them
+            error = err
+        except Exception as err:  # noqa: BLE001  (any load failure is reported, not raised)
+            error = ServingError(grpc.StatusCode.UNKNOWN, f"Failed to load {path}: {type(err).__name__}: {err}")
+        else:
+            freeze_heap()
+            with self._lock:
+                state.servable, state.state, state.error = servable, AVAILABLE, None
+            self._registry.inc(metrics.LOAD_COUNT, model_path=str(path), status="success")
+            log.info(
+                "%s version %d available (%d warmup requests, %.2fs)",
+                managed.name,
+                version,
+                warmed,
+                time.monotonic() - started,
+                extra={"event": "load_done", "warmup_requests": warmed, **fields},
+            )
+            return
+        self._registry.inc(metrics.LOAD_COUNT, model_path=str(path), status="failure")
+        attempts = failed_attempts + 1
         with self._lock:
             state.state, state.error = END, error
+            state.attempts, state.retry_at = attempts, time.monotonic() + self._retry_interval
+        if attempts <= self._retries:
+            log.warning(
+                "load attempt %d of %s failed (retry in %gs): %s",
+                attempts,
+                path,
+                self._retry_interval,
+                error.message,
+                extra={"event": "load_retry", **fields},
+            )
+            return
         log.error(
             "failed to load %s version %d: %s",
             managed.name,
@@ -431,6 +458,11 @@ class ModelManager:
             if not available:
                 raise ServingError(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: Latest({name})")
             return managed.versions[max(available)].servable
+
+    def is_configured(self, name: str) -> bool:
+        """True if `name` is a model of the current config (or was, and still reports END)."""
+        with self._lock:
+            return name in self._models or name in self._removed
 
     def status(self, name: str, version: int | None = None) -> list[VersionState]:
         """Returns version states, newest first, as GetModelStatus reports them.

@@ -16,6 +16,9 @@ BATCH_QUEUE_ROWS = ":mlops:serving:batching_queue_rows"
 LOAD_COUNT = ":tensorflow:cc:saved_model:load_attempt_count"
 MODEL_VERSIONS = ":tensorflow:serving:model_versions_available"
 
+# The model_name label of requests for models the server does not have (bounded label values).
+UNKNOWN_MODEL = "<unknown>"
+
 LATENCY_BUCKETS_US = (
     100,
     250,

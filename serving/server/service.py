@@ -61,6 +61,10 @@ class ServingService:
             status = "INTERNAL"
             raise
         finally:
+            # Only configured models get their own series: a request naming a model that does not
+            # exist would otherwise add one that lives forever (1,000 made-up names: +1 GB).
+            if not self.manager.is_configured(model_name):
+                model_name = metrics.UNKNOWN_MODEL
             self.registry.inc(metrics.REQUEST_COUNT, model_name=model_name, status=status)
             if status == "OK" and api in _TIMED_APIS:
                 self.registry.observe(

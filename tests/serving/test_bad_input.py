@@ -155,8 +155,9 @@ def test_grpc_tensor_whose_declared_shape_does_not_match_its_content(standard_co
         ({"x": tf.make_tensor_proto(np.zeros((4,), np.float32))}, ""),  # a shape the graph cannot take
         ({"y": tf.make_tensor_proto(X)}, ""),
         ({}, ""),
+        ({"x": tf.make_tensor_proto(1.0, tf.float32, shape=[10000, 28, 28])}, ""),  # refused before allocating
     ],
-    ids=["wrong-dtype", "wrong-shape", "wrong-name", "no-inputs"],
+    ids=["wrong-dtype", "wrong-shape", "wrong-name", "no-inputs", "one-value-declaring-7.8M"],
 )
 def test_grpc_bad_inputs_are_invalid_argument(standard_config, inputs, fragment):
     error = _grpc_error(standard_config, _predict_request(**inputs))

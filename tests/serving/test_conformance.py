@@ -472,4 +472,11 @@ def test_local_metrics_cover_versions_latency_batches_and_loads(standard_config,
     assert ':mlops:serving:batching_queue_rows{model_name="scaler",version="1"} 0' in text
     assert ':tensorflow:cc:saved_model:load_attempt_count{model_path="' in text
     assert ':tensorflow:serving:request_count{model_name="scaler",status="NOT_FOUND"}' in text  # failures count too
+    with standard_config.client() as client:
+        for index in range(3):
+            with pytest.raises(ServingError):
+                client.predict(f"made-up-{index}", {"x": X})
+    text = urllib.request.urlopen(standard_config.rest_url + "/monitoring/prometheus/metrics").read().decode()
+    assert "made-up" not in text  # unknown names share one series: label values stay bounded
+    assert ':tensorflow:serving:request_count{model_name="<unknown>",status="NOT_FOUND"}' in text
     assert 'status="NOT_FOUND"' not in text.split(":tensorflow:serving:request_latency", 1)[1]  # latency: OK only

@@ -51,3 +51,14 @@ def test_content_that_disagrees_with_the_declared_shape_is_refused_before_alloca
     proto.tensor_content = b"\0" * content_bytes
     with pytest.raises(tensors.TensorContentError, match=re.escape(f"declared shape {shape}")):
         tensors.to_array(proto)
+
+
+def test_a_few_values_cannot_declare_a_huge_tensor_but_small_fills_still_work():
+    """A 42-byte request declaring [10000,28,28] with one float value allocated 1.6 GB before."""
+    proto = tf.make_tensor_proto(1.0, dtype=tf.float32, shape=[10000, 28, 28])
+    assert len(proto.SerializeToString()) < 64
+    with pytest.raises(tensors.TensorContentError, match="has 7840000 elements, the tensor holds 1 values"):
+        tensors.to_array(proto)
+    np.testing.assert_array_equal(
+        tensors.to_array(tf.make_tensor_proto(2.0, tf.float32, shape=[2, 3])), np.full((2, 3), 2.0)
+    )

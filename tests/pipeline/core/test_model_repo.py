@@ -13,6 +13,8 @@ from pipeline.core.errors import ExportError
 def _staged(model_dir, name="staging"):
     staging = model_dir / f".tmp-{name}"
     (staging / "variables").mkdir(parents=True)
+    (staging / "variables" / "variables.index").write_bytes(b"index")
+    (staging / "variables" / "variables.data-00000-of-00001").write_bytes(b"data")
     (staging / "saved_model.pb").write_bytes(b"graph")
     return staging
 

@@ -54,3 +54,55 @@ def test_unpublished_versions_are_refused(published):
 
 def test_empty_state_renders_an_empty_model_list(published):
     assert render_config(published, [], {}) == "model_config_list {\n}\n"
+
+
+def test_the_file_leads_the_server_and_a_restarted_server_keeps_the_last_promoted_labels(
+    published, tmp_path, monkeypatch
+):
+    """Issue: promotion pushed labels before writing the file, so a crash in between lost them on restart."""
+    from pipeline.release import promotion
+    from serving.client import TFServingClient
+    from tests.support import start_test_server
+
+    config_file = Path(published.serving_config_file)
+    apply_state(published, ServingState(stable=1))  # the file alone, before any server
+    flags = (f"--model_config_file={config_file}", "--allow_version_labels_for_unavailable_models")
+    (tmp_path / "server").mkdir()
+    server = start_test_server(tmp_path / "server", tmp_path / "server.log", *flags)
+    try:
+        config = published.replace(serving_grpc_target=server.grpc_target)
+        file_ahead_at_each_push, real_push = [], promotion._push
+
+        def push_after_checking_the_file(config_, text, versions):
+            file_ahead_at_each_push.append(config_file.read_text() == text)
+            real_push(config_, text, versions)
+
+        monkeypatch.setattr(promotion, "_push", push_after_checking_the_file)
+        apply_state(config, ServingState(stable=1, canary=2))
+        assert file_ahead_at_each_push == [True, True]  # load v2 under the old labels, then label it
+
+        (Path(published.model_dir) / "3").mkdir()  # a version that cannot load
+        (Path(published.model_dir) / "3" / "saved_model.pb").write_bytes(b"not a graph")
+        before = config_file.read_text()
+        with pytest.raises(PromotionError, match="version 3 failed to load"):
+            apply_state(config, ServingState(stable=1, canary=3))
+        assert config_file.read_text() == before  # a refused promotion leaves the file as it was
+        with TFServingClient(server.grpc_target) as client:  # and the server back on it
+            assert sorted(s["version"] for s in client.status(published.model_name) if s["state"] == "AVAILABLE") == [
+                1,
+                2,
+            ]
+
+        server.stop()  # as if killed right after the last promotion: the file is all it has
+        server = start_test_server(tmp_path / "server", tmp_path / "server.log", *flags)
+        with TFServingClient(server.grpc_target) as client:
+            assert client.predict(published.model_name, {"images": _image()}, label="canary").version == 2
+            assert client.predict(published.model_name, {"images": _image()}, label="stable").version == 1
+    finally:
+        server.stop()
+
+
+def _image():
+    import numpy as np
+
+    return np.zeros((1, 28, 28), np.uint8)

@@ -98,7 +98,7 @@ def test_versions_increment_and_old_ones_are_pruned(trained_run, tmp_path):
     assert versions == [1, 2, 3, 4]
     assert published_versions(config.model_dir) == [1, 3, 4]  # 1 protected, 2 pruned.
     assert prune_versions(config.model_dir, keep=1) == [1, 3]
-    assert sorted(p.name for p in config.model_dir.iterdir()) == [".publish.lock", "4"]
+    assert sorted(p.name for p in config.model_dir.iterdir()) == [".publish.lock", ".staging.lock", "4"]
 
 
 def test_unblessed_model_is_not_exported(trained_run, tmp_path):
@@ -175,3 +175,35 @@ def test_killed_export_leaves_no_version_behind(trained_run, tmp_path):
     assert finished.returncode == 0, finished.stderr
     assert published_versions(model_dir) == [1]
     assert not any(model_dir.glob(".tmp-*"))  # Leftovers cleaned by the next export.
+
+
+def test_an_export_never_touches_another_writers_live_staging_folder(trained_run, tmp_path):
+    """Issue: a second export deleted a first one's staging folder, which then published half a model."""
+    from pipeline.core.artifacts import staging_dir
+
+    config = trained_run["config"].replace(model_base_path=str(tmp_path))
+    with staging_dir(config.model_dir, "export") as other:  # another exporter, still writing
+        (other / "saved_model.pb").write_bytes(b"half")
+        result = export_candidate(trained_run, config)
+        assert (other / "saved_model.pb").read_bytes() == b"half"
+    assert result.version == 1 and published_versions(config.model_dir) == [1]
+    assert not other.exists() and not any(config.model_dir.glob(".tmp-*"))  # its owner removed it on exit
+
+
+def test_an_incomplete_folder_is_never_published(trained_run, tmp_path):
+    from pipeline.core import model_repo
+
+    config = trained_run["config"].replace(model_base_path=str(tmp_path))
+    staging = config.model_dir / ".tmp-export-manual"
+    (staging / "assets.extra").mkdir(parents=True)  # what the race published: no graph, no variables
+    with pytest.raises(ExportError, match="not a complete SavedModel: saved_model.pb is missing"):
+        model_repo.publish_version(staging, config.model_dir, {})
+    (staging / "saved_model.pb").write_bytes(b"x")
+    (staging / "variables").mkdir()
+    with pytest.raises(ExportError, match="variables index or data missing"):
+        model_repo.publish_version(staging, config.model_dir, {})
+    (staging / "variables" / "variables.index").write_bytes(b"x")
+    (staging / "variables" / "variables.data-00000-of-00001").write_bytes(b"x")
+    with pytest.raises(ExportError, match="does not load and answer"):
+        model_repo.verify_saved_model(staging, np.zeros((1, 28, 28), np.uint8))
+    assert published_versions(config.model_dir) == []
