@@ -59,6 +59,7 @@ class ServingError(Exception):
     """
 
     def __init__(self, code: grpc.StatusCode, message: str):
+        message = cap_message(message)
         super().__init__(f"{code.name}: {message}")
         self.code = code
         self.message = message
@@ -66,6 +67,27 @@ class ServingError(Exception):
     @property
     def http_status(self) -> int:
         return HTTP_STATUS.get(self.code, 500)
+
+
+# Messages that echo a request's values are cut here: a 31 MB echo does not fit gRPC's 16 KiB
+# metadata limit (the client then sees "metadata size exceeds limit", not the error).
+MAX_MESSAGE_CHARS = 2048
+MAX_VERSION = 2**63 - 1  # versions are int64 in TF Serving
+MAX_RANK = 64  # NumPy's limit; TF Serving's JSON parser refuses deeper values too
+
+
+def cap_message(message: str) -> str:
+    """Returns `message`, cut to MAX_MESSAGE_CHARS with a note of how much was left out."""
+    if len(message) <= MAX_MESSAGE_CHARS:
+        return message
+    return f"{message[:MAX_MESSAGE_CHARS]}... ({len(message) - MAX_MESSAGE_CHARS} more characters)"
+
+
+def parse_version(text: str) -> int:
+    """Converts a version from a URL; INVALID_ARGUMENT as TF Serving words it if it is not an int64."""
+    if not (text.isascii() and text.isdigit()) or len(text) > 19 or int(text) > MAX_VERSION:
+        raise invalid(f"Failed to convert version: {cap_message(text)[:64]} to numeric.")
+    return int(text)
 
 
 def invalid(message: str) -> ServingError:
@@ -216,6 +238,8 @@ def json_to_array(value: Any, dtype: str, *, no_bools: bool = False) -> np.ndarr
         return fast
     shape = _dense_shape(value)
     rank = len(shape)
+    if rank > MAX_RANK:
+        raise invalid(f"JSON Value nested {rank} levels deep: a tensor has at most {MAX_RANK} dimensions")
     flat: list[Any] = []
 
     def walk(node: Any, level: int) -> None:

@@ -91,6 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=64 * 1024 * 1024,
         help="Largest accepted REST body (default 64 MiB; larger answers 413).",
     )
+    add(
+        "--max_rows_per_request",
+        type=int,
+        default=4096,
+        help="Most rows (0th-dimension size) one predict request may carry, batching on or off "
+        "(default 4096; 0: no limit). Bounds the memory one request can take.",
+    )
     add("--max_num_load_retries", type=int, default=5, help="Retries of a failed version load (default 5).")
     add(
         "--load_retry_interval_micros",
@@ -267,6 +274,7 @@ class ModelServer:
             method_name_check=args.enable_signature_method_name_check,
             saved_model_tags=tuple(tag.strip() for tag in args.saved_model_tags.split(",") if tag.strip()),
             warmup_iterations=args.num_request_iterations_for_warmup,
+            max_rows_per_request=args.max_rows_per_request,
         )
         timeout_s = args.rest_api_timeout_in_ms / 1000 if args.rest_api_timeout_in_ms > 0 else None
         self.service = ServingService(self.manager, self.registry, timeout_s)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import grpc
@@ -13,7 +14,7 @@ from tensorflow_serving.apis import (
 )
 
 from serving import tensors
-from serving.protocol import ServingError, invalid
+from serving.protocol import ServingError, cap_message, invalid
 from serving.server.service import ServingService
 from serving.tensors import TensorContentError
 
@@ -39,11 +40,42 @@ def parse_tensor(name: str, proto):
         return tensors.to_array(proto)
     except TensorContentError as err:
         raise invalid(f"tensor parsing error: {name} ({err})") from None
-    except (ValueError, TypeError) as err:
+    except (ValueError, TypeError, KeyError, OverflowError, MemoryError) as err:
+        # TensorFlow's converter: unknown or non-data dtypes (DT_RESOURCE, DT_VARIANT, the _REF
+        # types), values out of the dtype's range (int_val -270 for uint8), allocation failures.
         declared = [d.size for d in proto.tensor_shape.dim]
-        raise invalid(f"tensor parsing error: {name} (declared shape {declared}: {err})") from None
+        raise invalid(
+            f"tensor parsing error: {name} (declared shape {declared}: {type(err).__name__}: {err})"
+        ) from None
 
 
+def _guard_methods(cls):
+    """Wraps every RPC method so an unexpected exception answers INTERNAL with a capped message.
+
+    Without it gRPC answers UNKNOWN with the exception's whole text, which can be too large
+    for gRPC's metadata and then reaches the client as a transport error instead.
+    """
+
+    def guard(method):
+        @functools.wraps(method)
+        def guarded(self, request, context):
+            try:
+                return method(self, request, context)
+            except Exception as err:
+                if context.code() is not None:  # context.abort() raises to end the call: already answered
+                    raise
+                log.exception("unhandled error in %s", method.__name__, extra={"event": "internal_error"})
+                context.abort(grpc.StatusCode.INTERNAL, cap_message(f"{type(err).__name__}: {err}"))
+
+        return guarded
+
+    for name, member in list(vars(cls).items()):
+        if name[:1].isupper() and callable(member):
+            setattr(cls, name, guard(member))
+    return cls
+
+
+@_guard_methods
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     def __init__(self, service: ServingService):
         self.service = service
@@ -109,6 +141,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             return _abort(context, err)
 
 
+@_guard_methods
 class ModelService(model_service_pb2_grpc.ModelServiceServicer):
     def __init__(self, service: ServingService):
         self.service = service

@@ -136,6 +136,7 @@ class ModelManager:
         method_name_check: Classify/Regress only on signatures of that method_name.
         saved_model_tags: Tags of the MetaGraph each version loads.
         warmup_iterations: Times each warmup record is replayed.
+        max_rows_per_request: Most rows one predict request may carry (0: no limit).
     """
 
     def __init__(
@@ -149,6 +150,7 @@ class ModelManager:
         method_name_check: bool = False,
         saved_model_tags: tuple[str, ...] = ("serve",),
         warmup_iterations: int = 1,
+        max_rows_per_request: int = 0,
     ):
         self._registry = registry
         registry.add_collector(self.queue_depths)
@@ -160,6 +162,7 @@ class ModelManager:
         self._method_name_check = method_name_check
         self._tags = saved_model_tags
         self._warmup_iterations = warmup_iterations
+        self._max_rows = max_rows_per_request
         self._models: dict[str, ManagedModel] = {}
         self._lock = threading.RLock()  # guards _models and version tables
         # Version states of models removed from the config: TF Serving's state monitor keeps
@@ -335,6 +338,7 @@ class ModelManager:
                 method_name_check=self._method_name_check,
                 on_dequeue=self._on_dequeue,
                 tags=self._tags,
+                max_rows=self._max_rows,
             )
             warmed = servable.warmup(self._warmup_iterations) if self._enable_warmup else 0
         except ServingError as err:  # the loader's own code and message, as TF Serving reports them

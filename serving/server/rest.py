@@ -27,10 +27,12 @@ from tensorflow_serving.apis import input_pb2
 from serving.polling import poll_until
 from serving.protocol import (
     ServingError,
+    cap_message,
     columnar_inputs,
     columnar_outputs,
     invalid,
     is_b64,
+    parse_version,
     row_inputs,
     row_outputs,
 )
@@ -61,6 +63,10 @@ def _parse_body(body: bytes) -> dict[str, Any]:
         document = _loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise invalid(f"JSON Parse error: {getattr(err, 'msg', err)} at offset: {getattr(err, 'pos', 0)}") from None
+    except RecursionError:
+        raise invalid("JSON Parse error: the document is nested too deeply") from None
+    except ValueError as err:  # e.g. an integer of more than 4,300 digits
+        raise invalid(f"JSON Parse error: {err}") from None
     if not isinstance(document, dict):
         raise invalid(f"JSON Value: {body[:80].decode(errors='replace')} Is not object")
     signature = document.get("signature_name", "")
@@ -134,7 +140,7 @@ class RestApi:
             return err.http_status, {"error": err.message}
         except Exception as err:  # noqa: BLE001  (a bug must answer 500, never kill the server)
             log.exception("unhandled error for %s %s", method, path, extra={"event": "internal_error"})
-            return 500, {"error": f"Internal error: {type(err).__name__}: {err}"}
+            return 500, {"error": cap_message(f"Internal error: {type(err).__name__}: {err}")}
 
     def _dispatch(self, method: str, path: str, body: bytes) -> Any:
         path = path.split("?", 1)[0]
@@ -146,7 +152,7 @@ class RestApi:
             if not name:
                 raise invalid("Missing model name in request.")
             name, label = unquote(name), label and unquote(label)
-            version_number = int(version) if version else None
+            version_number = parse_version(version) if version else None
             if metadata:
                 with self.service.observe("get_model_metadata", "REST", name):
                     servable = self.service.resolve(name, version_number, label)
@@ -162,7 +168,7 @@ class RestApi:
     def _predict_like(self, verb: str, name: str, version: str | None, label: str | None, body: bytes) -> Any:
         with self.service.observe(verb, "REST", name):
             document = _parse_body(body)
-            servable = self.service.resolve(name, int(version) if version else None, label)
+            servable = self.service.resolve(name, parse_version(version) if version else None, label)
             signature = document.get("signature_name", "")
             if verb == "classify":
                 response = self.service.classify(servable, signature, examples_input(document))

@@ -59,6 +59,7 @@ class Servable:
         method_name_check: Classify/Regress only on signatures of that method_name
             (`--enable_signature_method_name_check`; off by default, as in TF Serving).
         tags: The MetaGraph to load (`--saved_model_tags`).
+        max_rows: Most rows one predict request may carry (`--max_rows_per_request`; 0: no limit).
     """
 
     def __init__(
@@ -71,6 +72,7 @@ class Servable:
         method_name_check: bool = False,
         on_dequeue=None,
         tags: tuple[str, ...] = ("serve",),
+        max_rows: int = 0,
     ):
         self.name = name
         self.version = version
@@ -88,6 +90,7 @@ class Servable:
         self._batchers: dict[str, BatchScheduler] = {}
         self._batchers_lock = threading.Lock()
         self._method_name_check = method_name_check
+        self._max_rows = max_rows
 
     # --- signatures ---------------------------------------------------------------
 
@@ -111,6 +114,8 @@ class Servable:
         for index, (name, spec) in enumerate(self._input_specs[signature_name]):
             array = inputs[name]
             if array.dtype == object:
+                if spec.dtype != tf.string:
+                    raise invalid(f"Expects arg[{index}] to be {tf_type_name(spec.dtype.name)} but string is provided")
                 feeds[name] = tf.constant(array.tolist() if array.ndim else array.item(), dtype=spec.dtype)
                 continue
             if tf.as_dtype(array.dtype) != spec.dtype:
@@ -152,6 +157,12 @@ class Servable:
             raise invalid(
                 f"input size does not match signature: {len(inputs)}!={len(expected)} for inputs "
                 f"{','.join(sorted(inputs))}. Sent extra: {extra}. Missing but required: {missing}."
+            )
+        rows = max((array.shape[0] for array in inputs.values() if array.ndim), default=0)
+        if self._max_rows and rows > self._max_rows:
+            raise invalid(
+                f"Request has {rows} rows; this server takes at most {self._max_rows} per request "
+                "(--max_rows_per_request)"
             )
         unknown = sorted(set(output_filter) - set(signature_def.outputs))
         if unknown:

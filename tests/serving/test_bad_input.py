@@ -203,3 +203,83 @@ def test_body_over_the_size_limit(tmp_path, model_repo):
         assert status == 200
     finally:
         assert local.stop() == 0
+
+
+# --- found by the adversarial probe: each answered 500 / UNKNOWN before ------------------------
+
+DEEP = "[" * 1500 + "1" + "]" * 1500
+
+
+@local_only
+@pytest.mark.parametrize(
+    "method, path, body, fragment",
+    [
+        ("POST", PREDICT, '{"instances": ' + DEEP + "}", "nested too deeply"),
+        ("POST", PREDICT, '{"instances": ' + "[" * 70 + "1" + "]" * 70 + "}", "at most 64 dimensions"),
+        ("POST", PREDICT, '{"instances": [' + "9" * 5000 + "]}", "JSON Parse error: Exceeds the limit"),
+        ("GET", "/v1/models/scaler/versions/" + "9" * 5000, None, "Failed to convert version: 999"),
+        ("POST", "/v1/models/scaler/versions/" + "9" * 20 + ":predict", '{"instances": [[1,2,3]]}', "to numeric"),
+        ("POST", PREDICT, '{"instances": [["' + "x" * 200_000 + '", 1, 2]]}', "more characters)"),
+        ("POST", PREDICT, '{"instances": ' + str([[1.0, 2.0, 3.0]] * 4097) + "}", "at most 4096 per request"),
+    ],
+    ids=[
+        "json-1500-deep",
+        "tensor-70-deep",
+        "int-5000-digits",
+        "version-5000-digits",
+        "version-over-int64",
+        "echo",
+        "rows",
+    ],
+)
+def test_rest_hostile_input_is_a_400_with_a_bounded_message(standard_config, method, path, body, fragment):
+    status, reply = rest(standard_config, method, path, body)
+    assert status == 400, reply
+    assert fragment in reply["error"] and len(reply["error"]) < 2200
+    assert_still_serving(standard_config)
+
+
+def _raw_tensor(dtype: int, shape=(1, 3)):
+    from tensorflow.core.framework import tensor_pb2
+
+    proto = tensor_pb2.TensorProto(dtype=dtype)
+    for size in shape:
+        proto.tensor_shape.dim.add(size=size)
+    return proto
+
+
+def _uint8_with_int_val(value):
+    proto = _raw_tensor(4, (1, 28, 28))  # DT_UINT8
+    proto.int_val.extend([value] * 784)
+    return proto
+
+
+def _huge_string():
+    proto = _raw_tensor(7, (1, 28, 28))  # DT_STRING for the uint8 input, 20 MB in one value
+    proto.string_val.append(b"x" * 20_000_000)
+    return proto
+
+
+@local_only
+@pytest.mark.parametrize(
+    "model, make_proto, fragment",
+    [
+        ("scaler", lambda: _raw_tensor(20), "KeyError: 20"),  # DT_RESOURCE
+        ("scaler", lambda: _raw_tensor(21), "KeyError: 21"),  # DT_VARIANT
+        ("scaler", lambda: _raw_tensor(120), "KeyError: 120"),  # DT_RESOURCE_REF
+        ("scaler", lambda: _raw_tensor(121), "KeyError: 121"),  # DT_VARIANT_REF
+        ("scaler", lambda: _raw_tensor(1, (2**40,)), "has 1099511627776 elements"),  # allocation would fail
+        ("fashion", lambda: _uint8_with_int_val(-270), "out of bounds for uint8"),
+        ("fashion", _huge_string, "Expects arg[0] to be uint8 but string is provided"),
+    ],
+    ids=["dt-resource", "dt-variant", "dt-resource-ref", "dt-variant-ref", "2^40-floats", "uint8-270", "string"],
+)
+def test_grpc_hostile_tensors_are_invalid_argument(standard_config, model, make_proto, fragment):
+    name = "images" if model == "fashion" else "x"
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model
+    request.inputs[name].CopyFrom(make_proto())
+    error = _grpc_error(standard_config, request)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+    assert fragment in error.details()
+    assert_still_serving(standard_config)
