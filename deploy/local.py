@@ -102,6 +102,8 @@ def serving_start() -> None:
                 f"--model_config_file={config_file}",
                 "--file_system_poll_wait_seconds=1",
                 "--allow_version_labels_for_unavailable_models",
+                # Config reloads may only name model folders under the pipeline's model base path.
+                f"--model_base_path_roots={Path(config.model_base_path).resolve()}",
             ],
             log_path=LOG_FILE,
             grpc_port=grpc_port,

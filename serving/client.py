@@ -59,6 +59,8 @@ class TFServingClient:
         timeout: Seconds per attempt.
         retries: Extra attempts when the server is UNAVAILABLE (refused, restarting).
         backoff: First wait between attempts in seconds; doubles each time.
+        management_target: gRPC address of HandleReloadConfigRequest when the server serves
+            model management apart (`--model_management_address`); default `grpc_target`.
     """
 
     def __init__(
@@ -69,6 +71,7 @@ class TFServingClient:
         timeout: float = 10.0,
         retries: int = 3,
         backoff: float = 0.2,
+        management_target: str | None = None,
     ):
         if protocol not in (GRPC, REST):
             raise ValueError(f"protocol must be 'grpc' or 'rest', got {protocol!r}")
@@ -78,7 +81,9 @@ class TFServingClient:
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
+        self.management_target = management_target
         self._channel = None
+        self._management_channel = None
 
     # --- plumbing -------------------------------------------------------------
 
@@ -290,15 +295,23 @@ class TFServingClient:
         if isinstance(config, str):
             config = text_format.Parse(config, model_server_config_pb2.ModelServerConfig())
         request = model_management_pb2.ReloadConfigRequest(config=config)
-        _, model_service = self._stubs()
+        if self.management_target:
+            from tensorflow_serving.apis import model_service_pb2_grpc
+
+            if self._management_channel is None:
+                self._management_channel = grpc.insecure_channel(self.management_target)
+            model_service = model_service_pb2_grpc.ModelServiceStub(self._management_channel)
+        else:
+            _, model_service = self._stubs()
         response = self._with_retries(lambda: model_service.HandleReloadConfigRequest(request, timeout=self.timeout))
         if response.status.error_code:
             raise ServingError(code_from_number(response.status.error_code), response.status.error_message)
 
     def close(self) -> None:
-        if self._channel is not None:
-            self._channel.close()
-            self._channel = None
+        for channel in (self._channel, self._management_channel):
+            if channel is not None:
+                channel.close()
+        self._channel = self._management_channel = None
 
     def __enter__(self) -> TFServingClient:
         return self

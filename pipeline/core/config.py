@@ -140,6 +140,11 @@ class PipelineConfig:
         "localhost:8500", "gRPC address of the serving server (config reloads, smoke tests); none to skip."
     )
     serving_rest_url: str | None = _field("http://localhost:8501", "REST address of the serving server.")
+    serving_management_target: str | None = _field(
+        None,
+        "gRPC address for config reloads when the server serves model management apart "
+        "(--model_management_address); default: serving_grpc_target.",
+    )
     serving_model_base_path: str | None = _field(
         None, "model_base_path as the serving server sees it (e.g. /models in a container); default: the same."
     )

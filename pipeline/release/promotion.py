@@ -114,7 +114,11 @@ def serving_client(config: PipelineConfig, target: str | None = None, rest_url: 
     from serving.client import TFServingClient
 
     return TFServingClient(
-        target or config.serving_grpc_target, rest_url or config.serving_rest_url or "", timeout=30, retries=3
+        target or config.serving_grpc_target,
+        rest_url or config.serving_rest_url or "",
+        timeout=30,
+        retries=3,
+        management_target=None if target else config.serving_management_target,
     )
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from serving.server import metrics, protos
 from serving.server.batching import BatchOptions
-from serving.server.grpc_api import make_grpc_server
+from serving.server.grpc_api import make_grpc_server, make_management_server
 from serving.server.manager import ModelManager
 from serving.server.rest import RestApi, make_rest_server
 from serving.server.service import ServingService
@@ -157,6 +157,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="REST requests handled at once (default 0: four per CPU core, as TF Serving sizes it by CPUs).",
     )
     add(
+        "--model_management_address",
+        default="",
+        help="Serve ModelService's HandleReloadConfigRequest only here: PORT (on 127.0.0.1), HOST:PORT or "
+        "unix:PATH. The main gRPC port then refuses it with PERMISSION_DENIED (default: on the main port, "
+        "as TF Serving does).",
+    )
+    add(
+        "--model_base_path_roots",
+        default="",
+        help="Comma-separated folders a reloaded config's base_path must lie under (default: the base paths "
+        "of the starting config; none when it is empty).",
+    )
+    add(
         "--shutdown_grace_seconds",
         type=float,
         default=30,
@@ -173,6 +186,7 @@ class ServerOptions:
     model_config: object
     batch_options: BatchOptions | None
     monitoring_path: str | None
+    base_path_roots: tuple[Path, ...] = ()
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ServerOptions:
@@ -221,7 +235,14 @@ class ServerOptions:
             )
             if monitoring.prometheus_config.enable:
                 monitoring_path = monitoring.prometheus_config.path or "/monitoring/prometheus/metrics"
-        return cls(args, model_config, batch_options, monitoring_path)
+        if args.model_management_address:
+            management_address(args.model_management_address)  # refuse a malformed value before any port opens
+        if args.model_base_path_roots:
+            roots = [root.strip() for root in args.model_base_path_roots.split(",") if root.strip()]
+        else:
+            roots = [model.base_path for model in model_config.model_config_list.config]
+        base_path_roots = tuple(Path(root).resolve() for root in roots)
+        return cls(args, model_config, batch_options, monitoring_path, base_path_roots)
 
 
 def _set_tensorflow_threads(intra_op: int, inter_op: int) -> None:
@@ -232,6 +253,23 @@ def _set_tensorflow_threads(intra_op: int, inter_op: int) -> None:
         tf.config.threading.set_intra_op_parallelism_threads(intra_op)
     if inter_op > 0:
         tf.config.threading.set_inter_op_parallelism_threads(inter_op)
+
+
+def management_address(value: str) -> str:
+    """The gRPC address of `--model_management_address`: PORT means 127.0.0.1:PORT.
+
+    Raises:
+        ValueError: naming the flag, for an empty or malformed value.
+    """
+    value = value.strip()
+    if value.isdigit():
+        return f"127.0.0.1:{value}"
+    if value.startswith("unix:") and len(value) > 5:
+        return value
+    host, _, port = value.rpartition(":")
+    if host and port.isdigit():
+        return value
+    raise ValueError(f"--model_management_address: expected PORT, HOST:PORT or unix:PATH, got {value!r}")
 
 
 def parse_channel_arguments(text: str) -> list[tuple[str, int | str]]:
@@ -277,7 +315,7 @@ class ModelServer:
             max_rows_per_request=args.max_rows_per_request,
         )
         timeout_s = args.rest_api_timeout_in_ms / 1000 if args.rest_api_timeout_in_ms > 0 else None
-        self.service = ServingService(self.manager, self.registry, timeout_s)
+        self.service = ServingService(self.manager, self.registry, timeout_s, options.base_path_roots)
         self._stop = threading.Event()
         self._config_text = None
 
@@ -294,8 +332,25 @@ class ModelServer:
             socket_path=args.grpc_socket_path,
             channel_arguments=parse_channel_arguments(args.grpc_channel_arguments),
             health_check=args.enable_grpc_healthcheck_service,
+            serve_reload=not args.model_management_address,
         )
         self.grpc_server.start()
+        self.management_server = None
+        if args.model_management_address:
+            address = management_address(args.model_management_address)
+            self.management_server = make_management_server(self.service, address)
+            self.management_server.start()
+            log.info(
+                "Model management (HandleReloadConfigRequest) at %s only",
+                address,
+                extra={"event": "management_listening", "address": address},
+            )
+        elif not self.options.base_path_roots:
+            log.warning(
+                "model management accepts any base_path on the main gRPC port: set --model_base_path_roots "
+                "and --model_management_address, or keep the port private",
+                extra={"event": "management_open"},
+            )
         log.info(
             "Running gRPC ModelServer at %s:%d",
             args.host,
@@ -353,6 +408,8 @@ class ModelServer:
         log.info("shutting down", extra={"event": "shutdown"})
         self._stop.set()
         stopped = self.grpc_server.stop(grace_s)
+        if self.management_server is not None:
+            self.management_server.stop(grace_s)
         self.rest_server.stop()  # in-flight REST requests finish within the grace, idle connections close
         stopped.wait(grace_s)
         self.manager.close()

@@ -143,8 +143,16 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
 @_guard_methods
 class ModelService(model_service_pb2_grpc.ModelServiceServicer):
-    def __init__(self, service: ServingService):
+    """GetModelStatus and HandleReloadConfigRequest.
+
+    Args:
+        service: The serving logic.
+        serve_reload: False on the main port when `--model_management_address` serves reloads apart.
+    """
+
+    def __init__(self, service: ServingService, serve_reload: bool = True):
         self.service = service
+        self.serve_reload = serve_reload
 
     def GetModelStatus(self, request, context):  # noqa: N802
         if not request.HasField("model_spec"):
@@ -159,8 +167,14 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
     def HandleReloadConfigRequest(self, request, context):  # noqa: N802
         response = model_management_pb2.ReloadConfigResponse()
         try:
+            if not self.serve_reload:
+                raise ServingError(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    "HandleReloadConfigRequest is served on the model-management address only "
+                    "(--model_management_address)",
+                )
             with self.service.observe("reload_config", "GRPC", ""):
-                self.service.manager.reload_config(request.config)
+                self.service.reload_config(request.config)
         except ServingError as err:
             response.status.error_code = err.code.value[0]
             response.status.error_message = err.message
@@ -181,6 +195,7 @@ def make_grpc_server(
     socket_path: str = "",
     channel_arguments: list[tuple[str, int | str]] = (),
     health_check: bool = False,
+    serve_reload: bool = True,
 ) -> tuple[grpc.Server, int]:
     """Builds and binds (does not start) the gRPC server; returns it and the bound TCP port.
 
@@ -191,6 +206,7 @@ def make_grpc_server(
         socket_path: Also serve on this Unix domain socket (`--grpc_socket_path`).
         channel_arguments: gRPC server options (`--grpc_channel_arguments`), after the defaults.
         health_check: Add the standard grpc.health.v1.Health service, reporting SERVING.
+        serve_reload: Answer HandleReloadConfigRequest here (False: PERMISSION_DENIED, served apart).
     """
     from concurrent import futures
 
@@ -204,7 +220,7 @@ def make_grpc_server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"), options=options
     )
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(service), server)
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(service), server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(service, serve_reload), server)
     if health_check:
         from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
@@ -217,3 +233,18 @@ def make_grpc_server(
     if socket_path and server.add_insecure_port(f"unix:{socket_path}") == 0:
         raise OSError(f"cannot bind gRPC socket {socket_path}")
     return server, bound
+
+
+def make_management_server(service: ServingService, address: str) -> grpc.Server:
+    """Builds and binds (does not start) a gRPC server with ModelService alone, on `address`.
+
+    Raises:
+        OSError: if the address cannot be bound.
+    """
+    from concurrent import futures
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="management"))
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(service), server)
+    if server.add_insecure_port(address) == 0:
+        raise OSError(f"cannot bind the model-management address {address}")
+    return server

@@ -274,9 +274,16 @@ def make_rest_app(
         if declared is not None and declared.isdigit() and int(declared) > max_request_bytes:
             return _too_large(int(declared), max_request_bytes)
         try:
-            body = await _read_body(request, max_request_bytes)
+            with anyio.fail_after(timeout_s):  # a client that declares more than it sends
+                body = await _read_body(request, max_request_bytes)
         except _BodyTooLarge as err:
             return _too_large(err.args[0], max_request_bytes)
+        except TimeoutError:
+            return JSONResponse(
+                {"error": f"Request body not received within {timeout_s:g} s"},
+                status_code=408,
+                headers={"Connection": "close"},
+            )
         if not path.lower().startswith("/v1/"):
             return JSONResponse({"error": f"Not found: {method} {path}"}, status_code=404)
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -34,12 +35,38 @@ class ServingService:
         manager: The model manager.
         registry: Metrics registry.
         request_timeout_s: Longest a request may wait in a batching queue.
+        base_path_roots: Folders a reloaded config's base paths must lie under (empty: any).
     """
 
-    def __init__(self, manager: ModelManager, registry: metrics.Registry, request_timeout_s: float | None):
+    def __init__(
+        self,
+        manager: ModelManager,
+        registry: metrics.Registry,
+        request_timeout_s: float | None,
+        base_path_roots: tuple[Path, ...] = (),
+    ):
         self.manager = manager
         self.registry = registry
         self.request_timeout_s = request_timeout_s
+        self.base_path_roots = base_path_roots
+
+    def reload_config(self, config) -> None:
+        """HandleReloadConfigRequest: the whole config, its base paths inside the allowed roots.
+
+        Raises:
+            ServingError: PERMISSION_DENIED for a base path outside `base_path_roots` (when any
+                are set), and whatever the manager refuses.
+        """
+        if self.base_path_roots:
+            for model in config.model_config_list.config:
+                path = Path(model.base_path).resolve()  # symlinks and '..' resolved before the check
+                if not any(path == root or path.is_relative_to(root) for root in self.base_path_roots):
+                    raise ServingError(
+                        grpc.StatusCode.PERMISSION_DENIED,
+                        f"base_path {model.base_path} of model {model.name} is outside the allowed model roots "
+                        f"{[str(root) for root in self.base_path_roots]} (--model_base_path_roots)",
+                    )
+        self.manager.reload_config(config)
 
     @contextlib.contextmanager
     def observe(self, api: str, entrypoint: str, model_name: str):

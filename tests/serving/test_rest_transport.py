@@ -62,6 +62,14 @@ def test_a_malformed_content_length_gets_a_400(scaler_server, length):
 
 
 @local_only
+def test_a_body_shorter_than_its_declared_length_times_out_with_408(tmp_path, model_repo):
+    with _start_scaler_server(tmp_path, model_repo, "--rest_api_timeout_in_ms=1000") as server:
+        head = b"POST /v1/models/scaler:predict HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n"
+        reply = _raw(server.rest_port, head + b'{"instances"')  # 12 of the 500 bytes, then silence
+    assert reply.startswith(b"HTTP/1.1 408") and b"Request body not received within 1 s" in reply
+
+
+@local_only
 def test_idle_and_slow_connections_neither_block_requests_nor_shutdown(tmp_path, model_repo):
     scaler_server = _start_scaler_server(tmp_path, model_repo)
     port = scaler_server.rest_port
