@@ -9,7 +9,7 @@ STAMP := $(VENV)/.requirements-installed
 DATA_DIR := /usr/share/datasets/fashion-mnist
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup data browser demo airflow serving-start serving-stop test lint format clean bench
+.PHONY: setup data browser demo airflow serving-start serving-stop test lint format clean bench reliability
 
 setup: $(STAMP)
 
@@ -65,6 +65,11 @@ serving-stop:
 # Benchmarks on the model `make demo` published (not part of `make test`, which runs smoke versions).
 bench: setup data
 	$(BIN)/python bench/serving_latency.py
+
+# Faults injected for real (kills, overlapping exports, hot swaps under load, fuzzing, full disks):
+# the long versions, report in bench/results/reliability.{json,md}. make test runs the short ones.
+reliability: setup data
+	$(BIN)/python bench/reliability.py
 
 lint: setup
 	$(BIN)/ruff check .

@@ -161,6 +161,15 @@ def write_saved_model(model_path: str | Path, snapshot: Snapshot, destination: P
         tf.saved_model.save(module, str(destination), signatures={SIGNATURE: module.serve})
 
 
+def _disk_reason(err: BaseException) -> str:
+    """The one line that says why a write failed (TensorFlow's errors carry an op trace)."""
+    text = getattr(err, "message", None) or str(err)
+    for known in ("No space left on device", "Read-only file system", "Permission denied", "Disk quota exceeded"):
+        if known in text:
+            return f"{known} ({type(err).__name__})"
+    return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
+
+
 def export(
     config: PipelineConfig,
     snapshot: Snapshot,
@@ -196,8 +205,11 @@ def export(
 
     images = snapshot.request_images(config.test_split, 64)
     with staging_dir(model_dir, "export") as staging:
-        write_saved_model(model_path, snapshot, staging)
-        write_warmup_requests(model_repo.warmup_path(staging), images, config.model_name, config.warmup_requests)
+        try:
+            write_saved_model(model_path, snapshot, staging)
+            write_warmup_requests(model_repo.warmup_path(staging), images, config.model_name, config.warmup_requests)
+        except Exception as err:
+            raise ExportError(f"writing the SavedModel under {model_dir} failed: {_disk_reason(err)}") from err
         model_repo.verify_saved_model(staging, images[:2])  # publish only what loads and answers
         card = build_model_card(config, snapshot, evaluation)
         version, version_dir = model_repo.publish_version(staging, model_dir, card)

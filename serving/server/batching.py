@@ -173,18 +173,23 @@ class BatchScheduler:
     def _take_batch(self) -> list[_Task] | None:
         options = self._options
         with self._cv:
-            while not self._queue:
-                if self._closed:
-                    return None
-                self._cv.wait()
-            deadline = time.monotonic() + options.batch_timeout_micros / 1e6
             while True:
-                first = self._queue[0]
-                ready = sum(t.rows for t in self._queue if t.key == first.key)
-                remaining = deadline - time.monotonic()
-                if ready >= options.max_batch_size or remaining <= 0 or self._closed:
+                while not self._queue:
+                    if self._closed:
+                        return None
+                    self._cv.wait()
+                deadline = time.monotonic() + options.batch_timeout_micros / 1e6
+                while self._queue:
+                    first = self._queue[0]
+                    ready = sum(t.rows for t in self._queue if t.key == first.key)
+                    remaining = deadline - time.monotonic()
+                    if ready >= options.max_batch_size or remaining <= 0 or self._closed:
+                        break
+                    self._cv.wait(remaining)
+                if self._queue:
                     break
-                self._cv.wait(remaining)
+                # Every waiting task left while the window was open (their deadlines passed): wait anew.
+            first = self._queue[0]
             batch, rows = [], 0
             for task in list(self._queue):
                 if task.key == first.key and rows + task.rows <= options.max_batch_size:

@@ -229,8 +229,9 @@ class ModelManager:
                         log.info("added model %s", name, extra={"event": "model_added", "model": name})
                     else:
                         managed.config = model_config
-            for managed in list(self._models.values()):
-                self._sync(managed)
+            # Load first, move the labels, unload last: a label never points at a version that
+            # has gone (a request for `stable` during a rollback gets the old or the new target).
+            aspired = {managed.name: self._sync(managed, unload=False) for managed in list(self._models.values())}
             with self._lock:
                 for name, model_config in wanted.items():
                     managed = self._models[name]
@@ -238,6 +239,8 @@ class ModelManager:
                     if labels != managed.labels:
                         log.info("labels of %s: %s", name, labels, extra={"event": "labels", "model": name})
                     managed.labels = labels
+            for managed in list(self._models.values()):
+                self._unload_unaspired(managed, aspired[managed.name])
             self.config = config
 
     def _check_labels(self, name: str, labels: dict[str, int]) -> None:
@@ -279,7 +282,12 @@ class ModelManager:
         self._poller = threading.Thread(target=loop, name="fs-poller", daemon=True)
         self._poller.start()
 
-    def _sync(self, managed: ManagedModel) -> None:
+    def _sync(self, managed: ManagedModel, unload: bool = True) -> set[int]:
+        """Loads the versions the policy aspires to (and, with `unload`, drops the others).
+
+        Returns:
+            The aspired version numbers.
+        """
         found = scan_versions(Path(managed.config.base_path))
         aspired = aspired_versions(
             managed.config.model_version_policy if managed.config.HasField("model_version_policy") else None,
@@ -295,8 +303,13 @@ class ModelManager:
                     self._load(managed, version, found[version])
                 elif state.attempts <= self._retries and time.monotonic() >= state.retry_at:
                     self._load(managed, version, found[version], state.attempts)
+        if unload:
+            self._unload_unaspired(managed, set(aspired))
+        return set(aspired)
+
+    def _unload_unaspired(self, managed: ManagedModel, aspired: set[int]) -> None:
         with self._lock:
-            serving = [v for v in aspired if managed.versions[v].state == AVAILABLE]
+            serving = [v for v in aspired if v in managed.versions and managed.versions[v].state == AVAILABLE]
             doomed = [s for v, s in managed.versions.items() if v not in aspired and s.state == AVAILABLE]
             # Availability preserving: drop old versions only once a wanted one serves,
             # or when nothing is wanted any more (an emptied base path).

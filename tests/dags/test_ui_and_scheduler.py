@@ -194,3 +194,54 @@ def test_browser_triggers_the_dag_through_the_params_form(standalone, serving_se
     assert latest["run_type"] == "manual"
     state = _wait_for_run(standalone, latest["dag_run_id"])
     assert state == "success", _task_states(standalone, latest["dag_run_id"])
+
+
+def test_the_api_and_the_ui_refuse_anonymous_and_wrong_password_requests(standalone):
+    base = standalone["base"]
+    status, _ = _request(f"{base}/api/v2/dags/{DAG_ID}")  # no token
+    assert status in (401, 403)
+    status, _ = _request(f"{base}/api/v2/dags/{DAG_ID}", token="not-a-token")
+    assert status in (401, 403)
+    status, _ = _request(base + "/auth/token", "POST", {"username": "admin", "password": "wrong-password"})
+    assert status in (401, 403)
+    status, reply = _request(f"{base}/api/v2/dags/{DAG_ID}", token=standalone["token"])
+    assert status == 200 and reply["dag_id"] == DAG_ID  # the same request with a valid token
+
+
+def _task_process_pids(ti_id: str) -> list[int]:
+    """The process running a task instance (its title is 'airflow worker -- <ti id>'), not its supervisor."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            title = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if ti_id in title and "LocalExecutor" not in title and "worker" in title:
+            pids.append(int(proc.name))
+    return pids
+
+
+def test_a_killed_task_process_is_retried_and_the_run_succeeds(standalone, serving_server):
+    """Reliability: SIGKILL the running `train` task's process; Airflow retries it and the run succeeds."""
+    _wait_for_dag(standalone)
+    runs = f"{standalone['base']}/api/v2/dags/{DAG_ID}/dagRuns"
+    status, reply = _request(
+        runs, "POST", {"logical_date": None, "conf": {"force": True, "epochs": 4}}, standalone["token"]
+    )
+    assert status == 200, reply
+    run_id = reply["dag_run_id"]
+    ti_url = f"{runs}/{run_id}/taskInstances/train"
+
+    def running_train_process():
+        ti = _request(ti_url, token=standalone["token"])[1]
+        return _task_process_pids(ti["id"]) if ti.get("state") == "running" else None
+
+    pids = wait_for(running_train_process, 600, "the train task's process", interval=0.5)
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    state = _wait_for_run(standalone, run_id)
+    assert state == "success", _task_states(standalone, run_id)
+    train = _request(ti_url, token=standalone["token"])[1]
+    assert train["try_number"] == 2  # the killed try, then the retry that finished

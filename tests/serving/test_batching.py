@@ -131,6 +131,21 @@ def test_a_deadline_passing_in_the_queue_is_resource_exhausted():
     scheduler.close()
 
 
+def test_the_batch_thread_survives_a_queue_emptied_by_deadlines():
+    """A lone request whose deadline passes inside the batching window used to kill the batch thread."""
+    scheduler = BatchScheduler(
+        _doubler([]), BatchOptions(max_batch_size=2, batch_timeout_micros=500_000, num_batch_threads=1)
+    )
+    with pytest.raises(ServingError) as caught:
+        scheduler.submit({"x": np.ones((1, 2), np.float32)}, timeout=0.1)
+    assert caught.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    time.sleep(0.8)  # the window closes on an empty queue
+    result = scheduler.submit({"x": np.ones((2, 2), np.float32)}, timeout=5)  # a full batch runs at once
+    np.testing.assert_array_equal(result["y"], np.full((2, 2), 2.0))
+    assert all(thread.is_alive() for thread in scheduler._threads)
+    scheduler.close()
+
+
 def _try(scheduler):
     try:
         scheduler.submit({"x": np.ones((1, 2))}, 10)
