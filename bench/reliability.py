@@ -310,6 +310,24 @@ def fuzz(work: Workspace, cases: int, derandomize: bool = False) -> dict:
 # --- hot swap under load -------------------------------------------------------------------------
 
 
+def _promotion_setup(work: Workspace, name: str, versions: int) -> tuple[Path, PipelineConfig, tuple[str, ...]]:
+    """Scaler versions 1..`versions`, `stable` on 1 in the promotion config file, and the server's flags."""
+    from pipeline.release import promotion
+
+    folder = _scenario_dir(work, name)
+    _scaler_versions(folder / "models" / "scaler", range(1, versions + 1))
+    config_file = folder / "serving" / "models.config"
+    config = PipelineConfig(
+        workdir=str(folder / "work"),
+        model_base_path=str(folder / "models"),
+        model_name="scaler",
+        serving_config_file=str(config_file),
+        serving_grpc_target=None,
+    ).validate()
+    promotion.mark_stable(config, 1, by="reliability")  # the file the server starts with
+    return folder, config, (f"--model_config_file={config_file}", "--allow_version_labels_for_unavailable_models")
+
+
 def hot_swap(work: Workspace, requests: int, promotions: int, rollbacks: int, concurrency: int = 32) -> dict:
     """gRPC and REST clients ask for `stable` while versions are promoted and rolled back.
 
@@ -318,19 +336,8 @@ def hot_swap(work: Workspace, requests: int, promotions: int, rollbacks: int, co
     """
     from pipeline.release import promotion
 
-    folder = _scenario_dir(work, "hot_swap")
-    base = folder / "models"
-    _scaler_versions(base / "scaler", range(1, promotions + 2))
-    config_file = folder / "serving" / "models.config"
-    config = PipelineConfig(
-        workdir=str(folder / "work"),
-        model_base_path=str(base),
-        model_name="scaler",
-        serving_config_file=str(config_file),
-        serving_grpc_target=None,
-    ).validate()
-    promotion.mark_stable(config, 1, by="reliability")  # the file the server starts with
-    server = _start(folder, f"--model_config_file={config_file}", "--allow_version_labels_for_unavailable_models")
+    folder, config, flags = _promotion_setup(work, "hot_swap", promotions + 1)
+    server = _start(folder, *flags)
     config = config.replace(serving_grpc_target=server.grpc_target)
     changes: list[tuple[float, float, int]] = [(float("-inf"), float("-inf"), 1)]  # (before, after, new stable)
     answers: list[tuple[float, float, int]] = []
@@ -528,19 +535,7 @@ def serving_killed(work: Workspace, kills: int) -> dict:
     """
     from pipeline.release import promotion
 
-    folder = _scenario_dir(work, "serving_killed")
-    base = folder / "models"
-    _scaler_versions(base / "scaler", range(1, kills + 2))
-    config_file = folder / "serving" / "models.config"
-    config = PipelineConfig(
-        workdir=str(folder / "work"),
-        model_base_path=str(base),
-        model_name="scaler",
-        serving_config_file=str(config_file),
-        serving_grpc_target=None,
-    ).validate()
-    promotion.mark_stable(config, 1, by="reliability")
-    flags = (f"--model_config_file={config_file}", "--allow_version_labels_for_unavailable_models")
+    folder, config, flags = _promotion_setup(work, "serving_killed", kills + 1)
     server = _start(folder, *flags)
     ports = (server.grpc_port, server.rest_port)
     config = config.replace(serving_grpc_target=server.grpc_target)
