@@ -487,9 +487,11 @@ def export_faults(work: Workspace, kills: int, overlapping: int) -> dict:
         if first.wait(timeout=600) != 0:
             failed_exports.append(first.stderr.read().decode()[-500:])
         export_seconds = time.monotonic() - timing
-        for index in range(kills):
-            process = _export_process(work, models, f"export-kill-{index}")
-            time.sleep(rng.uniform(0.5, export_seconds))
+        attempts = 0
+        while killed < kills and attempts < 2 * kills:  # an export that finished first is not a kill
+            process = _export_process(work, models, f"export-kill-{attempts}")
+            attempts += 1
+            time.sleep(rng.uniform(0.5, 0.9 * export_seconds))
             if process.poll() is None:
                 process.send_signal(signal.SIGKILL)
                 killed += 1
@@ -540,29 +542,37 @@ def serving_killed(work: Workspace, kills: int) -> dict:
     ports = (server.grpc_port, server.rest_port)
     config = config.replace(serving_grpc_target=server.grpc_target)
     rng = random.Random(11)
-    mismatches, retries, started = [], 0, time.monotonic()
+    mismatches, retries, between_steps, started = [], 0, 0, time.monotonic()
     try:
         for version in range(2, kills + 2):
             outcome: list[BaseException] = []
+            if version % 2 == 0:  # killed between a promotion's two steps: canary moved, stable not yet
+                promotion.promote_canary(config, version, by="reliability")
+                server.process.send_signal(signal.SIGKILL)
+                between_steps += 1
+            else:  # killed at a random moment of a promotion in flight
 
-            def promote(target: int = version, result: list = outcome) -> None:
-                try:
-                    promotion.promote_canary(config, target, by="reliability")
-                    promotion.mark_stable(config, target, by="reliability")
-                except BaseException as err:  # noqa: BLE001  (judged below)
-                    result.append(err)
+                def promote(target: int = version, result: list = outcome) -> None:
+                    try:
+                        promotion.promote_canary(config, target, by="reliability")
+                        promotion.mark_stable(config, target, by="reliability")
+                    except BaseException as err:  # noqa: BLE001  (judged below)
+                        result.append(err)
 
-            worker = threading.Thread(target=promote)
-            worker.start()
-            time.sleep(rng.uniform(0.0, 0.4))  # a promotion takes ~0.3 s here: most kills land inside one
-            server.process.send_signal(signal.SIGKILL)
+                worker = threading.Thread(target=promote)
+                worker.start()
+                time.sleep(rng.uniform(0.0, 0.3))  # a promotion takes ~0.3 s here
+                server.process.send_signal(signal.SIGKILL)
+                worker.join()
             server.process.wait()
-            worker.join()
             server = _start(folder, *flags, ports=ports)
+            canary_on_disk = promotion.read_state(config).canary
             on_disk = promotion.read_state(config).stable
             with TFServingClient(server.grpc_target, timeout=30) as client:
                 if client.predict("scaler", {"x": X}, label="stable").version != on_disk:
-                    mismatches.append(f"after kill {version - 1}: file says {on_disk}")
+                    mismatches.append(f"after kill {version - 1}: file says stable {on_disk}")
+                if client.predict("scaler", {"x": X}, label="canary").version != canary_on_disk:
+                    mismatches.append(f"after kill {version - 1}: file says canary {canary_on_disk}")
             if outcome:  # the promotion was cut off (serving unavailable or refused mid-way)
                 retries += 1
             promotion.promote_canary(config, version, by="reliability")  # the retry (a no-op if it had finished)
@@ -573,6 +583,7 @@ def serving_killed(work: Workspace, kills: int) -> dict:
         server.stop()
     return {
         "faults_injected": kills,
+        "killed_between_promotion_steps": between_steps,
         "promotions_cut_off_and_retried": retries,
         "swaps": kills * 2,
         "failures": len(mismatches) + int(final != kills + 1),
@@ -584,8 +595,12 @@ def serving_killed(work: Workspace, kills: int) -> dict:
 # --- connections --------------------------------------------------------------------------------------
 
 
-def connections(work: Workspace, idle: int, slow: int, requests: int = 200) -> dict:
-    """Idle keep-alive and slow (half-sent) connections held open while normal requests go on, then SIGTERM."""
+def connections(work: Workspace, idle: int, slow: int, requests: int = 200, tolerance_s: float = 0.0) -> dict:
+    """Idle keep-alive and slow (half-sent) connections held open while normal requests go on, then SIGTERM.
+
+    SIGTERM must end the server within its 5 s grace (plus `tolerance_s`, which `make test`
+    allows for a machine busy with other tests; the report allows none).
+    """
     folder = _scenario_dir(work, "connections")
     _scaler_versions(folder / "models" / "scaler", range(1, 2))
     config = folder / "c.config"
@@ -615,7 +630,7 @@ def connections(work: Workspace, idle: int, slow: int, requests: int = 200) -> d
         term = time.monotonic()
         code = server.stop(timeout_s=30)
         exit_seconds = time.monotonic() - term
-        if code != 0 or exit_seconds > 5 + 2:
+        if code != 0 or exit_seconds > 5 + tolerance_s:  # --shutdown_grace_seconds=5
             failures.append(f"SIGTERM with {len(sockets)} connections open: exit {code} after {exit_seconds:.1f}s")
     except (ServingError, OSError) as err:
         failures.append(str(err))
@@ -626,6 +641,7 @@ def connections(work: Workspace, idle: int, slow: int, requests: int = 200) -> d
         server.stop()
     p50 = (float(np.median(quiet)) * 1000, float(np.median(loaded)) * 1000)
     return {
+        "faults_injected": idle + slow,
         "connections_held": idle + slow,
         "requests_sent": 2 * requests,
         "p50_ms_quiet": round(p50[0], 2),
@@ -756,7 +772,7 @@ SHORT = {
     "hot_swap": {"requests": 1500, "promotions": 3, "rollbacks": 1, "concurrency": 16},
     "export_faults": {"kills": 2, "overlapping": 2},
     "serving_killed": {"kills": 2},
-    "connections": {"idle": 200, "slow": 50, "requests": 50},
+    "connections": {"idle": 200, "slow": 50, "requests": 50, "tolerance_s": 3.0},
     "training_killed": {"epochs": 2},
     "disk_full": {},
 }

@@ -365,7 +365,9 @@ class ModelServer:
             self.service.request_timeout_s,
             self.registry.render,
             threads=args.rest_api_num_threads or 4 * (os.cpu_count() or 1),
-            grace_s=args.shutdown_grace_seconds,
+            # In-flight REST requests get the grace less one second, kept for unloading, so that
+            # SIGTERM ends within --shutdown_grace_seconds even with stalled clients connected.
+            grace_s=max(args.shutdown_grace_seconds - 1.0, 0.0),
         )
         self.rest_port = self.rest_server.port
         self.rest_server.start()
