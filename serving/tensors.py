@@ -77,6 +77,12 @@ def to_tensor_proto(value) -> tensor_pb2.TensorProto:
         The proto, numeric dtypes as `tensor_content`.
     """
     array = np.asarray(value)
+    if array.dtype.kind in "OS" and array.size and all(isinstance(v, bytes) for v in array.flat):
+        proto = tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING)  # bytes: string_val, one per element
+        for size in array.shape:
+            proto.tensor_shape.dim.add(size=size)
+        proto.string_val.extend(array.ravel().tolist())
+        return proto
     enum = _ENUM_BY_DTYPE.get(array.dtype.newbyteorder("="))
     if enum is None:
         import tensorflow as tf
@@ -110,6 +116,10 @@ def to_array(proto: tensor_pb2.TensorProto) -> np.ndarray:
     shape = [dim.size for dim in proto.tensor_shape.dim]
     if any(size < 0 for size in shape):
         raise TensorContentError(f"declared shape {shape} has a negative dimension")
+    if proto.dtype == types_pb2.DT_STRING and len(proto.string_val) == math.prod(shape):
+        array = np.empty(len(proto.string_val), dtype=object)
+        array[:] = list(proto.string_val)
+        return array.reshape(shape)
     if dtype is None or not proto.tensor_content:
         _check_value_count(proto, shape)
         import tensorflow as tf

@@ -139,9 +139,14 @@ class BatchScheduler:
                     f"(max_enqueued_batches {self._options.max_enqueued_batches} of "
                     f"max_batch_size {self._options.max_batch_size})",
                 )
+            was_empty = not self._queue
             self._queue.append(task)
             self._queued_rows += rows
-            self._cv.notify_all()
+            # Wake a batch thread only when it has something new to do: work after an empty
+            # queue, or a full batch that need not wait out the window. Waking them for every
+            # request cost a quarter of the server's time at 32 single-image clients.
+            if was_empty or self._queued_rows >= self._options.max_batch_size:
+                self._cv.notify()
         if not task.done.wait(timeout):
             with self._cv:
                 still_queued = task in self._queue

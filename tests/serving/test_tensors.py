@@ -62,3 +62,12 @@ def test_a_few_values_cannot_declare_a_huge_tensor_but_small_fills_still_work():
     np.testing.assert_array_equal(
         tensors.to_array(tf.make_tensor_proto(2.0, tf.float32, shape=[2, 3])), np.full((2, 3), 2.0)
     )
+
+
+def test_bytes_tensors_take_the_string_fast_path_with_tensorflows_layout():
+    names = np.array([[b"T-shirt/top", b"Trouser"], [b"", b"\xff\x00"]], dtype=object)
+    proto = tensors.to_tensor_proto(names)
+    assert proto == tf.make_tensor_proto(names)  # byte for byte what TensorFlow writes
+    back = tensors.to_array(proto)
+    assert back.dtype == object and back.tolist() == names.tolist()
+    np.testing.assert_array_equal(tensors.to_array(tf.make_tensor_proto(np.array(b"one", dtype=object))), b"one")
