@@ -10,7 +10,6 @@ Labels may point only at loaded versions, so a new version is loaded before a la
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 from pathlib import Path
@@ -186,24 +185,62 @@ def apply_state(config: PipelineConfig, state: ServingState) -> None:
             atomic_write_bytes(config_file, previous_text)
         else:
             config_file.unlink(missing_ok=True)
-        if isinstance(err, PromotionError) and config.serving_grpc_target and previous_text is not None:
-            # Serving refused a step (e.g. a version failed to load): put it back on the old config.
-            with contextlib.suppress(PromotionError, ServingUnavailableError):
-                _push(config, previous_text.decode(), previous.versions)
+        if isinstance(err, PromotionError | ServingUnavailableError) and previous_text is not None:
+            # A server refused a step or is down: put every server that answers back on the old config.
+            # A server that already moved its labels needs the same two steps backwards (load the old
+            # versions under the new labels, then move the labels back).
+            union = sorted(set(previous.versions) | set(state.versions))
+            bridge = _with_other_models(config, render_config(config, union, _labels(state)))
+            _push_everywhere_possible(config, [(bridge, union), (previous_text.decode(), previous.versions)])
         raise
 
 
+def _push_everywhere_possible(config: PipelineConfig, undo: list[tuple[str, list[int]]]) -> None:
+    """Best effort: puts each serving server that answers on the last config of `undo`.
+
+    The last config is pushed alone first (enough for a server that never moved its labels);
+    where the server refuses it, every step of `undo` is pushed in order.
+    """
+    for target in serving_targets(config):
+        management = config.serving_management_target if target == config.serving_grpc_target else None
+        single = config.replace(serving_grpc_target=target, serving_replicas=None, serving_management_target=management)
+        try:
+            _push(single, *undo[-1])
+        except PromotionError:
+            try:
+                for text, versions in undo:
+                    _push(single, text, versions)
+            except (PromotionError, ServingUnavailableError) as err:
+                log.warning("could not put %s back on the previous serving config: %s", target, err)
+        except ServingUnavailableError as err:
+            log.warning("could not put %s back on the previous serving config: %s", target, err)
+
+
+def serving_targets(config: PipelineConfig) -> list[str]:
+    """The serving servers promotion keeps in step: `serving_grpc_target`, then `serving_replicas`."""
+    replicas = [t.strip() for t in (config.serving_replicas or "").split(",") if t.strip()]
+    return [config.serving_grpc_target, *replicas] if config.serving_grpc_target else []
+
+
 def _push(config: PipelineConfig, text: str, versions: list[int]) -> None:
+    """Applies `text` to every serving server in turn and waits until `versions` are available on each.
+
+    Raises:
+        ServingUnavailableError: a server is down (the caller undoes the change on the others).
+        PromotionError: a server refused the config or a version failed to load there.
+    """
     from serving.protocol import ServingError
 
-    with serving_client(config) as client:
-        try:
-            client.reload_config(text)
-        except ServingError as err:
-            if err.code.name == "UNAVAILABLE":
-                raise ServingUnavailableError(f"serving endpoint {config.serving_grpc_target}: {err.message}") from err
-            raise PromotionError(f"serving refused the config: {err.code.name}: {err.message}") from err
-        wait_available(client, config.model_name, versions, config.infra_validation_timeout_s)
+    for index, target in enumerate(serving_targets(config)):
+        client = serving_client(config, target) if index else serving_client(config)
+        with client:
+            try:
+                client.reload_config(text)
+            except ServingError as err:
+                if err.code.name == "UNAVAILABLE":
+                    raise ServingUnavailableError(f"serving endpoint {target}: {err.message}") from err
+                raise PromotionError(f"serving at {target} refused the config: {err.code.name}: {err.message}") from err
+            wait_available(client, config.model_name, versions, config.infra_validation_timeout_s)
 
 
 def stable_model_card(config: PipelineConfig) -> dict[str, Any] | None:

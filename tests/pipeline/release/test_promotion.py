@@ -106,3 +106,50 @@ def _image():
     import numpy as np
 
     return np.zeros((1, 28, 28), np.uint8)
+
+
+def test_promotion_keeps_replicas_in_step_and_undoes_a_change_one_of_them_missed(published, tmp_path):
+    """Two servers on the same model storage and config file: each change reaches both; when one is down,
+    the change is undone on the other and in the file, so `stable` stays the same everywhere."""
+    from pipeline.core.errors import ServingUnavailableError
+    from serving.client import TFServingClient
+    from tests.support import start_test_server
+
+    config_file = Path(published.serving_config_file)
+    apply_state(published, ServingState(stable=1))
+    flags = (f"--model_config_file={config_file}", "--allow_version_labels_for_unavailable_models")
+    servers = {}
+    for name in ("primary", "replica"):
+        (tmp_path / name).mkdir()
+        servers[name] = start_test_server(tmp_path / name, tmp_path / f"{name}.log", *flags)
+
+    def labels(server) -> dict[str, int]:
+        with TFServingClient(server.grpc_target, retries=0) as client:
+            return {
+                label: client.predict(published.model_name, {"images": _image()}, label=label).version
+                for label in ("stable", "canary")
+            }
+
+    try:
+        config = published.replace(
+            serving_grpc_target=servers["primary"].grpc_target, serving_replicas=servers["replica"].grpc_target
+        )
+        apply_state(config, ServingState(stable=1, canary=2))
+        assert labels(servers["primary"]) == labels(servers["replica"]) == {"stable": 1, "canary": 2}
+
+        replica = servers["replica"]
+        replica.stop()  # one replica down during the next promotion
+        with pytest.raises(ServingUnavailableError, match=replica.grpc_target):
+            apply_state(config, ServingState(stable=2, canary=2))
+        assert read_state(config) == ServingState(stable=1, canary=2)  # the file as before
+        assert labels(servers["primary"]) == {"stable": 1, "canary": 2}  # and the primary put back
+
+        servers["replica"] = start_test_server(
+            tmp_path / "replica", tmp_path / "replica.log", *flags, ports=(replica.grpc_port, replica.rest_port)
+        )
+        assert labels(servers["replica"]) == {"stable": 1, "canary": 2}  # restarted from the file
+        apply_state(config, ServingState(stable=2, canary=2))  # the retry, with both up
+        assert labels(servers["primary"]) == labels(servers["replica"]) == {"stable": 2, "canary": 2}
+    finally:
+        for server in servers.values():
+            server.stop()
