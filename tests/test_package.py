@@ -96,3 +96,26 @@ def test_the_wheel_installs_into_a_fresh_venv_and_the_dags_parse_there_without_p
             [str(venv / "bin" / script), *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
         )
         assert run.returncode == 0 and expected in run.stdout, (script, run.stdout[-500:], run.stderr[-1500:])
+
+
+def test_the_top_level_dockerfile_agrees_with_the_pins_and_the_layout():
+    """No Docker engine here: the Dockerfile is read as instructions and checked against the project."""
+    instructions = []
+    for line in (REPO_ROOT / "Dockerfile").read_text().replace("\\\n", " ").splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            keyword, _, rest = line.strip().partition(" ")
+            instructions.append((keyword.upper(), rest.strip()))
+    args = dict(rest.split("=", 1) for keyword, rest in instructions if keyword == "ARG" and "=" in rest)
+    pins = _pins((REPO_ROOT / "requirements.txt").read_text().splitlines())
+    assert args["AIRFLOW_VERSION"] == pins["apache-airflow"]
+    assert args["TENSORFLOW_VERSION"] == pins["tensorflow"]
+    assert args["PYTHON_VERSION"] == "3.11"
+    froms = [rest for keyword, rest in instructions if keyword == "FROM"]
+    assert froms[-1] == "apache/airflow:${AIRFLOW_VERSION}-python${PYTHON_VERSION}"  # the official image
+    assert [rest for keyword, rest in instructions if keyword == "USER"][-1] == "airflow"  # not root
+    copies = [rest.split()[-2:] for keyword, rest in instructions if keyword == "COPY" and "--from" not in rest]
+    for source, _ in copies:
+        assert (REPO_ROOT / source.rstrip("/")).exists(), source
+    assert ["dags/", "/opt/airflow/dags/"] in copies
+    install = next(rest for keyword, rest in instructions if keyword == "RUN" and "apache-airflow==" in rest)
+    assert '"keras-mlops-pipeline[airflow]"' in install and "tensorflow${TENSORFLOW_EXTRA:+" in install
