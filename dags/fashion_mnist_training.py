@@ -52,7 +52,12 @@ def fashion_mnist_training():
     def check_changes(state: dict) -> dict | None:
         return run_step("check_changes", state)
 
-    @task(pool=SETTINGS.pool, queue=SETTINGS.queue, execution_timeout=timedelta(minutes=SETTINGS.train_timeout_minutes))
+    @task(
+        pool=SETTINGS.pool,
+        queue=SETTINGS.queue,
+        executor_config=SETTINGS.train_executor_config(),
+        execution_timeout=timedelta(minutes=SETTINGS.train_timeout_minutes),
+    )
     def train(state: dict) -> dict:
         return run_step("train", state)
 

@@ -33,6 +33,8 @@ class DeploymentSettings:
         max_retry_delay_seconds: Longest retry delay.
         task_timeout_minutes: execution_timeout of every task but training.
         train_timeout_minutes: execution_timeout of the training task.
+        train_pod_template_file: KubernetesExecutor only: the pod template the training task runs
+            in (GPU requests, node selector); other executors ignore it.
         pipeline: PipelineConfig values every run starts from (trigger params override them).
     """
 
@@ -44,7 +46,12 @@ class DeploymentSettings:
     max_retry_delay_seconds: float = 900
     task_timeout_minutes: float = 30
     train_timeout_minutes: float = 240
+    train_pod_template_file: str | None = None
     pipeline: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def train_executor_config(self) -> dict[str, str]:
+        """The training task's executor_config: its pod template under the KubernetesExecutor, if set."""
+        return {"pod_template_file": self.train_pod_template_file} if self.train_pod_template_file else {}
 
     def base_config(self) -> PipelineConfig:
         """Returns the validated config the settings describe (before trigger params)."""

@@ -99,3 +99,52 @@ def test_every_file_the_stack_mounts_exists(compose):
     assert compose["x-airflow-common"]["image"].startswith("keras-mlops-airflow")
     assert "keras-mlops-airflow" in (REPO_ROOT / "Dockerfile").read_text()
     assert Path(compose["x-airflow-common"]["env_file"]).name == "airflow.env"
+
+
+# --- Kubernetes ---------------------------------------------------------------------------------------
+
+K8S = DEPLOY / "kubernetes"
+
+
+def _documents(name: str) -> list[dict]:
+    return [doc for doc in yaml.safe_load_all((K8S / name).read_text()) if doc]
+
+
+def test_kubernetes_settings_route_training_to_the_gpu_pod_template(settings):
+    k8s = load_settings(K8S / "settings.yaml", "/opt/airflow")
+    assert k8s.train_executor_config() == {"pod_template_file": "/opt/airflow/pod_templates/gpu-train.yaml"}
+    assert settings.train_executor_config() == {}  # Celery (compose) routes by queue instead
+    (pod,) = _documents("gpu-train-pod-template.yaml")
+    (container,) = pod["spec"]["containers"]
+    assert container["name"] == "base"  # the KubernetesExecutor runs the task in the container named base
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    values = yaml.safe_load((K8S / "airflow-values.yaml").read_text())
+    assert values["executor"] == "KubernetesExecutor"
+    mounts = {mount["mountPath"]: mount["name"] for mount in values["volumeMounts"]}
+    assert mounts[str(Path(k8s.train_pod_template_file).parent)] == "pod-templates"
+    config = k8s.base_config()
+    for volume_mounts in (values["volumeMounts"], container["volumeMounts"]):
+        paths = {mount["mountPath"]: mount["name"] for mount in volume_mounts}
+        assert paths[config.model_base_path] == "models" and paths[config.workdir] == "artifacts"
+    pins = dict(re.findall(r"^([A-Za-z0-9_.\-]+)==(\S+)", (REPO_ROOT / "requirements.txt").read_text(), re.M))
+    assert values["airflowVersion"] == pins["apache-airflow"]
+
+
+def test_kubernetes_serving_replicas_are_the_ones_promotion_reloads():
+    from pipeline.release.promotion import serving_targets
+
+    config = load_settings(K8S / "settings.yaml", "/opt/airflow").base_config()
+    docs = {(doc["kind"], doc["metadata"]["name"]): doc for doc in _documents("tf-serving.yaml")}
+    statefulset = docs[("StatefulSet", "tf-serving")]
+    service_name = statefulset["spec"]["serviceName"]
+    assert docs[("Service", service_name)]["spec"]["clusterIP"] == "None"  # per-replica DNS names
+    replicas = statefulset["spec"]["replicas"]
+    assert serving_targets(config) == [f"tf-serving-{i}.{service_name}:8500" for i in range(replicas)]
+    (container,) = statefulset["spec"]["template"]["spec"]["containers"]
+    flags = _flags(container["args"])
+    assert flags["model_config_file"] == config.serving_config_file and flags["port"] == "8500"
+    assert container["readinessProbe"]["httpGet"]["path"] == f"/v1/models/{config.model_name}"
+    assert {m["mountPath"]: m["name"] for m in container["volumeMounts"]}[config.model_base_path] == "models"
+    assert {("PersistentVolumeClaim", "models"), ("PersistentVolumeClaim", "artifacts")} <= set(docs)
+    dockerfile = (REPO_ROOT / "serving" / "Dockerfile").read_text()
+    assert container["image"] == "tensorflow/serving:" + re.search(r"ARG TF_SERVING_VERSION=(\S+)", dockerfile).group(1)
