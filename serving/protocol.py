@@ -86,7 +86,7 @@ def cap_message(message: str) -> str:
 def parse_version(text: str) -> int:
     """Converts a version from a URL; INVALID_ARGUMENT as TF Serving words it if it is not an int64."""
     if not (text.isascii() and text.isdigit()) or len(text) > 19 or int(text) > MAX_VERSION:
-        raise invalid(f"Failed to convert version: {cap_message(text)[:64]} to numeric.")
+        raise invalid(f"Failed to convert version: {text[:64]} to numeric.")
     return int(text)
 
 

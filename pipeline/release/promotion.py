@@ -202,17 +202,13 @@ def _push_everywhere_possible(config: PipelineConfig, undo: list[tuple[str, list
     where the server refuses it, every step of `undo` is pushed in order.
     """
     for target in serving_targets(config):
-        management = config.serving_management_target if target == config.serving_grpc_target else None
-        single = config.replace(serving_grpc_target=target, serving_replicas=None, serving_management_target=management)
         try:
-            _push(single, *undo[-1])
-        except PromotionError:
             try:
+                _push_one(config, target, *undo[-1])
+            except PromotionError:
                 for text, versions in undo:
-                    _push(single, text, versions)
-            except (PromotionError, ServingUnavailableError) as err:
-                log.warning("could not put %s back on the previous serving config: %s", target, err)
-        except ServingUnavailableError as err:
+                    _push_one(config, target, text, versions)
+        except (PromotionError, ServingUnavailableError) as err:
             log.warning("could not put %s back on the previous serving config: %s", target, err)
 
 
@@ -229,18 +225,22 @@ def _push(config: PipelineConfig, text: str, versions: list[int]) -> None:
         ServingUnavailableError: a server is down (the caller undoes the change on the others).
         PromotionError: a server refused the config or a version failed to load there.
     """
+    for target in serving_targets(config):
+        _push_one(config, target, text, versions)
+
+
+def _push_one(config: PipelineConfig, target: str, text: str, versions: list[int]) -> None:
+    """Applies `text` to one serving server (the primary through its management target, if set)."""
     from serving.protocol import ServingError
 
-    for index, target in enumerate(serving_targets(config)):
-        client = serving_client(config, target) if index else serving_client(config)
-        with client:
-            try:
-                client.reload_config(text)
-            except ServingError as err:
-                if err.code.name == "UNAVAILABLE":
-                    raise ServingUnavailableError(f"serving endpoint {target}: {err.message}") from err
-                raise PromotionError(f"serving at {target} refused the config: {err.code.name}: {err.message}") from err
-            wait_available(client, config.model_name, versions, config.infra_validation_timeout_s)
+    with serving_client(config) if target == config.serving_grpc_target else serving_client(config, target) as client:
+        try:
+            client.reload_config(text)
+        except ServingError as err:
+            if err.code.name == "UNAVAILABLE":
+                raise ServingUnavailableError(f"serving endpoint {target}: {err.message}") from err
+            raise PromotionError(f"serving at {target} refused the config: {err.code.name}: {err.message}") from err
+        wait_available(client, config.model_name, versions, config.infra_validation_timeout_s)
 
 
 def stable_model_card(config: PipelineConfig) -> dict[str, Any] | None:

@@ -60,7 +60,7 @@ class ServingService:
         if self.base_path_roots:
             for model in config.model_config_list.config:
                 path = Path(model.base_path).resolve()  # symlinks and '..' resolved before the check
-                if not any(path == root or path.is_relative_to(root) for root in self.base_path_roots):
+                if not any(path.is_relative_to(root) for root in self.base_path_roots):  # a root itself included
                     raise ServingError(
                         grpc.StatusCode.PERMISSION_DENIED,
                         f"base_path {model.base_path} of model {model.name} is outside the allowed model roots "
