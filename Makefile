@@ -53,8 +53,11 @@ demo: setup data
 	$(BIN)/python deploy/local.py demo
 
 # airflow standalone (UI on :8080) with the project's DAGs, plus the local serving server.
+# EXECUTOR=celery: the CeleryExecutor with PostgreSQL (127.0.0.1:5432) and Redis (127.0.0.1:6379),
+# one Celery worker on the default queue and one on the training queue (deploy/celery_stack.py).
+EXECUTOR ?= standalone
 airflow: setup data
-	$(BIN)/python deploy/local.py airflow
+	$(BIN)/python deploy/local.py airflow --executor $(EXECUTOR)
 
 serving-start: setup
 	$(BIN)/python deploy/local.py serving-start

@@ -2,6 +2,7 @@
 
     python deploy/local.py serving-start | serving-stop | serving-status
     python deploy/local.py airflow      # airflow standalone + serving (make airflow)
+    python deploy/local.py airflow --executor celery   # CeleryExecutor, PostgreSQL, Redis, 2 workers
     python deploy/local.py demo         # the training DAG end to end, then predictions (make demo)
 
 Everything lives inside the project: AIRFLOW_HOME=airflow_home/, artifacts/ for data,
@@ -14,6 +15,7 @@ import argparse
 import contextlib
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -24,6 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from deploy import celery_stack  # noqa: E402
 from pipeline.dag_settings import load_settings  # noqa: E402
 from serving import launcher  # noqa: E402
 from serving.polling import poll_until  # noqa: E402
@@ -34,6 +37,9 @@ PID_FILE = SERVING_DIR / "server.pid"
 LOG_FILE = SERVING_DIR / "server.log"
 AIRFLOW_HOME = ROOT / "airflow_home"
 DAG_ID = "fashion_mnist_training"
+CELERY_DATABASE = "airflow_mlops"
+CELERY_DATABASE_URL = f"postgresql+psycopg2://postgres@127.0.0.1:5432/{CELERY_DATABASE}"
+CELERY_BROKER_URL = "redis://127.0.0.1:6379/0"
 
 
 def _settings():
@@ -130,15 +136,15 @@ def serving_stop() -> None:
     print(f"serving: stopped (pid {pid})")
 
 
-def _airflow(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run([str(VENV_BIN / "airflow"), *args], cwd=ROOT, env=airflow_env(), check=check)
+def _airflow(*args: str, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([str(VENV_BIN / "airflow"), *args], cwd=ROOT, env=env or airflow_env(), check=check)
 
 
-def airflow_prepare() -> None:
+def airflow_prepare(env: dict[str, str] | None = None) -> None:
     """Migrates the metadata DB and creates the training pool."""
     settings = _settings()
-    _airflow("db", "migrate")
-    _airflow("pools", "set", settings.pool, "1", "GPU training slots (one per GPU)")
+    _airflow("db", "migrate", env=env)
+    _airflow("pools", "set", settings.pool, "1", "GPU training slots (one per GPU)", env=env)
 
 
 def airflow_standalone() -> None:
@@ -150,6 +156,47 @@ def airflow_standalone() -> None:
     print(f"airflow: password in {AIRFLOW_HOME / 'simple_auth_manager_passwords.json.generated'}")
     print("airflow: Ctrl-C stops Airflow; `python deploy/local.py serving-stop` stops serving")
     os.execvpe(str(VENV_BIN / "airflow"), [str(VENV_BIN / "airflow"), "standalone"], airflow_env())
+
+
+def airflow_celery(database_url: str, broker_url: str) -> None:
+    """Airflow on the CeleryExecutor: PostgreSQL, Redis, a default worker and a training-queue worker."""
+    from sqlalchemy.engine import make_url
+
+    database = make_url(database_url)
+    try:
+        celery_stack.require_service(f"//{database.host}:{database.port or 5432}", "PostgreSQL (the metadata DB)")
+        celery_stack.require_service(broker_url, "Redis (the Celery broker)")
+    except celery_stack.StackError as err:
+        sys.exit(f"airflow: {err}")
+    celery_stack.ensure_database(
+        f"host={database.host} port={database.port or 5432} user={database.username or 'postgres'} dbname=postgres",
+        database.database,
+    )
+    env = celery_stack.celery_env(
+        airflow_env(), database_url=database_url, broker_url=broker_url, jwt_secret=secrets.token_urlsafe(32)
+    )
+    airflow_prepare(env)
+    serving_start()
+    queues = [celery_stack.DEFAULT_QUEUE, _settings().queue]
+    stack = celery_stack.Stack(AIRFLOW_HOME / "logs" / "services")
+    stack.start(celery_stack.service_commands(str(VENV_BIN / "airflow"), queues), env, cwd=ROOT)
+    port = env["AIRFLOW__API__PORT"]
+    print(f"airflow: CeleryExecutor, metadata DB {database_url}, broker {broker_url}")
+    print(f"airflow: workers on queues {', '.join(queues)}; service logs in {stack.log_dir}")
+    print(f"airflow: UI at http://localhost:{port} (user admin)")
+    print(f"airflow: password in {AIRFLOW_HOME / 'simple_auth_manager_passwords.json.generated'}")
+    print("airflow: Ctrl-C stops Airflow; `python deploy/local.py serving-stop` stops serving")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        while not stack.dead():
+            time.sleep(2)
+        dead = stack.dead()[0]
+        print(f"airflow: {dead} exited; its log ends with:\n{stack.log(dead)[-2000:]}", file=sys.stderr)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        print("airflow: stopping the services")
+        stack.stop()
 
 
 def _test_images(count: int):
@@ -209,6 +256,20 @@ def demo() -> None:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=["airflow", "demo", "serving-start", "serving-status", "serving-stop"])
+    parser.add_argument(
+        "--executor",
+        choices=["standalone", "celery"],
+        default="standalone",
+        help="airflow: `airflow standalone` (SQLite), or the CeleryExecutor with PostgreSQL and Redis.",
+    )
+    parser.add_argument("--database-url", default=CELERY_DATABASE_URL, help="celery: the metadata DB.")
+    parser.add_argument("--broker-url", default=CELERY_BROKER_URL, help="celery: the Celery broker.")
+    args = parser.parse_args()
+    if args.command == "airflow" and args.executor == "celery":
+        airflow_celery(args.database_url, args.broker_url)
+        return
     commands = {
         "serving-start": serving_start,
         "serving-stop": serving_stop,
@@ -216,9 +277,7 @@ def main() -> None:
         "airflow": airflow_standalone,
         "demo": demo,
     }
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=sorted(commands))
-    commands[parser.parse_args().command]()
+    commands[args.command]()
 
 
 if __name__ == "__main__":

@@ -181,6 +181,12 @@ def _not_blessed(outputs: dict[str, Any]) -> str | None:
     return None if outputs["blessed"] else "not blessed: " + "; ".join(outputs["reasons"])
 
 
+def _not_chief(outputs: dict[str, Any]) -> str | None:
+    if outputs.get("is_chief", True):
+        return None
+    return f"multi-worker training: {outputs['hardware']['task']} took part; the chief evaluates and exports"
+
+
 @dataclasses.dataclass(frozen=True)
 class Step:
     """One step of the sequence.
@@ -223,6 +229,7 @@ STEPS: tuple[Step, ...] = (
             f"{o['epochs_run']} epochs, best val_accuracy {o['best_val_accuracy']:.4f} "
             f"on {o['hardware']['strategy']}/{o['hardware']['dtype_policy']}"
         ),
+        _not_chief,
     ),
     Step(
         "evaluate",
@@ -295,7 +302,8 @@ def run_step(name: str, config: PipelineConfig, state: State, by: str) -> StepOu
     """
     step = get_step(name)
     outputs = step.function(config, state, by)
-    record_stage(config, name, outputs)
+    if outputs.get("is_chief", True):  # A multi-worker training worker leaves the run's manifest to the chief.
+        record_stage(config, name, outputs)
     return StepOutcome(outputs, {**state, name: outputs}, step.stop_reason(outputs))
 
 

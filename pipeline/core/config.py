@@ -23,7 +23,7 @@ from pipeline.core.errors import ConfigError
 
 DEFAULT_DATA_SOURCE = "idx:/usr/share/datasets/fashion-mnist"
 MODEL_NAMES = ("cnn", "mlp")
-STRATEGIES = ("auto", "mirrored", "one_device", "cpu")
+STRATEGIES = ("auto", "mirrored", "one_device", "cpu", "multi_worker")
 MIXED_PRECISION_MODES = ("auto", "on", "off")
 _RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+:-]{0,127}$")
 _MODEL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -102,7 +102,12 @@ class PipelineConfig:
     )
     dropout: float = _field(0.3, "Dropout rate used by the model builders.", minimum=0, exclusive_maximum=1)
     early_stopping_patience: int = _field(4, "Epochs without validation improvement before stopping.", minimum=1)
-    strategy: str = _field("auto", "Distribution strategy.", choices=STRATEGIES)
+    strategy: str = _field(
+        "auto",
+        "Distribution strategy: 'auto' (all local GPUs, else the CPU), 'mirrored', 'one_device', 'cpu', or "
+        "'multi_worker' (MultiWorkerMirroredStrategy across the machines TF_CONFIG names).",
+        choices=STRATEGIES,
+    )
     mixed_precision: str = _field(
         "auto", "mixed_float16: 'auto' (on for GPUs), 'on' or 'off'.", choices=MIXED_PRECISION_MODES
     )

@@ -54,7 +54,10 @@ def make_dataset(snapshot: Snapshot, split: str, config: PipelineConfig, *, trai
             lambda images, labels: (augment(images, training=True), labels),
             num_parallel_calls=AUTOTUNE,
         )
-    return dataset.prefetch(AUTOTUNE)
+    options = tf.data.Options()
+    # Multi-worker training: each worker takes every n-th batch (TFDS files are too few to shard by file).
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options).prefetch(AUTOTUNE)
 
 
 def split_size(snapshot: Snapshot, split: str) -> int:

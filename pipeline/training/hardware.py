@@ -22,10 +22,13 @@ class HardwarePlan:
 
     Attributes:
         strategy: The `tf.distribute.Strategy` to build and train the model under.
-        strategy_name: 'mirrored', 'one_device' or 'cpu'.
-        devices: Device names the strategy uses.
+        strategy_name: 'mirrored', 'one_device', 'cpu' or 'multi_worker'.
+        devices: Device names the strategy uses on this machine.
         dtype_policy: Keras dtype policy, 'mixed_float16' or 'float32'.
         jit_compile: Whether XLA compilation is requested.
+        task: This process's task in a multi-worker cluster, e.g. 'worker/1' ('chief/0' alone).
+        workers: Number of training processes taking part (1 unless multi_worker).
+        is_chief: Whether this process writes the model, checkpoints and logs.
     """
 
     strategy: object
@@ -33,6 +36,9 @@ class HardwarePlan:
     devices: tuple[str, ...]
     dtype_policy: str
     jit_compile: bool
+    task: str = "chief/0"
+    workers: int = 1
+    is_chief: bool = True
 
     def describe(self) -> dict[str, object]:
         return {
@@ -41,7 +47,56 @@ class HardwarePlan:
             "replicas": self.strategy.num_replicas_in_sync,
             "dtype_policy": self.dtype_policy,
             "jit_compile": self.jit_compile,
+            "task": self.task,
+            "workers": self.workers,
+            "is_chief": self.is_chief,
         }
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterTask:
+    """Where this process sits in a multi-worker cluster (from TF_CONFIG)."""
+
+    task_type: str
+    task_index: int
+    workers: int
+    is_chief: bool
+
+
+def multi_worker_task(resolver) -> ClusterTask:
+    """Reads this process's task from a cluster resolver.
+
+    The chief is the 'chief' task, or worker 0 when the cluster names no chief (TensorFlow's rule).
+
+    Raises:
+        ConfigError: if the cluster is empty (TF_CONFIG unset) or the task is not a training task.
+    """
+    cluster = resolver.cluster_spec().as_dict()
+    if not cluster:
+        raise ConfigError(
+            "strategy 'multi_worker' needs TF_CONFIG in the environment: the cluster's workers (host:port) "
+            'and this process\'s task, e.g. {"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
+            '"task": {"type": "worker", "index": 0}}'
+        )
+    task_type, task_index = resolver.task_type, int(resolver.task_id or 0)
+    if task_type not in ("chief", "worker"):
+        raise ConfigError(f"strategy 'multi_worker' trains in 'chief' and 'worker' tasks; TF_CONFIG says {task_type!r}")
+    workers = sum(len(cluster.get(kind, ())) for kind in ("chief", "worker"))
+    is_chief = task_type == "chief" or ("chief" not in cluster and task_index == 0)
+    return ClusterTask(task_type, task_index, workers, is_chief)
+
+
+def _multi_worker_strategy(tf):
+    from pipeline.training import keras_multi_worker
+
+    resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+    task = multi_worker_task(resolver)
+    try:
+        strategy = tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
+    except RuntimeError as err:  # TensorFlow ran an op before: collectives are configured at start-up.
+        raise ConfigError(f"strategy 'multi_worker' must be set up before TensorFlow runs anything: {err}") from err
+    keras_multi_worker.enable()
+    return strategy, task
 
 
 def _gpu_supports_float16(gpu) -> bool:
@@ -56,7 +111,9 @@ def plan_hardware(config: PipelineConfig) -> HardwarePlan:
     """Chooses strategy and precision from `config` and the visible devices.
 
     'auto' picks MirroredStrategy on several GPUs, one GPU when there is one, else
-    the CPU; mixed_float16 on GPUs of compute capability >= 7.0.
+    the CPU; mixed_float16 on GPUs of compute capability >= 7.0. 'multi_worker' uses
+    MultiWorkerMirroredStrategy over the cluster TF_CONFIG describes (TensorFlow reads
+    it), with this machine's GPUs or its CPU; call it before TensorFlow runs any op.
 
     Args:
         config: Uses `strategy`, `mixed_precision` and `jit_compile`.
@@ -75,6 +132,7 @@ def plan_hardware(config: PipelineConfig) -> HardwarePlan:
         with contextlib.suppress(RuntimeError):
             tf.config.experimental.set_memory_growth(gpu, True)
     name = config.strategy
+    task = ClusterTask("chief", 0, 1, True)
     if name == "auto":
         name = "mirrored" if len(gpus) > 1 else "one_device" if gpus else "cpu"
     if name == "mirrored":
@@ -82,6 +140,9 @@ def plan_hardware(config: PipelineConfig) -> HardwarePlan:
             raise ConfigError("strategy 'mirrored' needs at least one GPU; none is visible")
         devices = tuple(f"/gpu:{i}" for i in range(len(gpus)))
         strategy = tf.distribute.MirroredStrategy(devices=list(devices))
+    elif name == "multi_worker":
+        strategy, task = _multi_worker_strategy(tf)
+        devices = tuple(f"/gpu:{i}" for i in range(len(gpus))) or ("/cpu:0",)
     elif name == "one_device":
         devices = ("/gpu:0",) if gpus else ("/cpu:0",)
         strategy = tf.distribute.OneDeviceStrategy(devices[0])
@@ -101,6 +162,9 @@ def plan_hardware(config: PipelineConfig) -> HardwarePlan:
         devices=devices,
         dtype_policy="mixed_float16" if use_mixed else "float32",
         jit_compile=config.jit_compile,
+        task=f"{task.task_type}/{task.task_index}",
+        workers=task.workers,
+        is_chief=task.is_chief,
     )
     log.info("hardware plan: %s", plan.describe())
     return plan

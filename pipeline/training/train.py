@@ -4,6 +4,11 @@ Callbacks: BackupAndRestore (rerunning a killed run with the same run_id resumes
 from its last finished epoch), early stopping, best-checkpoint selection on
 validation accuracy, TensorBoard and a CSV log. Writes the final model
 (`model.keras`, the best checkpoint), `history.json` and `training_curves.png`.
+
+Under the 'multi_worker' strategy every worker runs this stage with the same run_id;
+only the chief writes into the run's folder. The other workers run the same callbacks
+(saving reads variables collectively, so all workers must save together) into a
+scratch folder of their own machine, kept for resuming and removed when they finish.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import csv
 import dataclasses
 import logging
 import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -34,14 +40,15 @@ log = logging.getLogger(__name__)
 class TrainResult(StageResult):
     """Outputs of the train stage."""
 
-    model_path: Path
-    history_path: Path
-    curves_path: Path
-    tensorboard_dir: Path
+    model_path: Path | None  # None on a multi-worker training worker that is not the chief
+    history_path: Path | None
+    curves_path: Path | None
+    tensorboard_dir: Path | None
     epochs_run: int
     best_val_accuracy: float
     hardware: dict[str, Any]
     seconds: float
+    is_chief: bool = True
 
 
 @contextlib.contextmanager
@@ -169,10 +176,9 @@ def build_compiled_model(config: PipelineConfig, snapshot: Snapshot, data: Train
 
 
 def fit(
-    config: PipelineConfig, snapshot: Snapshot, data: TrainingData, out: Path, callbacks: list
-) -> tuple[keras.Model, HardwarePlan]:
-    """Trains under the strategy and precision the hardware calls for; returns the model and the plan."""
-    hardware = plan_hardware(config)
+    config: PipelineConfig, snapshot: Snapshot, data: TrainingData, out: Path, callbacks: list, hardware: HardwarePlan
+) -> keras.Model:
+    """Trains under the strategy and precision of the hardware plan; returns the model."""
     with dtype_policy(hardware.dtype_policy), hardware.strategy.scope():
         model = build_compiled_model(config, snapshot, data, hardware)
         log.info(
@@ -190,7 +196,7 @@ def fit(
             shuffle=False,  # The tf.data pipeline shuffles, seeded.
             verbose=2,
         )
-    return model, hardware
+    return model
 
 
 def save_outputs(model: keras.Model, out: Path) -> tuple[Path, dict[str, list[float]]]:
@@ -215,6 +221,31 @@ def save_outputs(model: keras.Model, out: Path) -> tuple[Path, dict[str, list[fl
     return model_path, history
 
 
+def worker_scratch_dir(config: PipelineConfig, hardware: HardwarePlan) -> Path:
+    """Returns (and creates) the local folder a non-chief worker writes its callbacks' files to."""
+    name = f"mlops-train-{config.model_name}-{config.run_id}-{hardware.task.replace('/', '-')}"
+    path = Path(tempfile.gettempdir()) / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _worker_result(scratch: Path, hardware: HardwarePlan, seconds: float) -> TrainResult:
+    """Summarises a non-chief worker's part and removes its scratch folder (the run finished)."""
+    history = read_history(scratch / "training_log.csv")
+    shutil.rmtree(scratch, ignore_errors=True)
+    return TrainResult(
+        model_path=None,
+        history_path=None,
+        curves_path=None,
+        tensorboard_dir=None,
+        epochs_run=len(history.get("loss", [])),
+        best_val_accuracy=max(history.get("val_accuracy", [0.0])),
+        hardware=hardware.describe(),
+        seconds=round(seconds, 2),
+        is_chief=False,
+    )
+
+
 def train(
     config: PipelineConfig,
     snapshot: Snapshot,
@@ -229,21 +260,26 @@ def train(
         extra_callbacks: More Keras callbacks, run after the stage's own.
 
     Returns:
-        Paths of the model and its training records, and a summary.
+        Paths of the model and its training records, and a summary (on a multi-worker
+        worker that is not the chief: the summary only, `is_chief` False).
 
     Raises:
         TrainingError: if the training split is empty or training diverges.
         ConfigError: if the split expressions or hardware options do not fit.
     """
     started = time.monotonic()
-    out = stage_dir(config, "train")
+    hardware = plan_hardware(config)  # First: a multi-worker strategy must exist before any TensorFlow op.
+    out = stage_dir(config, "train") if hardware.is_chief else worker_scratch_dir(config, hardware)
     if not (out / "backup").exists():  # A fresh run, not a resumed one: drop a failed attempt's logs.
         for stale in ("training_log.csv", "best.keras"):
             (out / stale).unlink(missing_ok=True)
         shutil.rmtree(out / "tensorboard", ignore_errors=True)
     keras.utils.set_random_seed(config.seed)
     data = prepare_data(config, snapshot)
-    model, hardware = fit(config, snapshot, data, out, list(extra_callbacks or []))
+    log.info("training as %s of %d worker(s)", hardware.task, hardware.workers)
+    model = fit(config, snapshot, data, out, list(extra_callbacks or []), hardware)
+    if not hardware.is_chief:
+        return _worker_result(out, hardware, time.monotonic() - started)
     model_path, history = save_outputs(model, out)
     return TrainResult(
         model_path=model_path,

@@ -114,3 +114,45 @@ def dag_bag(airflow_db, dag_settings):
     bag = BundleDagBag(dag_folder=str(DAGS_FOLDER), bundle_path=DAGS_FOLDER)
     assert bag.import_errors == {}
     return bag
+
+
+POSTGRES = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    """A new PostgreSQL database for this module, dropped afterwards (skips if no server answers)."""
+    import uuid
+
+    import psycopg2
+
+    try:
+        admin = psycopg2.connect(dbname="postgres", connect_timeout=5, **POSTGRES)
+    except psycopg2.OperationalError as err:
+        pytest.skip(
+            f"PostgreSQL is not reachable at {POSTGRES['host']}:{POSTGRES['port']} as user {POSTGRES['user']} "
+            f"(trust auth), needed for Airflow's metadata DB: {str(err).strip()}"
+        )
+    name = f"airflow_test_{uuid.uuid4().hex[:10]}"
+    admin.autocommit = True
+    with admin.cursor() as cursor:
+        cursor.execute(f"CREATE DATABASE {name}")
+    try:
+        yield f"postgresql+psycopg2://{POSTGRES['user']}@{POSTGRES['host']}:{POSTGRES['port']}/{name}"
+    finally:
+        with admin.cursor() as cursor:
+            cursor.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.close()
+
+
+@pytest.fixture(scope="module")
+def redis_url():
+    """The Celery broker on the local Redis (skips if it does not answer PING)."""
+    import redis
+
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=5).ping()
+    except redis.exceptions.RedisError as err:
+        pytest.skip(f"Redis is not reachable at {REDIS_URL}, needed as the Celery broker: {err}")
+    return REDIS_URL

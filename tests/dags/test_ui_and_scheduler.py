@@ -12,54 +12,16 @@ import os
 import signal
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from serving.launcher import free_port
+from tests.dags.airflow_api import DAG_ID, log_in, request, task_states, wait_for_dag, wait_for_run
 from tests.dags.conftest import DAGS_FOLDER
 from tests.support import REPO_ROOT, wait_for
 
-DAG_ID = "fashion_mnist_training"
 ARTIFACTS = REPO_ROOT / "test-artifacts"
-
-
-def _request(url: str, method: str = "GET", body: dict | None = None, token: str | None = None):
-    headers = {"Content-Type": "application/json"}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method, headers=headers)
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read() or b"null")
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read() or b"null")
-
-
-POSTGRES = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
-
-
-@pytest.fixture(scope="module")
-def postgres_url():
-    """A new PostgreSQL database for this module, dropped afterwards."""
-    import uuid
-
-    import psycopg2
-
-    name = f"airflow_test_{uuid.uuid4().hex[:10]}"
-    admin = psycopg2.connect(dbname="postgres", **POSTGRES)
-    admin.autocommit = True
-    with admin.cursor() as cursor:
-        cursor.execute(f"CREATE DATABASE {name}")
-    try:
-        yield f"postgresql+psycopg2://{POSTGRES['user']}@{POSTGRES['host']}:{POSTGRES['port']}/{name}"
-    finally:
-        with admin.cursor() as cursor:
-            cursor.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.close()
 
 
 @pytest.fixture(scope="module")
@@ -99,13 +61,11 @@ def standalone(tmp_path_factory, dag_settings, serving_server, postgres_url):
     )
     base = f"http://localhost:{port}"
     try:
-        wait_for(lambda: _request(base + "/api/v2/monitor/health")[0] == 200, 240, "the API server")
+        wait_for(lambda: request(base + "/api/v2/monitor/health")[0] == 200, 240, "the API server")
         passwords = home / "simple_auth_manager_passwords.json.generated"
         wait_for(passwords.exists, 60, "the generated admin password")
         password = json.loads(passwords.read_text())["admin"]
-        status, reply = _request(base + "/auth/token", "POST", {"username": "admin", "password": password})
-        assert status in (200, 201), reply
-        yield {"base": base, "token": reply["access_token"], "password": password, "home": home}
+        yield {"base": base, "token": log_in(base, password), "password": password, "home": home}
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         try:
@@ -115,40 +75,20 @@ def standalone(tmp_path_factory, dag_settings, serving_server, postgres_url):
         log.close()
 
 
-def _wait_for_dag(standalone):
-    url = f"{standalone['base']}/api/v2/dags/{DAG_ID}"
-    return wait_for(lambda: _request(url, token=standalone["token"])[0] == 200, 240, "the DAG to be parsed")
-
-
-def _wait_for_run(standalone, run_id: str, timeout: float = 900) -> str:
-    url = f"{standalone['base']}/api/v2/dags/{DAG_ID}/dagRuns/{run_id}"
-
-    def finished():
-        state = _request(url, token=standalone["token"])[1]["state"]
-        return state if state in ("success", "failed") else None
-
-    return wait_for(finished, timeout, f"run {run_id}", interval=3)
-
-
-def _task_states(standalone, run_id: str) -> dict[str, str]:
-    url = f"{standalone['base']}/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances"
-    return {ti["task_id"]: ti["state"] for ti in _request(url, token=standalone["token"])[1]["task_instances"]}
-
-
 def test_scheduler_runs_the_dag_triggered_through_the_rest_api(standalone, serving_server):
     from tests.dags.test_training_dag import _serving_labels
 
-    _wait_for_dag(standalone)
+    wait_for_dag(standalone)
     runs = f"{standalone['base']}/api/v2/dags/{DAG_ID}/dagRuns"
-    status, reply = _request(runs, "POST", {"logical_date": None, "conf": {"epochs": -1}}, standalone["token"])
+    status, reply = request(runs, "POST", {"logical_date": None, "conf": {"epochs": -1}}, standalone["token"])
     assert status in (400, 422) and "epochs" in json.dumps(reply)  # refused before a run exists
 
     before = _serving_labels(serving_server["config_file"]).get("stable", 0)
-    status, reply = _request(runs, "POST", {"logical_date": None, "conf": {"force": True}}, standalone["token"])
+    status, reply = request(runs, "POST", {"logical_date": None, "conf": {"force": True}}, standalone["token"])
     assert status == 200, reply
-    state = _wait_for_run(standalone, reply["dag_run_id"])
-    assert state == "success", _task_states(standalone, reply["dag_run_id"])
-    assert set(_task_states(standalone, reply["dag_run_id"]).values()) == {"success"}
+    state = wait_for_run(standalone, reply["dag_run_id"])
+    assert state == "success", task_states(standalone, reply["dag_run_id"])
+    assert set(task_states(standalone, reply["dag_run_id"]).values()) == {"success"}
     assert _serving_labels(serving_server["config_file"])["stable"] > before
 
 
@@ -157,7 +97,7 @@ def test_browser_triggers_the_dag_through_the_params_form(standalone, serving_se
 
     chromium = Path("/usr/bin/chromium")
     assert chromium.exists(), "make test installs Debian's chromium"
-    _wait_for_dag(standalone)
+    wait_for_dag(standalone)
     ARTIFACTS.mkdir(exist_ok=True)
     runs_url = f"{standalone['base']}/api/v2/dags/{DAG_ID}/dagRuns?order_by=-run_after&limit=1"
     with playwright_api.sync_playwright() as playwright:
@@ -190,21 +130,21 @@ def test_browser_triggers_the_dag_through_the_params_form(standalone, serving_se
         finally:
             page.screenshot(path=str(ARTIFACTS / "airflow-after-trigger.png"), full_page=True)
             browser.close()
-    latest = _request(runs_url, token=standalone["token"])[1]["dag_runs"][0]
+    latest = request(runs_url, token=standalone["token"])[1]["dag_runs"][0]
     assert latest["run_type"] == "manual"
-    state = _wait_for_run(standalone, latest["dag_run_id"])
-    assert state == "success", _task_states(standalone, latest["dag_run_id"])
+    state = wait_for_run(standalone, latest["dag_run_id"])
+    assert state == "success", task_states(standalone, latest["dag_run_id"])
 
 
 def test_the_api_and_the_ui_refuse_anonymous_and_wrong_password_requests(standalone):
     base = standalone["base"]
-    status, _ = _request(f"{base}/api/v2/dags/{DAG_ID}")  # no token
+    status, _ = request(f"{base}/api/v2/dags/{DAG_ID}")  # no token
     assert status in (401, 403)
-    status, _ = _request(f"{base}/api/v2/dags/{DAG_ID}", token="not-a-token")
+    status, _ = request(f"{base}/api/v2/dags/{DAG_ID}", token="not-a-token")
     assert status in (401, 403)
-    status, _ = _request(base + "/auth/token", "POST", {"username": "admin", "password": "wrong-password"})
+    status, _ = request(base + "/auth/token", "POST", {"username": "admin", "password": "wrong-password"})
     assert status in (401, 403)
-    status, reply = _request(f"{base}/api/v2/dags/{DAG_ID}", token=standalone["token"])
+    status, reply = request(f"{base}/api/v2/dags/{DAG_ID}", token=standalone["token"])
     assert status == 200 and reply["dag_id"] == DAG_ID  # the same request with a valid token
 
 
@@ -225,9 +165,9 @@ def _task_process_pids(ti_id: str) -> list[int]:
 
 def test_a_killed_task_process_is_retried_and_the_run_succeeds(standalone, serving_server):
     """Reliability: SIGKILL the running `train` task's process; Airflow retries it and the run succeeds."""
-    _wait_for_dag(standalone)
+    wait_for_dag(standalone)
     runs = f"{standalone['base']}/api/v2/dags/{DAG_ID}/dagRuns"
-    status, reply = _request(
+    status, reply = request(
         runs, "POST", {"logical_date": None, "conf": {"force": True, "epochs": 4}}, standalone["token"]
     )
     assert status == 200, reply
@@ -235,13 +175,13 @@ def test_a_killed_task_process_is_retried_and_the_run_succeeds(standalone, servi
     ti_url = f"{runs}/{run_id}/taskInstances/train"
 
     def running_train_process():
-        ti = _request(ti_url, token=standalone["token"])[1]
+        ti = request(ti_url, token=standalone["token"])[1]
         return _task_process_pids(ti["id"]) if ti.get("state") == "running" else None
 
     pids = wait_for(running_train_process, 600, "the train task's process", interval=0.5)
     for pid in pids:
         os.kill(pid, signal.SIGKILL)
-    state = _wait_for_run(standalone, run_id)
-    assert state == "success", _task_states(standalone, run_id)
-    train = _request(ti_url, token=standalone["token"])[1]
+    state = wait_for_run(standalone, run_id)
+    assert state == "success", task_states(standalone, run_id)
+    train = request(ti_url, token=standalone["token"])[1]
     assert train["try_number"] == 2  # the killed try, then the retry that finished

@@ -1,0 +1,128 @@
+"""Airflow distributed for real: CeleryExecutor, PostgreSQL metadata DB, Redis broker, two Celery workers.
+
+The stack is deploy/celery_stack.py, as `make airflow EXECUTOR=celery` runs it: api-server,
+scheduler, dag-processor, triggerer, one worker on the default queue and one on the training
+queue. Queue names are unique to this test, so no other worker on the same Redis takes its tasks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from deploy import celery_stack
+from serving.client import TFServingClient
+from serving.launcher import free_port
+from tests.dags.airflow_api import DAG_ID, log_in, request, task_instances, wait_for_dag, wait_for_run
+from tests.dags.conftest import write_dags
+from tests.support import REPO_ROOT, wait_for
+
+AIRFLOW = str(Path(sys.executable).parent / "airflow")
+
+
+@pytest.fixture(scope="module")
+def celery_airflow(tmp_path_factory, dag_settings, serving_server, postgres_url, redis_url):
+    suffix = uuid.uuid4().hex[:8]
+    queues = {"default": f"default_{suffix}", "train": f"train_{suffix}"}
+    home = tmp_path_factory.mktemp("celery-home")
+    write_dags(home / "dags", {**dag_settings, "queue": queues["train"]})
+    port = free_port()
+    base_env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+        "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__OPERATORS__DEFAULT_QUEUE": queues["default"],
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PYTHONPATH": str(REPO_ROOT),
+    }
+    env = celery_stack.celery_env(
+        base_env, database_url=postgres_url, broker_url=redis_url, jwt_secret=secrets.token_urlsafe(32)
+    )
+    subprocess.run([AIRFLOW, "db", "migrate"], env=env, check=True, capture_output=True)
+    subprocess.run(
+        [AIRFLOW, "pools", "set", dag_settings["pool"], "1", "GPU training"], env=env, check=True, capture_output=True
+    )
+    stack = celery_stack.Stack(home / "logs-stack")
+    stack.start(celery_stack.service_commands(AIRFLOW, list(queues.values())), env, cwd=home)
+    base = f"http://localhost:{port}"
+    try:
+
+        def healthy():
+            if stack.dead():
+                raise celery_stack.StackError(f"{stack.dead()} exited:\n" + stack.log(stack.dead()[0])[-3000:])
+            return request(base + "/api/v2/monitor/health")[0] == 200
+
+        wait_for(healthy, 240, "the API server")
+        passwords = home / "simple_auth_manager_passwords.json.generated"
+        wait_for(passwords.exists, 60, "the generated admin password")
+        token = log_in(base, json.loads(passwords.read_text())["admin"])
+        yield {"base": base, "token": token, "stack": stack, "queues": queues}
+    finally:
+        stack.stop()
+        _forget_queues(redis_url, suffix)
+
+
+def _forget_queues(redis_url: str, suffix: str) -> None:
+    """Removes the Redis keys Celery made for this test's queues."""
+    import redis
+
+    broker = redis.Redis.from_url(redis_url)
+    for key in broker.scan_iter(f"*{suffix}*"):
+        broker.delete(key)
+
+
+def _tasks_run_by(worker_log: str, run_id: str) -> set[str]:
+    """Task ids of `run_id` that a Celery worker's log says it executed."""
+    executed = set()
+    for line in worker_log.splitlines():
+        if "Executing workload in Celery" in line and run_id in line:
+            executed.update(re.findall(r"task_id='([^']+)'", line))
+    return executed
+
+
+def test_train_runs_on_the_training_queue_worker_and_the_rest_on_the_default_worker(
+    celery_airflow, serving_server, dag_settings
+):
+    from tests.dags.test_training_dag import _serving_labels
+
+    wait_for_dag(celery_airflow)
+    before = _serving_labels(serving_server["config_file"]).get("stable", 0)
+    runs = f"{celery_airflow['base']}/api/v2/dags/{DAG_ID}/dagRuns"
+    status, reply = request(runs, "POST", {"logical_date": None, "conf": {"force": True}}, celery_airflow["token"])
+    assert status == 200, reply
+    run_id = reply["dag_run_id"]
+    state = wait_for_run(celery_airflow, run_id)
+    stack = celery_airflow["stack"]
+    instances = task_instances(celery_airflow, run_id)
+    assert state == "success", {t: ti["state"] for t, ti in instances.items()}
+    assert {ti["state"] for ti in instances.values()} == {"success"}
+
+    queues = celery_airflow["queues"]
+    assert instances["train"]["queue"] == queues["train"]
+    assert {ti["queue"] for task, ti in instances.items() if task != "train"} == {queues["default"]}
+    on_train_worker = _tasks_run_by(stack.log(f"worker-{queues['train']}"), run_id)
+    on_default_worker = _tasks_run_by(stack.log(f"worker-{queues['default']}"), run_id)
+    assert on_train_worker == {"train"}
+    assert on_default_worker == set(instances) - {"train"}
+
+    stable = _serving_labels(serving_server["config_file"])["stable"]
+    assert stable > before
+    images = np.zeros((2, 28, 28), np.uint8)
+    with TFServingClient(serving_server["grpc_target"], serving_server["rest_url"]) as client:
+        answer = client.predict(dag_settings["pipeline"]["model_name"], {"images": images}, label="stable")
+    assert answer.version == stable and len(answer["class_names"]) == 2
+    assert not stack.dead()
