@@ -150,10 +150,11 @@ class PipelineConfig:
         "gRPC address for config reloads when the server serves model management apart "
         "(--model_management_address); default: serving_grpc_target.",
     )
-    serving_replicas: str | None = _field(
+    serving_replicas: list[str] | None = _field(
         None,
-        "More serving servers on the same model storage (gRPC host:port, comma-separated): promotion "
-        "applies every change to each of them too, and undoes it on all when one refuses.",
+        "More serving servers on the same model storage (gRPC host:port; a YAML list, comma-separated on "
+        "the command line): promotion applies every change to each of them too, and undoes it on all "
+        "when one refuses.",
     )
     serving_model_base_path: str | None = _field(
         None, "model_base_path as the serving server sees it (e.g. /models in a container); default: the same."

@@ -214,7 +214,7 @@ def _push_everywhere_possible(config: PipelineConfig, undo: list[tuple[str, list
 
 def serving_targets(config: PipelineConfig) -> list[str]:
     """The serving servers promotion keeps in step: `serving_grpc_target`, then `serving_replicas`."""
-    replicas = [t.strip() for t in (config.serving_replicas or "").split(",") if t.strip()]
+    replicas = [target.strip() for target in config.serving_replicas or [] if target.strip()]
     return [config.serving_grpc_target, *replicas] if config.serving_grpc_target else []
 
 

@@ -132,7 +132,7 @@ def test_promotion_keeps_replicas_in_step_and_undoes_a_change_one_of_them_missed
 
     try:
         config = published.replace(
-            serving_grpc_target=servers["primary"].grpc_target, serving_replicas=servers["replica"].grpc_target
+            serving_grpc_target=servers["primary"].grpc_target, serving_replicas=[servers["replica"].grpc_target]
         )
         apply_state(config, ServingState(stable=1, canary=2))
         assert labels(servers["primary"]) == labels(servers["replica"]) == {"stable": 1, "canary": 2}
