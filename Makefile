@@ -65,8 +65,11 @@ serving-start: setup
 serving-stop:
 	$(BIN)/python deploy/local.py serving-stop
 
-# Benchmarks on the model `make demo` published (not part of `make test`, which runs smoke versions).
+# Benchmarks (not part of `make test`, which runs smoke versions): training speed and quality per
+# preset and the input pipeline against in-memory batches (about 20 min on 2 cores), then serving
+# latency on the model `make demo` published.
 bench: setup data
+	$(BIN)/python bench/training_speed.py
 	$(BIN)/python bench/serving_latency.py
 
 # Faults injected for real (kills, overlapping exports, hot swaps under load, fuzzing, full disks):

@@ -23,6 +23,7 @@ from pipeline import runner
 from pipeline.core import config as config_module
 from pipeline.core import lineage
 from pipeline.core.errors import PipelineError, ServingUnavailableError
+from pipeline.core.presets import preset_names
 
 log = logging.getLogger("pipeline")
 
@@ -58,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
     for command, help_text in COMMAND_HELP.items():
         sub = subcommands.add_parser(command, help=help_text, description=help_text)
         sub.add_argument("--config", help="YAML file of config options.")
+        sub.add_argument(
+            "--preset",
+            default="default",
+            choices=preset_names(),
+            help="Named starting config under --config and the flags (pipeline/presets/; default: the defaults).",
+        )
         sub.add_argument("--log-level", default="INFO", help="Python log level (default INFO).")
         if command == "rollback":
             sub.add_argument("--version", type=int, required=True, help="Published version to label stable.")
@@ -80,7 +87,7 @@ def config_from_args(args: argparse.Namespace) -> config_module.PipelineConfig:
         text = getattr(args, f"cfg_{name}")
         if text is not None:
             overrides[name] = config_module.parse_value(name, text)
-    return config_module.load_config(args.config, overrides)
+    return config_module.load_config(args.config, overrides, preset=args.preset)
 
 
 def _setup_logging(level: str) -> None:

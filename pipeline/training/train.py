@@ -103,8 +103,20 @@ def plot_history(history: dict[str, list[float]], path: Path) -> Path:
     return path
 
 
+class EpochTimer(keras.callbacks.Callback):
+    """Adds each epoch's wall time (training and validation) to the logs as `epoch_seconds`."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._started = time.monotonic()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["epoch_seconds"] = round(time.monotonic() - self._started, 3)
+
+
 def _callbacks(out: Path, config: PipelineConfig) -> list[keras.callbacks.Callback]:
     return [
+        EpochTimer(),  # First, so the CSV log and TensorBoard record its figure.
         keras.callbacks.BackupAndRestore(str(out / "backup")),
         keras.callbacks.ModelCheckpoint(
             str(out / "best.keras"), monitor="val_accuracy", mode="max", save_best_only=True
@@ -145,9 +157,13 @@ def prepare_data(config: PipelineConfig, snapshot: Snapshot) -> TrainingData:
     mean, variance = preprocess.pixel_moments(
         preprocess.make_dataset(snapshot, config.train_split, config.replace(augment=False), training=False)
     )
+    train = preprocess.make_dataset(snapshot, config.train_split, config, training=True)
+    validation = preprocess.make_dataset(snapshot, config.validation_split, config, training=False)
+    if config.label_smoothing > 0:
+        train, validation = _one_hot(train, snapshot.num_classes), _one_hot(validation, snapshot.num_classes)
     return TrainingData(
-        train=preprocess.make_dataset(snapshot, config.train_split, config, training=True),
-        validation=preprocess.make_dataset(snapshot, config.validation_split, config, training=False),
+        train=train,
+        validation=validation,
         train_size=train_size,
         pixel_mean=mean,
         pixel_variance=variance,
@@ -164,15 +180,41 @@ def build_compiled_model(config: PipelineConfig, snapshot: Snapshot, data: Train
         pixel_mean=data.pixel_mean,
         pixel_variance=data.pixel_variance,
     )
-    steps_per_epoch = -(-data.train_size // config.batch_size)
-    schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=steps_per_epoch * config.epochs)
     model.compile(
-        optimizer=keras.optimizers.Adam(schedule),
-        loss=keras.losses.SparseCategoricalCrossentropy(),
+        optimizer=keras.optimizers.Adam(learning_rate_schedule(config, data.train_size)),
+        loss=_loss(config),
         metrics=["accuracy"],
         jit_compile=hardware.jit_compile,
     )
     return model
+
+
+def learning_rate_schedule(config: PipelineConfig, train_size: int) -> keras.optimizers.schedules.LearningRateSchedule:
+    """Linear warmup from a tenth of the peak over `warmup_epochs` (at most half the run), then cosine decay."""
+    steps_per_epoch = -(-train_size // config.batch_size)
+    total = steps_per_epoch * config.epochs
+    warmup = min(round(config.warmup_epochs * steps_per_epoch), total // 2)
+    if warmup == 0:
+        return keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=total)
+    return keras.optimizers.schedules.CosineDecay(
+        config.learning_rate / 10,
+        decay_steps=max(1, total - warmup),
+        warmup_target=config.learning_rate,
+        warmup_steps=warmup,
+    )
+
+
+def _loss(config: PipelineConfig) -> keras.losses.Loss:
+    if config.label_smoothing > 0:  # Keras smooths only one-hot labels: the training data is one-hot then.
+        return keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing)
+    return keras.losses.SparseCategoricalCrossentropy()
+
+
+def _one_hot(dataset, num_classes: int):
+    import tensorflow as tf
+
+    one_hot = dataset.map(lambda images, labels: (images, tf.one_hot(labels, num_classes)), num_parallel_calls=-1)
+    return one_hot.prefetch(tf.data.AUTOTUNE)
 
 
 def fit(

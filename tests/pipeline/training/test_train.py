@@ -64,3 +64,39 @@ def test_same_seed_gives_the_same_training(make_config):
     second = json.loads(train(config.replace(run_id="seeded-b"), snapshot).history_path.read_text())
     assert first["loss"] == pytest.approx(second["loss"], rel=1e-5)
     assert first["val_accuracy"] == second["val_accuracy"]
+
+
+def test_each_epoch_records_its_wall_time(trained_run):
+    history = json.loads(trained_run["train"].history_path.read_text())
+    assert len(history["epoch_seconds"]) == 1 and history["epoch_seconds"][0] > 0
+
+
+def test_the_learning_rate_warms_up_then_decays(make_config):
+    from pipeline.training.train import learning_rate_schedule
+
+    config = make_config(epochs=10, batch_size=100, learning_rate=0.002, warmup_epochs=1)
+    schedule = learning_rate_schedule(config, train_size=1000)  # 10 steps per epoch, 100 in all
+    rates = [float(schedule(step)) for step in (0, 10, 55, 100)]
+    assert rates[0] == pytest.approx(0.0002)  # a tenth of the peak
+    assert rates[1] == pytest.approx(0.002)  # the peak after one epoch
+    assert rates[0] < rates[2] < rates[1] and rates[3] == pytest.approx(0.0, abs=1e-6)
+    short = learning_rate_schedule(
+        make_config(epochs=1, batch_size=100, learning_rate=0.001, warmup_epochs=5), train_size=1000
+    )
+    assert float(short(5)) == pytest.approx(0.001)  # warmup takes at most half the run
+    plain = learning_rate_schedule(
+        make_config(epochs=2, batch_size=100, learning_rate=0.001, warmup_epochs=0), train_size=1000
+    )
+    assert float(plain(0)) == pytest.approx(0.001)
+
+
+def test_label_smoothing_trains_on_one_hot_labels_and_is_off_at_zero(make_config):
+    from pipeline.training.train import _loss, prepare_data
+
+    snapshot = ingest(make_config())
+    _, smoothed = next(iter(prepare_data(make_config(label_smoothing=0.1), snapshot).train))
+    assert smoothed.shape == (64, 10) and float(smoothed.numpy().sum()) == pytest.approx(64)
+    assert isinstance(_loss(make_config(label_smoothing=0.1)), keras.losses.CategoricalCrossentropy)
+    _, plain = next(iter(prepare_data(make_config(label_smoothing=0.0), snapshot).train))
+    assert plain.shape == (64,) and plain.dtype.name == "int32"
+    assert isinstance(_loss(make_config(label_smoothing=0.0)), keras.losses.SparseCategoricalCrossentropy)
