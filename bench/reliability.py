@@ -36,6 +36,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.report import write_report  # noqa: E402
 from pipeline.core.config import PipelineConfig  # noqa: E402
 from pipeline.core.model_repo import published_versions  # noqa: E402
 from pipeline.data.idx import read_folder_split, write_idx_folder  # noqa: E402
@@ -832,10 +833,7 @@ def main() -> None:
         results["scenarios"][name] = SCENARIOS[name](work, **sizes[name])
         print(f"{name}: {results['scenarios'][name]}", flush=True)
     results["nothing_lost"] = all(r.get("failures", 0) == 0 for r in results["scenarios"].values())
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "reliability.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out / "reliability.md").write_text(markdown(results))
+    write_report(args.out_dir, "reliability", results, markdown(results))
     print(markdown(results))
     sys.exit(0 if results["nothing_lost"] else 1)
 

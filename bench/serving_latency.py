@@ -34,6 +34,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.report import write_report  # noqa: E402
 from pipeline.core.model_repo import published_versions  # noqa: E402
 from pipeline.data.idx import read_folder_split  # noqa: E402
 from serving import launcher  # noqa: E402
@@ -357,12 +358,7 @@ def main() -> None:
     results["largest_load_generator_cpu_share"] = max(p["load_generator_cpu_share"] for p in all_points)
     results["ratios"] = _ratios(results)
     print("ratios:", results["ratios"])
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "serving_latency.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out_dir / "serving_latency.md").write_text(markdown(results))
-    plot(results, out_dir / "serving_latency.png")
-    print(f"written {out_dir}/serving_latency.{{json,md,png}}")
+    write_report(args.out_dir, "serving_latency", results, markdown(results), plot)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.report import write_report  # noqa: E402
 from pipeline.core.config import DEFAULT_DATA_SOURCE, load_config  # noqa: E402
 
 TARGETS = {"default": (0.93, 300.0), "quality": (0.94, 600.0)}  # test accuracy within train seconds
@@ -239,12 +240,7 @@ def main() -> None:
     for preset in args.presets.split(","):
         results["presets"].append(run_preset(preset, scratch / preset, args.data_source, overrides))
         print(f"{preset}:", {k: v for k, v in results["presets"][-1].items() if k != "curve"}, flush=True)
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "training_speed.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out_dir / "training_speed.md").write_text(markdown(results))
-    plot(results, out_dir / "training_speed.png")
-    print(f"written {out_dir}/training_speed.{{json,md,png}}")
+    write_report(args.out_dir, "training_speed", results, markdown(results), plot)
 
 
 if __name__ == "__main__":
