@@ -26,7 +26,9 @@ def _augmenter(seed: int):
     )
 
 
-def make_dataset(snapshot: Snapshot, split: str, config: PipelineConfig, *, training: bool) -> tf.data.Dataset:
+def make_dataset(
+    snapshot: Snapshot, split: str, config: PipelineConfig, *, training: bool, one_hot_classes: int | None = None
+) -> tf.data.Dataset:
     """Builds the input pipeline for one split.
 
     Args:
@@ -34,9 +36,10 @@ def make_dataset(snapshot: Snapshot, split: str, config: PipelineConfig, *, trai
         split: A TFDS split expression, e.g. `config.train_split`.
         config: Uses `batch_size`, `shuffle_buffer`, `cache`, `augment` and `seed`.
         training: Shuffle (seeded, reshuffled every epoch) and augment if enabled.
+        one_hot_classes: Give labels one-hot over this many classes (for a label-smoothed loss).
 
     Returns:
-        Batches of (images float32 [B,H,W,C] in 0-255, labels int32 [B]), prefetched.
+        Batches of (images float32 [B,H,W,C] in 0-255, labels int32 [B] or float32 [B,classes]), prefetched.
     """
     dataset = snapshot.load_split(split)
     dataset = dataset.map(
@@ -54,6 +57,8 @@ def make_dataset(snapshot: Snapshot, split: str, config: PipelineConfig, *, trai
             lambda images, labels: (augment(images, training=True), labels),
             num_parallel_calls=AUTOTUNE,
         )
+    if one_hot_classes:
+        dataset = dataset.map(lambda images, labels: (images, tf.one_hot(labels, one_hot_classes)))
     options = tf.data.Options()
     # Multi-worker training: each worker takes every n-th batch (TFDS files are too few to shard by file).
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA

@@ -157,13 +157,12 @@ def prepare_data(config: PipelineConfig, snapshot: Snapshot) -> TrainingData:
     mean, variance = preprocess.pixel_moments(
         preprocess.make_dataset(snapshot, config.train_split, config.replace(augment=False), training=False)
     )
-    train = preprocess.make_dataset(snapshot, config.train_split, config, training=True)
-    validation = preprocess.make_dataset(snapshot, config.validation_split, config, training=False)
-    if config.label_smoothing > 0:
-        train, validation = _one_hot(train, snapshot.num_classes), _one_hot(validation, snapshot.num_classes)
+    one_hot = snapshot.num_classes if config.label_smoothing > 0 else None  # Keras smooths one-hot labels only.
     return TrainingData(
-        train=train,
-        validation=validation,
+        train=preprocess.make_dataset(snapshot, config.train_split, config, training=True, one_hot_classes=one_hot),
+        validation=preprocess.make_dataset(
+            snapshot, config.validation_split, config, training=False, one_hot_classes=one_hot
+        ),
         train_size=train_size,
         pixel_mean=mean,
         pixel_variance=variance,
@@ -205,16 +204,9 @@ def learning_rate_schedule(config: PipelineConfig, train_size: int) -> keras.opt
 
 
 def _loss(config: PipelineConfig) -> keras.losses.Loss:
-    if config.label_smoothing > 0:  # Keras smooths only one-hot labels: the training data is one-hot then.
+    if config.label_smoothing > 0:  # prepare_data gives one-hot labels then.
         return keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing)
     return keras.losses.SparseCategoricalCrossentropy()
-
-
-def _one_hot(dataset, num_classes: int):
-    import tensorflow as tf
-
-    one_hot = dataset.map(lambda images, labels: (images, tf.one_hot(labels, num_classes)), num_parallel_calls=-1)
-    return one_hot.prefetch(tf.data.AUTOTUNE)
 
 
 def fit(
