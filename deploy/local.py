@@ -163,15 +163,14 @@ def airflow_celery(database_url: str, broker_url: str) -> None:
     from sqlalchemy.engine import make_url
 
     database = make_url(database_url)
+    host, port = database.host, database.port or 5432
     try:
-        celery_stack.require_service(f"//{database.host}:{database.port or 5432}", "PostgreSQL (the metadata DB)")
+        celery_stack.require_service(f"//{host}:{port}", "PostgreSQL (the metadata DB)")
         celery_stack.require_service(broker_url, "Redis (the Celery broker)")
     except celery_stack.StackError as err:
         sys.exit(f"airflow: {err}")
-    celery_stack.ensure_database(
-        f"host={database.host} port={database.port or 5432} user={database.username or 'postgres'} dbname=postgres",
-        database.database,
-    )
+    admin_dsn = f"host={host} port={port} user={database.username or 'postgres'} dbname=postgres"
+    celery_stack.ensure_database(admin_dsn, database.database)
     env = celery_stack.celery_env(
         airflow_env(), database_url=database_url, broker_url=broker_url, jwt_secret=secrets.token_urlsafe(32)
     )

@@ -419,6 +419,21 @@ def parse_value(name: str, text: str) -> Any:
         raise ConfigError(f"{name} must be {hint.__name__}, got {text!r}") from None
 
 
+def _read_mapping(path: str | Path) -> dict[str, Any]:
+    """Reads a YAML config file: a mapping of option names to values (empty file: none)."""
+    try:
+        loaded = yaml.safe_load(Path(path).read_text())
+    except OSError as err:
+        raise ConfigError(f"cannot read config file {path}: {err.strerror}") from err
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of options")
+    return loaded
+
+
 def load_config(
     path: str | Path | None = None, overrides: dict[str, Any] | None = None, preset: str = "default"
 ) -> PipelineConfig:
@@ -435,21 +450,12 @@ def load_config(
     Raises:
         ConfigError: if the file cannot be read, has unknown keys, or any value is invalid.
     """
-    from pipeline.core.presets import preset_values
+    from pipeline.core.presets import preset_path
 
-    values: dict[str, Any] = dict(preset_values(preset))
-    if path is not None:
-        try:
-            loaded = yaml.safe_load(Path(path).read_text())
-        except OSError as err:
-            raise ConfigError(f"cannot read config file {path}: {err.strerror}") from err
-        except yaml.YAMLError as err:
-            raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {path} must hold a mapping of options")
-        values.update(loaded)
+    values: dict[str, Any] = {}
+    for source in (preset_path(preset), path):  # A preset is a config file that the user's file overrides.
+        if source is not None:
+            values.update(_read_mapping(source))
     values.update(overrides or {})
     unknown = sorted(set(values) - set(field_names()))
     if unknown:

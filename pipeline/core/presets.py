@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
-
-import yaml
 
 from pipeline.core.errors import ConfigError
 
@@ -29,9 +26,3 @@ def preset_path(name: str) -> Path | None:
     if name not in preset_names():
         raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(preset_names())}")
     return path
-
-
-def preset_values(name: str) -> dict[str, Any]:
-    """The config values preset `name` sets."""
-    path = preset_path(name)
-    return {} if path is None else yaml.safe_load(path.read_text()) or {}

@@ -6,10 +6,16 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import urllib.error
 import urllib.request
+from collections.abc import Callable
+from pathlib import Path
 
 from tests.support import wait_for
+
+AIRFLOW = str(Path(sys.executable).parent / "airflow")
 
 DAG_ID = "fashion_mnist_training"
 
@@ -26,6 +32,29 @@ def request(url: str, method: str = "GET", body: dict | None = None, token: str 
             return response.status, json.loads(response.read() or b"null")
     except urllib.error.HTTPError as err:
         return err.code, json.loads(err.read() or b"null")
+
+
+def prepare_database(env: dict[str, str], pool: str) -> None:
+    """Migrates the metadata DB that `env` names and creates the training pool."""
+    subprocess.run([AIRFLOW, "db", "migrate"], env=env, check=True, capture_output=True)
+    subprocess.run([AIRFLOW, "pools", "set", pool, "1", "GPU training"], env=env, check=True, capture_output=True)
+
+
+def wait_and_log_in(base: str, home: Path, check_alive: Callable[[], None] = lambda: None) -> tuple[str, str]:
+    """Waits for the API server and its generated admin password; returns (token, password).
+
+    `check_alive` raises when a process the API needs has died, so the wait fails at once.
+    """
+
+    def healthy():
+        check_alive()
+        return request(base + "/api/v2/monitor/health")[0] == 200
+
+    wait_for(healthy, 240, "the API server")
+    passwords = home / "simple_auth_manager_passwords.json.generated"
+    wait_for(passwords.exists, 60, "the generated admin password")
+    password = json.loads(passwords.read_text())["admin"]
+    return log_in(base, password), password
 
 
 def log_in(base: str, password: str) -> str:

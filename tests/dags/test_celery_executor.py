@@ -7,11 +7,9 @@ queue. Queue names are unique to this test, so no other worker on the same Redis
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import secrets
-import subprocess
 import sys
 import uuid
 from pathlib import Path
@@ -22,11 +20,18 @@ import pytest
 from deploy import celery_stack
 from serving.client import TFServingClient
 from serving.launcher import free_port
-from tests.dags.airflow_api import DAG_ID, log_in, request, task_instances, wait_for_dag, wait_for_run
+from tests.dags.airflow_api import (
+    AIRFLOW,
+    DAG_ID,
+    prepare_database,
+    request,
+    task_instances,
+    wait_and_log_in,
+    wait_for_dag,
+    wait_for_run,
+)
 from tests.dags.conftest import write_dags
-from tests.support import REPO_ROOT, wait_for
-
-AIRFLOW = str(Path(sys.executable).parent / "airflow")
+from tests.support import REPO_ROOT
 
 
 @pytest.fixture(scope="module")
@@ -52,24 +57,17 @@ def celery_airflow(tmp_path_factory, dag_settings, serving_server, postgres_url,
     env = celery_stack.celery_env(
         base_env, database_url=postgres_url, broker_url=redis_url, jwt_secret=secrets.token_urlsafe(32)
     )
-    subprocess.run([AIRFLOW, "db", "migrate"], env=env, check=True, capture_output=True)
-    subprocess.run(
-        [AIRFLOW, "pools", "set", dag_settings["pool"], "1", "GPU training"], env=env, check=True, capture_output=True
-    )
+    prepare_database(env, dag_settings["pool"])
     stack = celery_stack.Stack(home / "logs-stack")
     stack.start(celery_stack.service_commands(AIRFLOW, list(queues.values())), env, cwd=home)
     base = f"http://localhost:{port}"
     try:
 
-        def healthy():
+        def check_alive():
             if stack.dead():
                 raise celery_stack.StackError(f"{stack.dead()} exited:\n" + stack.log(stack.dead()[0])[-3000:])
-            return request(base + "/api/v2/monitor/health")[0] == 200
 
-        wait_for(healthy, 240, "the API server")
-        passwords = home / "simple_auth_manager_passwords.json.generated"
-        wait_for(passwords.exists, 60, "the generated admin password")
-        token = log_in(base, json.loads(passwords.read_text())["admin"])
+        token, _ = wait_and_log_in(base, home, check_alive)
         yield {"base": base, "token": token, "stack": stack, "queues": queues}
     finally:
         stack.stop()

@@ -17,7 +17,15 @@ from pathlib import Path
 import pytest
 
 from serving.launcher import free_port
-from tests.dags.airflow_api import DAG_ID, log_in, request, task_states, wait_for_dag, wait_for_run
+from tests.dags.airflow_api import (
+    DAG_ID,
+    prepare_database,
+    request,
+    task_states,
+    wait_and_log_in,
+    wait_for_dag,
+    wait_for_run,
+)
 from tests.dags.conftest import DAGS_FOLDER
 from tests.support import REPO_ROOT, wait_for
 
@@ -43,13 +51,7 @@ def standalone(tmp_path_factory, dag_settings, serving_server, postgres_url):
         "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}",
         "PYTHONPATH": str(REPO_ROOT),
     }
-    subprocess.run([str(venv_bin / "airflow"), "db", "migrate"], env=env, check=True, capture_output=True)
-    subprocess.run(
-        [str(venv_bin / "airflow"), "pools", "set", "gpu_training", "1", "GPU training"],
-        env=env,
-        check=True,
-        capture_output=True,
-    )
+    prepare_database(env, dag_settings["pool"])
     log = open(home / "standalone.log", "wb")  # noqa: SIM115  (open for the process's lifetime)
     process = subprocess.Popen(
         [str(venv_bin / "airflow"), "standalone"],
@@ -61,11 +63,8 @@ def standalone(tmp_path_factory, dag_settings, serving_server, postgres_url):
     )
     base = f"http://localhost:{port}"
     try:
-        wait_for(lambda: request(base + "/api/v2/monitor/health")[0] == 200, 240, "the API server")
-        passwords = home / "simple_auth_manager_passwords.json.generated"
-        wait_for(passwords.exists, 60, "the generated admin password")
-        password = json.loads(passwords.read_text())["admin"]
-        yield {"base": base, "token": log_in(base, password), "password": password, "home": home}
+        token, password = wait_and_log_in(base, home)
+        yield {"base": base, "token": token, "password": password, "home": home}
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         try:

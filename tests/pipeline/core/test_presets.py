@@ -6,8 +6,12 @@ import yaml
 
 from pipeline.core.config import PipelineConfig, load_config
 from pipeline.core.errors import ConfigError
-from pipeline.core.presets import preset_names, preset_values
+from pipeline.core.presets import preset_names, preset_path
 from tests.support import REPO_ROOT
+
+
+def preset_values(name: str) -> dict:
+    return yaml.safe_load(preset_path(name).read_text())
 
 
 def test_the_shipped_presets_are_valid_configs():
