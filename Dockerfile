@@ -30,3 +30,5 @@ RUN pip install --no-cache-dir --find-links /tmp/wheels \
         "keras-mlops-pipeline[airflow]" \
     && rm -rf /tmp/wheels
 COPY --chown=airflow:root dags/ /opt/airflow/dags/
+# The project's plugin (schedule timetable, run notes, run reports, registry): Airflow's default plugins folder.
+COPY --chown=airflow:root plugins/ /opt/airflow/plugins/

@@ -8,7 +8,9 @@ paths and numbers, never arrays) on through XCom.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 from pathlib import Path
 
 from airflow.sdk import Asset, Param, get_current_context
@@ -20,6 +22,15 @@ from pipeline.dag_settings import describe_trigger, load_settings, run_config
 
 log = logging.getLogger(__name__)
 
+# Task processes import TensorFlow after this file: no INFO/WARNING lines from its C++ side (a
+# deployment can set its own level). What it writes regardless (start-up, CUDA probing) goes
+# through `native_stderr_to_logging` in `run_step`, not straight to stderr, which Airflow shows
+# as red ERROR lines.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# XCom key of the one-line outcome the project's Airflow plugin copies into the DAG run's note.
+RUN_NOTE_KEY = "run_note"
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SETTINGS = load_settings(Path(__file__).with_name("settings.yaml"), PROJECT_ROOT)
 STABLE_MODEL = Asset(*SETTINGS.stable_model_asset())
@@ -30,18 +41,24 @@ def trigger_params() -> dict[str, Param]:
     return {name: Param(**schema) for name, schema in trigger_form_schema(SETTINGS.base_config()).items()}
 
 
+def describe_attempts(try_number: int, max_tries: int, exception: BaseException | None) -> str:
+    """Says truthfully how a failed task was tried: a pipeline error is never retried."""
+    if isinstance(exception, AirflowFailException):
+        return f"attempt {try_number}, not retried (a pipeline error: retrying cannot fix it)"
+    return f"attempt {try_number} of {max_tries + 1}, no retries left"
+
+
 def log_failure(context) -> None:
-    """Failure callback: one clear line naming the run, the task, the attempt and the error."""
+    """Failure callback: one clear line naming the run, the task, the attempts and the error.
+
+    Also leaves that line for the DAG run's note (the plugin copies it when the run fails).
+    """
     ti = context["ti"]
-    log.error(
-        "FAILED dag=%s run=%s task=%s try=%s/%s error=%s",
-        ti.dag_id,
-        ti.run_id,
-        ti.task_id,
-        ti.try_number,
-        ti.max_tries + 1,
-        context.get("exception"),
-    )
+    exception = context.get("exception")
+    attempts = describe_attempts(ti.try_number, ti.max_tries, exception)
+    log.error("FAILED dag=%s run=%s task=%s (%s): %s", ti.dag_id, ti.run_id, ti.task_id, attempts, exception)
+    with contextlib.suppress(Exception):  # The note is a courtesy; the failure is what matters.
+        ti.xcom_push(key=RUN_NOTE_KEY, value=f"failed at {ti.task_id} ({attempts}): {exception}"[:990])
 
 
 def current_config():
@@ -62,7 +79,10 @@ def fail_on_pipeline_error(function, *args, **kwargs):
     try:
         return function(*args, **kwargs)
     except PipelineError as err:
-        raise AirflowFailException(f"{type(err).__name__}: {err}") from err
+        message = f"{type(err).__name__}: {err}"
+    # Raised outside the except block and without its cause: the task log shows the message, not
+    # the pipeline's internal traceback (the error is expected; its message says what to fix).
+    raise AirflowFailException(message)
 
 
 def run_step(name: str, state: dict | None = None) -> dict | None:
@@ -73,10 +93,30 @@ def run_step(name: str, state: dict | None = None) -> dict | None:
         logged and pushed to XCom as `stop_reason`; a short-circuit task then skips the rest).
     """
     from pipeline import runner
+    from pipeline.core.native_logs import native_stderr_to_logging
 
-    outcome = fail_on_pipeline_error(runner.run_step, name, current_config(), state or {}, who())
+    with native_stderr_to_logging(logging.getLogger("tensorflow.native")):
+        outcome = fail_on_pipeline_error(runner.run_step, name, current_config(), state or {}, who())
     if outcome.stop_reason:
         log.info("stopping the run after %s: %s", name, outcome.stop_reason)
         get_current_context()["ti"].xcom_push(key="stop_reason", value=outcome.stop_reason)
         return None
     return outcome.state
+
+
+def run_report() -> dict:
+    """Writes the run's report page and says what the run did; the summary becomes the run's note."""
+    from pipeline import runner
+
+    outputs = fail_on_pipeline_error(runner.report_from_manifest, current_config())
+    log.info("run outcome: %s; report %s", outputs["summary"], outputs["report_path"])
+    get_current_context()["ti"].xcom_push(key=RUN_NOTE_KEY, value=outputs["summary"])
+    return outputs
+
+
+def outcome_extra(state: dict) -> dict:
+    """The stable-model asset event's extra data: the promoted version and the run's outcome."""
+    from pipeline.release.report import run_outcome
+
+    exported = state["export"]
+    return {"version": exported["version"], "version_dir": exported["version_dir"], **run_outcome(state).to_dict()}

@@ -9,7 +9,34 @@ from __future__ import annotations
 from datetime import datetime
 
 from airflow.sdk import Param, dag, get_current_context, task
-from dag_helpers import STABLE_MODEL, current_config, fail_on_pipeline_error, who
+from dag_helpers import RUN_NOTE_KEY, SETTINGS, STABLE_MODEL, current_config, fail_on_pipeline_error, who
+
+
+def version_param() -> Param:
+    """The version field: a list of the published versions with their accuracy and labels.
+
+    Read when the DAG file is parsed (every few seconds), so it follows new versions.
+    """
+    from pipeline.release.report import registry_rows
+
+    rows = registry_rows(SETTINGS.base_config())
+    if not rows:
+        return Param(1, type="integer", minimum=1, title="Version", description="No version is published yet.")
+    stable = next((row["version"] for row in rows if "stable" in row["labels"]), None)
+    display = {
+        str(row["version"]): f"version {row['version']}"
+        + (f", test accuracy {row['accuracy']:.4f}" if row["accuracy"] is not None else "")
+        + (f" ({', '.join(row['labels'])})" if row["labels"] else "")
+        for row in rows
+    }
+    return Param(
+        next((row["version"] for row in rows if row["version"] != stable), rows[0]["version"]),
+        type="integer",
+        enum=[row["version"] for row in rows],
+        values_display=display,
+        title="Version",
+        description=f"Published version to label stable (now stable: {stable if stable else 'none'}).",
+    )
 
 
 @dag(
@@ -21,9 +48,7 @@ from dag_helpers import STABLE_MODEL, current_config, fail_on_pipeline_error, wh
     tags=["ml", "serving"],
     doc_md=__doc__,
     params={
-        "version": Param(
-            1, type="integer", minimum=1, title="Version", description="Published version to label stable"
-        ),
+        "version": version_param(),
         "reason": Param("", type="string", maxLength=500, title="Reason", description="Why (kept in the lineage log)"),
     },
 )
@@ -34,7 +59,10 @@ def fashion_mnist_rollback():
 
         params = get_current_context()["params"]
         result = fail_on_pipeline_error(runner.rollback, current_config(), params["version"], who(), params["reason"])
-        outlet_events[STABLE_MODEL].extra = {"version": result["stable"], "rollback": True}
+        summary = f"rolled back: stable is version {result['stable']} (was {result['previous_stable']})"
+        summary += f": {params['reason']}" if params["reason"] else ""
+        outlet_events[STABLE_MODEL].extra = {"version": result["stable"], "rollback": True, "summary": summary}
+        get_current_context()["ti"].xcom_push(key=RUN_NOTE_KEY, value=summary)
         return result
 
     rollback()

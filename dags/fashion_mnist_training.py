@@ -1,28 +1,33 @@
 """Train, gate, validate and promote the Fashion-MNIST classifier.
 
 ingest -> validate -> check_changes -> train -> evaluate -> gate -> export
--> infra_validate -> promote_canary -> smoke_test -> mark_stable
+-> infra_validate -> promote_canary -> smoke_test -> mark_stable -> report
 
 Each task runs one step of `pipeline.runner` (the same sequence `python -m pipeline run`
 runs) and hands the run's state (artifact paths, never arrays) to the next task.
 `check_changes` and `gate` short-circuit: the tasks after them are skipped (not failed)
 with the reason in the log and in XCom (`stop_reason`), and what is served does not
-change. Data errors fail at once; other failures (a serving endpoint down) retry with
-exponential backoff.
+change. `report` runs after every run that did not fail: it writes the run's report page
+(metrics, baseline, confusion matrix, curves, model card; the "Run report" tab) and says
+what the run did, which becomes the run's note: "promoted version N ...", "not blessed:
+...", "skipped: ...". Data errors fail at once; other failures (a serving endpoint down)
+retry with exponential backoff.
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from airflow.sdk import CronTriggerTimetable, dag, task
-from dag_helpers import SETTINGS, STABLE_MODEL, log_failure, run_step, trigger_params
+from airflow.sdk import TriggerRule, dag, task
+from dag_helpers import SETTINGS, STABLE_MODEL, log_failure, outcome_extra, run_report, run_step, trigger_params
+from mlops_timetables import UpcomingCronTimetable
 
 
 @dag(
     dag_id="fashion_mnist_training",
-    # A new or unpaused deployment waits for the next 02:00 instead of training at once.
-    schedule=CronTriggerTimetable(SETTINGS.schedule, timezone="UTC") if SETTINGS.schedule else None,
+    # A new or unpaused deployment, or one whose scheduler was down at 02:00, waits for the next
+    # 02:00 instead of training at once (Airflow's own cron timetable runs the latest past slot).
+    schedule=UpcomingCronTimetable(SETTINGS.schedule, timezone="UTC") if SETTINGS.schedule else None,
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
@@ -48,7 +53,8 @@ def fashion_mnist_training():
     def validate(state: dict) -> dict:
         return run_step("validate", state)
 
-    @task.short_circuit
+    # A short-circuit skips the tasks after it but not `report` (trigger rule none_failed).
+    @task.short_circuit(ignore_downstream_trigger_rules=False)
     def check_changes(state: dict) -> dict | None:
         return run_step("check_changes", state)
 
@@ -65,7 +71,7 @@ def fashion_mnist_training():
     def evaluate(state: dict) -> dict:
         return run_step("evaluate", state)
 
-    @task.short_circuit
+    @task.short_circuit(ignore_downstream_trigger_rules=False)
     def gate(state: dict) -> dict | None:
         return run_step("gate", state)
 
@@ -88,14 +94,17 @@ def fashion_mnist_training():
     @task(outlets=[STABLE_MODEL])
     def mark_stable(state: dict, *, outlet_events=None) -> dict:
         state = run_step("mark_stable", state)
-        exported = state["export"]
-        outlet_events[STABLE_MODEL].extra = {"version": exported["version"], "version_dir": exported["version_dir"]}
+        outlet_events[STABLE_MODEL].extra = outcome_extra(state)
         return state
+
+    @task(trigger_rule=TriggerRule.NONE_FAILED)
+    def report() -> dict:
+        return run_report()
 
     state = ingest()
     for step in (validate, check_changes, train, evaluate, gate, export, infra_validate, promote_canary, smoke_test):
         state = step(state)
-    mark_stable(state)
+    mark_stable(state) >> report()
 
 
 fashion_mnist_training()

@@ -12,7 +12,6 @@ models, the serving config and the serving server's pid and log.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import secrets
@@ -53,6 +52,7 @@ def airflow_env() -> dict[str, str]:
         {
             "AIRFLOW_HOME": str(AIRFLOW_HOME),
             "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
             "AIRFLOW__CORE__PARALLELISM": "4",
@@ -74,14 +74,21 @@ def _port_open(address: str) -> bool:
 
 
 def serving_running() -> int | None:
-    """Returns the pid of our serving server if it is alive."""
-    if PID_FILE.exists():
-        pid = int(PID_FILE.read_text())
-        try:
-            os.kill(pid, 0)
+    """Returns the pid of our serving server if it is alive (not a zombie, not a reused pid)."""
+    import psutil
+
+    if not PID_FILE.exists():
+        return None
+    pid = int(PID_FILE.read_text())
+    try:
+        process = psutil.Process(pid)
+        # The server outlives the command that started it; a parent that does not reap its
+        # children (a container's init) leaves it a zombie after it exits, which signal 0 reaches.
+        if process.status() != psutil.STATUS_ZOMBIE and "serving.server" in process.cmdline():
             return pid
-        except OSError:
-            PID_FILE.unlink(missing_ok=True)
+    except psutil.Error:
+        pass
+    PID_FILE.unlink(missing_ok=True)
     return None
 
 
@@ -129,11 +136,14 @@ def serving_stop() -> None:
     if (pid := serving_running()) is None:
         print("serving: not running")
         return
+    started = time.monotonic()
     os.kill(pid, signal.SIGTERM)
-    with contextlib.suppress(TimeoutError):
-        poll_until(lambda: serving_running() is None, timeout_s=60, interval_s=0.5)
+    try:
+        poll_until(lambda: serving_running() is None, timeout_s=60, interval_s=0.1)
+    except TimeoutError:
+        sys.exit(f"serving: pid {pid} did not exit within 60 s of SIGTERM; see {LOG_FILE}")
     PID_FILE.unlink(missing_ok=True)
-    print(f"serving: stopped (pid {pid})")
+    print(f"serving: stopped (pid {pid}) in {time.monotonic() - started:.1f} s")
 
 
 def _airflow(*args: str, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

@@ -173,6 +173,27 @@ def mark_stable(config: PipelineConfig, state: State, by: str) -> dict[str, Any]
     return point_stable(config, _version(state), by)
 
 
+def report(config: PipelineConfig, state: State) -> dict[str, Any]:
+    """Says what the run did (promoted, not blessed, skipped) and writes its report page.
+
+    Runs after the last step that ran, whether the run went to the end or stopped early.
+
+    Returns:
+        The outcome (`outcome`, `summary`, `version`, `accuracy`) and `report_path`.
+    """
+    from pipeline.release.report import run_outcome, write_run_report
+
+    outputs = {**run_outcome(state).to_dict(), "report_path": str(write_run_report(config, state))}
+    record_stage(config, "report", outputs)
+    return outputs
+
+
+def report_from_manifest(config: PipelineConfig) -> dict[str, Any]:
+    """`report` on the state recorded in the run's manifest (what each task of the run wrote)."""
+    state = {step: outputs for step, outputs in read_manifest(config).items() if step != "report"}
+    return report(config, state)
+
+
 def _version(state: State) -> int:
     return int(Path(needed(state, "export", "version_dir")).name)
 
@@ -355,6 +376,9 @@ def run_pipeline(config: PipelineConfig, by: str, reports: list[StageReport] | N
         seconds = round(time.monotonic() - started, 1)
         reports.append(StageReport(step.name, status, seconds, step.summary(outcome.outputs), outcome.outputs))
         state, stop_reason = outcome.state, outcome.stop_reason
+    if state.get("train", {}).get("is_chief", True):
+        outputs = report(config, state)
+        reports.append(StageReport("report", "ok", 0.0, f"{outputs['summary']} ({outputs['report_path']})", outputs))
     return reports
 
 

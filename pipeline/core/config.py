@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import re
 import types
 import typing
@@ -34,7 +35,8 @@ def _field(default: Any, help: str, *, title: str | None = None, **schema: Any) 
 
     `schema` takes `minimum`, `maximum`, `exclusive_minimum`, `exclusive_maximum`,
     `choices` (allowed values) and `pattern`; `validate` enforces them and the trigger
-    form shows them. A `title` puts the field on the Airflow trigger form.
+    form shows them. A `title` puts the field on the Airflow trigger form; `example`
+    (a typical value) goes into its description.
     """
     return dataclasses.field(default=default, metadata={"help": help, "title": title, **schema})
 
@@ -48,6 +50,7 @@ class PipelineConfig:
         DEFAULT_DATA_SOURCE,
         "Where the data comes from: 'idx:<dir>' (MNIST-format IDX files) or 'tfds:<name>'.",
         title="Data source",
+        example="idx:/usr/share/datasets/fashion-mnist",
         pattern=r"^(idx|tfds):.+",
     )
     tfds_data_dir: str | None = _field(None, "TFDS data_dir for 'tfds:' sources (TFDS's default when unset).")
@@ -86,19 +89,25 @@ class PipelineConfig:
     cache: bool = _field(True, "Cache decoded examples in memory after the first epoch.")
 
     # Model and training
-    model: str = _field("cnn", "Model builder.", title="Model", choices=MODEL_NAMES)
+    model: str = _field("cnn", "Model builder.", title="Model", choices=MODEL_NAMES, example="cnn")
     # Defaults tuned on the full Fashion-MNIST: >= 93% test accuracy within 5 minutes of training on
     # 2 CPU cores (bench/training_speed.py); the validation split chose them, the test split only reports.
     epochs: int = _field(
-        12, "Maximum number of training epochs (early stopping may end sooner).", title="Epochs", minimum=1, maximum=500
+        12,
+        "Maximum number of training epochs (early stopping may end sooner).",
+        title="Epochs",
+        example=12,
+        minimum=1,
+        maximum=500,
     )
     batch_size: int = _field(
-        128, "Global batch size (split across replicas).", title="Batch size", minimum=1, maximum=8192
+        128, "Global batch size (split across replicas).", title="Batch size", example=128, minimum=1, maximum=8192
     )
     learning_rate: float = _field(
         2e-3,
         "Peak learning rate (Adam; linear warmup, then cosine decay).",
         title="Learning rate",
+        example=0.002,
         exclusive_minimum=0,
         maximum=1,
     )
@@ -126,12 +135,18 @@ class PipelineConfig:
 
     # Evaluation gate
     min_accuracy: float = _field(
-        0.85, "Gate: the candidate needs at least this test accuracy.", title="Minimum accuracy", minimum=0, maximum=1
+        0.85,
+        "Gate: the candidate needs at least this test accuracy.",
+        title="Minimum accuracy",
+        example=0.9,
+        minimum=0,
+        maximum=1,
     )
     max_regression: float = _field(
         0.01,
         "Gate: largest allowed accuracy drop vs the published baseline.",
         title="Maximum regression",
+        example=0.01,
         minimum=0,
         maximum=1,
     )
@@ -183,7 +198,7 @@ class PipelineConfig:
         64, "Real test images sent in infra-validation and smoke tests.", minimum=1, maximum=10000
     )
     force: bool = _field(
-        False, "Train and promote even if data, config and code equal the stable model's.", title="Force"
+        False, "Train and promote even if data, config and code equal the stable model's.", title="Force", example=True
     )
 
     def validate(self) -> PipelineConfig:
@@ -323,7 +338,10 @@ def field_names() -> list[str]:
 def field_help(name: str) -> str:
     """Returns the help text of one config field, with its choices and range."""
     meta = _field_meta(name)
-    return meta["help"] + (f" ({_describe_range(meta)})" if _describe_range(meta) else "")
+    details = [_describe_range(meta)] if _describe_range(meta) else []
+    if "example" in meta:
+        details.append(f"e.g. {json.dumps(meta['example'])}")
+    return meta["help"] + (f" ({'; '.join(details)})" if details else "")
 
 
 def _describe_range(meta: dict[str, Any]) -> str:
@@ -379,7 +397,12 @@ def trigger_form_schema(config: PipelineConfig) -> dict[str, dict[str, Any]]:
             "title": meta["title"],
             "description": field_help(name),
         }
-        entry.update({key: meta[attr] for attr, key in _SCHEMA_KEYS.items() if attr in meta})
+        bounds = {key: meta[attr] for attr, key in _SCHEMA_KEYS.items() if attr in meta}
+        # Airflow's form clamps a number field to a top-level minimum/maximum as the user leaves
+        # it (epochs 0 silently became 1); inside `allOf` the bounds are still enforced when the
+        # run is triggered (the UI and the REST API refuse it, naming the field) but never clamped.
+        if bounds:
+            entry["allOf"] = [bounds]
         if "choices" in meta:
             entry["enum"] = list(meta["choices"])
         schema[name] = entry

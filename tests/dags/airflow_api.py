@@ -34,6 +34,16 @@ def request(url: str, method: str = "GET", body: dict | None = None, token: str 
         return err.code, json.loads(err.read() or b"null")
 
 
+def fetch_text(url: str, token: str | None = None) -> tuple[int, str]:
+    """Returns (HTTP status, body text) of a GET, e.g. a page the project's plugin serves."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=30) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode(errors="replace")
+
+
 def prepare_database(env: dict[str, str], pool: str) -> None:
     """Migrates the metadata DB that `env` names and creates the training pool."""
     subprocess.run([AIRFLOW, "db", "migrate"], env=env, check=True, capture_output=True)

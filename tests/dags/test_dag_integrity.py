@@ -30,11 +30,15 @@ def test_dag_files_import_without_errors_or_tensorflow(dag_settings):
 
 def test_training_dag_shape(dag_bag):
     dag = dag_bag.get_dag("fashion_mnist_training")
-    assert [t.task_id for t in dag.topological_sort()] == list(STEP_NAMES)  # the runner's sequence
-    for upstream, downstream in zip(STEP_NAMES, STEP_NAMES[1:], strict=False):  # a straight line
+    tasks = [*STEP_NAMES, "report"]
+    assert [t.task_id for t in dag.topological_sort()] == tasks  # the runner's sequence, then the report
+    for upstream, downstream in zip(tasks, tasks[1:], strict=False):  # a straight line, no extra edges
         assert dag.get_task(downstream).upstream_task_ids == {upstream}
+    for short_circuit in ("check_changes", "gate"):  # skips what follows, but not the report
+        assert dag.get_task(short_circuit).ignore_downstream_trigger_rules is False
+    assert dag.get_task("report").trigger_rule == "none_failed"
     assert dag.catchup is False and dag.max_active_runs == 1
-    assert dag.timetable.expression == "0 2 * * *" and not dag.timetable.run_immediately
+    assert type(dag.timetable).__name__ == "UpcomingCronTimetable" and dag.timetable.summary.startswith("0 2 * * *")
     train = dag.get_task("train")
     assert (train.pool, train.queue) == ("gpu_training", "gpu")
     for task in dag.tasks:
@@ -49,12 +53,16 @@ def test_trigger_form_params_are_typed_and_bounded(dag_bag):
     for name in params:
         param = params.get_param(name)
         assert param.schema.get("title") and param.description, name
+        assert "e.g. " in param.description, name  # an example in every description
+        # Bounds sit where the form cannot clamp to them (its number fields clamp to a top-level
+        # minimum/maximum); validation still refuses values outside them.
+        assert "minimum" not in param.schema and "maximum" not in param.schema, name
     epochs = params.get_param("epochs").schema
-    assert (epochs["type"], epochs["minimum"], epochs["maximum"]) == ("integer", 1, 500)
-    assert "<= 500" in params.get_param("epochs").description
-    assert params.get_param("batch_size").schema["maximum"] == 8192
+    assert (epochs["type"], epochs["allOf"]) == ("integer", [{"minimum": 1, "maximum": 500}])
+    assert ">= 1 and <= 500" in params.get_param("epochs").description
+    assert params.get_param("batch_size").schema["allOf"][0]["maximum"] == 8192
     assert params.get_param("model").schema["enum"] == ["cnn", "mlp"]
-    assert params.get_param("min_accuracy").schema["maximum"] == 1
+    assert params.get_param("min_accuracy").schema["allOf"][0]["maximum"] == 1
     assert params.get_param("force").value is False
     params.validate()  # the defaults are valid
 
@@ -66,7 +74,9 @@ def test_bad_params_are_refused_before_a_run(dag_bag):
     dag = dag_bag.get_dag("fashion_mnist_training")
     for conf in (
         {"epochs": -1},
+        {"epochs": 0},
         {"epochs": 501},
+        {"learning_rate": 5},
         {"epochs": "ten"},
         {"model": "resnet"},
         {"min_accuracy": 1.5},
@@ -79,3 +89,32 @@ def test_bad_params_are_refused_before_a_run(dag_bag):
         with pytest.raises(ParamValidationError):
             params.update(conf)
             params.validate()
+
+
+def test_the_timetable_never_starts_a_past_slot():
+    import datetime
+
+    from airflow.serialization.decoders import decode_timetable
+    from airflow.serialization.encoders import encode_timetable
+    from airflow.timetables.base import DataInterval, TimeRestriction
+    from mlops_timetables import UpcomingCronTimetable
+
+    timetable = UpcomingCronTimetable("0 2 * * *", timezone="UTC")
+    now = datetime.datetime.now(datetime.UTC)
+    fresh = TimeRestriction(earliest=datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC), latest=None, catchup=False)
+    first = timetable.next_dagrun_info(last_automated_data_interval=None, restriction=fresh)
+    assert first.run_after > now  # Airflow's CronTriggerTimetable would answer today's past 02:00
+    assert (first.run_after.hour, first.run_after.minute) == (2, 0) and first.run_after - now <= datetime.timedelta(1)
+    week_ago = now - datetime.timedelta(days=7)
+    old_run = DataInterval(week_ago, week_ago)  # Airflow was down since the last nightly run
+    assert timetable.next_dagrun_info(last_automated_data_interval=old_run, restriction=fresh) == first
+    with_catchup = TimeRestriction(earliest=week_ago, latest=None, catchup=True)  # catchup keeps Airflow's way
+    assert timetable.next_dagrun_info(last_automated_data_interval=None, restriction=with_catchup).run_after < now
+    restored = decode_timetable(encode_timetable(timetable))  # what the scheduler reads back
+    assert type(restored) is UpcomingCronTimetable and restored.serialize() == timetable.serialize()
+
+
+def test_the_rollback_form_lists_published_versions(dag_bag):
+    version = dag_bag.get_dag("fashion_mnist_rollback").params.get_param("version")
+    assert version.schema["type"] == "integer"  # no version is published in this fresh test deployment
+    assert "No version is published yet" in version.description

@@ -66,6 +66,15 @@ def _xcom(run, task_id: str, key: str):
         return XComModel.deserialize_value(row)
 
 
+def _note(run) -> str | None:
+    """The DAG run's note, as the run page shows it."""
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        return session.query(DagRun).filter_by(dag_id=run.dag_id, run_id=run.run_id).one().note
+
+
 @pytest.fixture(scope="module")
 def run_conf(dag_bag):
     """Builds a full run conf: the defaults plus overrides (dag.test keeps params between runs)."""
@@ -106,12 +115,28 @@ def test_first_run_promotes_version_1(first_run, serving_server, images):
     assert _served_version(serving_server, "stable", images) == 1
 
 
+def test_a_run_ends_with_its_outcome_as_the_run_note_and_a_report_page(first_run):
+    outcome = _xcom(first_run, "report", "return_value")
+    assert outcome["outcome"] == "promoted" and outcome["version"] == 1
+    assert _note(first_run) == outcome["summary"]
+    assert _note(first_run).startswith("promoted version 1 to stable (test accuracy 0.") and "was nothing" in _note(
+        first_run
+    )
+    page = open(outcome["report_path"]).read()
+    for section in ("Per class", "served stable", "Confusion matrix", "Training curves", "Model card"):
+        assert section in page, section
+    assert page.count("data:image/png;base64,") == 2  # the confusion matrix and the curves, inline
+    assert _asset_event_extras()[0]["outcome"] == "promoted"
+
+
 def test_an_identical_run_short_circuits_after_validation(first_run, dag_bag, run_conf):
     second = dag_bag.get_dag("fashion_mnist_training").test(run_conf=run_conf())
     states = _states(second)
     assert states["ingest"] == states["validate"] == states["check_changes"] == "success"
     assert {states[t] for t in DOWNSTREAM_OF_CHECK} == {"skipped"}
     assert "equal those of stable version 1" in _xcom(second, "check_changes", "stop_reason")
+    assert states["report"] == "success"  # not skipped with the rest: it says why the run stopped
+    assert _note(second).startswith("skipped: ") and "equal those of stable version 1" in _note(second)
 
 
 def test_the_gate_stops_a_weak_candidate_and_serving_is_unchanged(first_run, dag_bag, run_conf, serving_server):
@@ -121,6 +146,8 @@ def test_the_gate_stops_a_weak_candidate_and_serving_is_unchanged(first_run, dag
     assert {states[t] for t in DOWNSTREAM_OF_CHECK[3:]} == {"skipped"}
     assert "< min_accuracy 0.999" in _xcom(strict, "gate", "stop_reason")
     assert _serving_labels(serving_server["config_file"]) == {"stable": 1, "canary": 1}
+    assert states["report"] == "success" and _xcom(strict, "report", "return_value")["outcome"] == "not_blessed"
+    assert _note(strict).startswith("not blessed: ") and "< min_accuracy 0.999" in _note(strict)
 
 
 def test_a_forced_run_promotes_version_2(forced_run, serving_server, images):
@@ -129,10 +156,25 @@ def test_a_forced_run_promotes_version_2(forced_run, serving_server, images):
     assert _served_version(serving_server, "stable", images) == 2
 
 
+def test_the_rollback_form_lists_the_published_versions_and_stable(forced_run):
+    from airflow.dag_processing.dagbag import BundleDagBag
+
+    from tests.dags.conftest import DAGS_FOLDER
+
+    # The DAG processor parses the file again; the form then shows what is published now.
+    bag = BundleDagBag(dag_folder=str(DAGS_FOLDER / "fashion_mnist_rollback.py"), bundle_path=DAGS_FOLDER)
+    version = bag.get_dag("fashion_mnist_rollback").params.get_param("version")
+    assert version.schema["enum"] == [2, 1] and version.value == 1  # the newest version that is not stable
+    assert version.schema["values_display"]["2"].startswith("version 2, test accuracy 0.")
+    assert version.schema["values_display"]["2"].endswith("(stable, canary)")
+    assert "now stable: 2" in version.description
+
+
 def test_the_rollback_dag_restores_version_1(dag_rollback, serving_server, images):
     assert set(_states(dag_rollback).values()) == {"success"}
     assert _serving_labels(serving_server["config_file"]) == {"stable": 1, "canary": 1}
     assert _served_version(serving_server, "stable", images) == 1
+    assert _note(dag_rollback) == "rolled back: stable is version 1 (was 2): test rollback"
 
 
 def test_the_cli_rolls_back_and_refuses_unpublished_versions(dag_rollback, dag_settings, serving_server, images):
@@ -178,6 +220,8 @@ def test_ingest_failure_stops_the_run_with_the_stage_message(dag_bag, caplog, ru
     assert states["ingest"] == "failed"
     assert {states[t] for t in states if t != "ingest"} == {"upstream_failed"}
     assert "IDX data folder /no/such/folder does not exist" in caplog.text
+    assert "task=ingest (attempt 1, not retried" in caplog.text  # settings say retries 1: not for data errors
+    assert _note(run).startswith("failed at ingest (attempt 1, not retried") and "/no/such/folder" in _note(run)
 
 
 def test_serving_down_during_promotion_retries_and_keeps_stable(dag_bag, serving_server, run_conf, images):

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -19,8 +20,10 @@ import pytest
 from serving.launcher import free_port
 from tests.dags.airflow_api import (
     DAG_ID,
+    fetch_text,
     prepare_database,
     request,
+    task_instances,
     task_states,
     wait_and_log_in,
     wait_for_dag,
@@ -52,26 +55,49 @@ def standalone(tmp_path_factory, dag_settings, serving_server, postgres_url):
         "PYTHONPATH": str(REPO_ROOT),
     }
     prepare_database(env, dag_settings["pool"])
-    log = open(home / "standalone.log", "wb")  # noqa: SIM115  (open for the process's lifetime)
-    process = subprocess.Popen(
-        [str(venv_bin / "airflow"), "standalone"],
-        env=env,
-        cwd=home,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
     base = f"http://localhost:{port}"
+    airflow = {"base": base, "home": home, "env": env, "started": time.time()}
+    airflow["process"] = _start_standalone(env, home)
     try:
-        token, password = wait_and_log_in(base, home)
-        yield {"base": base, "token": token, "password": password, "home": home}
+        airflow["token"], airflow["password"] = wait_and_log_in(base, home)
+        yield airflow
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-        log.close()
+        _stop_standalone(airflow["process"])
+
+
+def _start_standalone(env: dict[str, str], home: Path) -> subprocess.Popen:
+    with open(home / "standalone.log", "ab") as log:
+        return subprocess.Popen(
+            [str(Path(sys.executable).parent / "airflow"), "standalone"],
+            env=env,
+            cwd=home,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def _stop_standalone(process: subprocess.Popen) -> None:
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+def _run(airflow: dict, run_id: str) -> dict:
+    return request(f"{airflow['base']}/api/v2/dags/{DAG_ID}/dagRuns/{run_id}", token=airflow["token"])[1]
+
+
+def _task_log_problems(home: Path, run_id: str) -> dict[str, list[str]]:
+    """Error-level lines (shown red in the UI) of each task log of a run, by task."""
+    problems = {}
+    for log_file in (home / "logs" / f"dag_id={DAG_ID}" / f"run_id={run_id}").glob("task_id=*/attempt=*.log"):
+        lines = [json.loads(line) for line in log_file.read_text().splitlines() if line.startswith("{")]
+        bad = [f"{line.get('logger')}: {line.get('event')}" for line in lines if line.get("level") in ("error", "critical")]
+        if bad:
+            problems[log_file.parent.name] = bad
+    return problems
 
 
 def test_scheduler_runs_the_dag_triggered_through_the_rest_api(standalone, serving_server):
@@ -79,16 +105,54 @@ def test_scheduler_runs_the_dag_triggered_through_the_rest_api(standalone, servi
 
     wait_for_dag(standalone)
     runs = f"{standalone['base']}/api/v2/dags/{DAG_ID}/dagRuns"
-    status, reply = request(runs, "POST", {"logical_date": None, "conf": {"epochs": -1}}, standalone["token"])
-    assert status in (400, 422) and "epochs" in json.dumps(reply)  # refused before a run exists
+    for conf, named in (({"epochs": -1}, "epochs"), ({"epochs": 0}, "epochs"), ({"learning_rate": 5}, "learning_rate")):
+        status, reply = request(runs, "POST", {"logical_date": None, "conf": conf}, standalone["token"])
+        assert status in (400, 422) and named in json.dumps(reply), reply  # refused (not clamped) before a run
 
     before = _serving_labels(serving_server["config_file"]).get("stable", 0)
     status, reply = request(runs, "POST", {"logical_date": None, "conf": {"force": True}}, standalone["token"])
     assert status == 200, reply
-    state = wait_for_run(standalone, reply["dag_run_id"])
-    assert state == "success", task_states(standalone, reply["dag_run_id"])
-    assert set(task_states(standalone, reply["dag_run_id"]).values()) == {"success"}
-    assert _serving_labels(serving_server["config_file"])["stable"] > before
+    run_id = reply["dag_run_id"]
+    state = wait_for_run(standalone, run_id)
+    assert state == "success", task_states(standalone, run_id)
+    assert set(task_states(standalone, run_id).values()) == {"success"}
+    stable = _serving_labels(serving_server["config_file"])["stable"]
+    assert stable > before
+    # The outcome at a glance: the scheduler's listener (the project's plugin) wrote the run's note.
+    assert wait_for(lambda: _run(standalone, run_id)["note"], 30, "the run note").startswith(
+        f"promoted version {stable} to stable (test accuracy 0."
+    )
+    # A healthy run: no red (error-level) line in any task's log, TensorFlow's start-up included.
+    assert _task_log_problems(standalone["home"], run_id) == {}
+    train_log = next((standalone["home"] / "logs").rglob(f"run_id={run_id}/task_id=train/attempt=1.log")).read_text()
+    assert "tensorflow.native" in train_log  # its start-up lines are there, at their own (lower) level
+    # The run report and the registry, served by the plugin behind Airflow's login.
+    report_url = f"{standalone['base']}/mlops/runs/{DAG_ID}/{run_id}"
+    status, page = fetch_text(report_url, standalone["token"])
+    assert status == 200 and "Confusion matrix" in page and f"promoted version {stable}" in page
+    assert fetch_text(report_url)[0] in (401, 403)
+    status, page = fetch_text(f"{standalone['base']}/mlops/registry/{DAG_ID}", standalone["token"])
+    assert status == 200 and f"<td>{stable}</td><td>stable, canary</td>" in page
+
+
+def test_a_pipeline_error_fails_its_task_with_the_message_and_no_traceback(standalone):
+    wait_for_dag(standalone)
+    runs = f"{standalone['base']}/api/v2/dags/{DAG_ID}/dagRuns"
+    conf = {"data_source": "idx:/no/such/folder", "force": True}
+    status, reply = request(runs, "POST", {"logical_date": None, "conf": conf}, standalone["token"])
+    assert status == 200, reply
+    run_id = reply["dag_run_id"]
+    assert wait_for_run(standalone, run_id) == "failed"
+    ingest = task_instances(standalone, run_id)["ingest"]
+    assert (ingest["state"], ingest["try_number"]) == ("failed", 1)  # settings allow a retry; data errors get none
+    problems = _task_log_problems(standalone["home"], run_id)["task_id=ingest"]
+    assert any("IDX data folder /no/such/folder does not exist" in line for line in problems)
+    assert any("attempt 1, not retried" in line for line in problems)  # the truthful failure line
+    log_file = next((standalone["home"] / "logs").rglob(f"run_id={run_id}/task_id=ingest/attempt=1.log"))
+    details = [json.loads(line).get("error_detail") for line in log_file.read_text().splitlines()]
+    errors = [error for detail in details if detail for error in detail]
+    assert [error["exc_type"] for error in errors] == ["AirflowFailException"]  # the pipeline's traceback is not there
+    assert wait_for(lambda: _run(standalone, run_id)["note"], 30, "the run note").startswith("failed at ingest")
 
 
 def test_browser_triggers_the_dag_through_the_params_form(standalone, serving_server):
@@ -122,17 +186,49 @@ def test_browser_triggers_the_dag_through_the_params_form(standalone, serving_se
             page.get_by_role("button", name="Trigger").first.click()
             page.get_by_text("Run Parameters").first.wait_for(timeout=60_000)
             page.get_by_text("Maximum number of training epochs (early stopping may end sooner)").wait_for()
-            page.get_by_role("spinbutton").first.fill("1")  # Epochs, the first number field
-            page.screenshot(path=str(ARTIFACTS / "airflow-trigger-form.png"), full_page=True)
+            page.get_by_text(">= 1 and <= 500; e.g. 12").wait_for()  # the range and an example
+            runs_before = request(runs_url, token=standalone["token"])[1]["total_entries"]
+            epochs = page.get_by_role("spinbutton").first  # Epochs, the first number field
+            epochs.fill("0")
+            epochs.press("Tab")
+            assert epochs.input_value() == "0"  # not clamped to 1 behind the user's back
             page.get_by_role("button", name="Trigger").last.click()
+            page.get_by_text("epochs").last.wait_for()
+            refusal = page.get_by_text("less than the minimum of 1").first
+            refusal.wait_for(timeout=30_000)  # refused, with the reason
+            refusal.scroll_into_view_if_needed()
+            page.screenshot(path=str(ARTIFACTS / "airflow-trigger-form-refuses-epochs-0.png"), full_page=True)
+            assert request(runs_url, token=standalone["token"])[1]["total_entries"] == runs_before
+            epochs.fill("1")
+            page.screenshot(path=str(ARTIFACTS / "airflow-trigger-form.png"), full_page=True)
+            # The refusal's toast covers the button; a click event still reaches it.
+            page.get_by_role("button", name="Trigger").last.dispatch_event("click")
             page.wait_for_timeout(3000)
-        finally:
             page.screenshot(path=str(ARTIFACTS / "airflow-after-trigger.png"), full_page=True)
+            latest = request(runs_url, token=standalone["token"])[1]["dag_runs"][0]
+            assert latest["run_type"] == "manual"
+            run_id = latest["dag_run_id"]
+            state = wait_for_run(standalone, run_id)
+            assert state == "success", task_states(standalone, run_id)
+            # The outcome on the run page (the run's note), then its report in the "Run report" tab.
+            note = wait_for(lambda: _run(standalone, run_id)["note"], 30, "the run note")
+            assert note.startswith(("skipped: ", "promoted version ")), note  # trained before, or not
+            page.goto(f"{standalone['base']}/dags/{DAG_ID}/runs/{run_id}", wait_until="load")
+            page.get_by_text(note[:40]).first.wait_for(timeout=60_000)
+            page.screenshot(path=str(ARTIFACTS / "airflow-run-note.png"), full_page=True)
+            page.get_by_text("Run report", exact=True).click()
+            report = page.frame_locator("iframe").first
+            report.get_by_text(note[:40]).first.wait_for(timeout=60_000)
+            page.screenshot(path=str(ARTIFACTS / "airflow-run-report-tab.png"), full_page=True)
+            # The registry view: published versions with their labels and metrics.
+            page.goto(f"{standalone['base']}/plugin/model_registry", wait_until="load")
+            registry = page.frame_locator("iframe").first
+            registry.get_by_text("published versions").first.wait_for(timeout=60_000)
+            registry.get_by_text("stable, canary").first.wait_for()
+            page.screenshot(path=str(ARTIFACTS / "airflow-model-registry.png"), full_page=True)
+        finally:
+            page.screenshot(path=str(ARTIFACTS / "airflow-browser-last.png"), full_page=True)
             browser.close()
-    latest = request(runs_url, token=standalone["token"])[1]["dag_runs"][0]
-    assert latest["run_type"] == "manual"
-    state = wait_for_run(standalone, latest["dag_run_id"])
-    assert state == "success", task_states(standalone, latest["dag_run_id"])
 
 
 def test_the_api_and_the_ui_refuse_anonymous_and_wrong_password_requests(standalone):

@@ -1,0 +1,243 @@
+"""What a run decided, in one line and as a page: the run outcome, the run report, the model registry.
+
+`run_outcome` reads a run's state (its manifest) and says what the run did: promoted a
+version, not blessed by the gate (with the failing rules), or skipped (with the reason).
+`write_run_report` writes `runs/<run_id>/report.html`, one self-contained page (images
+inline) with the metrics, per-class table, the comparison with the served baseline, the
+confusion matrix, the training curves and the model card. `render_registry` lists the
+published versions with their labels and metrics. Orchestrators show these pages; the
+pipeline only writes and renders them.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+from pipeline.core import model_repo
+from pipeline.core.artifacts import atomic_write_bytes, read_json, run_dir
+from pipeline.core.config import PipelineConfig
+
+PROMOTED, NOT_BLESSED, SKIPPED, INCOMPLETE = "promoted", "not_blessed", "skipped", "incomplete"
+REPORT_FILE = "report.html"
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOutcome:
+    """What a run did.
+
+    Attributes:
+        outcome: One of 'promoted', 'not_blessed', 'skipped', 'incomplete'.
+        summary: One line for people (the DAG run's note), e.g. 'promoted version 3 ...'.
+        version: The version the run published, if any.
+        accuracy: The candidate's test accuracy, if it was evaluated.
+    """
+
+    outcome: str
+    summary: str
+    version: int | None = None
+    accuracy: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def run_outcome(state: dict[str, dict[str, Any]]) -> RunOutcome:
+    """Says what a run did from its state (step name -> outputs, as in the run manifest)."""
+    accuracy = state.get("evaluate", {}).get("accuracy")
+    if "mark_stable" in state:
+        stable = state["mark_stable"]
+        was = stable.get("previous_stable")
+        return RunOutcome(
+            PROMOTED,
+            f"promoted version {stable['stable']} to stable (test accuracy {accuracy:.4f}; "
+            f"was {'version ' + str(was) if was else 'nothing'})",
+            stable["stable"],
+            accuracy,
+        )
+    if state.get("gate") and not state["gate"]["blessed"]:
+        return RunOutcome(NOT_BLESSED, "not blessed: " + "; ".join(state["gate"]["reasons"]), None, accuracy)
+    if state.get("check_changes", {}).get("skip_reason"):
+        return RunOutcome(SKIPPED, "skipped: " + state["check_changes"]["skip_reason"])
+    if state.get("train", {}).get("is_chief") is False:
+        return RunOutcome(SKIPPED, "skipped: a multi-worker training worker; the chief evaluates and exports")
+    done = [step for step in state if step != "report"]
+    return RunOutcome(INCOMPLETE, f"incomplete: the run stopped after {done[-1] if done else 'nothing'}", None, accuracy)
+
+
+def _image(path: str | None) -> str:
+    if not path or not Path(path).exists():
+        return "<p class=muted>not produced</p>"
+    data = base64.b64encode(Path(path).read_bytes()).decode()
+    return f'<img alt="{html.escape(Path(path).stem)}" src="data:image/png;base64,{data}">'
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+_STYLE = """
+body{font-family:system-ui,sans-serif;margin:1.5rem;color:#1a202c;max-width:1100px}
+h1{font-size:1.4rem}h2{font-size:1.1rem;margin-top:1.6rem}
+.outcome{padding:.6rem 1rem;border-radius:6px;font-weight:600}
+.promoted{background:#c6f6d5}.not_blessed{background:#fed7d7}.skipped,.incomplete{background:#e2e8f0}
+table{border-collapse:collapse}td,th{border:1px solid #cbd5e0;padding:.25rem .6rem;text-align:right}
+th{background:#edf2f7}td:first-child{text-align:left}img{max-width:100%;border:1px solid #e2e8f0}
+.muted{color:#718096}pre{background:#f7fafc;padding:.8rem;overflow:auto;font-size:.8rem}
+.row{display:flex;gap:1rem;flex-wrap:wrap}.row>div{flex:1;min-width:380px}
+"""
+
+
+def _page(title: str, body: str) -> str:
+    return (
+        f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title>"
+        f"<style>{_STYLE}</style></head><body>{body}</body></html>"
+    )
+
+
+def _evaluation_section(evaluation: dict[str, Any]) -> str:
+    metrics = evaluation["metrics"]
+    baseline = evaluation.get("baseline") or {}
+    served = baseline.get("accuracy")
+    rows = [
+        ["test accuracy", f"{metrics['accuracy']:.4f}", f"{served:.4f}" if served is not None else "-"],
+        ["test loss", f"{metrics['loss']:.4f}", "-"],
+        ["macro F1", f"{metrics['macro_f1']:.4f}", "-"],
+        ["examples", metrics["examples"], metrics["examples"] if served is not None else "-"],
+    ]
+    baseline_name = f"served stable (version {baseline['version']})" if baseline.get("version") else "served stable"
+    thresholds = evaluation.get("thresholds", {})
+    per_class = [
+        [name, f"{m['precision']:.4f}", f"{m['recall']:.4f}", f"{m['f1']:.4f}", m["support"]]
+        for name, m in metrics["per_class"].items()
+    ]
+    return (
+        "<h2>Metrics (test split) against the served baseline</h2>"
+        + _table(["metric", "candidate", baseline_name], rows)
+        + f"<p>Gate: {'blessed' if evaluation['blessed'] else 'NOT blessed'}. Rules: min_accuracy "
+        f"{thresholds.get('min_accuracy')}, max_regression {thresholds.get('max_regression')}. "
+        + html.escape("; ".join(evaluation.get("reasons", [])))
+        + "</p><h2>Per class</h2>"
+        + _table(["class", "precision", "recall", "F1", "support"], per_class)
+    )
+
+
+def _training_section(train: dict[str, Any]) -> str:
+    hardware = train.get("hardware", {})
+    rows = [
+        ["epochs run", train.get("epochs_run")],
+        ["best validation accuracy", f"{train.get('best_val_accuracy', 0):.4f}"],
+        ["train stage seconds", train.get("seconds")],
+        ["strategy / dtype policy", f"{hardware.get('strategy')} / {hardware.get('dtype_policy')}"],
+        ["TensorBoard logs", train.get("tensorboard_dir") or "-"],
+    ]
+    return "<h2>Training</h2>" + _table(["", ""], rows)
+
+
+def render_run_report(config: PipelineConfig, state: dict[str, dict[str, Any]]) -> str:
+    """Returns the run report page (HTML, images inline) for a run's state."""
+    outcome = run_outcome(state)
+    parts = [
+        f"<h1>{html.escape(config.model_name)}: run {html.escape(str(config.run_id))}</h1>",
+        f'<p class="outcome {outcome.outcome}">{html.escape(outcome.summary)}</p>',
+    ]
+    evaluate, train = state.get("evaluate"), state.get("train")
+    if evaluate and Path(evaluate["evaluation_path"]).exists():
+        parts.append(_evaluation_section(read_json(evaluate["evaluation_path"])))
+    if train and train.get("model_path"):
+        parts.append(_training_section(train))
+    images = []
+    if evaluate:
+        images.append("<div><h2>Confusion matrix</h2>" + _image(evaluate.get("confusion_matrix_png")) + "</div>")
+    if train and train.get("model_path"):
+        images.append("<div><h2>Training curves</h2>" + _image(train.get("curves_path")) + "</div>")
+    parts.append('<div class="row">' + "".join(images) + "</div>")
+    if "export" in state:
+        card = model_repo.read_model_card(state["export"]["version_dir"])
+        parts.append("<h2>Model card</h2><pre>" + html.escape(json.dumps(card, indent=2)) + "</pre>")
+    if "ingest" in state:
+        ingest = state["ingest"]
+        parts.append(
+            f"<h2>Data</h2><p>snapshot {html.escape(Path(ingest['snapshot']).name)}, fingerprint "
+            f"{html.escape(ingest['fingerprint'][:16])}, splits {html.escape(json.dumps(ingest['splits']))}</p>"
+        )
+    return _page(f"{config.model_name} run {config.run_id}", "".join(parts))
+
+
+def report_path(config: PipelineConfig) -> Path:
+    """`<workdir>/runs/<run_id>/report.html`."""
+    return run_dir(config) / REPORT_FILE
+
+
+def write_run_report(config: PipelineConfig, state: dict[str, dict[str, Any]]) -> Path:
+    """Writes the run report page (atomically); returns its path."""
+    return atomic_write_bytes(report_path(config), render_run_report(config, state).encode())
+
+
+def registry_rows(config: PipelineConfig) -> list[dict[str, Any]]:
+    """The published versions, newest first, with their labels and metrics from their model cards."""
+    from pipeline.release.promotion import read_state
+
+    serving = read_state(config)
+    labels = {version: [] for version in model_repo.published_versions(config.model_dir)}
+    for label, version in (("stable", serving.stable), ("canary", serving.canary)):
+        if version in labels:
+            labels[version].append(label)
+    rows = []
+    for version in sorted(labels, reverse=True):
+        card = model_repo.read_model_card(config.model_dir / str(version)) or {}
+        metrics = card.get("metrics", {})
+        rows.append(
+            {
+                "version": version,
+                "labels": labels[version],
+                "accuracy": metrics.get("accuracy"),
+                "macro_f1": metrics.get("macro_f1"),
+                "created_at": card.get("created_at"),
+                "run_id": card.get("config", {}).get("run_id"),
+                "data_fingerprint": card.get("data", {}).get("fingerprint"),
+            }
+        )
+    return rows
+
+
+def render_registry(config: PipelineConfig, report_url: str = "") -> str:
+    """Returns the registry page: every published version with its labels and metrics.
+
+    Args:
+        config: Names the model and where its versions and serving config are.
+        report_url: Prefix of links to run reports ('' for no links); the run id is appended.
+    """
+    rows = []
+    for row in registry_rows(config):
+        run = html.escape(str(row["run_id"] or "-"))
+        if report_url and row["run_id"]:
+            run = f'<a href="{html.escape(report_url + str(row["run_id"]))}">{run}</a>'
+        accuracy = f"{row['accuracy']:.4f}" if row["accuracy"] is not None else "-"
+        macro_f1 = f"{row['macro_f1']:.4f}" if row["macro_f1"] is not None else "-"
+        cells = [
+            str(row["version"]),
+            html.escape(", ".join(row["labels"]) or "-"),
+            accuracy,
+            macro_f1,
+            html.escape(str(row["created_at"] or "-")),
+            run,
+            html.escape(str(row["data_fingerprint"] or "-")[:12]),
+        ]
+        rows.append("<tr>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>")
+    head = "".join(
+        f"<th>{h}</th>" for h in ("version", "labels", "test accuracy", "macro F1", "published", "run", "data")
+    )
+    body = "".join(rows) or '<tr><td colspan="7">no published versions yet</td></tr>'
+    return _page(
+        f"{config.model_name} registry",
+        f"<h1>{html.escape(config.model_name)}: published versions</h1>"
+        f"<p class=muted>{html.escape(str(config.model_dir))}</p>"
+        f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>",
+    )

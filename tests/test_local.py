@@ -1,0 +1,48 @@
+"""deploy/local.py: the serving server's pid file tells a live server from a zombie or a reused pid."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from deploy import local
+
+
+@pytest.fixture
+def pid_file(tmp_path, monkeypatch):
+    path = tmp_path / "server.pid"
+    monkeypatch.setattr(local, "PID_FILE", path)
+    return path
+
+
+def _fake_server() -> subprocess.Popen:
+    # Named like the server in its command line; this process never reaps it, as a container's init may not.
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "-m", "serving.server"])
+
+
+def test_a_live_server_is_running_and_a_reused_pid_is_not(pid_file):
+    server = _fake_server()
+    try:
+        pid_file.write_text(str(server.pid))
+        assert local.serving_running() == server.pid
+        pid_file.write_text(str(os.getpid()))  # a live process, but another program (pid reused)
+        assert local.serving_running() is None and not pid_file.exists()
+    finally:
+        server.kill()
+        server.wait()
+
+
+def test_serving_stop_returns_once_the_server_exited_even_as_an_unreaped_zombie(pid_file, capsys):
+    server = _fake_server()
+    pid_file.write_text(str(server.pid))
+    try:
+        local.serving_stop()  # signal 0 still reaches the zombie: waiting for it used to take the full 60 s
+        assert f"serving: stopped (pid {server.pid}) in " in capsys.readouterr().out
+        assert not pid_file.exists()
+        assert server.poll() is not None  # it did exit (reaped only now)
+    finally:
+        server.kill()
+        server.wait()
