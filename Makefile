@@ -9,7 +9,7 @@ STAMP := $(VENV)/.requirements-installed
 DATA_DIR := /usr/share/datasets/fashion-mnist
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup data browser demo airflow serving-start serving-stop test lint format clean bench reliability
+.PHONY: setup data browser demo airflow serving-start serving-stop tensorboard test lint format clean bench reliability
 
 setup: $(STAMP)
 
@@ -64,6 +64,10 @@ serving-start: setup
 
 serving-stop:
 	$(BIN)/python deploy/local.py serving-stop
+
+# TensorBoard (http://localhost:6006) over the training logs of every run under artifacts/runs.
+tensorboard: setup
+	$(BIN)/python deploy/local.py tensorboard --port $(or $(PORT),6006)
 
 # Benchmarks (not part of `make test`, which runs smoke versions): training speed and quality per
 # preset and the input pipeline against in-memory batches (about 20 min on 2 cores), then serving

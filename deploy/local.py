@@ -4,6 +4,7 @@
     python deploy/local.py airflow      # airflow standalone + serving (make airflow)
     python deploy/local.py airflow --executor celery   # CeleryExecutor, PostgreSQL, Redis, 2 workers
     python deploy/local.py demo         # the training DAG end to end, then predictions (make demo)
+    python deploy/local.py tensorboard  # TensorBoard over every run's training logs (make tensorboard)
 
 Everything lives inside the project: AIRFLOW_HOME=airflow_home/, artifacts/ for data,
 models, the serving config and the serving server's pid and log.
@@ -36,6 +37,7 @@ PID_FILE = SERVING_DIR / "server.pid"
 LOG_FILE = SERVING_DIR / "server.log"
 AIRFLOW_HOME = ROOT / "airflow_home"
 DAG_ID = "fashion_mnist_training"
+PASSWORDS_FILE = "simple_auth_manager_passwords.json.generated"
 CELERY_DATABASE = "airflow_mlops"
 CELERY_DATABASE_URL = f"postgresql+psycopg2://postgres@127.0.0.1:5432/{CELERY_DATABASE}"
 CELERY_BROKER_URL = "redis://127.0.0.1:6379/0"
@@ -57,6 +59,8 @@ def airflow_env() -> dict[str, str]:
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
             "AIRFLOW__CORE__PARALLELISM": "4",
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
+            # One line per HTTP request (the UI polls several per second) buries everything else.
+            "AIRFLOW__LOGGING__NAMESPACE_LEVELS": "http.access=WARNING",
             "AIRFLOW__API__PORT": env.get("AIRFLOW__API__PORT", "8080"),
             "PYTHONPATH": str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
             "PATH": str(VENV_BIN) + os.pathsep + env.get("PATH", ""),
@@ -150,22 +154,78 @@ def _airflow(*args: str, check: bool = True, env: dict[str, str] | None = None) 
     return subprocess.run([str(VENV_BIN / "airflow"), *args], cwd=ROOT, env=env or airflow_env(), check=check)
 
 
+def _quiet_airflow(*args: str, env: dict[str, str] | None = None) -> None:
+    """Runs an Airflow command, showing its output only if it fails."""
+    result = subprocess.run(
+        [str(VENV_BIN / "airflow"), *args], cwd=ROOT, env=env or airflow_env(), capture_output=True, text=True
+    )
+    if result.returncode != 0:
+        sys.exit(f"airflow {' '.join(args)} failed:\n{(result.stdout + result.stderr)[-3000:]}")
+
+
 def airflow_prepare(env: dict[str, str] | None = None) -> None:
     """Migrates the metadata DB and creates the training pool."""
     settings = _settings()
-    _airflow("db", "migrate", env=env)
-    _airflow("pools", "set", settings.pool, "1", "GPU training slots (one per GPU)", env=env)
+    print("airflow: migrating the metadata DB")
+    _quiet_airflow("db", "migrate", env=env)
+    _quiet_airflow("pools", "set", settings.pool, "1", "GPU training slots (one per GPU)", env=env)
+
+
+def _api_healthy(port: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/monitor/health", timeout=2) as reply:
+            return reply.status == 200
+    except OSError:
+        return False
+
+
+def print_ui_address(port: str) -> None:
+    """Says once where the UI is and where its admin password is."""
+    print(f"airflow: UI at http://localhost:{port} (user admin, password in {AIRFLOW_HOME / PASSWORDS_FILE})")
+    print("airflow: Ctrl-C stops Airflow; `make serving-stop` stops serving")
 
 
 def airflow_standalone() -> None:
-    """`airflow standalone` with the project's DAGs, plus the serving server."""
+    """`airflow standalone` with the project's DAGs, plus the serving server; its output goes to a log file."""
     airflow_prepare()
     serving_start()
-    port = airflow_env()["AIRFLOW__API__PORT"]
-    print(f"airflow: UI at http://localhost:{port} (user admin)")
-    print(f"airflow: password in {AIRFLOW_HOME / 'simple_auth_manager_passwords.json.generated'}")
-    print("airflow: Ctrl-C stops Airflow; `python deploy/local.py serving-stop` stops serving")
-    os.execvpe(str(VENV_BIN / "airflow"), [str(VENV_BIN / "airflow"), "standalone"], airflow_env())
+    env = airflow_env()
+    port = env["AIRFLOW__API__PORT"]
+    log_path = AIRFLOW_HOME / "logs" / "standalone.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            [str(VENV_BIN / "airflow"), "standalone"],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    print(f"airflow: starting the scheduler, DAG processor, triggerer and API server (log {log_path})")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        poll_until(lambda: process.poll() is not None or _api_healthy(port), timeout_s=300, interval_s=1)
+        if process.poll() is None:
+            print_ui_address(port)
+            process.wait()
+        print(f"airflow: exited ({process.returncode}); its log ends with:\n{_tail(log_path)}", file=sys.stderr)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if process.poll() is None:
+            print("airflow: stopping")
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+
+
+def _tail(path: Path, chars: int = 2000) -> str:
+    return path.read_text(errors="replace")[-chars:] if path.exists() else ""
 
 
 def airflow_celery(database_url: str, broker_url: str) -> None:
@@ -192,9 +252,7 @@ def airflow_celery(database_url: str, broker_url: str) -> None:
     port = env["AIRFLOW__API__PORT"]
     print(f"airflow: CeleryExecutor, metadata DB {database_url}, broker {broker_url}")
     print(f"airflow: workers on queues {', '.join(queues)}; service logs in {stack.log_dir}")
-    print(f"airflow: UI at http://localhost:{port} (user admin)")
-    print(f"airflow: password in {AIRFLOW_HOME / 'simple_auth_manager_passwords.json.generated'}")
-    print("airflow: Ctrl-C stops Airflow; `python deploy/local.py serving-stop` stops serving")
+    print_ui_address(port)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         while not stack.dead():
@@ -251,6 +309,11 @@ def demo() -> None:
                 mark = "ok" if name == expected else "WRONG"
                 print(f"{'':<5} {expected:<12} {name:<12} {probability:.3f}  {mark}")
             print()
+    reports = sorted((Path(config.workdir) / "runs").glob("*/report.html"), key=lambda path: path.stat().st_mtime)
+    if reports:
+        outcome = json.loads((reports[-1].parent / "manifest.json").read_text())["report"]
+        print(f"demo: run outcome (the DAG run's note): {outcome['summary']}")
+        print(f"demo: run report {reports[-1]}")
     lineage = [json.loads(line) for line in (Path(config.workdir) / "lineage.jsonl").read_text().splitlines()]
     gate = next((e for e in reversed(lineage) if e["event"] == "gate"), None)
     if gate:
@@ -264,9 +327,25 @@ def demo() -> None:
     )
 
 
+def tensorboard_command(logdir: Path, port: int) -> list[str]:
+    """TensorBoard over every run's training logs (`runs/<run_id>/train/tensorboard`), on loopback."""
+    return [str(VENV_BIN / "tensorboard"), f"--logdir={logdir}", "--host=127.0.0.1", f"--port={port}"]
+
+
+def tensorboard(port: int) -> None:
+    """Serves the TensorBoard logs of every run (make tensorboard)."""
+    logdir = _settings().base_config().workdir_path / "runs"
+    print(f"tensorboard: http://localhost:{port} shows the training logs of every run under {logdir}")
+    print("tensorboard: each run is <run_id>/train/tensorboard/{train,validation}; Ctrl-C stops it")
+    os.execv(str(VENV_BIN / "tensorboard"), tensorboard_command(logdir, port))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["airflow", "demo", "serving-start", "serving-status", "serving-stop"])
+    parser.add_argument(
+        "command", choices=["airflow", "demo", "serving-start", "serving-status", "serving-stop", "tensorboard"]
+    )
+    parser.add_argument("--port", type=int, default=6006, help="tensorboard: the port to serve on.")
     parser.add_argument(
         "--executor",
         choices=["standalone", "celery"],
@@ -285,6 +364,7 @@ def main() -> None:
         "serving-status": lambda: print(f"serving: pid {serving_running()}"),
         "airflow": airflow_standalone,
         "demo": demo,
+        "tensorboard": lambda: tensorboard(args.port),
     }
     commands[args.command]()
 

@@ -46,3 +46,39 @@ def test_serving_stop_returns_once_the_server_exited_even_as_an_unreaped_zombie(
     finally:
         server.kill()
         server.wait()
+
+
+def test_tensorboard_serves_every_runs_training_logs(tmp_path):
+    import json
+    import urllib.request
+
+    import tensorflow as tf
+
+    from serving.launcher import free_port
+    from tests.support import wait_for
+
+    logdir = tmp_path / "runs"
+    for run_id in ("run-a", "run-b"):  # the layout the train stage's TensorBoard callback writes
+        with tf.summary.create_file_writer(str(logdir / run_id / "train" / "tensorboard" / "train")).as_default():
+            for step in range(3):
+                tf.summary.scalar("epoch_accuracy", 0.5 + step / 10, step=step)
+    port = free_port()
+    server = subprocess.Popen(
+        local.tensorboard_command(logdir, port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+
+    def runs():
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/data/runs", timeout=5) as reply:
+                return json.loads(reply.read()) or None
+        except OSError:
+            return None
+
+    try:
+        assert sorted(wait_for(runs, 120, "TensorBoard's run list")) == [
+            "run-a/train/tensorboard/train",
+            "run-b/train/tensorboard/train",
+        ]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -68,7 +68,11 @@ def test_the_wheel_installs_into_a_fresh_venv_and_the_dags_parse_there_without_p
     )
     dags = tmp_path / "airflow" / "dags"
     shutil.copytree(REPO_ROOT / "dags", dags, ignore=shutil.ignore_patterns("__pycache__"))
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    # As the README installs it: the plugin in $AIRFLOW_HOME/plugins, Airflow's default plugins folder.
+    shutil.copytree(REPO_ROOT / "plugins", dags.parent / "plugins", ignore=shutil.ignore_patterns("__pycache__"))
+    env = {
+        key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "AIRFLOW__CORE__PLUGINS_FOLDER")
+    }
     env["AIRFLOW_HOME"] = str(tmp_path / "airflow")
     code = (
         "import pathlib, pipeline, serving\n"
@@ -117,5 +121,6 @@ def test_the_top_level_dockerfile_agrees_with_the_pins_and_the_layout():
     for source, _ in copies:
         assert (REPO_ROOT / source.rstrip("/")).exists(), source
     assert ["dags/", "/opt/airflow/dags/"] in copies
+    assert ["plugins/", "/opt/airflow/plugins/"] in copies  # the timetable the DAG needs, notes, report views
     install = next(rest for keyword, rest in instructions if keyword == "RUN" and "apache-airflow==" in rest)
     assert '"keras-mlops-pipeline[airflow]"' in install and "tensorflow${TENSORFLOW_EXTRA:+" in install

@@ -66,7 +66,9 @@ def run_outcome(state: dict[str, dict[str, Any]]) -> RunOutcome:
     if state.get("train", {}).get("is_chief") is False:
         return RunOutcome(SKIPPED, "skipped: a multi-worker training worker; the chief evaluates and exports")
     done = [step for step in state if step != "report"]
-    return RunOutcome(INCOMPLETE, f"incomplete: the run stopped after {done[-1] if done else 'nothing'}", None, accuracy)
+    return RunOutcome(
+        INCOMPLETE, f"incomplete: the run stopped after {done[-1] if done else 'nothing'}", None, accuracy
+    )
 
 
 def _image(path: str | None) -> str:
@@ -160,7 +162,7 @@ def render_run_report(config: PipelineConfig, state: dict[str, dict[str, Any]]) 
     parts.append('<div class="row">' + "".join(images) + "</div>")
     if "export" in state:
         card = model_repo.read_model_card(state["export"]["version_dir"])
-        parts.append("<h2>Model card</h2><pre>" + html.escape(json.dumps(card, indent=2)) + "</pre>")
+        parts.append("<h2>Model card</h2><pre>" + html.escape(json.dumps(card, indent=2), quote=False) + "</pre>")
     if "ingest" in state:
         ingest = state["ingest"]
         parts.append(

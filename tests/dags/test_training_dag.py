@@ -6,6 +6,7 @@ import json
 import logging
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -118,11 +119,10 @@ def test_first_run_promotes_version_1(first_run, serving_server, images):
 def test_a_run_ends_with_its_outcome_as_the_run_note_and_a_report_page(first_run):
     outcome = _xcom(first_run, "report", "return_value")
     assert outcome["outcome"] == "promoted" and outcome["version"] == 1
-    assert _note(first_run) == outcome["summary"]
-    assert _note(first_run).startswith("promoted version 1 to stable (test accuracy 0.") and "was nothing" in _note(
-        first_run
-    )
-    page = open(outcome["report_path"]).read()
+    note = _note(first_run)
+    assert note == outcome["summary"]
+    assert note.startswith("promoted version 1 to stable (test accuracy 0.") and note.endswith("was nothing)")
+    page = Path(outcome["report_path"]).read_text()
     for section in ("Per class", "served stable", "Confusion matrix", "Training curves", "Model card"):
         assert section in page, section
     assert page.count("data:image/png;base64,") == 2  # the confusion matrix and the curves, inline

@@ -7,6 +7,7 @@ the dag.test() lifecycle tests (file order), against the same serving server.
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import signal
@@ -94,7 +95,9 @@ def _task_log_problems(home: Path, run_id: str) -> dict[str, list[str]]:
     problems = {}
     for log_file in (home / "logs" / f"dag_id={DAG_ID}" / f"run_id={run_id}").glob("task_id=*/attempt=*.log"):
         lines = [json.loads(line) for line in log_file.read_text().splitlines() if line.startswith("{")]
-        bad = [f"{line.get('logger')}: {line.get('event')}" for line in lines if line.get("level") in ("error", "critical")]
+        bad = [
+            f"{line.get('logger')}: {line.get('event')}" for line in lines if line.get("level") in ("error", "critical")
+        ]
         if bad:
             problems[log_file.parent.name] = bad
     return problems
@@ -280,3 +283,23 @@ def test_a_killed_task_process_is_retried_and_the_run_succeeds(standalone, servi
     assert state == "success", task_states(standalone, run_id)
     train = request(ti_url, token=standalone["token"])[1]
     assert train["try_number"] == 2  # the killed try, then the retry that finished
+
+
+def test_a_restart_on_a_database_with_runs_starts_no_run_for_a_past_slot(standalone):
+    """The DAG is scheduled nightly; Airflow's own cron timetable would start the last past slot at once."""
+    wait_for_dag(standalone)
+    runs_url = f"{standalone['base']}/api/v2/dags/{DAG_ID}/dagRuns"
+    quick = {"logical_date": None, "conf": {"data_source": "idx:/no/such/folder"}}  # a run that ends fast
+    run_id = request(runs_url, "POST", quick, standalone["token"])[1]["dag_run_id"]
+    wait_for_run(standalone, run_id)
+    _stop_standalone(standalone["process"])  # as after `make demo`: the database holds runs
+    standalone["process"] = _start_standalone(standalone["env"], standalone["home"])
+    standalone["token"], _ = wait_and_log_in(standalone["base"], standalone["home"])
+    wait_for_dag(standalone)
+    time.sleep(20)  # the scheduler's loop runs every second: a due run would have been created by now
+    runs = request(runs_url, token=standalone["token"])[1]["dag_runs"]
+    assert [run["dag_run_id"] for run in runs if run["run_type"] == "scheduled"] == []
+    dag = request(f"{standalone['base']}/api/v2/dags/{DAG_ID}", token=standalone["token"])[1]
+    next_run = datetime.datetime.fromisoformat(dag["next_dagrun_run_after"])
+    assert next_run > datetime.datetime.now(datetime.UTC) and (next_run.hour, next_run.minute) == (2, 0)
+    assert dag["timetable_summary"] == "0 2 * * * (upcoming slots only)"

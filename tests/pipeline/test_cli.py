@@ -55,10 +55,12 @@ def test_run_end_to_end_then_a_stricter_gate_publishes_nothing(small_idx_dir, tm
         status = "skipped" if step == "smoke_test" else "ok"  # no serving endpoint to call
         assert f"\n{step:<14} {status}" in result.stdout, result.stdout
     assert "version 1 at" in result.stdout and "stable -> 1" in result.stdout
+    assert "\nreport         ok            0.0  promoted version 1 to stable (test accuracy 0." in result.stdout
 
     run_dir = tmp_path / "work" / "runs" / "e2e"
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    assert set(manifest) == set(STEP_NAMES)
+    assert set(manifest) == {*STEP_NAMES, "report"}
+    assert manifest["report"]["outcome"] == "promoted" and (run_dir / "report.html").is_file()
     assert manifest["export"]["version"] == 1 and manifest["mark_stable"]["stable"] == 1
     for artifact in (
         "validate/anomalies.json",
@@ -84,6 +86,7 @@ def test_run_end_to_end_then_a_stricter_gate_publishes_nothing(small_idx_dir, tm
     assert strict.returncode == 0, strict.stderr[-3000:]
     assert "test accuracy" in strict.stdout and "NOT blessed" in strict.stdout
     assert "export         skipped" in strict.stdout and "< min_accuracy 0.999" in strict.stdout
+    assert "\nreport         ok            0.0  not blessed: " in strict.stdout  # what the run did, in one line
     assert published_versions(tmp_path / "models" / "fashion_mnist") == [1]
 
 

@@ -92,12 +92,14 @@ def test_the_trigger_form_is_generated_from_the_config_bounds():
         "default": 3,
         "type": "integer",
         "title": "Epochs",
-        "description": "Maximum number of training epochs (early stopping may end sooner). (>= 1 and <= 500)",
-        "minimum": 1,
-        "maximum": 500,
+        "description": "Maximum number of training epochs (early stopping may end sooner). (>= 1 and <= 500; e.g. 12)",
+        # Bounds in allOf: enforced by validation, not read by Airflow's form (which clamps to top-level ones).
+        "allOf": [{"minimum": 1, "maximum": 500}],
     }
     assert schema["model"]["enum"] == ["cnn", "mlp"] and schema["force"]["type"] == "boolean"
-    assert schema["learning_rate"]["exclusiveMinimum"] == 0 and schema["data_source"]["pattern"] == r"^(idx|tfds):.+"
+    assert schema["learning_rate"]["allOf"] == [{"exclusiveMinimum": 0, "maximum": 1}]
+    assert schema["data_source"]["allOf"] == [{"pattern": r"^(idx|tfds):.+"}]
+    assert all("e.g. " in entry["description"] for entry in schema.values())  # an example in every description
 
 
 @pytest.mark.parametrize("overrides", [{"epochs": 501}, {"batch_size": 8193}, {"learning_rate": 1.5}])

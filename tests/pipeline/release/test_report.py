@@ -1,0 +1,73 @@
+"""What a run did, in one line and as pages: run outcome, run report, registry."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.release.promotion import ServingState, apply_state
+from pipeline.release.report import registry_rows, render_registry, run_outcome, write_run_report
+from tests.support import export_candidate
+
+
+def test_the_outcome_names_what_the_run_did():
+    promoted = run_outcome(
+        {
+            "evaluate": {"accuracy": 0.93204},
+            "gate": {"blessed": True, "reasons": []},
+            "mark_stable": {"stable": 3, "previous_stable": 2},
+        }
+    )
+    assert (promoted.outcome, promoted.version) == ("promoted", 3)
+    assert promoted.summary == "promoted version 3 to stable (test accuracy 0.9320; was version 2)"
+    rejected = run_outcome(
+        {"evaluate": {"accuracy": 0.8}, "gate": {"blessed": False, "reasons": ["a >= b", "accuracy 0.8000 < x"]}}
+    )
+    assert (rejected.outcome, rejected.summary) == ("not_blessed", "not blessed: a >= b; accuracy 0.8000 < x")
+    skipped = run_outcome({"ingest": {}, "check_changes": {"skip_reason": "nothing changed"}})
+    assert (skipped.outcome, skipped.summary) == ("skipped", "skipped: nothing changed")
+    assert run_outcome({"ingest": {}, "validate": {}}).summary == "incomplete: the run stopped after validate"
+
+
+@pytest.fixture
+def published(trained_run, tmp_path):
+    config = trained_run["config"].replace(
+        model_base_path=str(tmp_path / "models"),
+        serving_config_file=str(tmp_path / "serving" / "models.config"),
+        serving_grpc_target=None,
+        workdir=str(tmp_path / "work"),
+    )
+    for _ in range(2):
+        export_candidate(trained_run, config)
+    apply_state(config, ServingState(stable=1, canary=2))
+    return config
+
+
+def test_the_registry_lists_versions_newest_first_with_labels_and_metrics(published, trained_run):
+    rows = registry_rows(published)
+    assert [(row["version"], row["labels"]) for row in rows] == [(2, ["canary"]), (1, ["stable"])]
+    assert rows[0]["accuracy"] == trained_run["evaluate"].accuracy and rows[0]["run_id"] == "shared"
+    page = render_registry(published, "/mlops/runs/fashion_mnist_training/")
+    assert '<a href="/mlops/runs/fashion_mnist_training/shared">shared</a>' in page
+    assert "<td>1</td><td>stable</td>" in page and "<td>2</td><td>canary</td>" in page
+
+
+def test_the_registry_of_a_model_without_versions_says_so(make_config):
+    assert "no published versions yet" in render_registry(make_config())
+
+
+def test_the_run_report_shows_metrics_baseline_plots_and_the_model_card(published, trained_run):
+    exported = {"version_dir": str(published.model_dir / "2"), "version": 2}
+    state = {
+        "train": trained_run["train"].to_dict(),
+        "evaluate": trained_run["evaluate"].to_dict(),
+        "gate": {"blessed": True, "reasons": []},
+        "export": exported,
+        "mark_stable": {"stable": 2, "previous_stable": 1},
+    }
+    path = write_run_report(published.replace(run_id="report-test"), state)
+    assert path == published.workdir_path / "runs" / "report-test" / "report.html"
+    page = path.read_text()
+    assert "promoted version 2 to stable" in page and "<h2>Per class</h2>" in page
+    assert page.count("data:image/png;base64,") == 2  # confusion matrix and training curves, inline
+    assert "Model card" in page and '"model_name": "fashion_mnist"' in page
+    assert "<script" not in page  # class names and reasons are escaped, never markup
