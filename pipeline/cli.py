@@ -1,4 +1,4 @@
-"""Command line: `python -m pipeline run | <step> | promote | rollback | config | lineage`.
+"""Command line: `python -m pipeline run | <step> | promote | rollback | config | lineage | history`.
 
 `run` runs the whole step sequence (`pipeline.runner.STEPS`), exactly as the Airflow DAG
 does; each step is also a command of its own (`ingest`, `train`, `infra-validate`, ...),
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime as dt
 import getpass
 import json
 import logging
@@ -35,6 +36,7 @@ COMMAND_HELP = {
     "config": "Print the effective configuration as YAML.",
     "rollback": "Move the 'stable' serving label back to an earlier published version.",
     "lineage": "Print the lineage log (runs, gate decisions, versions, label moves) as JSON lines.",
+    "history": "Say which version each serving label pointed at, now or --at a past time (from the lineage log).",
 }
 STEP_COMMANDS = {step.name.replace("_", "-"): (step.name,) for step in runner.STEPS} | {"promote": PROMOTE_STEPS}
 
@@ -66,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
             help="Named starting config under --config and the flags (pipeline/presets/; default: the defaults).",
         )
         sub.add_argument("--log-level", default="INFO", help="Python log level (default INFO).")
+        if command == "history":
+            sub.add_argument("--at", help="ISO 8601 time, e.g. 2026-11-24T02:00:00Z (default: now; no zone: UTC).")
         if command == "rollback":
             sub.add_argument("--version", type=int, required=True, help="Published version to label stable.")
             sub.add_argument("--reason", default="", help="Why (kept in the lineage log).")
@@ -127,6 +131,11 @@ def run_command(args: argparse.Namespace) -> int:
     if args.command == "lineage":
         for entry in lineage.read(config):
             print(json.dumps(entry, sort_keys=True))
+        return 0
+    if args.command == "history":
+        when = lineage.parse_time(args.at) if args.at else dt.datetime.now(dt.UTC)
+        labels = lineage.labels_at(lineage.read(config), when)
+        print(json.dumps({"model_name": config.model_name, "at": when.isoformat(), "labels": labels}, indent=2))
         return 0
     config = runner.with_run_id(config)
     by = f"cli by {getpass.getuser()}"

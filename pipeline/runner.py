@@ -89,6 +89,8 @@ def check_changes(config: PipelineConfig, state: State, by: str) -> dict[str, An
     from pipeline.release.promotion import unchanged_reason
 
     fingerprint = _snapshot(state).fingerprint
+    if config.force:  # Audited: who forced the run, when (the record's time) and why.
+        lineage.record(config, "forced", data_fingerprint=fingerprint, reason=config.force_reason, by=by)
     reason = unchanged_reason(config, fingerprint)
     if reason:
         lineage.record(config, "skipped_unchanged", data_fingerprint=fingerprint, reason=reason, by=by)
@@ -120,6 +122,7 @@ def gate(config: PipelineConfig, state: State, by: str) -> dict[str, Any]:
         baseline_version=evaluation["baseline"]["version"],
         baseline_accuracy=evaluation["baseline"]["accuracy"],
         reasons=evaluation["reasons"],
+        rules=evaluation["rules"],  # one explicit pass/fail check per rule (and class)
         data_fingerprint=_snapshot(state).fingerprint,
         config=config.to_dict(),
         by=by,

@@ -150,6 +150,18 @@ class PipelineConfig:
         minimum=0,
         maximum=1,
     )
+    min_class_recall: float | None = _field(
+        None,
+        "Gate: every class needs at least this recall on the test split (none: no per-class floor).",
+        minimum=0,
+        maximum=1,
+    )
+    max_class_regression: float | None = _field(
+        None,
+        "Gate: largest allowed drop of any class's recall vs the published baseline (none: not checked).",
+        minimum=0,
+        maximum=1,
+    )
     baseline_version: int | None = _field(None, "Published version to compare against (default: the newest one).")
 
     # Export
@@ -198,7 +210,16 @@ class PipelineConfig:
         64, "Real test images sent in infra-validation and smoke tests.", minimum=1, maximum=10000
     )
     force: bool = _field(
-        False, "Train and promote even if data, config and code equal the stable model's.", title="Force", example=True
+        False,
+        "Train and promote even if data, config and code equal the stable model's; needs a force reason.",
+        title="Force",
+        example=True,
+    )
+    force_reason: str = _field(
+        "",
+        "Why the run is forced: required with force, kept in the lineage log with who and when.",
+        title="Force reason",
+        example="retrain after the labelling fix",
     )
 
     def validate(self) -> PipelineConfig:
@@ -221,6 +242,8 @@ class PipelineConfig:
             raise ConfigError(f"model_name {self.model_name!r} must be 1-64 letters, digits or _.- (no slashes)")
         if self.class_names is not None and len(set(self.class_names)) != len(self.class_names):
             raise ConfigError(f"class_names has duplicates: {self.class_names}")
+        if self.force and not self.force_reason.strip():
+            raise ConfigError("force needs a force_reason: say why the run must train and promote anyway (audited)")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -262,6 +285,8 @@ RUN_SIGNATURE_FIELDS = (
     "jit_compile",
     "min_accuracy",
     "max_regression",
+    "min_class_recall",
+    "max_class_regression",
 )
 
 

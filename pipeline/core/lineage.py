@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import Any
 
 from pipeline.core.artifacts import file_lock, utc_now
 from pipeline.core.config import PipelineConfig
+from pipeline.core.errors import ConfigError
 
 
 def lineage_path(config: PipelineConfig) -> Path:
@@ -47,3 +49,55 @@ def read(config: PipelineConfig) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+LABEL_EVENTS = ("label_moved", "rollback", "labels_restored")
+
+
+def parse_time(text: str) -> dt.datetime:
+    """Reads an ISO 8601 time ('2026-11-24T02:00:00Z', '...+01:00'); one without a zone is UTC.
+
+    Raises:
+        ConfigError: naming the expected format.
+    """
+    try:
+        when = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError(f"not an ISO 8601 time: {text!r} (e.g. 2026-11-24T02:00:00Z)") from None
+    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+
+
+def labels_at(entries: list[dict[str, Any]], when: dt.datetime) -> dict[str, dict[str, Any]]:
+    """Which version each serving label pointed at, at time `when`, from lineage records.
+
+    Args:
+        entries: Lineage records, oldest first (`read`).
+        when: The moment asked about (time-zone aware).
+
+    Returns:
+        {label: {"version", "since", "by", "event"}} for each label set at that moment, from
+        the last label record up to `when` (records carry every label's version in `labels`;
+        older records only the label they moved).
+    """
+    labels: dict[str, dict[str, Any]] = {}
+    for entry in entries:
+        if entry["event"] not in LABEL_EVENTS or parse_time(entry["time"]) > when:
+            continue
+        moved = entry.get("labels")
+        if moved is None:  # a record written before records carried every label
+            moved = {**{label: info["version"] for label, info in labels.items()}, entry["label"]: entry["version"]}
+        now = {}
+        for label, version in moved.items():
+            unchanged = label in labels and labels[label]["version"] == version
+            now[label] = (
+                labels[label]
+                if unchanged
+                else {
+                    "version": version,
+                    "since": entry["time"],
+                    "by": entry.get("by"),
+                    "event": entry["event"],
+                }
+            )
+        labels = now
+    return labels

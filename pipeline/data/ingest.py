@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -121,6 +122,7 @@ def _ingest_idx(config: PipelineConfig, folder: Path) -> Snapshot:
             data_dir=str(staging / "tfds"),
         )
         log.info("preparing TFDS dataset from %s", folder)
+        _progress_bars_on_terminals_only()
         builder.download_and_prepare(
             download_dir=str(staging / "downloads"),
             download_config=tfds.download.DownloadConfig(try_download_gcs=False),
@@ -140,6 +142,13 @@ def _ingest_idx(config: PipelineConfig, folder: Path) -> Snapshot:
         return _publish(staging, final, snapshot)
 
 
+def _progress_bars_on_terminals_only() -> None:
+    """TFDS progress bars for a person at a terminal; in a task log each redraw would be a line."""
+    import tensorflow_datasets as tfds
+
+    tfds.display_progress_bar(sys.stderr.isatty())
+
+
 def _open_tfds_builder(config: PipelineConfig, name: str):
     import tensorflow_datasets as tfds
 
@@ -155,6 +164,7 @@ def _open_tfds_builder(config: PipelineConfig, name: str):
                 "prepared copy, or set allow_download"
             )
         log.info("downloading and preparing TFDS dataset %s", name)
+        _progress_bars_on_terminals_only()
         builder.download_and_prepare()
     return builder
 

@@ -279,7 +279,9 @@ def promote_canary(config: PipelineConfig, version: int, by: str) -> dict[str, A
     before = read_state(config)
     after = ServingState(before.stable, version)
     apply_state(config, after)
-    lineage.record(config, "label_moved", label=CANARY, version=version, previous=before.canary, by=by)
+    lineage.record(
+        config, "label_moved", label=CANARY, version=version, previous=before.canary, labels=_labels(after), by=by
+    )
     return {"stable": after.stable, "canary": after.canary}
 
 
@@ -288,14 +290,18 @@ def mark_stable(config: PipelineConfig, version: int, by: str) -> dict[str, Any]
     before = read_state(config)
     after = ServingState(version, version)
     apply_state(config, after)
-    lineage.record(config, "label_moved", label=STABLE, version=version, previous=before.stable, by=by)
+    lineage.record(
+        config, "label_moved", label=STABLE, version=version, previous=before.stable, labels=_labels(after), by=by
+    )
     return {"stable": version, "canary": version, "previous_stable": before.stable}
 
 
 def restore(config: PipelineConfig, state: ServingState) -> None:
     """Puts the labels back to `state` after a failed promotion (best effort, logged)."""
+    restored = ServingState(state.stable, state.stable)
     try:
-        apply_state(config, ServingState(state.stable, state.stable))
+        apply_state(config, restored)
+        lineage.record(config, "labels_restored", labels=_labels(restored), by="automatic: promotion failed")
     except Exception as err:  # noqa: BLE001  (the original failure is what the caller reports)
         log.error("could not restore serving state %s: %s", state, err)
 
@@ -311,5 +317,14 @@ def rollback(config: PipelineConfig, version: int, by: str, reason: str = "") ->
     if version not in published:
         raise PromotionError(f"cannot roll back to version {version}: published versions are {published}")
     apply_state(config, ServingState(version, version))
-    lineage.record(config, "rollback", label=STABLE, version=version, previous=before.stable, by=by, reason=reason)
+    lineage.record(
+        config,
+        "rollback",
+        label=STABLE,
+        version=version,
+        previous=before.stable,
+        labels=_labels(ServingState(version, version)),
+        by=by,
+        reason=reason,
+    )
     return {"stable": version, "previous_stable": before.stable}

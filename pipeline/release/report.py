@@ -113,20 +113,29 @@ def _evaluation_section(evaluation: dict[str, Any]) -> str:
         ["macro F1", f"{metrics['macro_f1']:.4f}", "-"],
         ["examples", metrics["examples"], metrics["examples"] if served is not None else "-"],
     ]
-    baseline_name = f"served stable (version {baseline['version']})" if baseline.get("version") else "served stable"
-    thresholds = evaluation.get("thresholds", {})
+    baseline_name = f"baseline: version {baseline['version']}" if baseline.get("version") else "baseline: none"
+    baseline_recall = baseline.get("class_recall") or {}
     per_class = [
-        [name, f"{m['precision']:.4f}", f"{m['recall']:.4f}", f"{m['f1']:.4f}", m["support"]]
+        [
+            name,
+            f"{m['precision']:.4f}",
+            f"{m['recall']:.4f}",
+            f"{baseline_recall[name]:.4f}" if name in baseline_recall else "-",
+            f"{m['f1']:.4f}",
+            m["support"],
+        ]
         for name, m in metrics["per_class"].items()
     ]
+    rules = [[r["rule"], "pass" if r["passed"] else "FAIL", r["reason"]] for r in evaluation.get("rules", [])]
     return (
-        "<h2>Metrics (test split) against the served baseline</h2>"
+        "<h2>Metrics (test split) against the baseline</h2>"
         + _table(["metric", "candidate", baseline_name], rows)
-        + f"<p>Gate: {'blessed' if evaluation['blessed'] else 'NOT blessed'}. Rules: min_accuracy "
-        f"{thresholds.get('min_accuracy')}, max_regression {thresholds.get('max_regression')}. "
-        + html.escape("; ".join(evaluation.get("reasons", [])))
+        + f"<h2>Gate: {'blessed' if evaluation['blessed'] else 'NOT blessed'}</h2>"
+        + _table(["rule", "result", "why"], rules)
+        + "<p class=muted>"
+        + html.escape("; ".join(r for r in evaluation.get("reasons", []) if r not in {x[2] for x in rules}))
         + "</p><h2>Per class</h2>"
-        + _table(["class", "precision", "recall", "F1", "support"], per_class)
+        + _table(["class", "precision", "recall", "baseline recall", "F1", "support"], per_class)
     )
 
 

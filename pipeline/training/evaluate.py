@@ -1,7 +1,10 @@
 """Stage 5, evaluate: metrics on the held-out split, a baseline, and the gate.
 
-The candidate is blessed only if its accuracy is at least `min_accuracy` and no
-more than `max_regression` below the published baseline (when there is one).
+The candidate is blessed only if it passes every rule: accuracy at least `min_accuracy`
+and no more than `max_regression` below the published baseline (when there is one); when
+set, every class's recall at least `min_class_recall` and no more than
+`max_class_regression` below the baseline's recall of that class. Each rule is recorded
+as an explicit pass/fail check with its numbers (`rules` in evaluation.json).
 """
 
 from __future__ import annotations
@@ -120,50 +123,98 @@ def predict_keras(model_path: Path, images: np.ndarray) -> np.ndarray:
     return np.asarray(model.predict(images.astype(np.float32), batch_size=512, verbose=0), np.float32)
 
 
-def _baseline(config: PipelineConfig, snapshot: Snapshot, images, labels, reasons: list[str]):
-    """Evaluates the published baseline; returns (version, accuracy) or (None, None)."""
+@dataclasses.dataclass(frozen=True)
+class Baseline:
+    """The published model the candidate is compared with, on the same test images."""
+
+    version: int
+    accuracy: float
+    class_recall: dict[str, float]
+
+
+@dataclasses.dataclass(frozen=True)
+class RuleCheck:
+    """One gate rule applied: which rule, whether the candidate passed it, and why, with the numbers."""
+
+    rule: str
+    passed: bool
+    reason: str
+
+
+def _baseline(config: PipelineConfig, snapshot: Snapshot, images, labels, notes: list[str]) -> Baseline | None:
+    """Evaluates the published baseline; None (with a note saying why) when there is none to compare."""
     versions = model_repo.published_versions(config.model_dir)
     if config.baseline_version is not None:
         if config.baseline_version not in versions:
-            reasons.append(f"baseline version {config.baseline_version} is not published: no baseline")
-            return None, None
+            notes.append(f"baseline version {config.baseline_version} is not published: no baseline")
+            return None
         version = config.baseline_version
     elif versions:
         version = versions[-1]
     else:
-        reasons.append("no published model: no baseline comparison (first run)")
-        return None, None
+        notes.append("no published model: no baseline comparison (first run)")
+        return None
     version_dir = config.model_dir / str(version)
     try:
         if model_repo.read_class_names(version_dir) != snapshot.class_names:
-            reasons.append(f"baseline version {version} has other class names: not comparable")
-            return None, None
+            notes.append(f"baseline version {version} has other class names: not comparable")
+            return None
         probabilities = model_repo.predict_saved_model(version_dir, images)["probabilities"]
     except Exception as err:  # A broken published model must not block a good candidate.
-        reasons.append(f"baseline version {version} could not be evaluated ({err}): no baseline")
+        notes.append(f"baseline version {version} could not be evaluated ({err}): no baseline")
         log.warning("baseline %s failed to evaluate: %s", version_dir, err)
-        return None, None
-    accuracy = float((probabilities.argmax(axis=1) == labels).mean())
-    return version, round(accuracy, 6)
+        return None
+    metrics = classification_metrics(labels, probabilities, snapshot.class_names)
+    recall = {name: values["recall"] for name, values in metrics["per_class"].items()}
+    return Baseline(version, metrics["accuracy"], recall)
 
 
-def gate(accuracy: float, baseline_accuracy: float | None, config: PipelineConfig, reasons: list[str]) -> bool:
-    """Applies the blessing rules, appending one reason per rule to `reasons`."""
-    blessed = True
-    if accuracy >= config.min_accuracy:
-        reasons.append(f"accuracy {accuracy:.4f} >= min_accuracy {config.min_accuracy}")
-    else:
-        reasons.append(f"accuracy {accuracy:.4f} < min_accuracy {config.min_accuracy}")
-        blessed = False
-    if baseline_accuracy is not None:
-        floor = baseline_accuracy - config.max_regression
-        relation = ">=" if accuracy >= floor else "<"
-        reasons.append(
-            f"accuracy {accuracy:.4f} {relation} baseline {baseline_accuracy:.4f} - "
-            f"max_regression {config.max_regression} = {floor:.4f}"
+def _at_least(rule: str, what: str, value: float, floor: float, floor_text: str) -> RuleCheck:
+    passed = value >= floor
+    return RuleCheck(rule, passed, f"{what} {value:.4f} {'>=' if passed else '<'} {floor_text}")
+
+
+def gate_rules(metrics: dict[str, Any], baseline: Baseline | None, config: PipelineConfig) -> list[RuleCheck]:
+    """Applies every configured gate rule to the candidate's metrics; one check per rule (and class).
+
+    Args:
+        metrics: The candidate's `classification_metrics`.
+        baseline: The published model's figures on the same images, or None.
+        config: The thresholds: `min_accuracy`, `max_regression`, and when set,
+            `min_class_recall` and `max_class_regression` (per class).
+
+    Returns:
+        The checks; the candidate is blessed only if all passed.
+    """
+    accuracy = metrics["accuracy"]
+    checks = [
+        _at_least("min_accuracy", "accuracy", accuracy, config.min_accuracy, f"min_accuracy {config.min_accuracy}")
+    ]
+    if baseline is not None:
+        floor = baseline.accuracy - config.max_regression
+        checks.append(
+            _at_least(
+                "max_regression",
+                "accuracy",
+                accuracy,
+                floor,
+                f"baseline {baseline.accuracy:.4f} - max_regression {config.max_regression} = {floor:.4f}",
+            )
         )
-        blessed = blessed and accuracy >= floor
-    return blessed
+    recall = {name: values["recall"] for name, values in metrics["per_class"].items()}
+    if config.min_class_recall is not None:
+        for name, value in recall.items():
+            floor_text = f"min_class_recall {config.min_class_recall}"
+            checks.append(
+                _at_least(f"min_class_recall[{name}]", f"recall of {name}", value, config.min_class_recall, floor_text)
+            )
+    if config.max_class_regression is not None and baseline is not None:
+        for name, value in recall.items():
+            base = baseline.class_recall.get(name, 0.0)
+            floor = base - config.max_class_regression
+            floor_text = f"baseline {base:.4f} - max_class_regression {config.max_class_regression} = {floor:.4f}"
+            checks.append(_at_least(f"max_class_regression[{name}]", f"recall of {name}", value, floor, floor_text))
+    return checks
 
 
 def evaluate(config: PipelineConfig, snapshot: Snapshot, model_path: str | Path) -> EvaluationResult:
@@ -180,10 +231,15 @@ def evaluate(config: PipelineConfig, snapshot: Snapshot, model_path: str | Path)
     out = stage_dir(config, "evaluate")
     images, labels = snapshot.split_arrays(config.test_split)
     metrics = classification_metrics(labels, predict_keras(Path(model_path), images), snapshot.class_names)
-    reasons: list[str] = []
-    baseline_version, baseline_accuracy = _baseline(config, snapshot, images, labels, reasons)
-    blessed = gate(metrics["accuracy"], baseline_accuracy, config, reasons)
+    notes: list[str] = []
+    baseline = _baseline(config, snapshot, images, labels, notes)
+    rules = gate_rules(metrics, baseline, config)
+    blessed = all(check.passed for check in rules)
+    # The failing rules first: they are what a person reads in a one-line summary.
+    reasons = notes + [c.reason for c in rules if not c.passed] + [c.reason for c in rules if c.passed]
     log.info("gate: %s (%s)", "BLESSED" if blessed else "NOT blessed", "; ".join(reasons))
+    baseline_version = baseline.version if baseline else None
+    baseline_accuracy = baseline.accuracy if baseline else None
 
     confusion_path = atomic_write_json(
         out / "confusion_matrix.json",
@@ -200,9 +256,19 @@ def evaluate(config: PipelineConfig, snapshot: Snapshot, model_path: str | Path)
             "fingerprint": snapshot.fingerprint,
             "split": config.test_split,
             "metrics": metrics,
-            "baseline": {"version": baseline_version, "accuracy": baseline_accuracy},
-            "thresholds": {"min_accuracy": config.min_accuracy, "max_regression": config.max_regression},
+            "baseline": {
+                "version": baseline_version,
+                "accuracy": baseline_accuracy,
+                "class_recall": baseline.class_recall if baseline else None,
+            },
+            "thresholds": {
+                "min_accuracy": config.min_accuracy,
+                "max_regression": config.max_regression,
+                "min_class_recall": config.min_class_recall,
+                "max_class_regression": config.max_class_regression,
+            },
             "blessed": blessed,
+            "rules": [dataclasses.asdict(check) for check in rules],
             "reasons": reasons,
             "evaluated_at": utc_now(),
         },

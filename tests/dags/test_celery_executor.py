@@ -100,7 +100,12 @@ def test_train_runs_on_the_training_queue_worker_and_the_rest_on_the_default_wor
     wait_for_dag(celery_airflow)
     before = _serving_labels(serving_server["config_file"]).get("stable", 0)
     runs = f"{celery_airflow['base']}/api/v2/dags/{DAG_ID}/dagRuns"
-    status, reply = request(runs, "POST", {"logical_date": None, "conf": {"force": True}}, celery_airflow["token"])
+    status, reply = request(
+        runs,
+        "POST",
+        {"logical_date": None, "conf": {"force": True, "force_reason": "celery test"}},
+        celery_airflow["token"],
+    )
     assert status == 200, reply
     run_id = reply["dag_run_id"]
     state = wait_for_run(celery_airflow, run_id)

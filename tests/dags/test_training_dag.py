@@ -101,7 +101,7 @@ def first_run(dag_bag, run_conf):
 @pytest.fixture(scope="module")
 def forced_run(first_run, dag_bag, run_conf):
     """Phase 4: a forced run retrains and promotes version 2."""
-    return dag_bag.get_dag("fashion_mnist_training").test(run_conf=run_conf(force=True))
+    return dag_bag.get_dag("fashion_mnist_training").test(run_conf=run_conf(force=True, force_reason="new labels"))
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +123,14 @@ def test_a_run_ends_with_its_outcome_as_the_run_note_and_a_report_page(first_run
     assert note == outcome["summary"]
     assert note.startswith("promoted version 1 to stable (test accuracy 0.") and note.endswith("was nothing)")
     page = Path(outcome["report_path"]).read_text()
-    for section in ("Per class", "served stable", "Confusion matrix", "Training curves", "Model card"):
+    for section in (
+        "Per class",
+        "baseline: none",
+        "Gate: blessed",
+        "Confusion matrix",
+        "Training curves",
+        "Model card",
+    ):
         assert section in page, section
     assert page.count("data:image/png;base64,") == 2  # the confusion matrix and the curves, inline
     assert _asset_event_extras()[0]["outcome"] == "promoted"
@@ -210,12 +217,17 @@ def test_every_decision_is_in_the_lineage_log_and_asset_events(dag_rollback, dag
     gate_records = [e for e in _lineage(dag_settings) if e["event"] == "gate"]
     assert {g["blessed"] for g in gate_records} == {True, False}
     assert all(g["data_fingerprint"] and g["config"]["epochs"] == 1 and g["by"] for g in gate_records)
+    for record in gate_records:  # an explicit pass/fail check per rule, failing ones exactly when not blessed
+        assert record["rules"] and all({"rule", "passed", "reason"} <= set(rule) for rule in record["rules"])
+        assert record["blessed"] == all(rule["passed"] for rule in record["rules"])
+    forced = [e for e in _lineage(dag_settings) if e["event"] == "forced"]
+    assert forced[0]["reason"] == "new labels" and forced[0]["by"].startswith("manual") and forced[0]["time"]
 
 
 def test_ingest_failure_stops_the_run_with_the_stage_message(dag_bag, caplog, run_conf):
     dag = dag_bag.get_dag("fashion_mnist_training")
     with caplog.at_level(logging.ERROR):
-        run = dag.test(run_conf=run_conf(data_source="idx:/no/such/folder", force=True))
+        run = dag.test(run_conf=run_conf(data_source="idx:/no/such/folder", force=True, force_reason="failure test"))
     states = _states(run)
     assert states["ingest"] == "failed"
     assert {states[t] for t in states if t != "ingest"} == {"upstream_failed"}
@@ -230,7 +242,7 @@ def test_serving_down_during_promotion_retries_and_keeps_stable(dag_bag, serving
     before = _serving_labels(serving_server["config_file"])
     serving_server["local"].stop()
     try:
-        run = dag_bag.get_dag("fashion_mnist_training").test(run_conf=run_conf(force=True))
+        run = dag_bag.get_dag("fashion_mnist_training").test(run_conf=run_conf(force=True, force_reason="outage test"))
     finally:
         restart_serving(serving_server)
     states = _states(run)

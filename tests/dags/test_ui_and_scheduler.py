@@ -113,7 +113,9 @@ def test_scheduler_runs_the_dag_triggered_through_the_rest_api(standalone, servi
         assert status in (400, 422) and named in json.dumps(reply), reply  # refused (not clamped) before a run
 
     before = _serving_labels(serving_server["config_file"]).get("stable", 0)
-    status, reply = request(runs, "POST", {"logical_date": None, "conf": {"force": True}}, standalone["token"])
+    status, reply = request(
+        runs, "POST", {"logical_date": None, "conf": {"force": True, "force_reason": "REST test"}}, standalone["token"]
+    )
     assert status == 200, reply
     run_id = reply["dag_run_id"]
     state = wait_for_run(standalone, run_id)
@@ -141,7 +143,7 @@ def test_scheduler_runs_the_dag_triggered_through_the_rest_api(standalone, servi
 def test_a_pipeline_error_fails_its_task_with_the_message_and_no_traceback(standalone):
     wait_for_dag(standalone)
     runs = f"{standalone['base']}/api/v2/dags/{DAG_ID}/dagRuns"
-    conf = {"data_source": "idx:/no/such/folder", "force": True}
+    conf = {"data_source": "idx:/no/such/folder", "force": True, "force_reason": "failure test"}
     status, reply = request(runs, "POST", {"logical_date": None, "conf": conf}, standalone["token"])
     assert status == 200, reply
     run_id = reply["dag_run_id"]
@@ -266,7 +268,10 @@ def test_a_killed_task_process_is_retried_and_the_run_succeeds(standalone, servi
     wait_for_dag(standalone)
     runs = f"{standalone['base']}/api/v2/dags/{DAG_ID}/dagRuns"
     status, reply = request(
-        runs, "POST", {"logical_date": None, "conf": {"force": True, "epochs": 4}}, standalone["token"]
+        runs,
+        "POST",
+        {"logical_date": None, "conf": {"force": True, "force_reason": "kill test", "epochs": 4}},
+        standalone["token"],
     )
     assert status == 200, reply
     run_id = reply["dag_run_id"]

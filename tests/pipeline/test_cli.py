@@ -73,6 +73,13 @@ def test_run_end_to_end_then_a_stricter_gate_publishes_nothing(small_idx_dir, tm
     assert 'key: "stable"' in (tmp_path / "serving" / "models.config").read_text()
     events = [json.loads(line)["event"] for line in (tmp_path / "work" / "lineage.jsonl").read_text().splitlines()]
     assert events == ["gate", "exported", "label_moved", "label_moved"]  # the same records the DAG writes
+    history_flags = ["--workdir", str(tmp_path / "work")]
+    now = json.loads(pipeline_cli("history", *history_flags).stdout)
+    assert {label: info["version"] for label, info in now["labels"].items()} == {"stable": 1, "canary": 1}
+    assert now["labels"]["stable"]["by"].startswith("cli by ")
+    before = pipeline_cli("history", *history_flags, "--at", "2020-01-01T00:00:00Z")
+    assert before.returncode == 0 and json.loads(before.stdout)["labels"] == {}  # nothing was served then
+    assert "not an ISO 8601 time: 'noon'" in pipeline_cli("history", *history_flags, "--at", "noon").stderr
 
     version_dir = Path(manifest["export"]["version_dir"])
     images, _ = Snapshot.load(manifest["ingest"]["snapshot"]).split_arrays("test[:32]")
@@ -81,7 +88,14 @@ def test_run_end_to_end_then_a_stricter_gate_publishes_nothing(small_idx_dir, tm
     np.testing.assert_allclose(served["probabilities"].numpy(), expected, atol=1e-5)
 
     strict = pipeline_cli(
-        "run", *_small_run_flags(small_idx_dir, tmp_path, "strict"), "--min-accuracy", "0.999", "--force", "true"
+        "run",
+        *_small_run_flags(small_idx_dir, tmp_path, "strict"),
+        "--min-accuracy",
+        "0.999",
+        "--force",
+        "true",
+        "--force-reason",
+        "test a strict gate",
     )
     assert strict.returncode == 0, strict.stderr[-3000:]
     assert "test accuracy" in strict.stdout and "NOT blessed" in strict.stdout

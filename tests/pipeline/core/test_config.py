@@ -86,6 +86,7 @@ def test_the_trigger_form_is_generated_from_the_config_bounds():
         "min_accuracy",
         "max_regression",
         "force",
+        "force_reason",
     ]
     schema = trigger_form_schema(PipelineConfig(epochs=3))
     assert schema["epochs"] == {
@@ -106,3 +107,9 @@ def test_the_trigger_form_is_generated_from_the_config_bounds():
 def test_the_form_bounds_are_the_config_bounds(overrides):
     with pytest.raises(ConfigError, match="must be <="):
         load_config(overrides=overrides)
+
+
+def test_force_needs_a_reason_for_the_audit_log():
+    with pytest.raises(ConfigError, match="force needs a force_reason"):
+        PipelineConfig(force=True).validate()
+    assert PipelineConfig(force=True, force_reason="relabelled data").validate().force
