@@ -6,11 +6,13 @@ channel or an HTTP/1.1 connection per client, requests encoded before the clock 
 each point `concurrency x batch`: p50/p95/p99 latency, throughput, errors, and the CPU share of
 the server and of the load generator. Also measured in the same run: the in-process signature
 call (the floor any server adds to) and a bare gRPC round trip (GetModelStatus, no model work:
-the floor of the Python gRPC stack). Writes JSON, a Markdown table and a PNG of latency against
-throughput to bench/results/.
+the floor of the Python gRPC stack). Mode `logged` is batching off with request logging at
+100% sampling (every Predict written as a PredictionLog record): its ratio to `off` is the
+logging overhead. Writes JSON, a Markdown table and a PNG of latency against throughput to
+bench/results/.
 
     .venv/bin/python bench/serving_latency.py [--model-dir artifacts/models/fashion_mnist]
-        [--points 1x1,8x1,32x1,64x1,1x32,8x32,32x32,64x32] [--modes off,on] [--requests 600]
+        [--points 1x1,8x1,32x1,64x1,1x32,8x32,32x32,64x32] [--modes off,on,logged] [--requests 600]
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from serving import launcher  # noqa: E402
 DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
 DEFAULT_POINTS = "1x1,8x1,32x1,64x1,1x32,8x32,32x32,64x32"
 PROTOCOLS = ("grpc", "rest")
+MODE_TITLES = {"off": "no batching", "on": "batching", "logged": "no batching, 100% request log"}
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -199,8 +202,15 @@ def _ratio(numerator: float | None, denominator: float | None) -> float | None:
 def _ratios(results: dict) -> dict[str, float | None]:
     """The figures the serving issue sets goals for, from this run's points."""
     off, on = results["runs"].get("off", {}), results["runs"].get("on", {})
+    logged = results["runs"].get("logged", {})
     in_process = results["in_process"]
     return {
+        "logged_over_off_grpc_p50_1x1": _ratio(
+            logged.get("grpc 1x1", {}).get("p50_ms"), off.get("grpc 1x1", {}).get("p50_ms")
+        ),
+        "logged_over_off_grpc_images_per_s_8x32": _ratio(
+            logged.get("grpc 8x32", {}).get("images_per_s"), off.get("grpc 8x32", {}).get("images_per_s")
+        ),
         "rest_p50_over_grpc_p50_1x1": _ratio(
             off.get("rest 1x1", {}).get("p50_ms"), off.get("grpc 1x1", {}).get("p50_ms")
         ),
@@ -228,9 +238,9 @@ def _cell(point: dict | None) -> str:
 
 def markdown(results: dict) -> str:
     """The results as the Markdown table the README shows."""
-    modes = [mode for mode in ("off", "on") if mode in results["runs"]]
+    modes = [mode for mode in MODE_TITLES if mode in results["runs"]]
     columns = [(protocol, mode) for mode in modes for protocol in PROTOCOLS]
-    header = ["point (concurrency x batch)"] + [f"{p} {'batching' if m == 'on' else 'no batching'}" for p, m in columns]
+    header = ["point (concurrency x batch)"] + [f"{p} {MODE_TITLES[m]}" for p, m in columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for point in results["points"]:
         cells = [_cell(results["runs"][mode].get(f"{protocol} {point}")) for protocol, mode in columns]
@@ -276,8 +286,8 @@ def plot(results: dict, path: Path) -> None:
                         [s[1] for s in series],
                         [s[2] for s in series],
                         marker="o" if protocol == "grpc" else "s",
-                        linestyle="-" if mode == "off" else "--",
-                        label=f"{protocol}, batch {batch}, batching {mode}",
+                        linestyle={"off": "-", "on": "--"}.get(mode, ":"),
+                        label=f"{protocol}, batch {batch}, {MODE_TITLES[mode]}",
                     )
                     for concurrency, x, y in series:
                         axis.annotate(str(concurrency), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
@@ -320,7 +330,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", default=str(ROOT / "artifacts" / "models" / "fashion_mnist"))
     parser.add_argument("--points", default=DEFAULT_POINTS, help="concurrency x batch, comma-separated")
-    parser.add_argument("--modes", default="off,on", help="batching off, on, or both")
+    parser.add_argument(
+        "--modes", default="off,on,logged", help="batching off, on, and/or logged (off + 100%% request logging)"
+    )
     parser.add_argument("--requests", type=int, default=600, help="timed requests per point and protocol")
     parser.add_argument("--batching-config", default=str(ROOT / "serving" / "batching.config"))
     parser.add_argument("--out-dir", default=str(ROOT / "bench" / "results"))
@@ -346,14 +358,22 @@ def main() -> None:
         "runs": {},
     }
     print("in-process:", results["in_process"], flush=True)
+    logged_config = scratch / "logged.config"
+    logged_config.write_text(
+        f"model_config_list {{ config {{ name: 'm' base_path: '{model_dir}' logging_config {{ "
+        f"log_collector_config {{ filename_prefix: '{scratch / 'request_logs' / 'm'}' }} "
+        "sampling_config { sampling_rate: 1.0 } } } }"
+    )
     for mode in args.modes.split(","):
-        flags = [f"--model_config_file={config}"]
+        flags = [f"--model_config_file={logged_config if mode == 'logged' else config}"]
         if mode == "on":
             flags += ["--enable_batching", f"--batching_parameters_file={Path(args.batching_config).resolve()}"]
         round_trip = results["grpc_round_trip"] if mode == "off" or "off" not in args.modes else None
         results["runs"][mode] = _serve_and_measure(
             flags, scratch / f"server-{mode}.log", images, points, args.requests, round_trip
         )
+    if "logged" in results["runs"]:
+        results["request_log_files"] = len(list((scratch / "request_logs").glob("*.tfrecord")))
     all_points = [p for run in results["runs"].values() for p in run.values()]
     results["largest_load_generator_cpu_share"] = max(p["load_generator_cpu_share"] for p in all_points)
     results["ratios"] = _ratios(results)

@@ -15,6 +15,7 @@ from serving.server import metrics, protos
 from serving.server.batching import BatchOptions
 from serving.server.grpc_api import make_grpc_server, make_management_server
 from serving.server.manager import ModelManager
+from serving.server.request_log import RequestLogger
 from serving.server.rest import RestApi, make_rest_server
 from serving.server.service import ServingService
 
@@ -170,6 +171,31 @@ def build_parser() -> argparse.ArgumentParser:
         "of the starting config; none when it is empty).",
     )
     add(
+        "--request_log_roots",
+        default="",
+        help="Comma-separated folders a reloaded config's logging_config filename_prefix must lie under "
+        "(default: the folders of the starting config's prefixes; with none, a reload cannot turn request "
+        "logging on).",
+    )
+    add(
+        "--request_log_queue_size",
+        type=int,
+        default=1000,
+        help="Sampled requests waiting to be written at most; more are dropped and counted, never waited for.",
+    )
+    add(
+        "--request_log_rotate_seconds",
+        type=float,
+        default=300,
+        help="A request log file is closed and published (renamed from .tmp) after this long ...",
+    )
+    add(
+        "--request_log_max_file_bytes",
+        type=int,
+        default=64 << 20,
+        help="... or at this size.",
+    )
+    add(
         "--shutdown_grace_seconds",
         type=float,
         default=30,
@@ -187,6 +213,7 @@ class ServerOptions:
     batch_options: BatchOptions | None
     monitoring_path: str | None
     base_path_roots: tuple[Path, ...] = ()
+    request_log_roots: tuple[Path, ...] = ()
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ServerOptions:
@@ -242,7 +269,18 @@ class ServerOptions:
         else:
             roots = [model.base_path for model in model_config.model_config_list.config]
         base_path_roots = tuple(Path(root).resolve() for root in roots)
-        return cls(args, model_config, batch_options, monitoring_path, base_path_roots)
+        if args.request_log_roots:
+            log_roots = [root.strip() for root in args.request_log_roots.split(",") if root.strip()]
+        else:
+            log_roots = [
+                str(Path(model.logging_config.log_collector_config.filename_prefix).parent)
+                for model in model_config.model_config_list.config
+                if model.HasField("logging_config")
+            ]
+        if args.request_log_queue_size < 1:
+            raise ValueError("--request_log_queue_size must be at least 1")
+        request_log_roots = tuple(Path(root).resolve() for root in log_roots)
+        return cls(args, model_config, batch_options, monitoring_path, base_path_roots, request_log_roots)
 
 
 def _set_tensorflow_threads(intra_op: int, inter_op: int) -> None:
@@ -315,7 +353,21 @@ class ModelServer:
             max_rows_per_request=args.max_rows_per_request,
         )
         timeout_s = args.rest_api_timeout_in_ms / 1000 if args.rest_api_timeout_in_ms > 0 else None
-        self.service = ServingService(self.manager, self.registry, timeout_s, options.base_path_roots)
+        self.request_logger = RequestLogger(
+            self.registry,
+            self.manager.logging_config,
+            queue_size=args.request_log_queue_size,
+            max_file_bytes=args.request_log_max_file_bytes,
+            max_file_seconds=args.request_log_rotate_seconds,
+        )
+        self.service = ServingService(
+            self.manager,
+            self.registry,
+            timeout_s,
+            options.base_path_roots,
+            request_logger=self.request_logger,
+            request_log_roots=options.request_log_roots,
+        )
         self._stop = threading.Event()
         self._config_text = None
 
@@ -414,5 +466,6 @@ class ModelServer:
             self.management_server.stop(grace_s)
         self.rest_server.stop()  # in-flight REST requests finish within the grace, idle connections close
         stopped.wait(grace_s)
+        self.request_logger.close()  # what was sampled before the ports closed is written and published
         self.manager.close()
         log.info("stopped", extra={"event": "stopped"})

@@ -87,7 +87,11 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
                 servable = self.service.resolve(name, version, label)
                 inputs = {key: parse_tensor(key, proto) for key, proto in request.inputs.items()}
                 signature, outputs = self.service.predict(
-                    servable, request.model_spec.signature_name, inputs, list(request.output_filter)
+                    servable,
+                    request.model_spec.signature_name,
+                    inputs,
+                    list(request.output_filter),
+                    requested=(version, label),
                 )
         except ServingError as err:
             return _abort(context, err)

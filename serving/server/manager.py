@@ -21,6 +21,7 @@ import grpc
 from serving.protocol import ServingError, invalid
 from serving.server import metrics
 from serving.server.batching import BatchOptions
+from serving.server.request_log import check_logging_config
 from serving.server.servable import Servable
 
 log = logging.getLogger("serving.server")
@@ -195,6 +196,8 @@ class ModelManager:
             for label in model.version_labels:
                 if not _LABEL.match(label):
                     raise invalid(f"Label {label!r} of model {model.name} must match [a-zA-Z0-9_]+")
+            if model.HasField("logging_config"):
+                check_logging_config(model.name, model.logging_config)
 
     def reload_config(self, config) -> None:
         """Replaces the whole config: checks labels, adds, updates and removes models, then moves labels.
@@ -475,6 +478,14 @@ class ModelManager:
             if not available:
                 raise ServingError(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: Latest({name})")
             return managed.versions[max(available)].servable
+
+    def logging_config(self, name: str):
+        """The model's `logging_config` (request logging), or None when it has none."""
+        with self._lock:
+            managed = self._models.get(name)
+        if managed is None or not managed.config.HasField("logging_config"):
+            return None
+        return managed.config.logging_config
 
     def is_configured(self, name: str) -> bool:
         """True if `name` is a model of the current config (or was, and still reports END)."""

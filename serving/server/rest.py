@@ -181,9 +181,19 @@ class RestApi:
             if verb == "regress":
                 response = self.service.regress(servable, signature, examples_input(document))
                 return {"results": [r.value for r in response.result.regressions]}
-            return self._predict(servable, signature, document, no_bools=b"true" not in body and b"false" not in body)
+            requested = (parse_version(version) if version else None, label)
+            no_bools = b"true" not in body and b"false" not in body
+            return self._predict(servable, signature, document, no_bools=no_bools, requested=requested)
 
-    def _predict(self, servable, signature: str, document: dict[str, Any], *, no_bools: bool) -> Any:
+    def _predict(
+        self,
+        servable,
+        signature: str,
+        document: dict[str, Any],
+        *,
+        no_bools: bool,
+        requested: tuple[int | None, str | None] = (None, None),
+    ) -> Any:
         dtypes = servable.input_dtypes(signature)
         if not dtypes:
             raise invalid(f"Failed to get input map for signature: {signature or 'DEFAULT'}")
@@ -198,11 +208,12 @@ class RestApi:
                 raise invalid("JSON Value: Excepting 'instances' to be an list/array")
             if not instances:
                 raise invalid("JSON Value: No values in 'instances' array")
-            _, outputs = self.service.predict(servable, signature, row_inputs(instances, dtypes, no_bools=no_bools))
+            inputs = row_inputs(instances, dtypes, no_bools=no_bools)
+            _, outputs = self.service.predict(servable, signature, inputs, requested=requested)
             return {"predictions": row_outputs(outputs)}
         if has_inputs:
             inputs = columnar_inputs(document["inputs"], dtypes, no_bools=no_bools)
-            _, outputs = self.service.predict(servable, signature, inputs)
+            _, outputs = self.service.predict(servable, signature, inputs, requested=requested)
             return {"outputs": columnar_outputs(outputs)}
         raise invalid("Missing 'inputs' or 'instances' key")
 

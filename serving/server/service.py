@@ -19,6 +19,7 @@ from tensorflow_serving.apis import (
 from serving.protocol import ServingError, invalid
 from serving.server import metrics
 from serving.server.manager import ModelManager, VersionState
+from serving.server.request_log import RequestLogger
 from serving.server.servable import Servable
 
 _STATE_ENUM = get_model_status_pb2.ModelVersionStatus.State
@@ -36,6 +37,9 @@ class ServingService:
         registry: Metrics registry.
         request_timeout_s: Longest a request may wait in a batching queue.
         base_path_roots: Folders a reloaded config's base paths must lie under (empty: any).
+        request_logger: Writes sampled Predict calls of models with a `logging_config` (None: off).
+        request_log_roots: Folders a reloaded config's request-log prefixes must lie under
+            (empty: a reloaded config may not turn request logging on).
     """
 
     def __init__(
@@ -44,11 +48,15 @@ class ServingService:
         registry: metrics.Registry,
         request_timeout_s: float | None,
         base_path_roots: tuple[Path, ...] = (),
+        request_logger: RequestLogger | None = None,
+        request_log_roots: tuple[Path, ...] = (),
     ):
         self.manager = manager
         self.registry = registry
         self.request_timeout_s = request_timeout_s
         self.base_path_roots = base_path_roots
+        self.request_logger = request_logger
+        self.request_log_roots = request_log_roots
 
     def reload_config(self, config) -> None:
         """HandleReloadConfigRequest: the whole config, its base paths inside the allowed roots.
@@ -65,6 +73,16 @@ class ServingService:
                         grpc.StatusCode.PERMISSION_DENIED,
                         f"base_path {model.base_path} of model {model.name} is outside the allowed model roots "
                         f"{[str(root) for root in self.base_path_roots]} (--model_base_path_roots)",
+                    )
+        for model in config.model_config_list.config:
+            if model.HasField("logging_config"):
+                # A reload must not make the server write files anywhere it names.
+                prefix = Path(model.logging_config.log_collector_config.filename_prefix).resolve()
+                if not any(prefix.is_relative_to(root) for root in self.request_log_roots):
+                    raise ServingError(
+                        grpc.StatusCode.PERMISSION_DENIED,
+                        f"request log filename_prefix {prefix} of model {model.name} is outside the allowed request "
+                        f"log roots {[str(root) for root in self.request_log_roots]} (--request_log_roots)",
                     )
         self.manager.reload_config(config)
 
@@ -107,10 +125,22 @@ class ServingService:
         return self.manager.resolve(name, version, label)
 
     def predict(
-        self, servable: Servable, signature: str, inputs: dict[str, np.ndarray], output_filter=()
+        self,
+        servable: Servable,
+        signature: str,
+        inputs: dict[str, np.ndarray],
+        output_filter=(),
+        requested: tuple[int | None, str | None] = (None, None),
     ) -> tuple[str, dict[str, np.ndarray]]:
-        """Runs a predict signature (through the batcher when batching is on)."""
-        return servable.predict(signature, inputs, output_filter, self.request_timeout_s)
+        """Runs a predict signature (through the batcher when batching is on) and samples it for the request log.
+
+        Args:
+            requested: The (version, label) the request asked for, as the request log keeps them.
+        """
+        name, outputs = servable.predict(signature, inputs, output_filter, self.request_timeout_s)
+        if self.request_logger is not None:
+            self.request_logger.log_predict(servable, name, requested, inputs, outputs)
+        return name, outputs
 
     @staticmethod
     def classify(servable: Servable, signature: str, model_input) -> classification_pb2.ClassificationResponse:
