@@ -16,7 +16,7 @@ import yaml
 from pipeline.core.config import PipelineConfig, load_config
 from pipeline.core.errors import ConfigError
 
-PATH_FIELDS = ("workdir", "model_base_path", "serving_config_file", "tfds_data_dir")
+PATH_FIELDS = ("workdir", "model_base_path", "serving_config_file", "tfds_data_dir", "request_log_dir")
 _RUN_ID_UNSAFE = re.compile(r"[^A-Za-z0-9_.+:-]")
 
 

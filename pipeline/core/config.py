@@ -200,6 +200,31 @@ class PipelineConfig:
     infra_validation_grpc_target: str | None = _field(
         None, "A dedicated TF Serving to infra-validate in (default: a sandboxed local server process)."
     )
+    # Request logging and drift monitoring (the closed loop)
+    request_log_sampling_rate: float = _field(
+        0.0,
+        "Share of Predict calls the serving server writes as PredictionLog records (its logging_config; 0: off).",
+        minimum=0,
+        maximum=1,
+    )
+    request_log_dir: str = _field(
+        "artifacts/request_logs", "Folder of the request logs (<dir>/<model_name>.<time>-<pid>-<n>.tfrecord)."
+    )
+    drift_min_requests: int = _field(
+        100, "Drift check: fewer logged requests than this are not judged (too few to tell).", minimum=1
+    )
+    drift_max_pixel_mean_shift: float = _field(
+        0.5,
+        "Drift: largest allowed shift of the requests' pixel mean, in training-data standard deviations.",
+        minimum=0,
+    )
+    drift_max_class_distance: float = _field(
+        0.25,
+        "Drift: largest allowed total variation distance of the predicted-class distribution from the training "
+        "labels'.",
+        minimum=0,
+        maximum=1,
+    )
     infra_validation_rest_url: str | None = _field(
         None, "REST address of that dedicated TF Serving (with infra_validation_grpc_target)."
     )

@@ -63,6 +63,15 @@ def render_config(
     label_text = "".join(
         f'    version_labels {{\n      key: "{key}"\n      value: {value}\n    }}\n' for key, value in labels.items()
     )
+    logging_text = ""
+    if config.request_log_sampling_rate > 0 and served_name is None:  # not for an infra-validation sandbox
+        prefix = Path(config.request_log_dir).resolve() / config.model_name
+        logging_text = (
+            "    logging_config {\n"
+            f'      log_collector_config {{\n        filename_prefix: "{prefix}"\n      }}\n'
+            f"      sampling_config {{\n        sampling_rate: {config.request_log_sampling_rate}\n      }}\n"
+            "    }\n"
+        )
     return (
         "# Written by the pipeline's promotion step; labels move only through it.\n"
         "model_config_list {\n  config {\n"
@@ -70,7 +79,7 @@ def render_config(
         f'    base_path: "{_server_model_path(config)}"\n'
         '    model_platform: "tensorflow"\n'
         f"    model_version_policy {{\n      specific {{\n{listed}      }}\n    }}\n"
-        f"{label_text}  }}\n}}\n"
+        f"{label_text}{logging_text}  }}\n}}\n"
     )
 
 

@@ -1,0 +1,230 @@
+"""Serving-time drift: what the served model sees, read from its request logs, against its training data.
+
+The serving server writes sampled Predict calls as `PredictionLog` TFRecord files (a model's
+`logging_config`, set by promotion from `request_log_sampling_rate`). `check_drift` reads the
+files published since the last check, computes the statistics the validate stage computes
+for training data (pixel mean and standard deviation) plus the predicted-class distribution
+and a confidence histogram, compares them with the stable model's training split, and says
+whether the requests drifted past the configured thresholds. It writes a report (JSON and a
+PNG) under `<workdir>/monitoring/<model_name>/` and remembers which files it has read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.core.artifacts import atomic_output, atomic_write_json, read_json
+from pipeline.core.config import PipelineConfig
+from pipeline.core.errors import PipelineError
+from pipeline.data.data_validation import split_statistics
+from pipeline.data.snapshot import Snapshot
+
+CONFIDENCE_BINS = np.linspace(0.0, 1.0, 11)
+
+
+@dataclasses.dataclass(frozen=True)
+class DriftResult:
+    """One drift check.
+
+    Attributes:
+        drifted: True when a threshold was passed on enough requests.
+        summary: One line for people (the drift DAG run's note).
+        reasons: One line per check, with its numbers.
+        requests: Logged requests (images) read.
+        files: Request log files read.
+        report_path: The JSON report (None when nothing new was logged).
+        plot_path: Its PNG.
+    """
+
+    drifted: bool
+    summary: str
+    reasons: list[str]
+    requests: int
+    files: int
+    report_path: str | None = None
+    plot_path: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def monitoring_dir(config: PipelineConfig) -> Path:
+    """`<workdir>/monitoring/<model_name>/`: drift reports and the list of request logs already read."""
+    return config.workdir_path / "monitoring" / config.model_name
+
+
+def new_log_files(config: PipelineConfig) -> list[Path]:
+    """The model's published request log files not read by an earlier check, oldest first."""
+    state = monitoring_dir(config) / "read_logs.json"
+    seen = set(read_json(state)["files"]) if state.exists() else set()
+    folder = Path(config.request_log_dir)
+    return sorted(p for p in folder.glob(f"{config.model_name}.*.tfrecord") if p.name not in seen)
+
+
+def _remember(config: PipelineConfig, files: list[Path]) -> None:
+    state = monitoring_dir(config) / "read_logs.json"
+    seen = read_json(state)["files"] if state.exists() else []
+    atomic_write_json(state, {"files": sorted({*seen, *(p.name for p in files)})})
+
+
+def read_request_logs(files: list[Path], input_name: str = "images") -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """The logged Predict calls' images and probabilities, and the versions that answered.
+
+    Returns:
+        (uint8 images [N, H, W], float probabilities [N, C], answering version of each record).
+    """
+    import tensorflow as tf
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    images, probabilities, versions = [], [], []
+    for path in files:
+        for data in tf.data.TFRecordDataset(str(path)).as_numpy_iterator():
+            record = prediction_log_pb2.PredictionLog.FromString(data)
+            if not record.HasField("predict_log"):
+                continue
+            request, response = record.predict_log.request, record.predict_log.response
+            if input_name not in request.inputs or "probabilities" not in response.outputs:
+                continue
+            images.append(tf.make_ndarray(request.inputs[input_name]))
+            probabilities.append(tf.make_ndarray(response.outputs["probabilities"]))
+            versions.append(record.log_metadata.model_spec.version.value)
+    if not images:
+        return np.zeros((0, 0, 0), np.uint8), np.zeros((0, 0), np.float32), versions
+    return np.concatenate(images), np.concatenate(probabilities), versions
+
+
+def request_statistics(images: np.ndarray, probabilities: np.ndarray) -> dict[str, Any]:
+    """Pixel statistics (as the validate stage computes them), predicted classes and confidences."""
+    predicted = probabilities.argmax(axis=1)
+    confidence = probabilities.max(axis=1)
+    pixels = split_statistics(images[..., None], predicted, probabilities.shape[1])
+    return {
+        "count": int(images.shape[0]),
+        "pixel_mean": pixels["pixel_mean"],
+        "pixel_std": pixels["pixel_std"],
+        "predicted_histogram": pixels["label_histogram"],
+        "confidence_histogram": np.histogram(confidence, CONFIDENCE_BINS)[0].astype(int).tolist(),
+        "mean_confidence": float(confidence.mean()),
+    }
+
+
+def training_statistics(config: PipelineConfig, card: dict[str, Any]) -> dict[str, Any]:
+    """The training split's statistics of the snapshot the stable model was trained on."""
+    snapshot_dir = config.workdir_path / "snapshots" / card["data"]["snapshot"]
+    if not snapshot_dir.exists():
+        raise PipelineError(f"the stable model's training snapshot {snapshot_dir} is gone: cannot compare")
+    snapshot = Snapshot.load(snapshot_dir)
+    images, labels = snapshot.split_arrays(config.train_split)
+    return split_statistics(images, labels, snapshot.num_classes)
+
+
+def _distribution(histogram: list[int]) -> np.ndarray:
+    counts = np.asarray(histogram, np.float64)
+    return counts / max(counts.sum(), 1.0)
+
+
+def compare(requests: dict[str, Any], training: dict[str, Any], config: PipelineConfig) -> list[tuple[bool, str]]:
+    """Applies the drift thresholds; returns (threshold passed?, reason with the numbers) per check."""
+    shift = abs(requests["pixel_mean"] - training["pixel_mean"]) / max(training["pixel_std"], 1e-6)
+    distance = 0.5 * float(
+        np.abs(_distribution(requests["predicted_histogram"]) - _distribution(training["label_histogram"])).sum()
+    )
+    checks = [
+        (
+            shift > config.drift_max_pixel_mean_shift,
+            f"pixel mean {requests['pixel_mean']:.1f} vs training {training['pixel_mean']:.1f}: shift {shift:.2f} "
+            f"training stds ({'>' if shift > config.drift_max_pixel_mean_shift else '<='} "
+            f"drift_max_pixel_mean_shift {config.drift_max_pixel_mean_shift})",
+        ),
+        (
+            distance > config.drift_max_class_distance,
+            f"predicted-class distribution vs training labels: total variation distance {distance:.3f} "
+            f"({'>' if distance > config.drift_max_class_distance else '<='} "
+            f"drift_max_class_distance {config.drift_max_class_distance})",
+        ),
+    ]
+    return checks
+
+
+def plot_drift(requests: dict[str, Any], training: dict[str, Any], class_names: list[str], path: Path) -> Path:
+    """Predicted classes against the training labels, and the confidence histogram, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (classes, confidence) = plt.subplots(1, 2, figsize=(12, 4.5))
+    positions = np.arange(len(class_names))
+    classes.bar(positions - 0.2, _distribution(training["label_histogram"]), 0.4, label="training labels")
+    classes.bar(positions + 0.2, _distribution(requests["predicted_histogram"]), 0.4, label="requests: predicted")
+    classes.set_xticks(positions, class_names, rotation=45, ha="right")
+    classes.set_ylabel("share")
+    classes.legend()
+    classes.set_title(f"classes ({requests['count']} requests)")
+    centers = (CONFIDENCE_BINS[:-1] + CONFIDENCE_BINS[1:]) / 2
+    confidence.bar(centers, _distribution(requests["confidence_histogram"]), 0.09)
+    confidence.set_xlabel("confidence (highest probability)")
+    confidence.set_ylabel("share of requests")
+    confidence.set_title(f"confidence (mean {requests['mean_confidence']:.3f})")
+    figure.tight_layout()
+    with atomic_output(path) as tmp:
+        figure.savefig(tmp, dpi=90)
+    plt.close(figure)
+    return path
+
+
+def check_drift(config: PipelineConfig) -> DriftResult:
+    """Reads the request logs published since the last check and judges drift against the training data.
+
+    Args:
+        config: Names the model, the request log folder, the workdir and the thresholds.
+
+    Returns:
+        The decision, with its reasons and report.
+
+    Raises:
+        PipelineError: if no stable model (or its training snapshot) is there to compare with.
+    """
+    from pipeline.release.promotion import stable_model_card
+
+    files = new_log_files(config)
+    images, probabilities, versions = read_request_logs(files)
+    count = int(images.shape[0])
+    if count < config.drift_min_requests:
+        # Not judged: the files stay unread, so their requests count toward the next check.
+        summary = f"not judged: {count} logged requests since the last check (drift_min_requests "
+        return DriftResult(False, summary + f"{config.drift_min_requests})", [], count, len(files))
+    card = stable_model_card(config)
+    if card is None:
+        raise PipelineError(f"no stable {config.model_name} model to compare the requests with")
+    requests = request_statistics(images, probabilities)
+    training = training_statistics(config, card)
+    checks = compare(requests, training, config)
+    drifted, reasons = any(failed for failed, _ in checks), [reason for _, reason in checks]
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    out = monitoring_dir(config) / stamp
+    report = {
+        "model_name": config.model_name,
+        "checked_at": stamp,
+        "stable_version": card.get("version"),
+        "answering_versions": sorted(set(versions)),
+        "files": [p.name for p in files],
+        "requests": requests,
+        "training": {k: training[k] for k in ("count", "pixel_mean", "pixel_std", "label_histogram")},
+        "drifted": drifted,
+        "reasons": reasons,
+    }
+    report_path = atomic_write_json(out / "drift.json", report)
+    plot_path = plot_drift(requests, training, card["data"]["class_names"], out / "drift.png")
+    _remember(config, files)
+    summary = (
+        f"drift in {count} requests: " + "; ".join(reason for failed, reason in checks if failed)
+        if drifted
+        else f"no drift in {count} requests (pixel shift and class distance within limits)"
+    )
+    return DriftResult(drifted, summary, reasons, count, len(files), str(report_path), str(plot_path))
