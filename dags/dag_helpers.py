@@ -18,7 +18,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from pipeline.core.config import trigger_form_fields, trigger_form_schema
 from pipeline.core.errors import PipelineError
-from pipeline.dag_settings import describe_trigger, load_settings, run_config
+from pipeline.dag_settings import describe_trigger, drift_asset, load_settings, run_config
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,7 @@ RUN_NOTE_KEY = "run_note"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SETTINGS = load_settings(Path(__file__).with_name("settings.yaml"), PROJECT_ROOT)
 STABLE_MODEL = Asset(*SETTINGS.stable_model_asset())
+DRIFT_DETECTED = Asset(*drift_asset(SETTINGS))  # the training DAG is also scheduled on it
 
 
 def trigger_params() -> dict[str, Param]:
@@ -120,3 +121,16 @@ def outcome_extra(state: dict) -> dict:
 
     exported = state["export"]
     return {"version": exported["version"], "version_dir": exported["version_dir"], **run_outcome(state).to_dict()}
+
+
+def run_drift_check() -> dict | None:
+    """Judges the request logs since the last check; returns the result when they drifted, else None.
+
+    The one-line result becomes the drift run's note either way.
+    """
+    from pipeline.release.drift import check_drift
+
+    result = fail_on_pipeline_error(check_drift, current_config()).to_dict()
+    log.info("%s", result["summary"])
+    get_current_context()["ti"].xcom_push(key=RUN_NOTE_KEY, value=result["summary"][:990])
+    return result if result["drifted"] else None

@@ -18,8 +18,17 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from airflow.sdk import TriggerRule, dag, task
-from dag_helpers import SETTINGS, STABLE_MODEL, log_failure, outcome_extra, run_report, run_step, trigger_params
+from airflow.sdk import AssetOrTimeSchedule, TriggerRule, dag, task
+from dag_helpers import (
+    DRIFT_DETECTED,
+    SETTINGS,
+    STABLE_MODEL,
+    log_failure,
+    outcome_extra,
+    run_report,
+    run_step,
+    trigger_params,
+)
 from mlops_timetables import UpcomingCronTimetable
 
 
@@ -27,7 +36,12 @@ from mlops_timetables import UpcomingCronTimetable
     dag_id="fashion_mnist_training",
     # A new or unpaused deployment, or one whose scheduler was down at 02:00, waits for the next
     # 02:00 instead of training at once (Airflow's own cron timetable runs the latest past slot).
-    schedule=UpcomingCronTimetable(SETTINGS.schedule, timezone="UTC") if SETTINGS.schedule else None,
+    # Drift in the request logs (the drift DAG's asset event) also starts a run.
+    schedule=(
+        AssetOrTimeSchedule(timetable=UpcomingCronTimetable(SETTINGS.schedule, timezone="UTC"), assets=[DRIFT_DETECTED])
+        if SETTINGS.schedule
+        else None
+    ),
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,

@@ -25,7 +25,9 @@ class DeploymentSettings:
     """How the training DAG runs.
 
     Attributes:
-        schedule: Cron expression of the nightly run (None: manual only).
+        schedule: Cron expression of the nightly run (None: manual only). A drift event
+            (the drift DAG's asset) also starts a run, whatever the schedule.
+        drift_schedule: Cron expression of the drift check on the request logs (None: manual only).
         pool: Airflow pool of the training task (sized to the GPUs of a deployment).
         queue: Executor queue of the training task (routes it to GPU workers).
         retries: Retries of every task (data errors fail at once, without retries).
@@ -39,6 +41,7 @@ class DeploymentSettings:
     """
 
     schedule: str | None = "0 2 * * *"
+    drift_schedule: str | None = "0 * * * *"
     pool: str = "gpu_training"
     queue: str = "gpu"
     retries: int = 2
@@ -64,6 +67,12 @@ class DeploymentSettings:
             f"{config.model_name}_stable_model",
             f"file://{Path(config.model_base_path).resolve()}/{config.model_name}",
         )
+
+
+def drift_asset(settings: DeploymentSettings) -> tuple[str, str]:
+    """Returns (name, uri) of the orchestrator asset the drift check updates when requests drift."""
+    config = settings.base_config()
+    return f"{config.model_name}_request_drift", f"file://{Path(config.request_log_dir).resolve()}/{config.model_name}"
 
 
 def describe_trigger(run_type: object, user: str | None) -> str:

@@ -89,7 +89,7 @@ def test_the_wheel_installs_into_a_fresh_venv_and_the_dags_parse_there_without_p
     )
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.splitlines()
-    assert "['fashion_mnist_rollback', 'fashion_mnist_training']" in lines
+    assert "['fashion_mnist_drift', 'fashion_mnist_rollback', 'fashion_mnist_training']" in lines
     assert all(line.startswith(str(site_packages)) for line in lines[-2:]), lines  # imported from the wheel
     for script, args, expected in (
         ("mlops-pipeline", ["--help"], "run"),

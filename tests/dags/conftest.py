@@ -47,7 +47,13 @@ def airflow_db():
 
 def _serving_flags(config_file: Path) -> list[str]:
     # As in production: a restart reads the labels promotion wrote, before any version is loaded.
-    return [f"--model_config_file={config_file}", "--allow_version_labels_for_unavailable_models"]
+    # Promotion turns request logging on (request_log_sampling_rate) under the request log folder.
+    return [
+        f"--model_config_file={config_file}",
+        "--allow_version_labels_for_unavailable_models",
+        f"--request_log_roots={config_file.parent / 'request_logs'}",
+        "--request_log_rotate_seconds=1",
+    ]
 
 
 @pytest.fixture(scope="session")
@@ -94,6 +100,9 @@ def dag_settings(tmp_path_factory, small_idx_dir, serving_server):
             "serving_config_file": str(serving_server["config_file"]),
             "serving_grpc_target": serving_server["grpc_target"],
             "serving_rest_url": serving_server["rest_url"],
+            "request_log_sampling_rate": 1.0,
+            "request_log_dir": str(serving_server["config_file"].parent / "request_logs"),
+            "drift_min_requests": 50,
             "epochs": 1,
             "batch_size": 64,
             "shuffle_buffer": 512,

@@ -25,7 +25,7 @@ def test_dag_files_import_without_errors_or_tensorflow(dag_settings):
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "['fashion_mnist_rollback', 'fashion_mnist_training']" in result.stdout
+    assert "['fashion_mnist_drift', 'fashion_mnist_rollback', 'fashion_mnist_training']" in result.stdout
 
 
 def test_training_dag_shape(dag_bag):
@@ -38,7 +38,11 @@ def test_training_dag_shape(dag_bag):
         assert dag.get_task(short_circuit).ignore_downstream_trigger_rules is False
     assert dag.get_task("report").trigger_rule == "none_failed"
     assert dag.catchup is False and dag.max_active_runs == 1
-    assert type(dag.timetable).__name__ == "UpcomingCronTimetable" and dag.timetable.summary.startswith("0 2 * * *")
+    # Nightly at 02:00 (never a past slot) or when the drift check emits its asset event.
+    assert type(dag.timetable).__name__ == "AssetOrTimeSchedule"
+    assert type(dag.timetable.timetable).__name__ == "UpcomingCronTimetable"
+    assert dag.timetable.timetable.summary.startswith("0 2 * * *")
+    assert [asset.name for asset in dag.timetable.asset_condition.objects] == ["fashion_mnist_request_drift"]
     train = dag.get_task("train")
     assert (train.pool, train.queue) == ("gpu_training", "gpu")
     for task in dag.tasks:
@@ -120,3 +124,14 @@ def test_the_rollback_form_lists_published_versions(dag_bag):
     version = dag_bag.get_dag("fashion_mnist_rollback").params.get_param("version")
     assert version.schema["type"] == "integer"  # no version is published in this fresh test deployment
     assert "No version is published yet" in version.description
+
+
+def test_the_drift_dag_asks_for_retraining_only_through_its_asset(dag_bag):
+    dag = dag_bag.get_dag("fashion_mnist_drift")
+    assert [t.task_id for t in dag.topological_sort()] == ["check_drift", "request_retraining"]
+    assert [o.name for o in dag.get_task("request_retraining").outlets] == ["fashion_mnist_request_drift"]
+    assert (
+        dag.timetable.timetable.summary.startswith("0 * * * *")
+        if hasattr(dag.timetable, "timetable")
+        else (dag.timetable.summary.startswith("0 * * * *"))
+    )

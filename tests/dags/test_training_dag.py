@@ -136,6 +136,14 @@ def test_a_run_ends_with_its_outcome_as_the_run_note_and_a_report_page(first_run
     assert _asset_event_extras()[0]["outcome"] == "promoted"
 
 
+def test_the_drift_dag_judges_the_smoke_tests_requests_and_does_not_ask_for_retraining(first_run, dag_bag):
+    # The promotion turned request logging on; the smoke test's real test images were logged.
+    run = dag_bag.get_dag("fashion_mnist_drift").test()
+    states = _states(run)
+    assert states == {"check_drift": "success", "request_retraining": "skipped"}, states
+    assert _note(run).startswith(("no drift in ", "not judged: ")), _note(run)
+
+
 def test_an_identical_run_short_circuits_after_validation(first_run, dag_bag, run_conf):
     second = dag_bag.get_dag("fashion_mnist_training").test(run_conf=run_conf())
     states = _states(second)

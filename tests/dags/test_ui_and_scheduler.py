@@ -140,6 +140,48 @@ def test_scheduler_runs_the_dag_triggered_through_the_rest_api(standalone, servi
     assert status == 200 and f"<td>{stable}</td><td>stable, canary</td>" in page
 
 
+def test_drift_in_served_requests_starts_a_training_run(standalone, serving_server, fashion_subset):
+    """Inverted images through the real server -> request logs -> drift DAG -> asset event -> training run.
+
+    Runs after the REST test, which promoted the model that serves here (file order).
+    """
+    from serving.client import TFServingClient
+
+    wait_for_dag(standalone)
+    base, token = standalone["base"], standalone["token"]
+    with TFServingClient(serving_server["grpc_target"], serving_server["rest_url"]) as client:  # stable: REST test
+        images = fashion_subset["t10k"][0][:120].reshape(120, 28, 28)
+        for start in range(0, 120, 40):
+            client.predict("fashion_mnist", {"images": 255 - images[start : start + 40]}, label="stable")
+    logs = serving_server["config_file"].parent / "request_logs"
+    wait_for(lambda: list(logs.glob("fashion_mnist.*.tfrecord")), 30, "a published request log")
+    time.sleep(2)  # the last file is published one rotation (1 s) after its last record
+    drift_runs = f"{base}/api/v2/dags/fashion_mnist_drift/dagRuns"
+    wait_for(lambda: request(f"{base}/api/v2/dags/fashion_mnist_drift", token=token)[0] == 200, 240, "the drift DAG")
+    status, reply = request(drift_runs, "POST", {"logical_date": None}, token)
+    assert status == 200, reply
+    drift_run = reply["dag_run_id"]
+    url = f"{drift_runs}/{drift_run}"
+    state = wait_for(
+        lambda: request(url, token=token)[1]["state"] in ("success", "failed") and request(url, token=token)[1],
+        300,
+        "the drift run",
+    )
+    assert state["state"] == "success"
+    note = wait_for(lambda: request(url, token=token)[1]["note"], 30, "the drift run's note")
+    assert note.startswith("drift in ") and "pixel mean" in note, note
+    # The drift asset's event starts the training DAG: no person, no schedule slot.
+    runs_url = f"{base}/api/v2/dags/{DAG_ID}/dagRuns?order_by=-run_after&limit=5"
+
+    def asset_triggered_run():
+        runs = request(runs_url, token=token)[1]["dag_runs"]
+        return next((run for run in runs if run["run_type"] == "asset_triggered"), None)
+
+    retraining = wait_for(asset_triggered_run, 120, "a training run started by the drift event")
+    assert wait_for_run(standalone, retraining["dag_run_id"]) == "success"
+    assert wait_for(lambda: _run(standalone, retraining["dag_run_id"])["note"], 30, "its note")
+
+
 def test_a_pipeline_error_fails_its_task_with_the_message_and_no_traceback(standalone):
     wait_for_dag(standalone)
     runs = f"{standalone['base']}/api/v2/dags/{DAG_ID}/dagRuns"
