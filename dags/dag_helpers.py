@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from datetime import timedelta
 from pathlib import Path
 
 from airflow.sdk import Asset, Param, get_current_context
@@ -35,6 +36,18 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SETTINGS = load_settings(Path(__file__).with_name("settings.yaml"), PROJECT_ROOT)
 STABLE_MODEL = Asset(*SETTINGS.stable_model_asset())
 DRIFT_DETECTED = Asset(*drift_asset(SETTINGS))  # the training DAG is also scheduled on it
+
+
+def default_task_args() -> dict:
+    """Retries, backoff, timeout and the failure line of every task, from the deployment settings."""
+    return {
+        "retries": SETTINGS.retries,
+        "retry_delay": timedelta(seconds=SETTINGS.retry_delay_seconds),
+        "retry_exponential_backoff": True,
+        "max_retry_delay": timedelta(seconds=SETTINGS.max_retry_delay_seconds),
+        "execution_timeout": timedelta(minutes=SETTINGS.task_timeout_minutes),
+        "on_failure_callback": log_failure,
+    }
 
 
 def trigger_params() -> dict[str, Param]:

@@ -14,10 +14,10 @@ way the run's note says what was found.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from airflow.sdk import dag, task
-from dag_helpers import DRIFT_DETECTED, SETTINGS, log_failure, run_drift_check
+from dag_helpers import DRIFT_DETECTED, SETTINGS, default_task_args, run_drift_check
 from mlops_timetables import UpcomingCronTimetable
 
 
@@ -29,12 +29,7 @@ from mlops_timetables import UpcomingCronTimetable
     max_active_runs=1,
     tags=["ml", "monitoring", "serving"],
     doc_md=__doc__,
-    default_args={
-        "retries": SETTINGS.retries,
-        "retry_delay": timedelta(seconds=SETTINGS.retry_delay_seconds),
-        "execution_timeout": timedelta(minutes=SETTINGS.task_timeout_minutes),
-        "on_failure_callback": log_failure,
-    },
+    default_args=default_task_args(),
 )
 def fashion_mnist_drift():
     @task.short_circuit

@@ -23,6 +23,7 @@ from dag_helpers import (
     DRIFT_DETECTED,
     SETTINGS,
     STABLE_MODEL,
+    default_task_args,
     log_failure,
     outcome_extra,
     run_report,
@@ -47,14 +48,7 @@ from mlops_timetables import UpcomingCronTimetable
     max_active_runs=1,
     tags=["ml", "training", "serving"],
     doc_md=__doc__,
-    default_args={
-        "retries": SETTINGS.retries,
-        "retry_delay": timedelta(seconds=SETTINGS.retry_delay_seconds),
-        "retry_exponential_backoff": True,
-        "max_retry_delay": timedelta(seconds=SETTINGS.max_retry_delay_seconds),
-        "execution_timeout": timedelta(minutes=SETTINGS.task_timeout_minutes),
-        "on_failure_callback": log_failure,
-    },
+    default_args=default_task_args(),
     on_failure_callback=log_failure,
     params=trigger_params(),
 )

@@ -119,8 +119,11 @@ def serving_start() -> None:
                 f"--model_config_file={config_file}",
                 "--file_system_poll_wait_seconds=1",
                 "--allow_version_labels_for_unavailable_models",
-                # Config reloads may only name model folders under the pipeline's model base path.
+                # Config reloads may only name model folders under the pipeline's model base path,
+                # and request logs (the logging_config promotion writes) under the request log folder.
                 f"--model_base_path_roots={Path(config.model_base_path).resolve()}",
+                f"--request_log_roots={Path(config.request_log_dir).resolve()}",
+                "--request_log_rotate_seconds=60",
             ],
             log_path=LOG_FILE,
             grpc_port=grpc_port,

@@ -1,4 +1,4 @@
-"""Command line: `python -m pipeline run | <step> | promote | rollback | config | lineage | history`.
+"""Command line: `python -m pipeline run | <step> | promote | rollback | config | lineage | history | drift`.
 
 `run` runs the whole step sequence (`pipeline.runner.STEPS`), exactly as the Airflow DAG
 does; each step is also a command of its own (`ingest`, `train`, `infra-validate`, ...),
@@ -37,6 +37,7 @@ COMMAND_HELP = {
     "rollback": "Move the 'stable' serving label back to an earlier published version.",
     "lineage": "Print the lineage log (runs, gate decisions, versions, label moves) as JSON lines.",
     "history": "Say which version each serving label pointed at, now or --at a past time (from the lineage log).",
+    "drift": "Judge the request logs written since the last check against the stable model's training data.",
 }
 STEP_COMMANDS = {step.name.replace("_", "-"): (step.name,) for step in runner.STEPS} | {"promote": PROMOTE_STEPS}
 
@@ -136,6 +137,13 @@ def run_command(args: argparse.Namespace) -> int:
         when = lineage.parse_time(args.at) if args.at else dt.datetime.now(dt.UTC)
         labels = lineage.labels_at(lineage.read(config), when)
         print(json.dumps({"model_name": config.model_name, "at": when.isoformat(), "labels": labels}, indent=2))
+        return 0
+    if args.command == "drift":
+        from pipeline.release.drift import check_drift
+
+        with contextlib.redirect_stdout(sys.stderr):
+            result = check_drift(config)
+        print(json.dumps(result.to_dict(), indent=2))
         return 0
     config = runner.with_run_id(config)
     by = f"cli by {getpass.getuser()}"

@@ -77,6 +77,8 @@ def test_run_end_to_end_then_a_stricter_gate_publishes_nothing(small_idx_dir, tm
     now = json.loads(pipeline_cli("history", *history_flags).stdout)
     assert {label: info["version"] for label, info in now["labels"].items()} == {"stable": 1, "canary": 1}
     assert now["labels"]["stable"]["by"].startswith("cli by ")
+    drift = pipeline_cli("drift", *history_flags, "--request-log-dir", str(tmp_path / "no-logs"))
+    assert drift.returncode == 0 and json.loads(drift.stdout)["summary"].startswith("not judged: 0 logged requests")
     before = pipeline_cli("history", *history_flags, "--at", "2020-01-01T00:00:00Z")
     assert before.returncode == 0 and json.loads(before.stdout)["labels"] == {}  # nothing was served then
     assert "not an ISO 8601 time: 'noon'" in pipeline_cli("history", *history_flags, "--at", "noon").stderr

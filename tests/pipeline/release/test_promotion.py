@@ -8,20 +8,6 @@ import pytest
 
 from pipeline.core.errors import PromotionError
 from pipeline.release.promotion import ServingState, apply_state, read_state, render_config, rollback
-from tests.support import export_candidate
-
-
-@pytest.fixture
-def published(trained_run, tmp_path):
-    config = trained_run["config"].replace(
-        model_base_path=str(tmp_path / "models"),
-        serving_config_file=str(tmp_path / "serving" / "models.config"),
-        serving_grpc_target=None,
-        workdir=str(tmp_path / "work"),
-    )
-    for _ in range(2):
-        export_candidate(trained_run, config)
-    return config
 
 
 def test_labels_round_trip_through_the_config_file(published):

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import pytest
-
 from pipeline.release.promotion import ServingState, apply_state
 from pipeline.release.report import registry_rows, render_registry, run_outcome, write_run_report
-from tests.support import export_candidate
 
 
 def test_the_outcome_names_what_the_run_did():
@@ -28,21 +25,8 @@ def test_the_outcome_names_what_the_run_did():
     assert run_outcome({"ingest": {}, "validate": {}}).summary == "incomplete: the run stopped after validate"
 
 
-@pytest.fixture
-def published(trained_run, tmp_path):
-    config = trained_run["config"].replace(
-        model_base_path=str(tmp_path / "models"),
-        serving_config_file=str(tmp_path / "serving" / "models.config"),
-        serving_grpc_target=None,
-        workdir=str(tmp_path / "work"),
-    )
-    for _ in range(2):
-        export_candidate(trained_run, config)
-    apply_state(config, ServingState(stable=1, canary=2))
-    return config
-
-
 def test_the_registry_lists_versions_newest_first_with_labels_and_metrics(published, trained_run):
+    apply_state(published, ServingState(stable=1, canary=2))
     rows = registry_rows(published)
     assert [(row["version"], row["labels"]) for row in rows] == [(2, ["canary"]), (1, ["stable"])]
     assert rows[0]["accuracy"] == trained_run["evaluate"].accuracy and rows[0]["run_id"] == "shared"
