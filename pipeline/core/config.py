@@ -240,8 +240,8 @@ class PipelineConfig:
         title="Force",
         example=True,
     )
-    force_reason: str = _field(
-        "",
+    force_reason: str | None = _field(
+        None,
         "Why the run is forced: required with force, kept in the lineage log with who and when.",
         title="Force reason",
         example="retrain after the labelling fix",
@@ -267,7 +267,7 @@ class PipelineConfig:
             raise ConfigError(f"model_name {self.model_name!r} must be 1-64 letters, digits or _.- (no slashes)")
         if self.class_names is not None and len(set(self.class_names)) != len(self.class_names):
             raise ConfigError(f"class_names has duplicates: {self.class_names}")
-        if self.force and not self.force_reason.strip():
+        if self.force and not (self.force_reason or "").strip():
             raise ConfigError("force needs a force_reason: say why the run must train and promote anyway (audited)")
         return self
 
@@ -440,10 +440,11 @@ def trigger_form_schema(config: PipelineConfig) -> dict[str, dict[str, Any]]:
     schema = {}
     for name in trigger_form_fields():
         meta = _field_meta(name)
-        hint, _ = _base_type(name)
+        hint, optional = _base_type(name)
         entry: dict[str, Any] = {
             "default": getattr(config, name),
-            "type": _JSON_TYPES[hint],
+            # An optional option may stay empty: Airflow's form marks a field required unless null is allowed.
+            "type": [_JSON_TYPES[hint], "null"] if optional else _JSON_TYPES[hint],
             "title": meta["title"],
             "description": field_help(name),
         }

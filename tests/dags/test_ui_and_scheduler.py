@@ -234,10 +234,12 @@ def test_browser_triggers_the_dag_through_the_params_form(standalone, serving_se
             page.get_by_text("Run Parameters").first.wait_for(timeout=60_000)
             page.get_by_text("Maximum number of training epochs (early stopping may end sooner)").wait_for()
             page.get_by_text(">= 1 and <= 500; e.g. 12").wait_for()  # the range and an example
+            assert page.get_by_role("button", name="Trigger").last.is_enabled()  # no field wrongly "required"
             runs_before = request(runs_url, token=standalone["token"])[1]["total_entries"]
             epochs = page.get_by_role("spinbutton").first  # Epochs, the first number field
             epochs.fill("0")
             epochs.press("Tab")
+            page.wait_for_timeout(2000)  # the form's own checks run as the user moves on
             assert epochs.input_value() == "0"  # not clamped to 1 behind the user's back
             page.get_by_role("button", name="Trigger").last.click()
             page.get_by_text("epochs").last.wait_for()
@@ -340,6 +342,15 @@ def test_a_restart_on_a_database_with_runs_starts_no_run_for_a_past_slot(standal
     run_id = request(runs_url, "POST", quick, standalone["token"])[1]["dag_run_id"]
     wait_for_run(standalone, run_id)
     _stop_standalone(standalone["process"])  # as after `make demo`: the database holds runs
+
+    def api_gone() -> bool:
+        try:
+            request(standalone["base"] + "/api/v2/monitor/health")
+        except OSError:
+            return True
+        return False
+
+    wait_for(api_gone, 60, "the old API server to close its port")  # its workers outlive the group leader briefly
     standalone["process"] = _start_standalone(standalone["env"], standalone["home"])
     standalone["token"], _ = wait_and_log_in(standalone["base"], standalone["home"])
     wait_for_dag(standalone)
@@ -349,4 +360,4 @@ def test_a_restart_on_a_database_with_runs_starts_no_run_for_a_past_slot(standal
     dag = request(f"{standalone['base']}/api/v2/dags/{DAG_ID}", token=standalone["token"])[1]
     next_run = datetime.datetime.fromisoformat(dag["next_dagrun_run_after"])
     assert next_run > datetime.datetime.now(datetime.UTC) and (next_run.hour, next_run.minute) == (2, 0)
-    assert dag["timetable_summary"] == "0 2 * * * (upcoming slots only)"
+    assert dag["timetable_summary"].endswith("0 2 * * * (upcoming slots only)")  # "Asset or ...": drift too
