@@ -140,6 +140,21 @@ def test_scheduler_runs_the_dag_triggered_through_the_rest_api(standalone, servi
     assert status == 200 and f"<td>{stable}</td><td>stable, canary</td>" in page
 
 
+def _drift_run(airflow: dict) -> dict:
+    """Triggers the drift DAG through the REST API; returns the finished run with its note."""
+    base, token = airflow["base"], airflow["token"]
+    wait_for(lambda: request(f"{base}/api/v2/dags/fashion_mnist_drift", token=token)[0] == 200, 240, "the drift DAG")
+    status, reply = request(f"{base}/api/v2/dags/fashion_mnist_drift/dagRuns", "POST", {"logical_date": None}, token)
+    assert status == 200, reply
+    url = f"{base}/api/v2/dags/fashion_mnist_drift/dagRuns/{reply['dag_run_id']}"
+
+    def finished():
+        run = request(url, token=token)[1]
+        return run if run["state"] in ("success", "failed") and run["note"] else None
+
+    return wait_for(finished, 300, "the drift run and its note")
+
+
 def test_drift_in_served_requests_starts_a_training_run(standalone, serving_server, fashion_subset):
     """Inverted images through the real server -> request logs -> drift DAG -> asset event -> training run.
 
@@ -148,33 +163,25 @@ def test_drift_in_served_requests_starts_a_training_run(standalone, serving_serv
     from serving.client import TFServingClient
 
     wait_for_dag(standalone)
-    base, token = standalone["base"], standalone["token"]
+    logs = serving_server["config_file"].parent / "request_logs"
+    time.sleep(2)  # a file is published one rotation (1 s) after its last record
+    before = _drift_run(standalone)  # reads what earlier tests' smoke tests sent: real test images
+    assert before["state"] == "success" and before["note"].startswith(("no drift in ", "not judged: ")), before
+    read = set(logs.glob("fashion_mnist.*.tfrecord"))
     with TFServingClient(serving_server["grpc_target"], serving_server["rest_url"]) as client:  # stable: REST test
         images = fashion_subset["t10k"][0][:120].reshape(120, 28, 28)
         for start in range(0, 120, 40):
             client.predict("fashion_mnist", {"images": 255 - images[start : start + 40]}, label="stable")
-    logs = serving_server["config_file"].parent / "request_logs"
-    wait_for(lambda: list(logs.glob("fashion_mnist.*.tfrecord")), 30, "a published request log")
-    time.sleep(2)  # the last file is published one rotation (1 s) after its last record
-    drift_runs = f"{base}/api/v2/dags/fashion_mnist_drift/dagRuns"
-    wait_for(lambda: request(f"{base}/api/v2/dags/fashion_mnist_drift", token=token)[0] == 200, 240, "the drift DAG")
-    status, reply = request(drift_runs, "POST", {"logical_date": None}, token)
-    assert status == 200, reply
-    drift_run = reply["dag_run_id"]
-    url = f"{drift_runs}/{drift_run}"
-    state = wait_for(
-        lambda: request(url, token=token)[1]["state"] in ("success", "failed") and request(url, token=token)[1],
-        300,
-        "the drift run",
-    )
-    assert state["state"] == "success"
-    note = wait_for(lambda: request(url, token=token)[1]["note"], 30, "the drift run's note")
-    assert note.startswith("drift in ") and "pixel mean" in note, note
+    wait_for(lambda: set(logs.glob("fashion_mnist.*.tfrecord")) - read, 30, "a new published request log")
+    time.sleep(2)
+    drifted = _drift_run(standalone)
+    assert drifted["state"] == "success"
+    assert drifted["note"].startswith("drift in 120 requests: pixel mean"), drifted["note"]
     # The drift asset's event starts the training DAG: no person, no schedule slot.
-    runs_url = f"{base}/api/v2/dags/{DAG_ID}/dagRuns?order_by=-run_after&limit=5"
+    runs_url = f"{standalone['base']}/api/v2/dags/{DAG_ID}/dagRuns?order_by=-run_after&limit=5"
 
     def asset_triggered_run():
-        runs = request(runs_url, token=token)[1]["dag_runs"]
+        runs = request(runs_url, token=standalone["token"])[1]["dag_runs"]
         return next((run for run in runs if run["run_type"] == "asset_triggered"), None)
 
     retraining = wait_for(asset_triggered_run, 120, "a training run started by the drift event")
