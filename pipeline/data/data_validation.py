@@ -98,7 +98,8 @@ def infer_schema(snapshot: Snapshot, statistics: dict[str, Any]) -> dict[str, An
     }
 
 
-def _distribution(histogram: list[int]) -> np.ndarray:
+def distribution(histogram: list[int]) -> np.ndarray:
+    """A histogram as shares summing to 1 (all zeros when it counts nothing)."""
     counts = np.asarray(histogram, np.float64)
     return counts / counts.sum() if counts.sum() else counts
 
@@ -160,7 +161,7 @@ def check_snapshot(config: PipelineConfig, statistics: dict[str, Any], checks: l
     if "train" in splits and "test" in splits:
         shift = float(
             np.abs(
-                _distribution(splits["train"]["label_histogram"]) - _distribution(splits["test"]["label_histogram"])
+                distribution(splits["train"]["label_histogram"]) - distribution(splits["test"]["label_histogram"])
             ).max()
         )
         _check(
@@ -178,7 +179,7 @@ def check_snapshot(config: PipelineConfig, statistics: dict[str, Any], checks: l
 def _label_shift(stats: dict[str, Any], before: dict[str, Any]) -> float | None:
     if len(before["label_histogram"]) != len(stats["label_histogram"]):
         return None  # Other classes: the schema check reports it.
-    return float(np.abs(_distribution(stats["label_histogram"]) - _distribution(before["label_histogram"])).max())
+    return float(np.abs(distribution(stats["label_histogram"]) - distribution(before["label_histogram"])).max())
 
 
 def _pixel_scale(before: dict[str, Any]) -> float:

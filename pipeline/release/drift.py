@@ -21,7 +21,7 @@ import numpy as np
 from pipeline.core.artifacts import atomic_output, atomic_write_json, read_json
 from pipeline.core.config import PipelineConfig
 from pipeline.core.errors import PipelineError
-from pipeline.data.data_validation import split_statistics
+from pipeline.data.data_validation import distribution, split_statistics
 from pipeline.data.snapshot import Snapshot
 
 CONFIDENCE_BINS = np.linspace(0.0, 1.0, 11)
@@ -123,16 +123,11 @@ def training_statistics(config: PipelineConfig, card: dict[str, Any]) -> dict[st
     return split_statistics(images, labels, snapshot.num_classes)
 
 
-def _distribution(histogram: list[int]) -> np.ndarray:
-    counts = np.asarray(histogram, np.float64)
-    return counts / max(counts.sum(), 1.0)
-
-
 def compare(requests: dict[str, Any], training: dict[str, Any], config: PipelineConfig) -> list[tuple[bool, str]]:
     """Applies the drift thresholds; returns (threshold passed?, reason with the numbers) per check."""
     shift = abs(requests["pixel_mean"] - training["pixel_mean"]) / max(training["pixel_std"], 1e-6)
     distance = 0.5 * float(
-        np.abs(_distribution(requests["predicted_histogram"]) - _distribution(training["label_histogram"])).sum()
+        np.abs(distribution(requests["predicted_histogram"]) - distribution(training["label_histogram"])).sum()
     )
     checks = [
         (
@@ -160,14 +155,14 @@ def plot_drift(requests: dict[str, Any], training: dict[str, Any], class_names: 
 
     figure, (classes, confidence) = plt.subplots(1, 2, figsize=(12, 4.5))
     positions = np.arange(len(class_names))
-    classes.bar(positions - 0.2, _distribution(training["label_histogram"]), 0.4, label="training labels")
-    classes.bar(positions + 0.2, _distribution(requests["predicted_histogram"]), 0.4, label="requests: predicted")
+    classes.bar(positions - 0.2, distribution(training["label_histogram"]), 0.4, label="training labels")
+    classes.bar(positions + 0.2, distribution(requests["predicted_histogram"]), 0.4, label="requests: predicted")
     classes.set_xticks(positions, class_names, rotation=45, ha="right")
     classes.set_ylabel("share")
     classes.legend()
     classes.set_title(f"classes ({requests['count']} requests)")
     centers = (CONFIDENCE_BINS[:-1] + CONFIDENCE_BINS[1:]) / 2
-    confidence.bar(centers, _distribution(requests["confidence_histogram"]), 0.09)
+    confidence.bar(centers, distribution(requests["confidence_histogram"]), 0.09)
     confidence.set_xlabel("confidence (highest probability)")
     confidence.set_ylabel("share of requests")
     confidence.set_title(f"confidence (mean {requests['mean_confidence']:.3f})")
