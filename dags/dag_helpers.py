@@ -14,8 +14,9 @@ import os
 from datetime import timedelta
 from pathlib import Path
 
-from airflow.sdk import Asset, Param, get_current_context
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.providers.standard.operators.hitl import ApprovalOperator
+from airflow.sdk import Asset, BaseOperator, Param, get_current_context
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from pipeline.core.config import trigger_form_fields, trigger_form_schema
 from pipeline.core.errors import PipelineError
@@ -147,3 +148,101 @@ def run_drift_check() -> dict | None:
     log.info("%s", result["summary"])
     get_current_context()["ti"].xcom_push(key=RUN_NOTE_KEY, value=result["summary"][:990])
     return result if result["drifted"] else None
+
+
+def _stop_after(task_id: str, reason: str) -> None:
+    """Ends the run's release path after `task_id`: the reason in the log and XCom, `mark_stable` skipped."""
+    log.warning("stopping the run after %s: %s", task_id, reason)
+    get_current_context()["ti"].xcom_push(key="stop_reason", value=reason)
+    raise AirflowSkipException(reason)
+
+
+class CanaryWatchOperator(BaseOperator):
+    """`watch_canary`: opens the canary's live traffic and waits in the triggerer, holding no worker slot.
+
+    A canary that fails a check is rolled back (`canary` back on `stable`, its traffic ended,
+    the reasons in the lineage log) and the task is skipped, so `mark_stable` is skipped too
+    and the run's note says why. Without a configured watch the state passes straight through.
+
+    Args:
+        state: The run's state (an XComArg of the task before).
+    """
+
+    template_fields = ("state",)
+
+    def __init__(self, *, state, **kwargs):
+        super().__init__(**kwargs)
+        self.state = state
+
+    def execute(self, context):
+        from mlops_triggers import CanaryWatchTrigger
+
+        from pipeline import runner
+
+        config = current_config()
+        plan = fail_on_pipeline_error(runner.begin_canary_watch, config, self.state, who())
+        if "skipped" in plan:
+            log.info("no canary watch: %s", plan["skipped"])
+            return {**self.state, "watch_canary": plan}
+        self.defer(
+            trigger=CanaryWatchTrigger(config.to_dict(), plan),
+            method_name="execute_complete",
+            timeout=timedelta(seconds=config.canary_watch_seconds + 600),
+        )
+
+    def execute_complete(self, context, event: dict):
+        from pipeline import runner
+
+        verdict = {key: value for key, value in event.items() if key != "plan"}
+        outcome = fail_on_pipeline_error(
+            runner.finish_canary_watch, current_config(), self.state, event["plan"], verdict, who()
+        )
+        log.info("canary watch: %s", "; ".join(outcome.outputs["reasons"]))
+        if outcome.stop_reason:
+            _stop_after(self.task_id, outcome.stop_reason)
+        return outcome.state
+
+
+class CandidateApprovalOperator(ApprovalOperator):
+    """`approve`: a person approves the candidate (Airflow's human-in-the-loop form) before `stable` moves.
+
+    The form shows the candidate's metrics against stable, per-class recall, the gate's rules
+    and the canary watch. Reject, or no answer within `response_timeout`, puts `canary` back on
+    `stable` (`canary_rejected` in the lineage log, with who) and skips `mark_stable`.
+
+    Args:
+        state: The run's state (an XComArg of the task before).
+    """
+
+    template_fields = (*ApprovalOperator.template_fields, "state")
+
+    def __init__(self, *, state, response_timeout: timedelta, **kwargs):
+        super().__init__(
+            subject="Promote the candidate to stable?",
+            body="(filled in when the task runs)",
+            defaults=ApprovalOperator.REJECT,  # no answer in time: rejected
+            response_timeout=response_timeout,
+            **kwargs,
+        )
+        self.state = state
+
+    def execute(self, context):
+        from pipeline.release.report import approval_markdown
+
+        version = self.state["export"]["version"]
+        self.subject = f"Promote {current_config().model_name} version {version} to stable?"
+        self.body = approval_markdown(self.state)
+        return super().execute(context)
+
+    def execute_complete(self, context, event: dict):
+        from pipeline import runner
+
+        answer = super().execute_complete(context, event)  # a Reject skips mark_stable
+        approved = answer["chosen_options"] == [self.APPROVE]
+        user = answer.get("responded_by_user") or {}
+        by = user.get("name") or user.get("id") or f"nobody within {self.response_timeout} (timeout: rejected)"
+        outcome = fail_on_pipeline_error(runner.record_approval, current_config(), self.state, approved, by)
+        if not approved:
+            log.warning("not approved by %s: canary withdrawn", by)
+            get_current_context()["ti"].xcom_push(key="stop_reason", value=f"not approved by {by}")
+        return outcome.state

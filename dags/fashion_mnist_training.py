@@ -1,7 +1,7 @@
 """Train, gate, validate and promote the Fashion-MNIST classifier.
 
 ingest -> validate -> check_changes -> train -> evaluate -> gate -> export
--> infra_validate -> promote_canary -> smoke_test -> mark_stable -> report
+-> infra_validate -> promote_canary -> smoke_test -> watch_canary [-> approve] -> mark_stable -> report
 
 Each task runs one step of `pipeline.runner` (the same sequence `python -m pipeline run`
 runs) and hands the run's state (artifact paths, never arrays) to the next task.
@@ -10,8 +10,14 @@ with the reason in the log and in XCom (`stop_reason`), and what is served does 
 change. `report` runs after every run that did not fail: it writes the run's report page
 (metrics, baseline, confusion matrix, curves, model card; the "Run report" tab) and says
 what the run did, which becomes the run's note: "promoted version N ...", "not blessed:
-...", "skipped: ...". Data errors fail at once; other failures (a serving endpoint down)
-retry with exponential backoff.
+...", "canary version N rolled back: ...", "skipped: ...". Data errors fail at once; other
+failures (a serving endpoint down) retry with exponential backoff.
+
+`watch_canary` gives the canary its share of live traffic and waits in the triggerer (no
+worker slot) while its errors, latency and agreement with `stable` are judged; a failing
+canary is rolled back automatically and `mark_stable` is skipped. With `approval_required`
+in the deployment settings, `approve` then asks a person (Airflow's Required Actions);
+Reject or no answer in time withdraws the canary.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ from dag_helpers import (
     DRIFT_DETECTED,
     SETTINGS,
     STABLE_MODEL,
+    CanaryWatchOperator,
+    CandidateApprovalOperator,
     default_task_args,
     log_failure,
     outcome_extra,
@@ -112,6 +120,11 @@ def fashion_mnist_training():
     state = ingest()
     for step in (validate, check_changes, train, evaluate, gate, export, infra_validate, promote_canary, smoke_test):
         state = step(state)
+    state = CanaryWatchOperator(task_id="watch_canary", state=state).output
+    if SETTINGS.approval_required:
+        state = CandidateApprovalOperator(
+            task_id="approve", state=state, response_timeout=timedelta(minutes=SETTINGS.approval_timeout_minutes)
+        ).output
     mark_stable(state) >> report()
 
 

@@ -123,7 +123,10 @@ def serving_start() -> None:
                 # and request logs (the logging_config promotion writes) under the request log folder.
                 f"--model_base_path_roots={Path(config.model_base_path).resolve()}",
                 f"--request_log_roots={Path(config.request_log_dir).resolve()}",
-                "--request_log_rotate_seconds=60",
+                # Published every 10 s: the drift check and a canary watch read only published files.
+                "--request_log_rotate_seconds=10",
+                # Per-version counters for the canary watch (and Prometheus).
+                f"--monitoring_config_file={ROOT / 'serving' / 'monitoring.config'}",
             ],
             log_path=LOG_FILE,
             grpc_port=grpc_port,

@@ -28,7 +28,7 @@ from pipeline.core.presets import preset_names
 
 log = logging.getLogger("pipeline")
 
-PROMOTE_STEPS = ("promote_canary", "smoke_test", "mark_stable")
+PROMOTE_STEPS = ("promote_canary", "smoke_test", "watch_canary", "mark_stable")
 COMMAND_HELP = {
     "run": "Run every step, as the DAG does: " + " -> ".join(runner.STEP_NAMES) + ".",
     **{step.name.replace("_", "-"): step.help for step in runner.STEPS},

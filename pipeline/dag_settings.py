@@ -37,6 +37,9 @@ class DeploymentSettings:
         train_timeout_minutes: execution_timeout of the training task.
         train_pod_template_file: KubernetesExecutor only: the pod template the training task runs
             in (GPU requests, node selector); other executors ignore it.
+        approval_required: A person approves each candidate before `stable` moves (Airflow's
+            human-in-the-loop approval task, after the canary watch).
+        approval_timeout_minutes: Unanswered this long, the approval counts as rejected.
         pipeline: PipelineConfig values every run starts from (trigger params override them).
     """
 
@@ -50,6 +53,8 @@ class DeploymentSettings:
     task_timeout_minutes: float = 30
     train_timeout_minutes: float = 240
     train_pod_template_file: str | None = None
+    approval_required: bool = False
+    approval_timeout_minutes: float = 24 * 60
     pipeline: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def train_executor_config(self) -> dict[str, str]:

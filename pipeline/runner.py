@@ -1,12 +1,13 @@
 """The one step sequence of the pipeline, run the same way by the CLI and by the Airflow DAG.
 
     ingest -> validate -> check_changes -> train -> evaluate -> gate -> export
-    -> infra_validate -> promote_canary -> smoke_test -> mark_stable
+    -> infra_validate -> promote_canary -> smoke_test -> watch_canary -> mark_stable
 
 A run's state is its manifest: `{step name: that step's outputs}` (paths and numbers, never
 arrays). Each step reads the outputs of earlier steps from the state, returns its own,
 and `run_step` records them in `runs/<run_id>/manifest.json`. `check_changes` and `gate`
-can stop a run: later steps are skipped, nothing is served differently. The CLI runs
+can stop a run: later steps are skipped, nothing is served differently; `watch_canary`
+stops it after rolling a failed canary back. The CLI runs
 `STEPS` in one process (`run_pipeline`); the DAG runs one step per task (`run_step`),
 passing the state from task to task through XCom.
 """
@@ -169,6 +170,50 @@ def smoke_test(config: PipelineConfig, state: State, by: str) -> dict[str, Any]:
     return call_canary(config, _snapshot(state), needed(state, "export", "version_dir"))
 
 
+def watch_canary(config: PipelineConfig, state: State, by: str) -> dict[str, Any]:
+    """Watches the canary on live traffic against stable; a failing canary is rolled back."""
+    from pipeline.release.canary import watch
+
+    return watch(config, _version(state), by)
+
+
+def begin_canary_watch(config: PipelineConfig, state: State, by: str) -> dict[str, Any]:
+    """Opens the canary's live traffic; returns the watch plan, or {"skipped": why} (then recorded as the step)."""
+    from pipeline.release.canary import start_watch
+
+    plan = start_watch(config, _version(state), by)
+    if "skipped" in plan:
+        record_stage(config, "watch_canary", plan)
+    return plan
+
+
+def finish_canary_watch(
+    config: PipelineConfig, state: State, plan: dict[str, Any], verdict: dict[str, Any], by: str
+) -> StepOutcome:
+    """`watch_canary` for a watch whose waiting happened elsewhere (the DAG's triggerer): records the verdict."""
+    from pipeline.release.canary import conclude
+
+    return _recorded("watch_canary", config, state, conclude(config, plan, verdict, by))
+
+
+def record_approval(config: PipelineConfig, state: State, approved: bool, by: str, comment: str = "") -> StepOutcome:
+    """Records a person's decision on the canary; a rejected one goes back to stable (`canary_rejected`)."""
+    from pipeline.release.promotion import withdraw_canary
+
+    version = _version(state)
+    lineage.record(config, "approval", version=version, approved=approved, comment=comment, by=by)
+    outputs: dict[str, Any] = {"approved": approved, "by": by, "version": version, "comment": comment}
+    if not approved:
+        outputs["labels"] = withdraw_canary(config, "canary_rejected", [f"not approved by {by}"], by=by)
+    return _recorded("approve", config, state, outputs)
+
+
+def _recorded(name: str, config: PipelineConfig, state: State, outputs: dict[str, Any]) -> StepOutcome:
+    record_stage(config, name, outputs)
+    stop = _rolled_back(outputs) if name == "watch_canary" else (None if outputs["approved"] else "not approved")
+    return StepOutcome(outputs, {**state, name: outputs}, stop)
+
+
 def mark_stable(config: PipelineConfig, state: State, by: str) -> dict[str, Any]:
     """Moves `stable` to the version that passed its smoke test."""
     from pipeline.release.promotion import mark_stable as point_stable
@@ -203,6 +248,19 @@ def _version(state: State) -> int:
 
 def _not_blessed(outputs: dict[str, Any]) -> str | None:
     return None if outputs["blessed"] else "not blessed: " + "; ".join(outputs["reasons"])
+
+
+def _rolled_back(outputs: dict[str, Any]) -> str | None:
+    if not outputs.get("rolled_back"):
+        return None
+    return "canary rolled back: " + "; ".join(r for r in outputs["reasons"] if r.startswith("FAIL"))
+
+
+def _watch_summary(outputs: dict[str, Any]) -> str:
+    figures = outputs["figures"]
+    if outputs["passed"]:
+        return f"passed on {figures['canary_requests']} live answers: " + "; ".join(outputs["reasons"])
+    return _rolled_back(outputs) or ""
 
 
 def _not_chief(outputs: dict[str, Any]) -> str | None:
@@ -279,6 +337,12 @@ STEPS: tuple[Step, ...] = (
         "smoke_test",
         smoke_test,
         lambda o: o.get("skipped") or ", ".join(f"{p}: {r['examples']} answers ok" for p, r in o.items()),
+    ),
+    Step(
+        "watch_canary",
+        watch_canary,
+        lambda o: o.get("skipped") or _watch_summary(o),
+        _rolled_back,
     ),
     Step("mark_stable", mark_stable, lambda o: f"stable -> {o['stable']} (was {o['previous_stable']})"),
 )

@@ -279,6 +279,25 @@ class TFServingClient:
             ],
         }
 
+    def metrics_text(self, path: str = "/monitoring/prometheus/metrics") -> str:
+        """The server's Prometheus metrics page (REST; needs a monitoring config on the server).
+
+        Raises:
+            ServingError: NOT_FOUND when the server exports no metrics there, UNAVAILABLE when down.
+        """
+
+        def fetch() -> str:
+            try:
+                with urllib.request.urlopen(self.rest_url + path, timeout=self.timeout) as response:
+                    return response.read().decode()
+            except urllib.error.HTTPError as err:
+                raise ServingError(code_from_http(err.code), f"{self.rest_url}{path}: {err.reason}") from None
+            except (urllib.error.URLError, ConnectionError, TimeoutError) as err:
+                reason = getattr(err, "reason", err)
+                raise ServingError(grpc.StatusCode.UNAVAILABLE, f"{self.rest_url}: {reason}") from None
+
+        return self._with_retries(fetch)
+
     def reload_config(self, config) -> None:
         """Replaces the server's whole model config (gRPC ModelService only).
 

@@ -14,6 +14,35 @@ from typing import Any
 import grpc
 import numpy as np
 
+# Live traffic labels: this project's extension of the model config, written as ordinary version
+# labels so that TF Serving accepts the same file (it serves them as plain labels and splits nothing).
+# With a `traffic_split_<P>` label (P = 0..100), the local server answers a request that names no
+# version and no label with that label's version P% of the time and with `stable`'s otherwise.
+# With a `shadow` label, each such request the request log samples is also run on the shadow
+# version off the request path; its answer is logged (requested label "shadow"), never returned.
+STABLE_LABEL = "stable"
+TRAFFIC_SPLIT_PREFIX = "traffic_split_"
+SHADOW_LABEL = "shadow"
+
+
+def traffic_split_label(percent: int) -> str:
+    """The label sending `percent` % of unaddressed requests to its version."""
+    return f"{TRAFFIC_SPLIT_PREFIX}{int(percent)}"
+
+
+def traffic_split_percent(label: str) -> int | None:
+    """The percent a `traffic_split_<P>` label names, or None for any other label."""
+    rest = label[len(TRAFFIC_SPLIT_PREFIX) :] if label.startswith(TRAFFIC_SPLIT_PREFIX) else ""
+    return int(rest) if rest.isdigit() and len(rest) <= 3 else None
+
+
+# The local server's per-version request metrics (TF Serving's own know only the model), which a
+# canary watch compares between `canary` and `stable`: a counter {model_name, version, status} and a
+# latency histogram in microseconds {model_name, version} of answered calls.
+VERSION_REQUEST_COUNT = ":mlops:serving:version_request_count"
+VERSION_REQUEST_LATENCY = ":mlops:serving:version_request_latency"
+
+
 # gRPC status -> HTTP status, as TF Serving's HTTP server maps them.
 HTTP_STATUS = {
     grpc.StatusCode.OK: 200,

@@ -33,6 +33,13 @@ def small_idx_dir(tmp_path_factory, fashion_subset) -> Path:
     return write_idx_folder(tmp_path_factory.mktemp("data") / "fashion-mnist", fashion_subset)
 
 
+@pytest.fixture(scope="session")
+def permuted_idx_dir(tmp_path_factory, fashion_subset) -> Path:
+    """The subset with every label shifted by one class (a labelling bug a lax gate cannot see)."""
+    shifted = {split: (images, (labels + 1) % 10) for split, (images, labels) in fashion_subset.items()}
+    return write_idx_folder(tmp_path_factory.mktemp("permuted-data") / "fashion-mnist", shifted)
+
+
 @pytest.fixture
 def make_config(tmp_path, small_idx_dir):
     """Returns a factory of small, fast configs rooted in the test's tmp_path."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -85,3 +86,41 @@ def export_candidate(trained_run: dict, config, **kwargs):
         trained_run["evaluate"].evaluation_path,
         **kwargs,
     )
+
+
+class Traffic:
+    """Real test images sent without version or label (live traffic) from a thread, 8 per call.
+
+    Attributes:
+        versions: The version that answered each call.
+        errors: The status of each failed call.
+    """
+
+    def __init__(self, grpc_target: str, images: np.ndarray, model: str = "fashion_mnist", pause_s: float = 0.02):
+        self.grpc_target, self.images, self.model, self.pause_s = grpc_target, images, model, pause_s
+        self.versions: list[int] = []
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        from serving.client import TFServingClient
+        from serving.protocol import ServingError
+
+        with TFServingClient(self.grpc_target, "") as client:
+            start = 0
+            while not self._stop.wait(self.pause_s):
+                batch = self.images[start : start + 8]
+                start = (start + 8) % (len(self.images) - 8)
+                try:
+                    self.versions.append(client.predict(self.model, {"images": batch}).version)
+                except ServingError as err:  # e.g. before a first model is loaded
+                    self.errors.append(err.code.name)
+
+    def __enter__(self) -> Traffic:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(30)

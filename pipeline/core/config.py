@@ -225,6 +225,43 @@ class PipelineConfig:
         minimum=0,
         maximum=1,
     )
+    # Canary on live traffic (between the smoke test and `stable`)
+    canary_watch_seconds: float = _field(
+        0.0,
+        "How long the canary is watched on live traffic before `stable` moves (0: no watch). A canary that "
+        "fails a threshold is rolled back at once; one with too little traffic at the end is rolled back too.",
+        minimum=0,
+        maximum=7 * 24 * 3600,
+    )
+    canary_traffic_percent: int = _field(
+        10,
+        "Share (%) of unaddressed live requests the canary answers while watched (the local server's "
+        "traffic_split label; in front of TF Serving, the load balancer's split).",
+        minimum=0,
+        maximum=100,
+    )
+    canary_shadow: bool = _field(
+        False,
+        "Also mirror the sampled unaddressed requests to the canary while watched; its answers are logged for "
+        "the comparison, never returned (needs request logging).",
+    )
+    canary_min_requests: int = _field(50, "Canary watch: answers the canary must give before it is judged.", minimum=1)
+    canary_max_error_rate: float = _field(
+        0.01,
+        "Canary watch: largest allowed excess of the canary's error rate over stable's, in the window.",
+        minimum=0,
+        maximum=1,
+    )
+    canary_max_latency_ratio: float = _field(
+        2.0, "Canary watch: largest allowed canary/stable mean latency ratio in the window.", exclusive_minimum=0
+    )
+    canary_min_agreement: float | None = _field(
+        0.9,
+        "Canary watch: least share of the canary's logged answers whose predicted class equals stable's on "
+        "the same images (none: not checked, e.g. without request logging).",
+        minimum=0,
+        maximum=1,
+    )
     infra_validation_rest_url: str | None = _field(
         None, "REST address of that dedicated TF Serving (with infra_validation_grpc_target)."
     )
@@ -267,6 +304,16 @@ class PipelineConfig:
             raise ConfigError(f"model_name {self.model_name!r} must be 1-64 letters, digits or _.- (no slashes)")
         if self.class_names is not None and len(set(self.class_names)) != len(self.class_names):
             raise ConfigError(f"class_names has duplicates: {self.class_names}")
+        if self.canary_watch_seconds > 0 and self.request_log_sampling_rate <= 0:
+            if self.canary_shadow:
+                raise ConfigError(
+                    "canary_shadow mirrors the requests the request log samples: set request_log_sampling_rate > 0"
+                )
+            if self.canary_min_agreement is not None:
+                raise ConfigError(
+                    "canary_min_agreement compares the canary's logged answers with stable's: set "
+                    "request_log_sampling_rate > 0, or canary_min_agreement to none"
+                )
         if self.force and not (self.force_reason or "").strip():
             raise ConfigError("force needs a force_reason: say why the run must train and promote anyway (audited)")
         return self

@@ -51,7 +51,8 @@ def read(config: PipelineConfig) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-LABEL_EVENTS = ("label_moved", "rollback", "labels_restored")
+# Records that change what serves (each carries every label after the change in `labels`).
+LABEL_EVENTS = ("label_moved", "rollback", "labels_restored", "canary_traffic", "canary_rolled_back", "canary_rejected")
 
 
 def parse_time(text: str) -> dt.datetime:

@@ -72,16 +72,35 @@ def _remember(config: PipelineConfig, files: list[Path]) -> None:
     atomic_write_json(state, {"files": sorted({*seen, *(p.name for p in files)})})
 
 
-def read_request_logs(files: list[Path], input_name: str = "images") -> tuple[np.ndarray, np.ndarray, list[int]]:
-    """The logged Predict calls' images and probabilities, and the versions that answered.
+@dataclasses.dataclass(frozen=True)
+class LoggedRequests:
+    """Logged Predict calls, one row per image.
 
-    Returns:
-        (uint8 images [N, H, W], float probabilities [N, C], answering version of each record).
+    Attributes:
+        images: uint8 images [N, H, W].
+        probabilities: The answers [N, C].
+        versions: The version that answered each row.
+        labels: The label each row's request named ('' when none; 'shadow' for a shadow answer).
+        timestamps: When each row was answered (whole seconds since the epoch).
     """
+
+    images: np.ndarray
+    probabilities: np.ndarray
+    versions: np.ndarray
+    labels: np.ndarray
+    timestamps: np.ndarray
+
+    def where(self, mask: np.ndarray) -> LoggedRequests:
+        """The rows where `mask` is true."""
+        return LoggedRequests(*(field[mask] for field in dataclasses.astuple(self)))
+
+
+def read_request_logs(files: list[Path], input_name: str = "images") -> LoggedRequests:
+    """The logged Predict calls of `files` (calls without `input_name` images are left out)."""
     import tensorflow as tf
     from tensorflow_serving.apis import prediction_log_pb2
 
-    images, probabilities, versions = [], [], []
+    images, probabilities, versions, labels, timestamps = [], [], [], [], []
     for path in files:
         for data in tf.data.TFRecordDataset(str(path)).as_numpy_iterator():
             record = prediction_log_pb2.PredictionLog.FromString(data)
@@ -90,12 +109,19 @@ def read_request_logs(files: list[Path], input_name: str = "images") -> tuple[np
             request, response = record.predict_log.request, record.predict_log.response
             if input_name not in request.inputs or "probabilities" not in response.outputs:
                 continue
-            images.append(tf.make_ndarray(request.inputs[input_name]))
+            batch = tf.make_ndarray(request.inputs[input_name])
+            images.append(batch)
             probabilities.append(tf.make_ndarray(response.outputs["probabilities"]))
-            versions.append(record.log_metadata.model_spec.version.value)
+            rows = len(batch)
+            versions.append(np.full(rows, record.log_metadata.model_spec.version.value, np.int64))
+            labels.append(np.full(rows, request.model_spec.version_label, object))
+            timestamps.append(np.full(rows, record.log_metadata.timestamp_secs, np.int64))
     if not images:
-        return np.zeros((0, 0, 0), np.uint8), np.zeros((0, 0), np.float32), versions
-    return np.concatenate(images), np.concatenate(probabilities), versions
+        empty = np.zeros(0, np.int64)
+        return LoggedRequests(
+            np.zeros((0, 0, 0), np.uint8), np.zeros((0, 0), np.float32), empty, np.zeros(0, object), empty
+        )
+    return LoggedRequests(*(np.concatenate(parts) for parts in (images, probabilities, versions, labels, timestamps)))
 
 
 def request_statistics(images: np.ndarray, probabilities: np.ndarray) -> dict[str, Any]:
@@ -186,9 +212,12 @@ def check_drift(config: PipelineConfig) -> DriftResult:
         PipelineError: if no stable model (or its training snapshot) is there to compare with.
     """
     from pipeline.release.promotion import stable_model_card
+    from serving.protocol import SHADOW_LABEL
 
     files = new_log_files(config)
-    images, probabilities, versions = read_request_logs(files)
+    logged = read_request_logs(files)
+    logged = logged.where(logged.labels != SHADOW_LABEL)  # a shadow's answers were never returned to anyone
+    images, probabilities = logged.images, logged.probabilities
     count = int(images.shape[0])
     if count < config.drift_min_requests:
         # Not judged: the files stay unread, so their requests count toward the next check.
@@ -207,7 +236,7 @@ def check_drift(config: PipelineConfig) -> DriftResult:
         "model_name": config.model_name,
         "checked_at": stamp,
         "stable_version": card.get("version"),
-        "answering_versions": sorted(set(versions)),
+        "answering_versions": sorted({int(v) for v in logged.versions}),
         "files": [p.name for p in files],
         "requests": requests,
         "training": {k: training[k] for k in ("count", "pixel_mean", "pixel_std", "label_histogram")},

@@ -19,6 +19,7 @@ from pipeline.core import lineage, model_repo
 from pipeline.core.artifacts import atomic_write_bytes, code_revision
 from pipeline.core.config import PipelineConfig, run_signature
 from pipeline.core.errors import PromotionError, ServingUnavailableError
+from serving.protocol import SHADOW_LABEL, traffic_split_label, traffic_split_percent
 
 log = logging.getLogger(__name__)
 
@@ -27,10 +28,21 @@ STABLE, CANARY = "stable", "canary"
 
 @dataclasses.dataclass(frozen=True)
 class ServingState:
-    """The served versions: what `stable` and `canary` point at (None when unset)."""
+    """The served versions: what `stable` and `canary` point at (None when unset), and live canary traffic.
+
+    Attributes:
+        stable: The `stable` version.
+        canary: The `canary` version.
+        traffic_percent: Share (0-100) of unaddressed requests the canary answers (the local server's
+            `traffic_split_<P>` label on the canary); None: no split, unaddressed requests get the
+            latest version as in TF Serving.
+        shadow: The canary mirrors sampled unaddressed requests (the `shadow` label on the canary).
+    """
 
     stable: int | None = None
     canary: int | None = None
+    traffic_percent: int | None = None
+    shadow: bool = False
 
     @property
     def versions(self) -> list[int]:
@@ -43,7 +55,13 @@ def _server_model_path(config: PipelineConfig) -> str:
 
 
 def _labels(state: ServingState) -> dict[str, int]:
-    return {key: value for key, value in ((STABLE, state.stable), (CANARY, state.canary)) if value is not None}
+    labels = {key: value for key, value in ((STABLE, state.stable), (CANARY, state.canary)) if value is not None}
+    if state.canary is not None and state.stable is not None and state.canary != state.stable:
+        if state.traffic_percent is not None:
+            labels[traffic_split_label(state.traffic_percent)] = state.canary
+        if state.shadow:
+            labels[SHADOW_LABEL] = state.canary
+    return labels
 
 
 def render_config(
@@ -113,7 +131,10 @@ def read_state(config: PipelineConfig) -> ServingState:
     for model in parsed.model_config_list.config:
         if model.name == config.model_name:
             labels = dict(model.version_labels)
-            return ServingState(labels.get(STABLE), labels.get(CANARY))
+            percents = [p for p in map(traffic_split_percent, labels) if p is not None]
+            return ServingState(
+                labels.get(STABLE), labels.get(CANARY), percents[0] if percents else None, SHADOW_LABEL in labels
+            )
     return ServingState()
 
 
@@ -283,10 +304,19 @@ def unchanged_reason(config: PipelineConfig, fingerprint: str) -> str | None:
     return None
 
 
+def watches_canary(config: PipelineConfig) -> bool:
+    """True when the deployment watches each canary on live traffic before `stable` moves."""
+    return config.canary_watch_seconds > 0 and (config.canary_traffic_percent > 0 or config.canary_shadow)
+
+
 def promote_canary(config: PipelineConfig, version: int, by: str) -> dict[str, Any]:
-    """Serves `version` under `canary`, `stable` unchanged; records the move in the lineage log."""
+    """Serves `version` under `canary`, `stable` unchanged; records the move in the lineage log.
+
+    When canaries are watched on live traffic, unaddressed requests stay on `stable` (a 0% split)
+    until the watch opens the canary's share.
+    """
     before = read_state(config)
-    after = ServingState(before.stable, version)
+    after = ServingState(before.stable, version, 0 if watches_canary(config) else None)
     apply_state(config, after)
     lineage.record(
         config, "label_moved", label=CANARY, version=version, previous=before.canary, labels=_labels(after), by=by
@@ -303,6 +333,47 @@ def mark_stable(config: PipelineConfig, version: int, by: str) -> dict[str, Any]
         config, "label_moved", label=STABLE, version=version, previous=before.stable, labels=_labels(after), by=by
     )
     return {"stable": version, "canary": version, "previous_stable": before.stable}
+
+
+def open_canary_traffic(config: PipelineConfig, by: str) -> ServingState:
+    """Gives `canary` its share of live traffic (and the shadow copy) as configured; records the change."""
+    before = read_state(config)
+    shadow = config.canary_shadow
+    after = ServingState(before.stable, before.canary, config.canary_traffic_percent, shadow)
+    apply_state(config, after)
+    lineage.record(
+        config,
+        "canary_traffic",
+        version=after.canary,
+        traffic_percent=after.traffic_percent,
+        shadow=shadow,
+        labels=_labels(after),
+        by=by,
+    )
+    return after
+
+
+def withdraw_canary(config: PipelineConfig, event: str, reasons: list[str], by: str, **details: Any) -> dict:
+    """Puts `canary` back on `stable` and ends its live traffic; records why (`event`: the lineage kind).
+
+    Returns:
+        The labels after the change.
+    """
+    before = read_state(config)
+    after = ServingState(before.stable, before.stable)
+    apply_state(config, after)
+    lineage.record(
+        config,
+        event,
+        label=CANARY,
+        version=before.stable,
+        previous=before.canary,
+        labels=_labels(after),
+        reasons=reasons,
+        by=by,
+        **details,
+    )
+    return _labels(after)
 
 
 def restore(config: PipelineConfig, state: ServingState) -> None:

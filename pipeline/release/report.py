@@ -23,6 +23,7 @@ from pipeline.core.artifacts import atomic_write_bytes, read_json, run_dir
 from pipeline.core.config import PipelineConfig
 
 PROMOTED, NOT_BLESSED, SKIPPED, INCOMPLETE = "promoted", "not_blessed", "skipped", "incomplete"
+CANARY_ROLLED_BACK, REJECTED = "canary_rolled_back", "rejected"
 REPORT_FILE = "report.html"
 
 
@@ -31,7 +32,7 @@ class RunOutcome:
     """What a run did.
 
     Attributes:
-        outcome: One of 'promoted', 'not_blessed', 'skipped', 'incomplete'.
+        outcome: One of 'promoted', 'not_blessed', 'canary_rolled_back', 'rejected', 'skipped', 'incomplete'.
         summary: One line for people (the DAG run's note), e.g. 'promoted version 3 ...'.
         version: The version the run published, if any.
         accuracy: The candidate's test accuracy, if it was evaluated.
@@ -58,6 +59,17 @@ def run_outcome(state: dict[str, dict[str, Any]]) -> RunOutcome:
             f"was {'version ' + str(was) if was else 'nothing'})",
             stable["stable"],
             accuracy,
+        )
+    version = state.get("export", {}).get("version")
+    if state.get("watch_canary", {}).get("rolled_back"):
+        failed = [r.removeprefix("FAIL: ") for r in state["watch_canary"]["reasons"] if r.startswith("FAIL")]
+        return RunOutcome(
+            CANARY_ROLLED_BACK, f"canary version {version} rolled back: " + "; ".join(failed), version, accuracy
+        )
+    if state.get("approve", {}).get("approved") is False:
+        decision = state["approve"]
+        return RunOutcome(
+            REJECTED, f"version {version} not approved ({decision['by']}): canary withdrawn", version, accuracy
         )
     if state.get("gate") and not state["gate"]["blessed"]:
         return RunOutcome(NOT_BLESSED, "not blessed: " + "; ".join(state["gate"]["reasons"]), None, accuracy)
@@ -88,7 +100,7 @@ _STYLE = """
 body{font-family:system-ui,sans-serif;margin:1.5rem;color:#1a202c;max-width:1100px}
 h1{font-size:1.4rem}h2{font-size:1.1rem;margin-top:1.6rem}
 .outcome{padding:.6rem 1rem;border-radius:6px;font-weight:600}
-.promoted{background:#c6f6d5}.not_blessed{background:#fed7d7}.skipped,.incomplete{background:#e2e8f0}
+.promoted{background:#c6f6d5}.not_blessed,.canary_rolled_back,.rejected{background:#fed7d7}.skipped,.incomplete{background:#e2e8f0}
 table{border-collapse:collapse}td,th{border:1px solid #cbd5e0;padding:.25rem .6rem;text-align:right}
 th{background:#edf2f7}td:first-child{text-align:left}img{max-width:100%;border:1px solid #e2e8f0}
 .muted{color:#718096}pre{background:#f7fafc;padding:.8rem;overflow:auto;font-size:.8rem}
@@ -252,3 +264,53 @@ def render_registry(config: PipelineConfig, report_url: str = "") -> str:
         f"<p class=muted>{html.escape(str(config.model_dir))}</p>"
         f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>",
     )
+
+
+def approval_markdown(state: dict[str, dict[str, Any]]) -> str:
+    """What a person approving the candidate reads: metrics against stable, per-class recall, the canary watch.
+
+    Args:
+        state: The run's state up to the approval (evaluation and, when it ran, the canary watch).
+
+    Returns:
+        Markdown for the approval form.
+    """
+    evaluation = read_json(state["evaluate"]["evaluation_path"])
+    metrics, baseline = evaluation["metrics"], evaluation.get("baseline") or {}
+    version = state.get("export", {}).get("version")
+    stable = f"stable (version {baseline['version']})" if baseline.get("version") else "stable (none)"
+
+    def number(value: Any) -> str:
+        return f"{value:.4f}" if isinstance(value, float) else "-"
+
+    lines = [
+        f"**Candidate version {version}** against {stable}.",
+        "",
+        f"| metric | candidate | {stable} |",
+        "|---|---:|---:|",
+        f"| test accuracy | {metrics['accuracy']:.4f} | {number(baseline.get('accuracy'))} |",
+        f"| macro F1 | {metrics['macro_f1']:.4f} | - |",
+        "",
+        "| class | candidate recall | stable recall |",
+        "|---|---:|---:|",
+    ]
+    baseline_recall = baseline.get("class_recall") or {}
+    lines += [
+        f"| {name} | {m['recall']:.4f} | {number(baseline_recall.get(name))} |"
+        for name, m in metrics["per_class"].items()
+    ]
+    lines += [
+        "",
+        "**Gate rules**: "
+        + "; ".join(("pass" if r["passed"] else "FAIL") + f": {r['reason']}" for r in evaluation.get("rules", [])),
+    ]
+    watch = state.get("watch_canary") or {}
+    if watch.get("skipped"):
+        lines += ["", f"**Canary watch**: {watch['skipped']}."]
+    elif watch:
+        lines += ["", "**Canary watch on live traffic**: " + "; ".join(watch["reasons"])]
+    lines += [
+        "",
+        "Approve moves `stable` to the candidate; Reject (or no answer in time) puts `canary` back on stable.",
+    ]
+    return "\n".join(lines)

@@ -466,6 +466,7 @@ class ModelServer:
             self.management_server.stop(grace_s)
         self.rest_server.stop()  # in-flight REST requests finish within the grace, idle connections close
         stopped.wait(grace_s)
+        self.service.close()
         self.request_logger.close()  # what was sampled before the ports closed is written and published
         self.manager.close()
         log.info("stopped", extra={"event": "stopped"})

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import logging
+import random
 import re
 import threading
 import time
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import grpc
 
-from serving.protocol import ServingError, invalid
+from serving.protocol import STABLE_LABEL, TRAFFIC_SPLIT_PREFIX, ServingError, invalid, traffic_split_percent
 from serving.server import metrics
 from serving.server.batching import BatchOptions
 from serving.server.request_log import check_logging_config
@@ -55,6 +56,28 @@ class ManagedModel:
     @property
     def name(self) -> str:
         return self.config.name
+
+
+def _check_traffic_labels(model) -> None:
+    """Refuses a malformed traffic split: one `traffic_split_<0..100>` label at most, and a `stable` beside it."""
+    splits = [label for label in model.version_labels if label.startswith(TRAFFIC_SPLIT_PREFIX)]
+    for label in splits:
+        percent = traffic_split_percent(label)
+        if percent is None or percent > 100:
+            raise invalid(f"Label {label!r} of model {model.name}: a traffic split is traffic_split_<0..100>")
+    if len(splits) > 1:
+        raise invalid(f"Model {model.name} has more than one traffic split label: {sorted(splits)}")
+    if splits and STABLE_LABEL not in model.version_labels:
+        raise invalid(f"Model {model.name}: label {splits[0]!r} needs a {STABLE_LABEL!r} label for the other requests")
+
+
+def _routed_version(labels: dict[str, int]) -> int | None:
+    """The version an unaddressed request goes to under a traffic split, or None (no split: the latest)."""
+    for label, version in labels.items():
+        percent = traffic_split_percent(label)
+        if percent is not None:
+            return version if random.random() * 100 < percent else labels[STABLE_LABEL]
+    return None
 
 
 def scan_versions(base_path: Path) -> dict[int, Path]:
@@ -196,6 +219,7 @@ class ModelManager:
             for label in model.version_labels:
                 if not _LABEL.match(label):
                     raise invalid(f"Label {label!r} of model {model.name} must match [a-zA-Z0-9_]+")
+            _check_traffic_labels(model)
             if model.HasField("logging_config"):
                 check_logging_config(model.name, model.logging_config)
 
@@ -450,6 +474,9 @@ class ModelManager:
     def resolve(self, name: str, version: int | None = None, label: str | None = None) -> Servable:
         """Returns the servable a request addresses (latest available when unspecified).
 
+        A request naming neither a version nor a label follows the model's traffic split
+        (`traffic_split_<P>` label) when it has one, and goes to the latest version otherwise.
+
         Raises:
             ServingError: NOT_FOUND for an unknown model or version, INVALID_ARGUMENT for an
                 unknown label or a request naming both a version and a label.
@@ -474,10 +501,21 @@ class ModelManager:
                         f"Servable not found for request: Specific({name}, {version})",
                     )
                 return state.servable
+            routed = _routed_version(managed.labels)
+            if routed is not None and managed.versions.get(routed) and managed.versions[routed].state == AVAILABLE:
+                return managed.versions[routed].servable
             available = [v for v, s in managed.versions.items() if s.state == AVAILABLE]
             if not available:
                 raise ServingError(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: Latest({name})")
             return managed.versions[max(available)].servable
+
+    def shadow_servable(self, name: str, label: str) -> Servable | None:
+        """The loaded version under `label` of model `name` (the shadow), or None."""
+        with self._lock:
+            managed = self._models.get(name)
+            version = managed.labels.get(label) if managed else None
+            state = managed.versions.get(version) if version is not None else None
+            return state.servable if state is not None and state.state == AVAILABLE else None
 
     def logging_config(self, name: str):
         """The model's `logging_config` (request logging), or None when it has none."""

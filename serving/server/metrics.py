@@ -6,6 +6,8 @@ import bisect
 import threading
 from collections import defaultdict
 
+from serving import protocol
+
 REQUEST_COUNT = ":tensorflow:serving:request_count"
 REQUEST_LATENCY = ":tensorflow:serving:request_latency"
 BATCH_SIZE = ":tensorflow:serving:batching_session:processed_batch_size"
@@ -13,6 +15,10 @@ QUEUING_LATENCY = ":tensorflow:serving:batching_session:queuing_latency"
 # Not in TF Serving (it has no queue-depth metric): this project's own, under its own prefix.
 BATCH_QUEUE_TASKS = ":mlops:serving:batching_queue_tasks"
 BATCH_QUEUE_ROWS = ":mlops:serving:batching_queue_rows"
+# Per answering version (serving.protocol names them for the client side); label values stay bounded:
+# only loaded versions answer.
+VERSION_REQUEST_COUNT, VERSION_REQUEST_LATENCY = protocol.VERSION_REQUEST_COUNT, protocol.VERSION_REQUEST_LATENCY
+SHADOW_DROPPED = ":mlops:serving:shadow_dropped"
 LOAD_COUNT = ":tensorflow:cc:saved_model:load_attempt_count"
 MODEL_VERSIONS = ":tensorflow:serving:model_versions_available"
 

@@ -154,14 +154,23 @@ class RequestLogger:
         requested: tuple[int | None, str | None],
         inputs: dict[str, np.ndarray],
         outputs: dict[str, np.ndarray],
-    ) -> None:
-        """Samples one answered Predict call; never blocks and never raises into the request."""
+        *,
+        sampled: bool = False,
+    ) -> bool:
+        """Samples one answered Predict call; never blocks and never raises into the request.
+
+        Args:
+            sampled: Log it without drawing (a shadow answer to a request already sampled).
+
+        Returns:
+            True when the call was sampled (whether or not the full queue then dropped it).
+        """
         config = self.logging_config_of(servable.name)
         if config is None:
-            return
+            return False
         rate = config.sampling_config.sampling_rate
-        if rate <= 0.0 or (rate < 1.0 and self._random.random() >= rate):
-            return
+        if not sampled and (rate <= 0.0 or (rate < 1.0 and self._random.random() >= rate)):
+            return False
         record = _Record(
             config.log_collector_config.filename_prefix,
             config.sampling_config,
@@ -178,6 +187,7 @@ class RequestLogger:
             self._queue.put_nowait(record)
         except queue.Full:
             self.registry.inc(REQUEST_LOG_DROPPED, model_name=servable.name)
+        return True
 
     def _run(self) -> None:
         while True:

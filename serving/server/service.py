@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -16,7 +18,7 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
-from serving.protocol import ServingError, invalid
+from serving.protocol import SHADOW_LABEL, ServingError, invalid
 from serving.server import metrics
 from serving.server.manager import ModelManager, VersionState
 from serving.server.request_log import RequestLogger
@@ -40,6 +42,7 @@ class ServingService:
         request_logger: Writes sampled Predict calls of models with a `logging_config` (None: off).
         request_log_roots: Folders a reloaded config's request-log prefixes must lie under
             (empty: a reloaded config may not turn request logging on).
+        shadow_queue_size: Shadow requests waiting or running at most; more are dropped and counted.
     """
 
     def __init__(
@@ -50,6 +53,7 @@ class ServingService:
         base_path_roots: tuple[Path, ...] = (),
         request_logger: RequestLogger | None = None,
         request_log_roots: tuple[Path, ...] = (),
+        shadow_queue_size: int = 100,
     ):
         self.manager = manager
         self.registry = registry
@@ -57,6 +61,9 @@ class ServingService:
         self.base_path_roots = base_path_roots
         self.request_logger = request_logger
         self.request_log_roots = request_log_roots
+        # One thread: a shadow answer must never take CPU from live requests beyond one core's worth.
+        self._shadow_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shadow")
+        self._shadow_slots = threading.BoundedSemaphore(shadow_queue_size)
 
     def reload_config(self, config) -> None:
         """HandleReloadConfigRequest: the whole config, its base paths inside the allowed roots.
@@ -137,10 +144,55 @@ class ServingService:
         Args:
             requested: The (version, label) the request asked for, as the request log keeps them.
         """
-        name, outputs = servable.predict(signature, inputs, output_filter, self.request_timeout_s)
+        name, outputs = self._timed_predict(servable, signature, inputs, output_filter)
         if self.request_logger is not None:
-            self.request_logger.log_predict(servable, name, requested, inputs, outputs)
+            sampled = self.request_logger.log_predict(servable, name, requested, inputs, outputs)
+            if sampled and requested == (None, None):
+                self._mirror_to_shadow(servable.name, signature, inputs)
         return name, outputs
+
+    def _timed_predict(self, servable: Servable, signature: str, inputs, output_filter=()):
+        """servable.predict, counted and timed per answering version (what a canary watch compares)."""
+        started = time.monotonic()
+        status = "OK"
+        try:
+            return servable.predict(signature, inputs, output_filter, self.request_timeout_s)
+        except ServingError as err:
+            status = err.code.name
+            raise
+        except Exception:
+            status = "INTERNAL"
+            raise
+        finally:
+            labels = {"model_name": servable.name, "version": servable.version}
+            self.registry.inc(metrics.VERSION_REQUEST_COUNT, status=status, **labels)
+            if status == "OK":
+                micros = (time.monotonic() - started) * 1e6
+                self.registry.observe(metrics.VERSION_REQUEST_LATENCY, metrics.LATENCY_BUCKETS_US, micros, **labels)
+
+    def _mirror_to_shadow(self, model_name: str, signature: str, inputs: dict[str, np.ndarray]) -> None:
+        """Runs a sampled request on the model's `shadow` version off the request path and logs the answer."""
+        shadow = self.manager.shadow_servable(model_name, SHADOW_LABEL)
+        if shadow is None:
+            return
+        if not self._shadow_slots.acquire(blocking=False):
+            self.registry.inc(metrics.SHADOW_DROPPED, model_name=model_name)
+            return
+
+        def run() -> None:
+            try:
+                name, outputs = self._timed_predict(shadow, signature, inputs)
+                self.request_logger.log_predict(shadow, name, (None, SHADOW_LABEL), inputs, outputs, sampled=True)
+            except Exception:  # noqa: BLE001  (counted per version as an error; never reaches a client)
+                pass
+            finally:
+                self._shadow_slots.release()
+
+        self._shadow_pool.submit(run)
+
+    def close(self) -> None:
+        """Finishes the shadow requests under way (server shutdown)."""
+        self._shadow_pool.shutdown(wait=True, cancel_futures=True)
 
     @staticmethod
     def classify(servable: Servable, signature: str, model_input) -> classification_pb2.ClassificationResponse:

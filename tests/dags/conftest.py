@@ -53,6 +53,7 @@ def _serving_flags(config_file: Path) -> list[str]:
         "--allow_version_labels_for_unavailable_models",
         f"--request_log_roots={config_file.parent / 'request_logs'}",
         "--request_log_rotate_seconds=1",
+        f"--monitoring_config_file={REPO_ROOT / 'serving' / 'monitoring.config'}",  # the canary watch reads it
     ]
 
 
@@ -112,6 +113,12 @@ def dag_settings(tmp_path_factory, small_idx_dir, serving_server):
             "warmup_requests": 3,
             "smoke_test_examples": 32,
             "infra_validation_timeout_s": 120,
+            # Each canary with a stable beside it is watched on live traffic (tests send it) for 6 s.
+            "canary_watch_seconds": 6,
+            "canary_traffic_percent": 50,
+            "canary_min_requests": 20,
+            "canary_min_agreement": 0.6,  # two 1-epoch models agree less than two good ones
+            "canary_max_latency_ratio": 5.0,
         },
     }
     write_dags(DAGS_FOLDER, settings)

@@ -13,7 +13,7 @@ import pytest
 from pipeline.core.config import trigger_form_fields
 from pipeline.runner import STEP_NAMES
 from serving.client import TFServingClient
-from tests.support import REPO_ROOT
+from tests.support import REPO_ROOT, Traffic
 
 DOWNSTREAM_OF_CHECK = list(STEP_NAMES[STEP_NAMES.index("train") :])
 
@@ -99,13 +99,28 @@ def first_run(dag_bag, run_conf):
 
 
 @pytest.fixture(scope="module")
-def forced_run(first_run, dag_bag, run_conf):
-    """Phase 4: a forced run retrains and promotes version 2."""
-    return dag_bag.get_dag("fashion_mnist_training").test(run_conf=run_conf(force=True, force_reason="new labels"))
+def live_images(fashion_subset):
+    return fashion_subset["t10k"][0].reshape(-1, 28, 28)
 
 
 @pytest.fixture(scope="module")
-def dag_rollback(forced_run, dag_bag):
+def forced_run(first_run, dag_bag, run_conf, serving_server, live_images):
+    """Phase 4: a forced run retrains, watches its canary on live traffic and promotes version 2."""
+    with Traffic(serving_server["grpc_target"], live_images) as traffic:
+        run = dag_bag.get_dag("fashion_mnist_training").test(run_conf=run_conf(force=True, force_reason="new labels"))
+    return {"run": run, "traffic": traffic}
+
+
+@pytest.fixture(scope="module")
+def permuted_labels_run(forced_run, dag_bag, run_conf, serving_server, live_images, permuted_idx_dir):
+    """Phase 5: new data whose labels are all shifted by one class; its model passes the gate, not the canary."""
+    with Traffic(serving_server["grpc_target"], live_images) as traffic:
+        run = dag_bag.get_dag("fashion_mnist_training").test(run_conf=run_conf(data_source=f"idx:{permuted_idx_dir}"))
+    return {"run": run, "traffic": traffic}
+
+
+@pytest.fixture(scope="module")
+def dag_rollback(permuted_labels_run, dag_bag):
     """Phase 5: the rollback DAG puts version 1 back."""
     return dag_bag.get_dag("fashion_mnist_rollback").test(run_conf={"version": 1, "reason": "test rollback"})
 
@@ -165,10 +180,18 @@ def test_the_gate_stops_a_weak_candidate_and_serving_is_unchanged(first_run, dag
     assert _note(strict).startswith("not blessed: ") and "< min_accuracy 0.999" in _note(strict)
 
 
-def test_a_forced_run_promotes_version_2(forced_run, serving_server, images):
-    assert set(_states(forced_run).values()) == {"success"}, _states(forced_run)
+def test_a_forced_run_watches_its_canary_on_live_traffic_and_promotes_version_2(
+    forced_run, serving_server, images, dag_settings
+):
+    run = forced_run["run"]
+    assert set(_states(run).values()) == {"success"}, _states(run)
     assert _serving_labels(serving_server["config_file"]) == {"stable": 2, "canary": 2}
     assert _served_version(serving_server, "stable", images) == 2
+    assert {1, 2} <= set(forced_run["traffic"].versions)  # live requests reached both during the watch
+    watch = _xcom(run, "watch_canary", "return_value")["watch_canary"]
+    assert watch["passed"] and watch["figures"]["canary_requests"] >= 20, watch
+    events = [e["event"] for e in _lineage(dag_settings)]
+    assert events.index("canary_traffic") < events.index("canary_passed") < len(events) - 1
 
 
 def test_the_rollback_form_lists_the_published_versions_and_stable(forced_run):
@@ -183,6 +206,26 @@ def test_the_rollback_form_lists_the_published_versions_and_stable(forced_run):
     assert version.schema["values_display"]["2"].startswith("version 2, test accuracy 0.")
     assert version.schema["values_display"]["2"].endswith("(stable, canary)")
     assert "now stable: 2" in version.description
+
+
+def test_a_canary_trained_on_permuted_labels_is_rolled_back_by_the_watch(
+    permuted_labels_run, serving_server, dag_settings
+):
+    run = permuted_labels_run["run"]
+    states = _states(run)
+    assert states["gate"] == "success" and states["smoke_test"] == "success"  # a lax gate blessed it
+    assert (states["watch_canary"], states["mark_stable"], states["report"]) == ("skipped", "skipped", "success")
+    assert 3 in permuted_labels_run["traffic"].versions  # it answered live requests until it was caught
+    assert _serving_labels(serving_server["config_file"]) == {"stable": 2, "canary": 2}
+    record = _lineage(dag_settings)[-1]
+    assert (record["event"], record["rolled_back_version"], record["by"]) == (
+        "canary_rolled_back",
+        3,
+        "automatic: canary watch",
+    )
+    assert "predicted class equal to stable's" in record["reasons"][0]
+    assert _note(run).startswith("canary version 3 rolled back: predicted class equal to stable's")
+    assert _xcom(run, "watch_canary", "stop_reason").startswith("canary rolled back: ")
 
 
 def test_the_rollback_dag_restores_version_1(dag_rollback, serving_server, images):
@@ -203,7 +246,9 @@ def test_the_cli_rolls_back_and_refuses_unpublished_versions(dag_rollback, dag_s
         *[f"--{key.replace('_', '-')}={pipeline[key]}" for key in keys],
     ]
     refused = subprocess.run([*cli, "--version", "99"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
-    assert refused.returncode == 2 and "cannot roll back to version 99: published versions are [1, 2]" in refused.stderr
+    assert (
+        refused.returncode == 2 and "cannot roll back to version 99: published versions are [1, 2, 3]" in refused.stderr
+    )
     moved = subprocess.run(
         [*cli, "--version", "2", "--reason", "cli test"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
     )
