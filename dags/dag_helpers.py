@@ -16,7 +16,7 @@ from pathlib import Path
 
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Asset, BaseOperator, Param, get_current_context
-from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException, DownstreamTasksSkipped
 
 from pipeline.core.config import trigger_form_fields, trigger_form_schema
 from pipeline.core.errors import PipelineError
@@ -235,10 +235,17 @@ class CandidateApprovalOperator(ApprovalOperator):
         return super().execute(context)
 
     def execute_complete(self, context, event: dict):
+        try:
+            answer = super().execute_complete(context, event)
+        except DownstreamTasksSkipped:  # a Reject (or the timeout's default): mark_stable is being skipped
+            self._record(event, approved=False)
+            raise
+        return self._record(answer, approved=answer["chosen_options"] == [self.APPROVE])
+
+    def _record(self, answer: dict, approved: bool) -> dict:
+        """Records the decision in the lineage log; a rejection withdraws the canary. Returns the new state."""
         from pipeline import runner
 
-        answer = super().execute_complete(context, event)  # a Reject skips mark_stable
-        approved = answer["chosen_options"] == [self.APPROVE]
         user = answer.get("responded_by_user") or {}
         by = user.get("name") or user.get("id") or f"nobody within {self.response_timeout} (timeout: rejected)"
         outcome = fail_on_pipeline_error(runner.record_approval, current_config(), self.state, approved, by)

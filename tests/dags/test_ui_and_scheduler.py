@@ -30,8 +30,8 @@ from tests.dags.airflow_api import (
     wait_for_dag,
     wait_for_run,
 )
-from tests.dags.conftest import DAGS_FOLDER
-from tests.support import REPO_ROOT, wait_for
+from tests.dags.conftest import write_dags
+from tests.support import REPO_ROOT, Traffic, wait_for
 
 ARTIFACTS = REPO_ROOT / "test-artifacts"
 
@@ -39,12 +39,15 @@ ARTIFACTS = REPO_ROOT / "test-artifacts"
 @pytest.fixture(scope="module")
 def standalone(tmp_path_factory, dag_settings, serving_server, postgres_url):
     home = tmp_path_factory.mktemp("standalone-home")
+    # This deployment asks a person before `stable` moves (dag.test cannot answer Airflow's approval form).
+    dags_folder = home / "dags"
+    write_dags(dags_folder, {**dag_settings, "approval_required": True, "approval_timeout_minutes": 15})
     port = free_port()
     venv_bin = Path(sys.executable).parent
     env = {
         **os.environ,
         "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_FOLDER),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(dags_folder),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__PARALLELISM": "4",
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
@@ -103,7 +106,51 @@ def _task_log_problems(home: Path, run_id: str) -> dict[str, list[str]]:
     return problems
 
 
-def test_scheduler_runs_the_dag_triggered_through_the_rest_api(standalone, serving_server):
+def _trigger_forced_run(airflow: dict, reason: str) -> str:
+    runs = f"{airflow['base']}/api/v2/dags/{DAG_ID}/dagRuns"
+    conf = {"force": True, "force_reason": reason}
+    status, reply = request(runs, "POST", {"logical_date": None, "conf": conf}, airflow["token"])
+    assert status == 200, reply
+    return reply["dag_run_id"]
+
+
+def _approval_url(airflow: dict, run_id: str) -> str:
+    return f"{airflow['base']}/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/approve/-1/hitlDetails"
+
+
+def _wait_for_approval(airflow: dict, run_id: str) -> dict:
+    """Waits until the run's `approve` task asks for a decision; returns its request (subject, body...)."""
+
+    def asking():
+        if task_states(airflow, run_id).get("watch_canary") in ("skipped", "failed", "upstream_failed"):
+            raise AssertionError(f"the canary watch did not pass: {task_states(airflow, run_id)}")
+        status, detail = request(_approval_url(airflow, run_id), token=airflow["token"])
+        return detail if status == 200 and task_states(airflow, run_id)["approve"] == "awaiting_input" else None
+
+    detail = wait_for(asking, 900, "the approval request", interval=3)
+    # Airflow 3.3 races when an answer comes within a second of the request: the scheduler, still to
+    # process the executor's event for the paused try, takes the resumed task for one changed
+    # externally and retries it (asking again). A person never answers that fast.
+    time.sleep(5)
+    return detail
+
+
+def _answer(airflow: dict, run_id: str, option: str) -> int:
+    """Answers the approval form as the logged-in admin; returns the HTTP status."""
+    return request(_approval_url(airflow, run_id), "PATCH", {"chosen_options": [option]}, airflow["token"])[0]
+
+
+def _lineage_records(dag_settings: dict, event: str) -> list[dict]:
+    path = Path(dag_settings["pipeline"]["workdir"]) / "lineage.jsonl"
+    return [record for line in path.read_text().splitlines() if (record := json.loads(line))["event"] == event]
+
+
+@pytest.fixture(scope="module")
+def live_images(fashion_subset):
+    return fashion_subset["t10k"][0].reshape(-1, 28, 28)
+
+
+def test_scheduler_runs_the_dag_triggered_through_the_rest_api(standalone, serving_server, dag_settings, live_images):
     from tests.dags.test_training_dag import _serving_labels
 
     wait_for_dag(standalone)
@@ -113,16 +160,26 @@ def test_scheduler_runs_the_dag_triggered_through_the_rest_api(standalone, servi
         assert status in (400, 422) and named in json.dumps(reply), reply  # refused (not clamped) before a run
 
     before = _serving_labels(serving_server["config_file"]).get("stable", 0)
-    status, reply = request(
-        runs, "POST", {"logical_date": None, "conf": {"force": True, "force_reason": "REST test"}}, standalone["token"]
+    # Live traffic for the canary watch (run by the triggerer), then a person approves in Airflow.
+    with Traffic(serving_server["grpc_target"], live_images):
+        run_id = _trigger_forced_run(standalone, "REST test")
+        approval = _wait_for_approval(standalone, run_id)
+    assert approval["subject"].startswith("Promote fashion_mnist version ")
+    assert (
+        "| test accuracy |" in approval["body"] and "| class | candidate recall | stable recall |" in approval["body"]
     )
-    assert status == 200, reply
-    run_id = reply["dag_run_id"]
+    # Run alone, this deployment has nothing stable yet: no canary to watch (the reject test watches one).
+    watched = "**Canary watch on live traffic**: ok: " if before else "**Canary watch**: nothing stable to compare"
+    assert watched in approval["body"], approval["body"]
+    assert approval["defaults"] == ["Reject"]  # no answer in time: rejected
+    assert _answer(standalone, run_id, "Approve") == 200
     state = wait_for_run(standalone, run_id)
     assert state == "success", task_states(standalone, run_id)
     assert set(task_states(standalone, run_id).values()) == {"success"}
     stable = _serving_labels(serving_server["config_file"])["stable"]
     assert stable > before
+    decision = _lineage_records(dag_settings, "approval")[-1]
+    assert (decision["version"], decision["approved"], decision["by"]) == (stable, True, "admin")
     # The outcome at a glance: the scheduler's listener (the project's plugin) wrote the run's note.
     assert wait_for(lambda: _run(standalone, run_id)["note"], 30, "the run note").startswith(
         f"promoted version {stable} to stable (test accuracy 0."
@@ -138,6 +195,28 @@ def test_scheduler_runs_the_dag_triggered_through_the_rest_api(standalone, servi
     assert fetch_text(report_url)[0] in (401, 403)
     status, page = fetch_text(f"{standalone['base']}/mlops/registry/{DAG_ID}", standalone["token"])
     assert status == 200 and f"<td>{stable}</td><td>stable, canary</td>" in page
+
+
+def test_a_rejected_candidate_is_withdrawn_and_stable_stays(standalone, serving_server, dag_settings, live_images):
+    from tests.dags.test_training_dag import _serving_labels
+
+    wait_for_dag(standalone)
+    before = _serving_labels(serving_server["config_file"])["stable"]
+    with Traffic(serving_server["grpc_target"], live_images):
+        run_id = _trigger_forced_run(standalone, "reject test")
+        approval = _wait_for_approval(standalone, run_id)
+    # The watch ran in the triggerer on live traffic and passed before the person was asked.
+    assert "**Canary watch on live traffic**: ok: " in approval["body"], approval["body"]
+    assert _answer(standalone, run_id, "Reject") == 200
+    assert wait_for_run(standalone, run_id) == "success"  # a decision, not a failure
+    states = task_states(standalone, run_id)
+    assert (states["approve"], states["mark_stable"], states["report"]) == ("success", "skipped", "success")
+    assert _serving_labels(serving_server["config_file"]) == {"stable": before, "canary": before}
+    rejected = _lineage_records(dag_settings, "canary_rejected")[-1]
+    assert rejected["by"] == "admin" and rejected["previous"] > before and rejected["labels"]["canary"] == before
+    assert _lineage_records(dag_settings, "canary_passed")[-1]["version"] == rejected["previous"]
+    note = wait_for(lambda: _run(standalone, run_id)["note"], 30, "the run note")
+    assert note == f"version {rejected['previous']} not approved (admin): canary withdrawn"
 
 
 def _drift_run(airflow: dict) -> dict:

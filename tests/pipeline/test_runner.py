@@ -19,6 +19,7 @@ def test_the_sequence_is_the_documented_one():
         "infra_validate",
         "promote_canary",
         "smoke_test",
+        "watch_canary",
         "mark_stable",
     )
     assert all(step.help for step in runner.STEPS)
