@@ -175,6 +175,7 @@ def render_run_report(config: PipelineConfig, state: dict[str, dict[str, Any]]) 
         parts.append(_evaluation_section(read_json(evaluate["evaluation_path"])))
     if train and train.get("model_path"):
         parts.append(_training_section(train))
+    parts.append(_release_section(state))
     images = []
     if evaluate:
         images.append("<div><h2>Confusion matrix</h2>" + _image(evaluate.get("confusion_matrix_png")) + "</div>")
@@ -191,6 +192,25 @@ def render_run_report(config: PipelineConfig, state: dict[str, dict[str, Any]]) 
             f"{html.escape(ingest['fingerprint'][:16])}, splits {html.escape(json.dumps(ingest['splits']))}</p>"
         )
     return _page(f"{config.model_name} run {config.run_id}", "".join(parts))
+
+
+def _release_section(state: dict[str, dict[str, Any]]) -> str:
+    """The canary watch's checks and the approval, when the run got that far."""
+    watch, approval = state.get("watch_canary"), state.get("approve")
+    if not watch and not approval:
+        return ""
+    parts = ["<h2>Canary on live traffic</h2>"]
+    if watch and watch.get("skipped"):
+        parts.append(f"<p class=muted>{html.escape(watch['skipped'])}</p>")
+    elif watch:
+        verdict = "passed" if watch["passed"] else "ROLLED BACK"
+        rows = [[reason.split(": ", 1)[0], reason.split(": ", 1)[-1]] for reason in watch["reasons"]]
+        figures = ", ".join(f"{key} {value}" for key, value in watch["figures"].items() if value is not None)
+        parts.append(f"<p>{verdict}: {html.escape(figures)}</p>" + _table(["result", "check"], rows))
+    if approval:
+        decision = "approved" if approval["approved"] else "not approved (canary withdrawn)"
+        parts.append(f"<p>Approval: {decision} by {html.escape(str(approval['by']))}</p>")
+    return "".join(parts)
 
 
 def report_path(config: PipelineConfig) -> Path:

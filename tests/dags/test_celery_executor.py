@@ -31,7 +31,7 @@ from tests.dags.airflow_api import (
     wait_for_run,
 )
 from tests.dags.conftest import write_dags
-from tests.support import REPO_ROOT
+from tests.support import REPO_ROOT, Traffic
 
 
 @pytest.fixture(scope="module")
@@ -93,22 +93,24 @@ def _tasks_run_by(worker_log: str, run_id: str) -> set[str]:
 
 
 def test_train_runs_on_the_training_queue_worker_and_the_rest_on_the_default_worker(
-    celery_airflow, serving_server, dag_settings
+    celery_airflow, serving_server, dag_settings, fashion_subset
 ):
     from tests.dags.test_training_dag import _serving_labels
 
     wait_for_dag(celery_airflow)
     before = _serving_labels(serving_server["config_file"]).get("stable", 0)
     runs = f"{celery_airflow['base']}/api/v2/dags/{DAG_ID}/dagRuns"
-    status, reply = request(
-        runs,
-        "POST",
-        {"logical_date": None, "conf": {"force": True, "force_reason": "celery test"}},
-        celery_airflow["token"],
-    )
-    assert status == 200, reply
-    run_id = reply["dag_run_id"]
-    state = wait_for_run(celery_airflow, run_id)
+    # Live requests for the canary watch (deferred to the stack's triggerer) when a stable model serves.
+    with Traffic(serving_server["grpc_target"], fashion_subset["t10k"][0].reshape(-1, 28, 28)):
+        status, reply = request(
+            runs,
+            "POST",
+            {"logical_date": None, "conf": {"force": True, "force_reason": "celery test"}},
+            celery_airflow["token"],
+        )
+        assert status == 200, reply
+        run_id = reply["dag_run_id"]
+        state = wait_for_run(celery_airflow, run_id)
     stack = celery_airflow["stack"]
     instances = task_instances(celery_airflow, run_id)
     assert state == "success", {t: ti["state"] for t, ti in instances.items()}

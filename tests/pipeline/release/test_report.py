@@ -55,3 +55,47 @@ def test_the_run_report_shows_metrics_baseline_plots_and_the_model_card(publishe
     assert page.count("data:image/png;base64,") == 2  # confusion matrix and training curves, inline
     assert "Model card" in page and '"model_name": "fashion_mnist"' in page
     assert "<script" not in page  # class names and reasons are escaped, never markup
+
+
+def test_a_rolled_back_or_rejected_canary_is_the_outcome_and_the_report_shows_the_checks(published, trained_run):
+    watch = {
+        "version": 2,
+        "passed": False,
+        "rolled_back": True,
+        "reasons": ["FAIL: predicted class equal to stable's on 9 of 90 logged canary answers (10.0%)", "ok: errors"],
+        "figures": {"canary_requests": 40, "agreement": 0.1},
+    }
+    state = {
+        "evaluate": trained_run["evaluate"].to_dict(),
+        "gate": {"blessed": True, "reasons": []},
+        "export": {"version_dir": str(published.model_dir / "2"), "version": 2},
+        "watch_canary": watch,
+    }
+    outcome = run_outcome(state)
+    assert (outcome.outcome, outcome.version) == ("canary_rolled_back", 2)
+    assert (
+        outcome.summary
+        == "canary version 2 rolled back: predicted class equal to stable's on 9 of 90 logged canary answers (10.0%)"
+    )
+    page = write_run_report(published.replace(run_id="rolled-back"), state).read_text()
+    assert "<h2>Canary on live traffic</h2><p>ROLLED BACK: canary_requests 40, agreement 0.1</p>" in page
+    assert "<td>FAIL</td><td>predicted class equal" in page
+    passed = {**watch, "passed": True, "rolled_back": False, "reasons": ["ok: errors"]}
+    rejected = {**state, "watch_canary": passed, "approve": {"approved": False, "by": "alice", "version": 2}}
+    assert run_outcome(rejected).summary == "version 2 not approved (alice): canary withdrawn"
+
+
+def test_the_approval_form_compares_the_candidate_with_stable(trained_run):
+    from pipeline.release.report import approval_markdown
+
+    state = {
+        "evaluate": trained_run["evaluate"].to_dict(),
+        "export": {"version": 2},
+        "watch_canary": {"passed": True, "reasons": ["ok: 60 canary answers", "ok: agreement 97%"], "figures": {}},
+    }
+    body = approval_markdown(state)
+    accuracy = trained_run["evaluate"].accuracy
+    assert body.startswith("**Candidate version 2** against stable (none).")
+    assert f"| test accuracy | {accuracy:.4f} | - |" in body
+    assert "| T-shirt/top | " in body and "**Gate rules**: pass: " in body
+    assert "**Canary watch on live traffic**: ok: 60 canary answers; ok: agreement 97%" in body
