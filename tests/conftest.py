@@ -12,7 +12,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from pipeline.data.idx import write_idx_folder  # noqa: E402
-from tests.support import read_fashion_mnist  # noqa: E402
+from tests.support import read_fashion_mnist, train_small_run  # noqa: E402
 
 TRAIN_EXAMPLES = 2000
 TEST_EXAMPLES = 500
@@ -66,27 +66,7 @@ def make_config(tmp_path, small_idx_dir):
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, small_idx_dir):
     """One ingested snapshot and a 1-epoch model, evaluated, shared by read-only tests."""
-    from pipeline.core.config import PipelineConfig
-    from pipeline.data.ingest import ingest
-    from pipeline.training.evaluate import evaluate
-    from pipeline.training.train import train
-
-    root = tmp_path_factory.mktemp("trained")
-    config = PipelineConfig(
-        data_source=f"idx:{small_idx_dir}",
-        workdir=str(root / "work"),
-        model_base_path=str(root / "models"),
-        run_id="shared",
-        epochs=1,
-        batch_size=64,
-        shuffle_buffer=512,
-        min_accuracy=0.5,
-        warmup_requests=4,
-    ).validate()
-    snapshot = ingest(config)
-    trained = train(config, snapshot)
-    evaluated = evaluate(config, snapshot, trained.model_path)
-    return {"config": config, "snapshot": snapshot, "train": trained, "evaluate": evaluated}
+    return train_small_run(tmp_path_factory.mktemp("trained"), f"idx:{small_idx_dir}", "shared")
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -75,6 +75,34 @@ def wait_for(condition: Callable[[], Any], timeout: float = 60.0, what: str = "a
     raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
 
 
+def train_small_run(root: Path, data_source: str, run_id: str) -> dict:
+    """Ingests `data_source` under `root`, trains a 1-epoch model and evaluates it (min_accuracy 0.5).
+
+    Returns:
+        {"config", "snapshot", "train", "evaluate"}, as `export_candidate` takes it.
+    """
+    from pipeline.core.config import PipelineConfig
+    from pipeline.data.ingest import ingest
+    from pipeline.training.evaluate import evaluate
+    from pipeline.training.train import train
+
+    config = PipelineConfig(
+        data_source=data_source,
+        workdir=str(root / "work"),
+        model_base_path=str(root / "models"),
+        run_id=run_id,
+        epochs=1,
+        batch_size=64,
+        shuffle_buffer=512,
+        min_accuracy=0.5,
+        warmup_requests=4,
+    ).validate()
+    snapshot = ingest(config)
+    trained = train(config, snapshot)
+    evaluated = evaluate(config, snapshot, trained.model_path)
+    return {"config": config, "snapshot": snapshot, "train": trained, "evaluate": evaluated}
+
+
 def export_candidate(trained_run: dict, config, **kwargs):
     """Exports the shared trained run's model under `config` (its model base path and name)."""
     from pipeline.training.export import export

@@ -37,6 +37,7 @@ from pipeline.release import promotion
 log = logging.getLogger(__name__)
 
 WATCHED_BY = "automatic: canary watch"
+OK, FAIL, WAIT = "ok", "FAIL", "waiting"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,18 +201,19 @@ def judge(config: PipelineConfig, plan: dict[str, Any], final: bool) -> Verdict:
         "stable_mean_latency_ms": stable.mean_latency_ms,
         "seconds": round(time.time() - plan["started_at"], 1),
     }
-    checks: list[tuple[bool, str]] = []
+    # Each check is OK, FAIL, or WAIT (too little evidence yet: a failure only once the window has ended).
+    checks: list[tuple[str, str]] = []
     enough = canary.requests >= config.canary_min_requests
     checks.append(
         (
-            enough,
+            OK if enough else FAIL if final else WAIT,
             f"{int(canary.requests)} canary answers (canary_min_requests {config.canary_min_requests})",
         )
     )
     excess = canary.error_rate - stable.error_rate
     checks.append(
         (
-            excess <= config.canary_max_error_rate,
+            OK if excess <= config.canary_max_error_rate else FAIL,
             f"error rate {canary.error_rate:.2%} vs stable {stable.error_rate:.2%} "
             f"(canary_max_error_rate {config.canary_max_error_rate:.2%} above stable)",
         )
@@ -221,28 +223,28 @@ def judge(config: PipelineConfig, plan: dict[str, Any], final: bool) -> Verdict:
         figures["latency_ratio"] = round(ratio, 3)
         checks.append(
             (
-                ratio <= config.canary_max_latency_ratio,
+                OK if ratio <= config.canary_max_latency_ratio else FAIL,
                 f"mean latency {canary.mean_latency_ms:.2f} ms vs stable {stable.mean_latency_ms:.2f} ms: ratio "
                 f"{ratio:.2f} (canary_max_latency_ratio {config.canary_max_latency_ratio:g})",
             )
         )
     if config.canary_min_agreement is not None and enough:
+        # The request logs are published on rotation: the answers logged so far may trail the counters.
         compared, agreed = agreement(config, plan)
         share = agreed / compared if compared else 0.0
         figures.update(compared=compared, agreement=round(share, 4))
+        measured = compared >= config.canary_min_requests
         checks.append(
             (
-                compared >= config.canary_min_requests and share >= config.canary_min_agreement,
+                (OK if share >= config.canary_min_agreement else FAIL) if measured else FAIL if final else WAIT,
                 f"predicted class equal to stable's on {agreed} of {compared} logged canary answers ({share:.1%}; "
                 f"canary_min_agreement {config.canary_min_agreement:.0%}, on at least {config.canary_min_requests})",
             )
         )
-    reasons = [("ok: " if passed else "FAIL: ") + text for passed, text in checks]
-    reasons.sort(key=lambda reason: not reason.startswith("FAIL"))
-    failed_on_enough = enough and any(not passed for passed, _ in checks)
-    if failed_on_enough or final:
-        passed = all(passed for passed, _ in checks)
-        return Verdict(True, passed, reasons, figures)
+    reasons = [f"{state}: {text}" for state, text in sorted(checks, key=lambda check: check[0] != FAIL)]
+    failed = any(state == FAIL for state, _ in checks)
+    if final or (enough and failed):  # a failure on too few answers may be chance: it waits for more
+        return Verdict(True, not failed, reasons, figures)
     return Verdict(False, False, reasons, figures)
 
 

@@ -103,22 +103,17 @@ class ServingService:
         built for TF Serving work unchanged.
         """
         started = time.monotonic()
-        status = "OK"
+        status = _CallStatus()
         try:
-            yield
-        except ServingError as err:
-            status = err.code.name
-            raise
-        except Exception:
-            status = "INTERNAL"
-            raise
+            with status:
+                yield
         finally:
             # Only configured models get their own series: a request naming a model that does not
             # exist would otherwise add one that lives forever (1,000 made-up names: +1 GB).
             if not self.manager.is_configured(model_name):
                 model_name = metrics.UNKNOWN_MODEL
-            self.registry.inc(metrics.REQUEST_COUNT, model_name=model_name, status=status)
-            if status == "OK" and api in _TIMED_APIS:
+            self.registry.inc(metrics.REQUEST_COUNT, model_name=model_name, status=status.name)
+            if status.name == "OK" and api in _TIMED_APIS:
                 self.registry.observe(
                     metrics.REQUEST_LATENCY,
                     metrics.LATENCY_BUCKETS_US,
@@ -154,19 +149,14 @@ class ServingService:
     def _timed_predict(self, servable: Servable, signature: str, inputs, output_filter=()):
         """servable.predict, counted and timed per answering version (what a canary watch compares)."""
         started = time.monotonic()
-        status = "OK"
+        status = _CallStatus()
         try:
-            return servable.predict(signature, inputs, output_filter, self.request_timeout_s)
-        except ServingError as err:
-            status = err.code.name
-            raise
-        except Exception:
-            status = "INTERNAL"
-            raise
+            with status:
+                return servable.predict(signature, inputs, output_filter, self.request_timeout_s)
         finally:
             labels = {"model_name": servable.name, "version": servable.version}
-            self.registry.inc(metrics.VERSION_REQUEST_COUNT, status=status, **labels)
-            if status == "OK":
+            self.registry.inc(metrics.VERSION_REQUEST_COUNT, status=status.name, **labels)
+            if status.name == "OK":
                 micros = (time.monotonic() - started) * 1e6
                 self.registry.observe(metrics.VERSION_REQUEST_LATENCY, metrics.LATENCY_BUCKETS_US, micros, **labels)
 
@@ -234,6 +224,21 @@ class ServingService:
         _fill_spec(response.model_spec, servable, "")
         response.metadata["signature_def"].CopyFrom(packed)
         return response
+
+
+class _CallStatus:
+    """A call's status as the metrics name it: OK, a ServingError's code, or INTERNAL (set when it raises)."""
+
+    def __init__(self):
+        self.name = "OK"
+
+    def __enter__(self) -> _CallStatus:
+        return self
+
+    def __exit__(self, kind, error, traceback) -> bool:
+        if error is not None:
+            self.name = error.code.name if isinstance(error, ServingError) else "INTERNAL"
+        return False  # the error goes on to the caller
 
 
 def _fill_spec(spec, servable: Servable, signature_name: str) -> None:

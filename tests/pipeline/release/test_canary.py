@@ -12,40 +12,21 @@ import pytest
 
 from pipeline import runner
 from pipeline.core import lineage
-from pipeline.core.config import PipelineConfig
 from pipeline.release import canary, promotion
 from pipeline.release.promotion import ServingState, apply_state, read_state
 from pipeline.release.report import CANARY_ROLLED_BACK, run_outcome
 from serving.client import TFServingClient
-from tests.support import Traffic, export_candidate, start_test_server
+from tests.support import Traffic, export_candidate, start_test_server, train_small_run
 
 GOOD, SAME_AGAIN, PERMUTED = 1, 2, 3
 
 
 @pytest.fixture(scope="module")
 def permuted_run(tmp_path_factory, permuted_idx_dir):
-    """A 1-epoch model trained on the subset with every label shifted by one class."""
-    from pipeline.data.ingest import ingest
-    from pipeline.training.evaluate import evaluate
-    from pipeline.training.train import train
-
-    root = tmp_path_factory.mktemp("permuted")
-    config = PipelineConfig(
-        data_source=f"idx:{permuted_idx_dir}",
-        workdir=str(root / "work"),
-        model_base_path=str(root / "models"),
-        run_id="permuted",
-        epochs=1,
-        batch_size=64,
-        shuffle_buffer=512,
-        min_accuracy=0.5,  # the lax gate it passes
-        warmup_requests=4,
-    ).validate()
-    snapshot = ingest(config)
-    trained = train(config, snapshot)
-    evaluated = evaluate(config, snapshot, trained.model_path)
-    assert evaluated.blessed, evaluated.reasons
-    return {"config": config, "snapshot": snapshot, "train": trained, "evaluate": evaluated}
+    """A 1-epoch model trained on the subset with every label shifted by one class (a lax gate blesses it)."""
+    run = train_small_run(tmp_path_factory.mktemp("permuted"), f"idx:{permuted_idx_dir}", "permuted")
+    assert run["evaluate"].blessed, run["evaluate"].reasons
+    return run
 
 
 @pytest.fixture(scope="module")
@@ -149,3 +130,20 @@ def test_no_watch_without_a_configured_window_or_a_stable_version(live):
     assert "no canary watch configured" in canary.watch(config.replace(canary_watch_seconds=0), 2, "test")["skipped"]
     apply_state(config, ServingState(None, GOOD))
     assert "nothing stable" in canary.watch(config, GOOD, "test")["skipped"]
+
+
+def test_agreement_waits_for_published_request_logs_and_fails_only_at_the_end(live, fashion_subset, tmp_path):
+    config, server = live
+    _release(config, SAME_AGAIN)
+    plan = canary.start_watch(config, SAME_AGAIN, "test")
+    config = config.replace(request_log_dir=str(tmp_path / "not-yet-published"))  # the judge sees no log file yet
+    with TFServingClient(server.grpc_target, server.rest_url) as client:
+        images = _test_images(fashion_subset)[:8]
+        while canary._window(config, plan, SAME_AGAIN).requests < 20:
+            client.predict("fashion_mnist", {"images": images})
+    during = canary.judge(config, plan, final=False)
+    assert not during.decided  # enough answers counted, none logged yet: no verdict on that
+    assert during.reasons[-1].startswith("waiting: predicted class equal to stable's on 0 of 0 logged")
+    at_the_end = canary.judge(config, plan, final=True)
+    assert at_the_end.decided and not at_the_end.passed
+    assert at_the_end.reasons[0].startswith("FAIL: predicted class equal to stable's on 0 of 0")
