@@ -107,9 +107,11 @@ def train(config: PipelineConfig, state: State, by: str) -> dict[str, Any]:
 
 def evaluate(config: PipelineConfig, state: State, by: str) -> dict[str, Any]:
     """Evaluates the model and applies the gate's rules; returns evaluation.json's path and the decision."""
+    from pipeline.release.promotion import read_state
     from pipeline.training.evaluate import evaluate as evaluate_model
 
-    return evaluate_model(config, _snapshot(state), needed(state, "train", "model_path")).to_dict()
+    stable = read_state(config).stable  # the baseline: what serves
+    return evaluate_model(config, _snapshot(state), needed(state, "train", "model_path"), stable).to_dict()
 
 
 def gate(config: PipelineConfig, state: State, by: str) -> dict[str, Any]:

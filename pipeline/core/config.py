@@ -162,7 +162,9 @@ class PipelineConfig:
         minimum=0,
         maximum=1,
     )
-    baseline_version: int | None = _field(None, "Published version to compare against (default: the newest one).")
+    baseline_version: int | None = _field(
+        None, "Published version to compare against (default: the one labelled stable, else the newest one)."
+    )
 
     # Export
     model_base_path: str = _field(

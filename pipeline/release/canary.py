@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 WATCHED_BY = "automatic: canary watch"
 OK, FAIL, WAIT = "ok", "FAIL", "waiting"
+AGREEMENT_SAMPLE = 2048  # logged canary answers re-asked of stable per judgement, at most
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,7 +159,8 @@ def agreement(config: PipelineConfig, plan: dict[str, Any]) -> tuple[int, int]:
     """Compares the canary's logged answers since the watch began with `stable`'s on the same images.
 
     Returns:
-        (answers compared, answers whose predicted class equals stable's).
+        (answers compared, answers whose predicted class equals stable's); at most AGREEMENT_SAMPLE
+        answers, drawn uniformly from all logged since the start, are compared.
     """
     from pipeline.release.drift import read_request_logs
 
@@ -170,6 +172,10 @@ def agreement(config: PipelineConfig, plan: dict[str, Any]) -> tuple[int, int]:
     canary = logged.where((logged.versions == plan["version"]) & (logged.timestamps >= math.floor(plan["started_at"])))
     if not len(canary.images):
         return 0, 0
+    if len(canary.images) > AGREEMENT_SAMPLE:  # a uniform sample keeps each judgement's cost flat as logs grow
+        chosen = np.zeros(len(canary.images), bool)
+        chosen[np.random.default_rng(0).choice(len(canary.images), AGREEMENT_SAMPLE, replace=False)] = True
+        canary = canary.where(chosen)
     stable_answers = []
     with promotion.serving_client(config) as client:
         for start in range(0, len(canary.images), 256):

@@ -141,7 +141,9 @@ class RuleCheck:
     reason: str
 
 
-def _baseline(config: PipelineConfig, snapshot: Snapshot, images, labels, notes: list[str]) -> Baseline | None:
+def _baseline(
+    config: PipelineConfig, snapshot: Snapshot, images, labels, notes: list[str], serving: int | None
+) -> Baseline | None:
     """Evaluates the published baseline; None (with a note saying why) when there is none to compare."""
     versions = model_repo.published_versions(config.model_dir)
     if config.baseline_version is not None:
@@ -149,6 +151,9 @@ def _baseline(config: PipelineConfig, snapshot: Snapshot, images, labels, notes:
             notes.append(f"baseline version {config.baseline_version} is not published: no baseline")
             return None
         version = config.baseline_version
+    elif serving in versions:
+        # What serves, not the newest version: that may be a canary that was rolled back or rejected.
+        version = serving
     elif versions:
         version = versions[-1]
     else:
@@ -217,13 +222,17 @@ def gate_rules(metrics: dict[str, Any], baseline: Baseline | None, config: Pipel
     return checks
 
 
-def evaluate(config: PipelineConfig, snapshot: Snapshot, model_path: str | Path) -> EvaluationResult:
+def evaluate(
+    config: PipelineConfig, snapshot: Snapshot, model_path: str | Path, serving: int | None = None
+) -> EvaluationResult:
     """Runs the evaluate stage.
 
     Args:
         config: Uses `test_split`, the gate thresholds and the model base path.
         snapshot: The data snapshot.
         model_path: The trained Keras model (`model.keras`).
+        serving: The version labelled `stable`, the default baseline (else the newest published
+            version; `config.baseline_version` overrides both).
 
     Returns:
         The metrics, the gate decision and where they were written.
@@ -232,7 +241,7 @@ def evaluate(config: PipelineConfig, snapshot: Snapshot, model_path: str | Path)
     images, labels = snapshot.split_arrays(config.test_split)
     metrics = classification_metrics(labels, predict_keras(Path(model_path), images), snapshot.class_names)
     notes: list[str] = []
-    baseline = _baseline(config, snapshot, images, labels, notes)
+    baseline = _baseline(config, snapshot, images, labels, notes, serving)
     rules = gate_rules(metrics, baseline, config)
     blessed = all(check.passed for check in rules)
     # The failing rules first: they are what a person reads in a one-line summary.

@@ -85,6 +85,11 @@ def test_published_model_is_the_baseline_and_the_gate_can_refuse(trained_run, ma
     assert same.baseline_accuracy == pytest.approx(same.accuracy, abs=1e-6)  # Same model, same answers.
     assert same.blessed
 
+    newer = export_candidate(trained_run, config)  # e.g. a canary that was rolled back: published, not serving
+    against_stable = evaluate(config, trained_run["snapshot"], trained_run["train"].model_path, published.version)
+    assert (newer.version, against_stable.baseline_version) == (published.version + 1, published.version)
+    assert evaluate(config, trained_run["snapshot"], trained_run["train"].model_path).baseline_version == newer.version
+
     strict = evaluate(config.replace(min_accuracy=0.999), trained_run["snapshot"], trained_run["train"].model_path)
     assert not strict.blessed
     assert strict.reasons[0].endswith("< min_accuracy 0.999")  # the failing rule first
