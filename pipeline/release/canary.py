@@ -25,7 +25,6 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -150,9 +149,10 @@ def start_watch(config: PipelineConfig, version: int, by: str) -> dict[str, Any]
     }
 
 
-def _window(config: PipelineConfig, plan: dict[str, Any], version: int) -> VersionTraffic:
-    now = scrape(config).get(version, VersionTraffic())
-    return now.minus(VersionTraffic(*plan["baseline"].get(str(version), (0.0, 0.0, 0.0, 0.0))))
+def _window(now: dict[int, VersionTraffic], plan: dict[str, Any], version: int) -> VersionTraffic:
+    """One version's traffic since the watch began, from counters scraped now."""
+    start = VersionTraffic(*plan["baseline"].get(str(version), (0.0, 0.0, 0.0, 0.0)))
+    return now.get(version, VersionTraffic()).minus(start)
 
 
 def agreement(config: PipelineConfig, plan: dict[str, Any]) -> tuple[int, int]:
@@ -162,12 +162,9 @@ def agreement(config: PipelineConfig, plan: dict[str, Any]) -> tuple[int, int]:
         (answers compared, answers whose predicted class equals stable's); at most AGREEMENT_SAMPLE
         answers, drawn uniformly from all logged since the start, are compared.
     """
-    from pipeline.release.drift import read_request_logs
+    from pipeline.release.drift import read_request_logs, request_log_files
 
-    folder = Path(config.request_log_dir)
-    files = [
-        p for p in sorted(folder.glob(f"{config.model_name}.*.tfrecord")) if p.stat().st_mtime >= plan["started_at"]
-    ]
+    files = [path for path in request_log_files(config) if path.stat().st_mtime >= plan["started_at"]]
     logged = read_request_logs(files)
     canary = logged.where((logged.versions == plan["version"]) & (logged.timestamps >= math.floor(plan["started_at"])))
     if not len(canary.images):
@@ -197,7 +194,8 @@ def judge(config: PipelineConfig, plan: dict[str, Any], final: bool) -> Verdict:
     Returns:
         The verdict; `decided` is false while the canary passes (or has too few answers) before the end.
     """
-    canary, stable = _window(config, plan, plan["version"]), _window(config, plan, plan["stable"])
+    now = scrape(config)
+    canary, stable = _window(now, plan, plan["version"]), _window(now, plan, plan["stable"])
     figures: dict[str, Any] = {
         "canary_requests": int(canary.requests),
         "stable_requests": int(stable.requests),

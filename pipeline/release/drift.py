@@ -58,12 +58,16 @@ def monitoring_dir(config: PipelineConfig) -> Path:
     return config.workdir_path / "monitoring" / config.model_name
 
 
+def request_log_files(config: PipelineConfig) -> list[Path]:
+    """The model's published request log files (complete ones: `.tmp` files are still being written), oldest first."""
+    return sorted(Path(config.request_log_dir).glob(f"{config.model_name}.*.tfrecord"))
+
+
 def new_log_files(config: PipelineConfig) -> list[Path]:
     """The model's published request log files not read by an earlier check, oldest first."""
     state = monitoring_dir(config) / "read_logs.json"
     seen = set(read_json(state)["files"]) if state.exists() else set()
-    folder = Path(config.request_log_dir)
-    return sorted(p for p in folder.glob(f"{config.model_name}.*.tfrecord") if p.name not in seen)
+    return [path for path in request_log_files(config) if path.name not in seen]
 
 
 def _remember(config: PipelineConfig, files: list[Path]) -> None:

@@ -139,7 +139,7 @@ def test_agreement_waits_for_published_request_logs_and_fails_only_at_the_end(li
     config = config.replace(request_log_dir=str(tmp_path / "not-yet-published"))  # the judge sees no log file yet
     with TFServingClient(server.grpc_target, server.rest_url) as client:
         images = _test_images(fashion_subset)[:8]
-        while canary._window(config, plan, SAME_AGAIN).requests < 20:
+        while canary._window(canary.scrape(config), plan, SAME_AGAIN).requests < 20:
             client.predict("fashion_mnist", {"images": images})
     during = canary.judge(config, plan, final=False)
     assert not during.decided  # enough answers counted, none logged yet: no verdict on that
