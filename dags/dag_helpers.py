@@ -249,7 +249,7 @@ class CandidateApprovalOperator(ApprovalOperator):
         user = answer.get("responded_by_user") or {}
         by = user.get("name") or user.get("id") or f"nobody within {self.response_timeout} (timeout: rejected)"
         outcome = fail_on_pipeline_error(runner.record_approval, current_config(), self.state, approved, by)
-        if not approved:
-            log.warning("not approved by %s: canary withdrawn", by)
-            get_current_context()["ti"].xcom_push(key="stop_reason", value=f"not approved by {by}")
+        if outcome.stop_reason:
+            log.warning("%s: canary withdrawn", outcome.stop_reason)
+            get_current_context()["ti"].xcom_push(key="stop_reason", value=outcome.stop_reason)
         return outcome.state

@@ -195,7 +195,8 @@ def finish_canary_watch(
     """`watch_canary` for a watch whose waiting happened elsewhere (the DAG's triggerer): records the verdict."""
     from pipeline.release.canary import conclude
 
-    return _recorded("watch_canary", config, state, conclude(config, plan, verdict, by))
+    outputs = conclude(config, plan, verdict, by)
+    return _recorded("watch_canary", config, state, outputs, get_step("watch_canary").stop_reason(outputs))
 
 
 def record_approval(config: PipelineConfig, state: State, approved: bool, by: str, comment: str = "") -> StepOutcome:
@@ -207,13 +208,15 @@ def record_approval(config: PipelineConfig, state: State, approved: bool, by: st
     outputs: dict[str, Any] = {"approved": approved, "by": by, "version": version, "comment": comment}
     if not approved:
         outputs["labels"] = withdraw_canary(config, "canary_rejected", [f"not approved by {by}"], by=by)
-    return _recorded("approve", config, state, outputs)
+    return _recorded("approve", config, state, outputs, None if approved else f"not approved by {by}")
 
 
-def _recorded(name: str, config: PipelineConfig, state: State, outputs: dict[str, Any]) -> StepOutcome:
+def _recorded(
+    name: str, config: PipelineConfig, state: State, outputs: dict[str, Any], stop_reason: str | None
+) -> StepOutcome:
+    """What `run_step` does with a step's outputs, for outputs made outside it (the DAG's deferred tasks)."""
     record_stage(config, name, outputs)
-    stop = _rolled_back(outputs) if name == "watch_canary" else (None if outputs["approved"] else "not approved")
-    return StepOutcome(outputs, {**state, name: outputs}, stop)
+    return StepOutcome(outputs, {**state, name: outputs}, stop_reason)
 
 
 def mark_stable(config: PipelineConfig, state: State, by: str) -> dict[str, Any]:
@@ -253,9 +256,11 @@ def _not_blessed(outputs: dict[str, Any]) -> str | None:
 
 
 def _rolled_back(outputs: dict[str, Any]) -> str | None:
+    from pipeline.release.canary import failed_checks
+
     if not outputs.get("rolled_back"):
         return None
-    return "canary rolled back: " + "; ".join(r for r in outputs["reasons"] if r.startswith("FAIL"))
+    return "canary rolled back: " + "; ".join(failed_checks(outputs["reasons"]))
 
 
 def _watch_summary(outputs: dict[str, Any]) -> str:

@@ -85,8 +85,12 @@ class Verdict:
 
     @property
     def summary(self) -> str:
-        failed = [reason for reason in self.reasons if reason.startswith("FAIL")]
-        return "; ".join(failed or self.reasons)
+        return "; ".join(failed_checks(self.reasons) or self.reasons)
+
+
+def failed_checks(reasons: list[str]) -> list[str]:
+    """The reasons of the checks that failed (`FAIL: ...`), in order."""
+    return [reason for reason in reasons if reason.startswith(f"{FAIL}: ")]
 
 
 def parse_version_traffic(text: str, model_name: str) -> dict[int, VersionTraffic]:
@@ -284,7 +288,7 @@ def conclude(config: PipelineConfig, plan: dict[str, Any], verdict: dict[str, An
             by=by,
         )
         return outputs
-    failed = [reason for reason in verdict["reasons"] if reason.startswith("FAIL")]
+    failed = failed_checks(verdict["reasons"])
     log.warning("canary %d rolled back: %s", plan["version"], "; ".join(failed))
     promotion.withdraw_canary(
         config,

@@ -338,15 +338,14 @@ def mark_stable(config: PipelineConfig, version: int, by: str) -> dict[str, Any]
 def open_canary_traffic(config: PipelineConfig, by: str) -> ServingState:
     """Gives `canary` its share of live traffic (and the shadow copy) as configured; records the change."""
     before = read_state(config)
-    shadow = config.canary_shadow
-    after = ServingState(before.stable, before.canary, config.canary_traffic_percent, shadow)
+    after = ServingState(before.stable, before.canary, config.canary_traffic_percent, config.canary_shadow)
     apply_state(config, after)
     lineage.record(
         config,
         "canary_traffic",
         version=after.canary,
         traffic_percent=after.traffic_percent,
-        shadow=shadow,
+        shadow=after.shadow,
         labels=_labels(after),
         by=by,
     )

@@ -62,7 +62,9 @@ def run_outcome(state: dict[str, dict[str, Any]]) -> RunOutcome:
         )
     version = state.get("export", {}).get("version")
     if state.get("watch_canary", {}).get("rolled_back"):
-        failed = [r.removeprefix("FAIL: ") for r in state["watch_canary"]["reasons"] if r.startswith("FAIL")]
+        from pipeline.release.canary import failed_checks
+
+        failed = [reason.removeprefix("FAIL: ") for reason in failed_checks(state["watch_canary"]["reasons"])]
         return RunOutcome(
             CANARY_ROLLED_BACK, f"canary version {version} rolled back: " + "; ".join(failed), version, accuracy
         )

@@ -74,8 +74,7 @@ class ServingService:
         """
         if self.base_path_roots:
             for model in config.model_config_list.config:
-                path = Path(model.base_path).resolve()  # symlinks and '..' resolved before the check
-                if not any(path.is_relative_to(root) for root in self.base_path_roots):  # a root itself included
+                if not _inside(model.base_path, self.base_path_roots):
                     raise ServingError(
                         grpc.StatusCode.PERMISSION_DENIED,
                         f"base_path {model.base_path} of model {model.name} is outside the allowed model roots "
@@ -85,7 +84,7 @@ class ServingService:
             if model.HasField("logging_config"):
                 # A reload must not make the server write files anywhere it names.
                 prefix = Path(model.logging_config.log_collector_config.filename_prefix).resolve()
-                if not any(prefix.is_relative_to(root) for root in self.request_log_roots):
+                if not _inside(prefix, self.request_log_roots):
                     raise ServingError(
                         grpc.StatusCode.PERMISSION_DENIED,
                         f"request log filename_prefix {prefix} of model {model.name} is outside the allowed request "
@@ -224,6 +223,12 @@ class ServingService:
         _fill_spec(response.model_spec, servable, "")
         response.metadata["signature_def"].CopyFrom(packed)
         return response
+
+
+def _inside(path: str | Path, roots: tuple[Path, ...]) -> bool:
+    """True if `path`, with symlinks and '..' resolved, lies in one of `roots` (a root itself included)."""
+    resolved = Path(path).resolve()
+    return any(resolved.is_relative_to(root) for root in roots)
 
 
 class _CallStatus:
