@@ -83,7 +83,19 @@ def run_preset(preset: str, workdir: Path, data_source: str, overrides: dict) ->
     target_accuracy, target_seconds = TARGETS.get(preset, (None, None))
     return {
         "preset": preset,
-        "config": {k: getattr(config, k) for k in ("model", "epochs", "batch_size", "learning_rate", "augment")},
+        "config": {
+            k: getattr(config, k)
+            for k in (
+                "model",
+                "epochs",
+                "batch_size",
+                "learning_rate",
+                "dropout",
+                "augment",
+                "augment_shift",
+                "test_time_flip",
+            )
+        },
         "train_seconds": trained.seconds,
         "epochs_run": trained.epochs_run,
         "median_epoch_seconds": round(statistics.median(history["epoch_seconds"]), 2),
@@ -120,7 +132,12 @@ def input_pipeline(workdir: Path, data_source: str, overrides: dict, steps: int,
     batches = list(data.train.take(steps))
     images = np.stack([b[0].numpy() for b in batches if len(b[1]) == config.batch_size])
     labels = np.stack([b[1].numpy() for b in batches if len(b[1]) == config.batch_size])
-    in_memory = tf.data.Dataset.from_tensor_slices((images, labels)).repeat()  # Whole batches, no work per example.
+    # Whole batches, no work per example, and the autotuner off as in the real pipeline (on 2 cores
+    # its threads cost the training step about half its speed, whatever the data source).
+    in_memory = tf.data.Dataset.from_tensor_slices((images, labels)).repeat().prefetch(2)
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    in_memory = in_memory.with_options(options)
     _steps_per_second(model, real, min(steps, 20))  # Traces the train step once, off the clock.
     figures: dict[str, list[float]] = {"tf_data": [], "in_memory": []}
     for repeat in range(repeats):

@@ -23,7 +23,7 @@ import yaml
 from pipeline.core.errors import ConfigError
 
 DEFAULT_DATA_SOURCE = "idx:/usr/share/datasets/fashion-mnist"
-MODEL_NAMES = ("cnn", "mlp")
+MODEL_NAMES = ("cnn", "cnn_deep", "mlp")
 STRATEGIES = ("auto", "mirrored", "one_device", "cpu", "multi_worker")
 MIXED_PRECISION_MODES = ("auto", "on", "off")
 _RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+:-]{0,127}$")
@@ -86,6 +86,12 @@ class PipelineConfig:
     # Preprocessing
     shuffle_buffer: int = _field(10_000, "Shuffle buffer size in examples.", minimum=1)
     augment: bool = _field(False, "Random horizontal flips and small shifts while training.")
+    augment_shift: float = _field(
+        0.1,
+        "Largest random shift when augmenting, as a fraction of height and width (0: flips only).",
+        minimum=0,
+        maximum=0.5,
+    )
     cache: bool = _field(True, "Cache decoded examples in memory after the first epoch.")
 
     # Model and training
@@ -119,6 +125,11 @@ class PipelineConfig:
     )
     label_smoothing: float = _field(
         0.1, "Label smoothing of the training loss (0 turns it off).", minimum=0, exclusive_maximum=1
+    )
+    test_time_flip: bool = _field(
+        False,
+        "Answer with the mean of each image's and its mirror's probabilities (test-time augmentation: "
+        "twice the inference cost; pair it with augment).",
     )
     dropout: float = _field(0.15, "Dropout rate used by the model builders.", minimum=0, exclusive_maximum=1)
     early_stopping_patience: int = _field(4, "Epochs without validation improvement before stopping.", minimum=1)
@@ -350,9 +361,13 @@ RUN_SIGNATURE_FIELDS = (
     "batch_size",
     "shuffle_buffer",
     "augment",
+    "augment_shift",
     "model",
+    "test_time_flip",
     "epochs",
     "learning_rate",
+    "warmup_epochs",
+    "label_smoothing",
     "dropout",
     "early_stopping_patience",
     "mixed_precision",

@@ -6,24 +6,28 @@ so training and serving see the same transformation.
 
 from __future__ import annotations
 
+import os
+
 import tensorflow as tf
 
 from pipeline.core.config import PipelineConfig
 from pipeline.data.snapshot import Snapshot
 
-AUTOTUNE = tf.data.AUTOTUNE
+# Fixed parallelism and buffers instead of tf.data's autotuning: measured on 2 CPU cores, the
+# autotuner's own thread and the threads it adds took cores from the training step (epochs of
+# 18-20 s instead of 10 s, bench/training_speed.py). The data is small and cached after the first
+# epoch, so nothing is left to tune once it is.
+MAP_PARALLELISM = max(1, min(os.cpu_count() or 1, 8))
+PREFETCH_BATCHES = 2
 
 
-def _augmenter(seed: int):
+def _augmenter(seed: int, shift: float):
     import keras
 
-    return keras.Sequential(
-        [
-            keras.layers.RandomFlip("horizontal", seed=seed),
-            keras.layers.RandomTranslation(0.1, 0.1, fill_mode="constant", seed=seed + 1),
-        ],
-        name="augment",
-    )
+    steps = [keras.layers.RandomFlip("horizontal", seed=seed)]
+    if shift > 0:
+        steps.append(keras.layers.RandomTranslation(shift, shift, fill_mode="constant", seed=seed + 1))
+    return keras.Sequential(steps, name="augment")
 
 
 def make_dataset(
@@ -34,7 +38,7 @@ def make_dataset(
     Args:
         snapshot: The data snapshot.
         split: A TFDS split expression, e.g. `config.train_split`.
-        config: Uses `batch_size`, `shuffle_buffer`, `cache`, `augment` and `seed`.
+        config: Uses `batch_size`, `shuffle_buffer`, `cache`, `augment`, `augment_shift` and `seed`.
         training: Shuffle (seeded, reshuffled every epoch) and augment if enabled.
         one_hot_classes: Give labels one-hot over this many classes (for a label-smoothed loss).
 
@@ -44,7 +48,7 @@ def make_dataset(
     dataset = snapshot.load_split(split)
     dataset = dataset.map(
         lambda image, label: (tf.cast(image, tf.float32), tf.cast(label, tf.int32)),
-        num_parallel_calls=AUTOTUNE,
+        num_parallel_calls=MAP_PARALLELISM,
     )
     if config.cache:
         dataset = dataset.cache()
@@ -52,17 +56,18 @@ def make_dataset(
         dataset = dataset.shuffle(config.shuffle_buffer, seed=config.seed, reshuffle_each_iteration=True)
     dataset = dataset.batch(config.batch_size)
     if training and config.augment:
-        augment = _augmenter(config.seed)
+        augment = _augmenter(config.seed, config.augment_shift)
         dataset = dataset.map(
             lambda images, labels: (augment(images, training=True), labels),
-            num_parallel_calls=AUTOTUNE,
+            num_parallel_calls=MAP_PARALLELISM,
         )
     if one_hot_classes:
         dataset = dataset.map(lambda images, labels: (images, tf.one_hot(labels, one_hot_classes)))
     options = tf.data.Options()
+    options.autotune.enabled = False
     # Multi-worker training: each worker takes every n-th batch (TFDS files are too few to shard by file).
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    return dataset.with_options(options).prefetch(AUTOTUNE)
+    return dataset.prefetch(PREFETCH_BATCHES).with_options(options)
 
 
 def split_size(snapshot: Snapshot, split: str) -> int:

@@ -117,9 +117,9 @@ def plot_confusion_matrix(confusion: list[list[int]], class_names: list[str], pa
 
 def predict_keras(model_path: Path, images: np.ndarray) -> np.ndarray:
     """Returns a saved Keras model's probabilities for uint8 images."""
-    import keras
+    from pipeline.training.models import load_model
 
-    model = keras.models.load_model(model_path)
+    model = load_model(model_path)
     return np.asarray(model.predict(images.astype(np.float32), batch_size=512, verbose=0), np.float32)
 
 

@@ -150,10 +150,11 @@ def build_model_card(config: PipelineConfig, snapshot: Snapshot, evaluation: dic
 
 def write_saved_model(model_path: str | Path, snapshot: Snapshot, destination: Path) -> None:
     """Saves the Keras model wrapped in the serving signature, with its class-names asset."""
-    import keras
     import tensorflow as tf
 
-    model = keras.models.load_model(model_path)
+    from pipeline.training.models import load_model
+
+    model = load_model(model_path)
     with tempfile.TemporaryDirectory() as scratch:
         class_names_file = Path(scratch) / CLASS_NAMES_ASSET
         class_names_file.write_text("\n".join(snapshot.class_names) + "\n")

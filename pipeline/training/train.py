@@ -31,7 +31,7 @@ from pipeline.core.errors import TrainingError
 from pipeline.data import preprocess
 from pipeline.data.snapshot import Snapshot
 from pipeline.training.hardware import HardwarePlan, plan_hardware
-from pipeline.training.models import build_model
+from pipeline.training.models import build_model, load_model
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +178,7 @@ def build_compiled_model(config: PipelineConfig, snapshot: Snapshot, data: Train
         dropout=config.dropout,
         pixel_mean=data.pixel_mean,
         pixel_variance=data.pixel_variance,
+        test_time_flip=config.test_time_flip,
     )
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate_schedule(config, data.train_size)),
@@ -248,7 +249,7 @@ def save_outputs(model: keras.Model, out: Path) -> tuple[Path, dict[str, list[fl
         raise TrainingError(f"training produced no usable loss values: {losses}")
     best = out / "best.keras"
     if best.exists():
-        model = keras.models.load_model(best)
+        model = load_model(best)
     model_path = out / "model.keras"
     with atomic_output(model_path) as tmp:
         model.save(tmp)

@@ -65,7 +65,7 @@ def test_trigger_form_params_are_typed_and_bounded(dag_bag):
     assert (epochs["type"], epochs["allOf"]) == ("integer", [{"minimum": 1, "maximum": 500}])
     assert ">= 1 and <= 500" in params.get_param("epochs").description
     assert params.get_param("batch_size").schema["allOf"][0]["maximum"] == 8192
-    assert params.get_param("model").schema["enum"] == ["cnn", "mlp"]
+    assert params.get_param("model").schema["enum"] == ["cnn", "cnn_deep", "mlp"]
     assert params.get_param("min_accuracy").schema["allOf"][0]["maximum"] == 1
     assert params.get_param("force").value is False
     params.validate()  # the defaults are valid

@@ -124,7 +124,7 @@ def test_steps_one_by_one_share_a_run(small_idx_dir, tmp_path):
     "extra, message",
     [
         (["--epochs", "-1"], "error: epochs must be >= 1, got -1"),
-        (["--model", "transformer"], "error: unknown model 'transformer'; choose one of: cnn, mlp"),
+        (["--model", "transformer"], "error: unknown model 'transformer'; choose one of: cnn, cnn_deep, mlp"),
         (["--data-source", "idx:/no/such/folder"], "error: IDX data folder /no/such/folder does not exist"),
         (["--model-base-path", "/proc/no-models"], "error: model base path /proc/no-models is not writable"),
     ],

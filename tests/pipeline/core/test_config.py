@@ -23,7 +23,7 @@ def test_yaml_file_then_overrides(tmp_path):
     [
         ({"epochs": -1}, "epochs must be >= 1, got -1"),
         ({"epochs": 0}, "epochs must be >= 1"),
-        ({"model": "resnet"}, "unknown model 'resnet'; choose one of: cnn, mlp"),
+        ({"model": "resnet"}, "unknown model 'resnet'; choose one of: cnn, cnn_deep, mlp"),
         ({"batch_size": 2.5}, "batch_size must be int"),
         ({"learning_rate": 0}, "learning_rate must be > 0"),
         ({"min_accuracy": 1.5}, "min_accuracy must be <= 1"),
@@ -97,7 +97,7 @@ def test_the_trigger_form_is_generated_from_the_config_bounds():
         # Bounds in allOf: enforced by validation, not read by Airflow's form (which clamps to top-level ones).
         "allOf": [{"minimum": 1, "maximum": 500}],
     }
-    assert schema["model"]["enum"] == ["cnn", "mlp"] and schema["force"]["type"] == "boolean"
+    assert schema["model"]["enum"] == ["cnn", "cnn_deep", "mlp"] and schema["force"]["type"] == "boolean"
     assert schema["learning_rate"]["allOf"] == [{"exclusiveMinimum": 0, "maximum": 1}]
     assert schema["data_source"]["allOf"] == [{"pattern": r"^(idx|tfds):.+"}]
     assert all("e.g. " in entry["description"] for entry in schema.values())  # an example in every description

@@ -18,6 +18,14 @@ def test_batches_keep_raw_pixels_and_int_labels(snapshot, trained_run):
     assert float(images.numpy().max()) > 1.0  # Not normalised here: the model does it.
 
 
+def test_pipeline_uses_fixed_parallelism_not_the_autotuner(snapshot, trained_run):
+    # On 2 CPU cores the autotuner's threads took cores from the training step (epochs of
+    # 18-20 s instead of 10 s); bench/training_speed.py measures the pipeline against batches in memory.
+    for training in (True, False):
+        dataset = make_dataset(snapshot, "train", trained_run["config"].replace(augment=True), training=training)
+        assert dataset.options().autotune.enabled is False
+
+
 def test_training_shuffle_is_seeded_and_reshuffles_each_epoch(snapshot, trained_run):
     config = trained_run["config"].replace(batch_size=2000)
 
@@ -39,6 +47,15 @@ def test_augmentation_keeps_shapes_and_changes_pixels(snapshot, trained_run):
     augmented = next(iter(make_dataset(snapshot, "train", config, training=True)))[0]
     assert augmented.shape == plain.shape
     assert not np.allclose(augmented.numpy(), plain.numpy())
+
+
+def test_augmentation_without_shift_only_mirrors(snapshot, trained_run):
+    config = trained_run["config"].replace(batch_size=64, augment=True, augment_shift=0.0, shuffle_buffer=1)
+    plain = next(iter(make_dataset(snapshot, "train", config.replace(augment=False), training=True)))[0].numpy()
+    augmented = next(iter(make_dataset(snapshot, "train", config, training=True)))[0].numpy()
+    mirrored = np.array([np.array_equal(a, p[:, ::-1]) for a, p in zip(augmented, plain, strict=True)])
+    unchanged = np.array([np.array_equal(a, p) for a, p in zip(augmented, plain, strict=True)])
+    assert np.all(mirrored | unchanged) and mirrored.any() and unchanged.any()
 
 
 def test_split_expressions(snapshot, trained_run):

@@ -14,7 +14,8 @@ from tensorflow_serving.apis import prediction_log_pb2
 from pipeline.core.artifacts import atomic_write_json
 from pipeline.core.errors import ExportError
 from pipeline.core.model_repo import prune_versions, published_versions, read_class_names
-from pipeline.training.export import export
+from pipeline.training.export import export, write_saved_model
+from pipeline.training.models import build_model
 from tests.support import REPO_ROOT, export_candidate
 
 
@@ -53,6 +54,20 @@ def test_exported_predictions_equal_the_keras_models(exported, trained_run):
     names = trained_run["snapshot"].class_names
     assert [n.decode() for n in rank3["class_names"].numpy()] == [names[i] for i in keras_probabilities.argmax(axis=1)]
     np.testing.assert_array_equal(rank4["probabilities"].numpy(), rank3["probabilities"].numpy())
+
+
+def test_a_test_time_flip_model_serves_the_mirror_average(trained_run, tmp_path):
+    model = build_model(
+        "cnn", (28, 28, 1), 10, dropout=0.1, pixel_mean=72.9, pixel_variance=8000.0, test_time_flip=True
+    )
+    model.save(tmp_path / "model.keras")
+    write_saved_model(tmp_path / "model.keras", trained_run["snapshot"], tmp_path / "saved")
+    images, _ = trained_run["snapshot"].split_arrays("test[:16]")
+    inner = model.get_layer("probabilities").inner
+    floats = images.astype(np.float32)
+    expected = (inner.predict(floats, verbose=0) + inner.predict(floats[:, :, ::-1], verbose=0)) / 2
+    serve = tf.saved_model.load(str(tmp_path / "saved")).signatures["serving_default"]
+    np.testing.assert_allclose(serve(images=tf.constant(images))["probabilities"].numpy(), expected, atol=1e-5)
 
 
 def test_wrong_image_shape_is_refused_with_a_message(exported):
