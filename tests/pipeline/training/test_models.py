@@ -52,9 +52,7 @@ def test_unknown_model_name():
 
 
 def _flip_model():
-    return build_model(
-        "cnn", (28, 28, 1), 10, dropout=0.0, pixel_mean=72.9, pixel_variance=8000.0, test_time_flip=True
-    )
+    return build_model("cnn", (28, 28, 1), 10, dropout=0.0, pixel_mean=72.9, pixel_variance=8000.0, test_time_flip=True)
 
 
 def test_test_time_flip_averages_each_image_with_its_mirror_at_inference_only():
