@@ -20,7 +20,14 @@ def pid_file(tmp_path, monkeypatch):
 
 def _fake_server() -> subprocess.Popen:
     # Named like the server in its command line; this process never reaps it, as a container's init may not.
-    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "-m", "serving.server"])
+    import psutil
+
+    from tests.support import wait_for
+
+    server = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "-m", "serving.server"])
+    # Until the child has exec'd, its command line is still this process's (seen under load).
+    wait_for(lambda: "serving.server" in psutil.Process(server.pid).cmdline(), 30, "the fake server's exec")
+    return server
 
 
 def test_a_live_server_is_running_and_a_reused_pid_is_not(pid_file):
