@@ -117,6 +117,7 @@ def input_pipeline(workdir: Path, data_source: str, overrides: dict, steps: int,
     import tensorflow as tf
 
     from pipeline.data.ingest import ingest
+    from pipeline.data.preprocess import PREFETCH_BATCHES, without_autotuning
     from pipeline.training.hardware import plan_hardware
     from pipeline.training.train import build_compiled_model, prepare_data
 
@@ -134,10 +135,8 @@ def input_pipeline(workdir: Path, data_source: str, overrides: dict, steps: int,
     labels = np.stack([b[1].numpy() for b in batches if len(b[1]) == config.batch_size])
     # Whole batches, no work per example, and the autotuner off as in the real pipeline (on 2 cores
     # its threads cost the training step about half its speed, whatever the data source).
-    in_memory = tf.data.Dataset.from_tensor_slices((images, labels)).repeat().prefetch(2)
-    options = tf.data.Options()
-    options.autotune.enabled = False
-    in_memory = in_memory.with_options(options)
+    in_memory = tf.data.Dataset.from_tensor_slices((images, labels)).repeat()
+    in_memory = in_memory.prefetch(PREFETCH_BATCHES).with_options(without_autotuning())
     _steps_per_second(model, real, min(steps, 20))  # Traces the train step once, off the clock.
     figures: dict[str, list[float]] = {"tf_data": [], "in_memory": []}
     for repeat in range(repeats):

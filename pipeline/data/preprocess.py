@@ -63,11 +63,17 @@ def make_dataset(
         )
     if one_hot_classes:
         dataset = dataset.map(lambda images, labels: (images, tf.one_hot(labels, one_hot_classes)))
-    options = tf.data.Options()
-    options.autotune.enabled = False
+    options = without_autotuning()
     # Multi-worker training: each worker takes every n-th batch (TFDS files are too few to shard by file).
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return dataset.prefetch(PREFETCH_BATCHES).with_options(options)
+
+
+def without_autotuning() -> tf.data.Options:
+    """tf.data options with the autotuner off (see `MAP_PARALLELISM`); set them on the last dataset."""
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return options
 
 
 def split_size(snapshot: Snapshot, split: str) -> int:
