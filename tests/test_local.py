@@ -6,9 +6,11 @@ import os
 import subprocess
 import sys
 
+import psutil
 import pytest
 
 from deploy import local
+from tests.support import wait_for
 
 
 @pytest.fixture
@@ -20,10 +22,6 @@ def pid_file(tmp_path, monkeypatch):
 
 def _fake_server() -> subprocess.Popen:
     # Named like the server in its command line; this process never reaps it, as a container's init may not.
-    import psutil
-
-    from tests.support import wait_for
-
     server = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "-m", "serving.server"])
     # Until the child has exec'd, its command line is still this process's (seen under load).
     wait_for(lambda: "serving.server" in psutil.Process(server.pid).cmdline(), 30, "the fake server's exec")
@@ -62,7 +60,6 @@ def test_tensorboard_serves_every_runs_training_logs(tmp_path):
     import tensorflow as tf
 
     from serving.launcher import free_port
-    from tests.support import wait_for
 
     logdir = tmp_path / "runs"
     for run_id in ("run-a", "run-b"):  # the layout the train stage's TensorBoard callback writes

@@ -141,10 +141,9 @@ def _decide(airflow: dict, run_id: str, option: str) -> str:
     answer the new request; so does this, once per try.
     """
     answered: set[int] = set()
-    run_url = f"{airflow['base']}/api/v2/dags/{DAG_ID}/dagRuns/{run_id}"
 
     def ended():
-        state = request(run_url, token=airflow["token"])[1]["state"]
+        state = _run(airflow, run_id)["state"]
         if state in ("success", "failed"):
             return state
         approve = task_instances(airflow, run_id)["approve"]
