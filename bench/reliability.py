@@ -813,7 +813,7 @@ def markdown(results: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--short", action="store_true", help="the sizes `make test` uses")
     parser.add_argument("--out-dir", default=str(ROOT / "bench" / "results"))

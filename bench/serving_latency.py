@@ -327,7 +327,7 @@ def _serve_and_measure(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--model-dir", default=str(ROOT / "artifacts" / "models" / "fashion_mnist"))
     parser.add_argument("--points", default=DEFAULT_POINTS, help="concurrency x batch, comma-separated")
     parser.add_argument(

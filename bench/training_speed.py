@@ -237,7 +237,7 @@ def plot(results: dict, path: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--presets", default="default,quality")
     parser.add_argument("--data-source", default=DEFAULT_DATA_SOURCE)
     parser.add_argument("--epochs", type=int, help="override every preset's epochs (smoke runs)")

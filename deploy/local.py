@@ -347,7 +347,7 @@ def tensorboard(port: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument(
         "command", choices=["airflow", "demo", "serving-start", "serving-status", "serving-stop", "tensorboard"]
     )

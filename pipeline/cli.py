@@ -57,10 +57,10 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """Returns the argument parser with one subcommand per step and the run-level commands."""
-    parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.splitlines()[0], allow_abbrev=False)
     subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command, help_text in COMMAND_HELP.items():
-        sub = subcommands.add_parser(command, help=help_text, description=help_text)
+        sub = subcommands.add_parser(command, help=help_text, description=help_text, allow_abbrev=False)
         sub.add_argument("--config", help="YAML file of config options.")
         sub.add_argument(
             "--preset",

@@ -70,11 +70,16 @@ def ingest(config: PipelineConfig, state: State, by: str) -> dict[str, Any]:
     from pipeline.data.ingest import ingest as ingest_source
 
     snapshot = ingest_source(config)
+    problem = snapshot.problem
     return {
         "snapshot": str(snapshot.path),
         "fingerprint": snapshot.fingerprint,
         "splits": snapshot.splits,
+        "task": problem.task,
+        "label": problem.label,
+        "features": {f.key: f.kind for f in problem.features},
         "class_names": snapshot.class_names,
+        "dropped_rows": snapshot.dropped_rows,
     }
 
 
@@ -117,13 +122,17 @@ def evaluate(config: PipelineConfig, state: State, by: str) -> dict[str, Any]:
 def gate(config: PipelineConfig, state: State, by: str) -> dict[str, Any]:
     """Records the gate decision of evaluation.json (metrics, reasons, data, config) in the lineage log."""
     evaluation = read_json(needed(state, "evaluate", "evaluation_path"))
+    metric = evaluation["gate_metric"]
+    baseline = evaluation["baseline"]
     lineage.record(
         config,
         "gate",
         blessed=evaluation["blessed"],
-        accuracy=evaluation["metrics"]["accuracy"],
-        baseline_version=evaluation["baseline"]["version"],
-        baseline_accuracy=evaluation["baseline"]["accuracy"],
+        metric=metric,
+        score=evaluation["metrics"][metric],
+        metrics=evaluation["metrics"]["headline"],
+        baseline_version=baseline["version"],
+        baseline_score=baseline["metrics"][metric] if baseline["metrics"] else None,
         reasons=evaluation["reasons"],
         rules=evaluation["rules"],  # one explicit pass/fail check per rule (and class)
         data_fingerprint=_snapshot(state).fingerprint,
@@ -144,6 +153,7 @@ def export(config: PipelineConfig, state: State, by: str) -> dict[str, Any]:
         needed(state, "train", "model_path"),
         needed(state, "evaluate", "evaluation_path"),
         read_state(config).versions,
+        state.get("train", {}).get("model_builder"),
     ).to_dict()
     lineage.record(config, "exported", version=outputs["version"], version_dir=outputs["version_dir"], by=by)
     return outputs
@@ -302,7 +312,16 @@ STEPS: tuple[Step, ...] = (
     Step(
         "ingest",
         ingest,
-        lambda o: f"{o['snapshot']} (fingerprint {o['fingerprint'][:12]}, splits {o['splits']})",
+        lambda o: (
+            f"{o['snapshot']} ({o['task']} of {o['label']!r} from {len(o['features'])} feature(s), "
+            f"fingerprint {o['fingerprint'][:12]}, splits {o['splits']}"
+            + (
+                f", {sum(o['dropped_rows'].values())} rows without a label left out"
+                if any(o["dropped_rows"].values())
+                else ""
+            )
+            + ")"
+        ),
     ),
     Step("validate", validate, lambda o: f"{o['anomalies']} anomalies (report {o['report_path']})"),
     Step(
@@ -315,7 +334,7 @@ STEPS: tuple[Step, ...] = (
         "train",
         train,
         lambda o: (
-            f"{o['epochs_run']} epochs, best val_accuracy {o['best_val_accuracy']:.4f} "
+            f"{o['model_builder']}, {o['epochs_run']} epochs, best {o['monitor']} {o['best_val_score']:.4f} "
             f"on {o['hardware']['strategy']}/{o['hardware']['dtype_policy']}"
         ),
         _not_chief,
@@ -323,7 +342,7 @@ STEPS: tuple[Step, ...] = (
     Step(
         "evaluate",
         evaluate,
-        lambda o: f"test accuracy {o['accuracy']:.4f}: {'BLESSED' if o['blessed'] else 'NOT blessed'}",
+        lambda o: f"test {o['metric']} {o['score']:.4f}: {'BLESSED' if o['blessed'] else 'NOT blessed'}",
     ),
     Step(
         "gate",

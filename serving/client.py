@@ -5,8 +5,11 @@ Works against the official `tensorflow/serving` image and the local server alike
     client = TFServingClient(grpc_target="localhost:8500", rest_url="http://localhost:8501")
     result = client.predict("fashion_mnist", {"images": images}, label="stable")
     result["class_names"], result.version
+    client.predict("penguins", {"island": np.array(["Biscoe"]), "bill_length_mm": np.array([39.1], np.float32)})
+    client.classify("penguins", [{"island": "Biscoe", "bill_length_mm": 39.1}], signature="classification")
 
 CLI: `python -m serving.client predict --image shoe.png [--grpc|--rest] [--label stable]`,
+`python -m serving.client predict --rows rows.csv|rows.jsonl` (one JSON line per answer),
 `python -m serving.client status`, `python -m serving.client metadata`.
 """
 
@@ -14,8 +17,10 @@ from __future__ import annotations
 
 import argparse
 import base64
+import csv
 import dataclasses
 import json
+import re
 import sys
 import urllib.error
 import urllib.parse
@@ -30,6 +35,7 @@ from serving.protocol import ServingError, code_from_http, code_from_number
 
 GRPC = "grpc"
 REST = "rest"
+COLUMNAR, ROWS = "columnar", "rows"  # TF Serving's two REST request formats ("inputs", "instances")
 _RETRYABLE = {grpc.StatusCode.UNAVAILABLE}
 
 
@@ -174,16 +180,18 @@ class TFServingClient:
         label: str | None = None,
         signature: str = "",
         protocol: str | None = None,
+        rest_format: str = COLUMNAR,
     ) -> PredictResult:
         """Runs a predict signature.
 
         Args:
             model: Model name.
-            inputs: Input arrays by signature input name.
+            inputs: Input arrays by signature input name (text as str or bytes).
             version: A specific version (default: the latest).
             label: A version label such as 'stable' or 'canary'.
             signature: Signature name (default 'serving_default').
             protocol: 'grpc' or 'rest' for this call.
+            rest_format: Over REST, 'columnar' ("inputs") or 'rows' ("instances", one object per row).
 
         Returns:
             The outputs (and the answering version over gRPC).
@@ -192,12 +200,21 @@ class TFServingClient:
             ServingError: with the server's status code and message.
         """
         if (protocol or self.protocol) == REST:
-            body: dict[str, Any] = {"inputs": {name: _to_json(np.asarray(a)) for name, a in inputs.items()}}
+            arrays = {name: np.asarray(a) for name, a in inputs.items()}
+            if rest_format == ROWS:
+                rows = len(next(iter(arrays.values())))
+                body: dict[str, Any] = {
+                    "instances": [{name: _to_json(a[index]) for name, a in arrays.items()} for index in range(rows)]
+                }
+            else:
+                body = {"inputs": {name: _to_json(a) for name, a in arrays.items()}}
             if signature:
                 body["signature_name"] = signature
             reply = self._with_retries(
                 lambda: self._rest("POST", self._rest_path(model, version, label) + ":predict", body)
             )
+            if rest_format == ROWS:
+                return PredictResult(_columns_of(reply["predictions"]))
             outputs = reply["outputs"]
             if not isinstance(outputs, dict):
                 outputs = {"output": outputs}
@@ -217,6 +234,74 @@ class TFServingClient:
             {name: tensors.to_array(proto) for name, proto in response.outputs.items()},
             response.model_spec.version.value,
         )
+
+    def classify(
+        self,
+        model: str,
+        examples: list,
+        *,
+        version: int | None = None,
+        label: str | None = None,
+        signature: str = "",
+        protocol: str | None = None,
+    ) -> list[list[tuple[str, float]]]:
+        """Runs a Classify signature on examples.
+
+        Args:
+            model: Model name.
+            examples: `tf.train.Example`s, or dicts of feature name -> value (float, int, str or a list of them).
+            version, label, signature, protocol: As `predict`.
+
+        Returns:
+            Per example, its (class label, score) pairs.
+
+        Raises:
+            ServingError: with the server's status code and message.
+        """
+        if (protocol or self.protocol) == REST:
+            body = {"examples": [_example_json(e) for e in examples]}
+            if signature:
+                body["signature_name"] = signature
+            reply = self._with_retries(
+                lambda: self._rest("POST", self._rest_path(model, version, label) + ":classify", body)
+            )
+            return [[(str(name), float(score)) for name, score in result] for result in reply["results"]]
+        from tensorflow_serving.apis import classification_pb2
+
+        request = classification_pb2.ClassificationRequest()
+        self._model_spec(request.model_spec, model, version, label, signature)
+        request.input.example_list.examples.extend(_example_proto(e) for e in examples)
+        prediction, _ = self._stubs()
+        response = self._with_retries(lambda: prediction.Classify(request, timeout=self.timeout))
+        return [[(c.label, c.score) for c in result.classes] for result in response.result.classifications]
+
+    def regress(
+        self,
+        model: str,
+        examples: list,
+        *,
+        version: int | None = None,
+        label: str | None = None,
+        signature: str = "",
+        protocol: str | None = None,
+    ) -> list[float]:
+        """Runs a Regress signature on examples (as `classify` takes them); returns one value per example."""
+        if (protocol or self.protocol) == REST:
+            body = {"examples": [_example_json(e) for e in examples]}
+            if signature:
+                body["signature_name"] = signature
+            reply = self._with_retries(
+                lambda: self._rest("POST", self._rest_path(model, version, label) + ":regress", body)
+            )
+            return [float(value) for value in reply["results"]]
+        from tensorflow_serving.apis import regression_pb2
+
+        request = regression_pb2.RegressionRequest()
+        self._model_spec(request.model_spec, model, version, label, signature)
+        request.input.example_list.examples.extend(_example_proto(e) for e in examples)
+        prediction, _ = self._stubs()
+        response = self._with_retries(lambda: prediction.Regress(request, timeout=self.timeout))
+        return [r.value for r in response.result.regressions]
 
     def status(
         self, model: str, *, version: int | None = None, label: str | None = None, protocol: str | None = None
@@ -339,16 +424,78 @@ class TFServingClient:
         self.close()
 
 
+def _json_value(value: Any) -> Any:
+    """One tensor element as TF Serving's JSON takes it: bytes as {"b64": ...}, text as a string, NaN as NaN."""
+    if isinstance(value, bytes):
+        return {"b64": base64.b64encode(value).decode()}
+    if isinstance(value, str):
+        return value
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def _to_json(array: np.ndarray) -> Any:
-    if array.dtype.kind in ("O", "S"):
-        return np.vectorize(
-            lambda v: {"b64": base64.b64encode(v if isinstance(v, bytes) else str(v).encode()).decode()},
-            otypes=[object],
-        )(array).tolist()
+    array = np.asarray(array)
+    if array.dtype.kind in ("O", "S", "U"):
+        return np.vectorize(_json_value, otypes=[object])(array).tolist() if array.ndim else _json_value(array.item())
     return array.tolist()
 
 
+def _columns_of(predictions: list) -> dict[str, np.ndarray]:
+    """A row-format reply ("predictions": one object, or one value, per row) as columns."""
+    if predictions and isinstance(predictions[0], dict):
+        return {name: np.asarray([row[name] for row in predictions]) for name in predictions[0]}
+    return {"output": np.asarray(predictions)}
+
+
+def _example_proto(example):
+    """A tf.train.Example from a proto or a dict (float -> float_list, int -> int64_list, text -> bytes_list)."""
+    from tensorflow.core.example import example_pb2
+
+    if not isinstance(example, dict):
+        return example
+    proto = example_pb2.Example()
+    for name, value in example.items():
+        values = list(value) if isinstance(value, (list, tuple, np.ndarray)) else [value]
+        feature = proto.features.feature[name]
+        if all(isinstance(v, (bytes, str)) for v in values):
+            feature.bytes_list.value.extend(v if isinstance(v, bytes) else v.encode() for v in values)
+        elif all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
+            feature.int64_list.value.extend(int(v) for v in values)
+        else:
+            feature.float_list.value.extend(float(v) for v in values)
+    return proto
+
+
+def _example_json(example) -> dict[str, Any]:
+    """An example as TF Serving's REST `examples` entry: floats stay decimals (1.0, not 1), bytes as b64."""
+    proto = _example_proto(example)
+    entry: dict[str, Any] = {}
+    for name, feature in proto.features.feature.items():
+        kind = feature.WhichOneof("kind")
+        if kind == "float_list":
+            values = [float(v) for v in feature.float_list.value]
+        elif kind == "int64_list":
+            values = [int(v) for v in feature.int64_list.value]
+        else:
+            values = [_text_or_b64(v) for v in feature.bytes_list.value] if kind else []
+        entry[name] = values[0] if len(values) == 1 else values
+    return entry
+
+
+def _text_or_b64(value: bytes) -> Any:
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return {"b64": base64.b64encode(value).decode()}
+
+
 # --- CLI ------------------------------------------------------------------------
+
+# The serving input name of a source column, as the pipeline's problem spec derives it
+# (documented there): characters outside [A-Za-z0-9_] become '_'.
+_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_]")
+_MISSING_TEXT = {"", "NA", "N/A", "NaN", "nan", "null", "NULL", "None", "?"}
+ROWS_PER_REQUEST = 256
 
 
 def load_image(path: str, size: tuple[int, int] = (28, 28), invert: bool = False) -> np.ndarray:
@@ -364,8 +511,118 @@ def load_image(path: str, size: tuple[int, int] = (28, 28), invert: bool = False
         return np.asarray(gray, dtype=np.uint8)
 
 
+def read_rows(path: str) -> list[dict[str, Any]]:
+    """Reads a CSV file (header row) or a JSON-lines file (one object per line) of feature rows.
+
+    Raises:
+        ValueError: naming the file and line of a malformed row.
+    """
+    with open(path, newline="") as handle:
+        if path.endswith((".jsonl", ".ndjson", ".json")):
+            rows = []
+            for number, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{path} line {number}: not JSON ({err.msg})") from None
+                if not isinstance(row, dict):
+                    raise ValueError(f"{path} line {number}: expected a JSON object of features")
+                rows.append(row)
+            return rows
+        return list(csv.DictReader(handle))
+
+
+def _typed(value: Any, dtype: str, where: str) -> Any:
+    """A row's value as the signature's dtype takes it; missing text and None are NaN / ''."""
+    missing = value is None or (isinstance(value, str) and value.strip() in _MISSING_TEXT)
+    if dtype == "DT_STRING":
+        return "" if missing else str(value)
+    if dtype in ("DT_FLOAT", "DT_DOUBLE"):
+        if missing:
+            return float("nan")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{where}: {value!r} is not a number") from None
+    if dtype in ("DT_INT64", "DT_INT32"):
+        try:
+            number = float(value)
+            if not number.is_integer():
+                raise ValueError
+            return int(number)
+        except (TypeError, ValueError):
+            raise ValueError(f"{where}: {value!r} is not a whole number") from None
+    raise ValueError(f"{where}: inputs of type {dtype} cannot come from a rows file")
+
+
+def rows_to_inputs(rows: list[dict[str, Any]], inputs: dict[str, str], path: str) -> dict[str, np.ndarray]:
+    """Converts rows to one array per signature input.
+
+    Args:
+        rows: Rows from `read_rows`; columns are matched to inputs by name or by the input-name rule.
+        inputs: {input name: dtype name} of the signature (from its metadata).
+        path: The file, for messages.
+
+    Raises:
+        ValueError: naming the row and feature, for a missing feature or a value of the wrong type.
+    """
+    numpy_types = {"DT_STRING": object, "DT_FLOAT": np.float32, "DT_DOUBLE": np.float64, "DT_INT64": np.int64}
+    columns: dict[str, list] = {name: [] for name in inputs}
+    for number, row in enumerate(rows, 1):
+        named = {_NAME_UNSAFE.sub("_", str(key)): value for key, value in row.items()}
+        named.update(row)
+        for name, dtype in inputs.items():
+            if name not in named:
+                raise ValueError(f"{path} row {number} has no value for feature {name!r}")
+            columns[name].append(_typed(named[name], dtype, f"{path} row {number}, feature {name!r}"))
+    arrays = {}
+    for name, values in columns.items():
+        dtype = numpy_types.get(inputs[name], np.int32)
+        array = np.empty(len(values), dtype=object) if dtype is object else np.asarray(values, dtype)
+        if dtype is object:
+            array[:] = values
+        arrays[name] = array
+    return arrays
+
+
+def _signature_inputs(client: TFServingClient, args) -> dict[str, str]:
+    metadata = client.metadata(args.model, version=args.version, label=args.label)
+    signature = metadata["signature_def"].get(args.signature or "serving_default")
+    if signature is None:
+        raise ValueError(f"model {args.model} has no signature {args.signature or 'serving_default'!r}")
+    return {name: spec["dtype"] for name, spec in signature["inputs"].items()}
+
+
+def predict_rows(client: TFServingClient, args) -> int:
+    """Predicts every row of `args.rows`, printing one JSON line per row (its answers)."""
+    inputs = _signature_inputs(client, args)
+    rows = read_rows(args.rows)
+    if not rows:
+        raise ValueError(f"{args.rows} holds no rows")
+    arrays = rows_to_inputs(rows, inputs, args.rows)
+    for start in range(0, len(rows), ROWS_PER_REQUEST):
+        batch = {name: values[start : start + ROWS_PER_REQUEST] for name, values in arrays.items()}
+        result = client.predict(
+            args.model, batch, version=args.version, label=args.label, signature=args.signature or ""
+        )
+        outputs = {name: np.asarray(values) for name, values in result.outputs.items()}
+        for offset in range(len(next(iter(batch.values())))):
+            answer = {"row": start + offset + 1}
+            for name, values in sorted(outputs.items()):
+                value = values[offset]
+                if isinstance(value, bytes):
+                    value = value.decode(errors="replace")
+                answer[name] = value.tolist() if isinstance(value, np.ndarray | np.generic) else value
+            print(json.dumps(answer))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m serving.client", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m serving.client", description=__doc__.splitlines()[0], allow_abbrev=False
+    )
     parser.add_argument("--grpc-target", default="localhost:8500")
     parser.add_argument("--rest-url", default="http://localhost:8501")
     parser.add_argument("--model", default="fashion_mnist", help="Model name (default fashion_mnist).")
@@ -376,17 +633,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.set_defaults(protocol=GRPC)
     commands = parser.add_subparsers(dest="command", required=True)
     for name, text in (
-        ("predict", "Classify an image."),
+        ("predict", "Classify an image, or predict every row of a CSV or JSON-lines file."),
         ("status", "Model version states."),
         ("metadata", "Signature definitions."),
     ):
-        sub = commands.add_parser(name, help=text)
+        sub = commands.add_parser(name, help=text, allow_abbrev=False)
         choice = sub.add_mutually_exclusive_group()
         choice.add_argument("--version", type=int)
         choice.add_argument("--label")
         if name == "predict":
-            sub.add_argument("--image", required=True, help="An image file (PNG, JPEG...), resized to 28x28.")
+            what = sub.add_mutually_exclusive_group(required=True)
+            what.add_argument("--image", help="An image file (PNG, JPEG...), resized to 28x28.")
+            what.add_argument(
+                "--rows",
+                help="A CSV file (header row) or JSON-lines file (.jsonl) of feature rows; missing values: empty, "
+                "NA or null. Prints one JSON line of answers per row.",
+            )
             sub.add_argument("--invert", action="store_true", help="Invert (dark item on light background).")
+            sub.add_argument("--signature", default="", help="Signature name (default serving_default).")
     return parser
 
 
@@ -394,6 +658,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     client = TFServingClient(args.grpc_target, args.rest_url, args.protocol, timeout=args.timeout)
     try:
+        if args.command == "predict" and args.rows:
+            return predict_rows(client, args)
         if args.command == "predict":
             image = load_image(args.image, invert=args.invert)
             result = client.predict(args.model, {"images": image[np.newaxis]}, version=args.version, label=args.label)

@@ -21,9 +21,17 @@ from typing import Any
 import yaml
 
 from pipeline.core.errors import ConfigError
+from pipeline.core.problem import METRICS
 
 DEFAULT_DATA_SOURCE = "idx:/usr/share/datasets/fashion-mnist"
-MODEL_NAMES = ("cnn", "cnn_deep", "mlp")
+SOURCE_KINDS = ("idx", "tfds", "csv", "parquet", "images")
+# Built-in model builders (pipeline.training.models); `model` also takes 'package.module:function'.
+MODEL_NAMES = ("auto", "cnn", "cnn_deep", "mlp", "tabular", "text", "multimodal")
+TASK_CHOICES = ("auto", "binary", "multiclass", "regression")
+FEATURE_TYPE_CHOICES = ("numeric", "categorical", "text", "image")
+IMAGE_MODES = ("auto", "L", "RGB")
+AUTO = "auto"
+_MODEL_PATH_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
 STRATEGIES = ("auto", "mirrored", "one_device", "cpu", "multi_worker")
 MIXED_PRECISION_MODES = ("auto", "on", "off")
 _RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+:-]{0,127}$")
@@ -38,7 +46,10 @@ def _field(default: Any, help: str, *, title: str | None = None, **schema: Any) 
     form shows them. A `title` puts the field on the Airflow trigger form; `example`
     (a typical value) goes into its description.
     """
-    return dataclasses.field(default=default, metadata={"help": help, "title": title, **schema})
+    metadata = {"help": help, "title": title, **schema}
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 @dataclasses.dataclass
@@ -48,19 +59,58 @@ class PipelineConfig:
     # Data
     data_source: str = _field(
         DEFAULT_DATA_SOURCE,
-        "Where the data comes from: 'idx:<dir>' (MNIST-format IDX files) or 'tfds:<name>'.",
+        "Where the data comes from: 'csv:<file or glob>', 'parquet:<file or glob>', 'images:<dir>' "
+        "(<dir>/<class>/* or <dir>/<split>/<class>/*), 'tfds:<name>' or 'idx:<dir>' (MNIST-format IDX files).",
         title="Data source",
         example="idx:/usr/share/datasets/fashion-mnist",
-        pattern=r"^(idx|tfds):.+",
+        pattern=r"^(idx|tfds|csv|parquet|images):.+",
+    )
+    label: str | None = _field(
+        None,
+        "The label column (tables) or TFDS feature; default: a column named 'label' or 'target', or the "
+        "TFDS dataset's supervised label.",
+    )
+    task: str = _field(
+        AUTO,
+        "What is predicted: 'binary', 'multiclass', 'regression', or 'auto' (from the label: text, booleans and "
+        "whole numbers with few values are classes, other numbers regression).",
+        choices=TASK_CHOICES,
+    )
+    feature_types: dict[str, str] | None = _field(
+        None,
+        "Kinds of feature that override inference, by source column name: numeric, categorical, text or image "
+        "(YAML mapping; 'col=kind,col2=kind' on the command line).",
+    )
+    exclude_columns: list[str] | None = _field(None, "Source columns that are not features (ids, leaks).")
+    split_fractions: list[float] = _field(
+        [0.8, 0.1, 0.1],
+        "Train, validation and test shares of a source with one split (seeded by `seed`, deterministic).",
+    )
+    image_size: list[int] | None = _field(
+        None, "Height and width image-folder images are resized to (default: the most common size)."
+    )
+    image_mode: str = _field(
+        AUTO,
+        "Colour mode of image-folder images: 'L' (grayscale), 'RGB', or 'auto' (all images must share one).",
+        choices=IMAGE_MODES,
     )
     tfds_data_dir: str | None = _field(None, "TFDS data_dir for 'tfds:' sources (TFDS's default when unset).")
     allow_download: bool = _field(False, "Let a 'tfds:' source download and prepare data (needs network).")
     class_names: list[str] | None = _field(
-        None, "Class names for an IDX source (else class_names.txt in the folder, or known names)."
+        None,
+        "Class names in class-id order: an IDX source's names (else class_names.txt in the folder, or known "
+        "names); for a table, the label values in the order to number them (binary: the second is positive).",
     )
-    train_split: str = _field("train[:90%]", "TFDS split expression used for training.")
-    validation_split: str = _field("train[90%:]", "Split used for early stopping and checkpoint selection.")
-    test_split: str = _field("test", "Held-out split used by the evaluation gate.")
+    train_split: str = _field(
+        AUTO,
+        "TFDS split expression used for training ('auto': 'train' when the snapshot has a validation split, "
+        "else 'train[:90%]').",
+    )
+    validation_split: str = _field(
+        AUTO,
+        "Split used for early stopping and checkpoint selection ('auto': 'validation', else 'train[90%:]').",
+    )
+    test_split: str = _field(AUTO, "Held-out split used by the evaluation gate ('auto': 'test').")
 
     # Workspace
     workdir: str = _field("artifacts", "Root folder for snapshots, runs and validation state.")
@@ -94,8 +144,20 @@ class PipelineConfig:
     )
     cache: bool = _field(True, "Cache decoded examples in memory after the first epoch.")
 
+    # Features inside the model
+    max_vocabulary: int = _field(
+        1000, "Categories kept per categorical feature (the most frequent; others share one unknown slot).", minimum=1
+    )
+    text_max_tokens: int = _field(20000, "Vocabulary size of a text feature's bag of words.", minimum=2)
+
     # Model and training
-    model: str = _field("cnn", "Model builder.", title="Model", choices=MODEL_NAMES, example="cnn")
+    model: str = _field(
+        AUTO,
+        "Model builder: 'auto' (cnn for one image input, text for text, tabular otherwise), a built-in name "
+        f"({', '.join(MODEL_NAMES[1:])}) or your own function as 'package.module:function'.",
+        title="Model",
+        example="auto",
+    )
     # Defaults tuned on the full Fashion-MNIST: >= 93% test accuracy within 5 minutes of training on
     # 2 CPU cores (bench/training_speed.py); the validation split chose them, the test split only reports.
     epochs: int = _field(
@@ -145,9 +207,24 @@ class PipelineConfig:
     jit_compile: bool = _field(False, "Compile the model with XLA.")
 
     # Evaluation gate
-    min_accuracy: float = _field(
+    gate_metric: str = _field(
+        AUTO,
+        "Gate: the metric gate_threshold and max_regression judge ('auto': accuracy for multiclass, auc for "
+        "binary, rmse for regression).",
+        title="Gate metric",
+        example="auto",
+        choices=(AUTO, *METRICS),
+    )
+    gate_threshold: float | None = _field(
+        None,
+        "Gate: absolute bound on gate_metric in its direction (at least this for accuracy, auc, r2...; at most "
+        "this for rmse, mae, log_loss); none: no bound.",
+        title="Gate threshold",
+        example=0.9,
+    )
+    min_accuracy: float | None = _field(
         0.85,
-        "Gate: the candidate needs at least this test accuracy.",
+        "Gate (classification): the candidate needs at least this test accuracy (none: not checked).",
         title="Minimum accuracy",
         example=0.9,
         minimum=0,
@@ -155,11 +232,16 @@ class PipelineConfig:
     )
     max_regression: float = _field(
         0.01,
-        "Gate: largest allowed accuracy drop vs the published baseline.",
+        "Gate: largest allowed worsening of gate_metric vs the published baseline, in the metric's units.",
         title="Maximum regression",
         example=0.01,
         minimum=0,
-        maximum=1,
+    )
+    decision_threshold: float = _field(
+        0.5,
+        "Binary tasks: the probability of the positive class from which a row is predicted positive.",
+        exclusive_minimum=0,
+        exclusive_maximum=1,
     )
     min_class_recall: float | None = _field(
         None,
@@ -181,7 +263,11 @@ class PipelineConfig:
     model_base_path: str = _field(
         "artifacts/models", "Serving base path; versions go to <model_base_path>/<model_name>/<N>."
     )
-    model_name: str = _field("fashion_mnist", "Name of the served model.")
+    model_name: str | None = _field(
+        None,
+        "Name of the served model (default: the data source's file or folder name with characters outside "
+        "[A-Za-z0-9_] as '_', e.g. fashion_mnist for the default source).",
+    )
     keep_versions: int = _field(5, "Number of newest versions to keep after publishing.", minimum=1)
     warmup_requests: int = _field(
         10, "Records written to assets.extra/tf_serving_warmup_requests.", minimum=1, maximum=1000
@@ -310,9 +396,33 @@ class PipelineConfig:
             _check_type(field, getattr(self, field.name))
             _check_range(field, getattr(self, field.name))
         if not re.match(_field_meta("data_source")["pattern"], self.data_source):
-            raise ConfigError(f"data_source must look like 'idx:<dir>' or 'tfds:<name>', got {self.data_source!r}")
+            raise ConfigError(
+                "data_source must look like "
+                + ", ".join(f"'{kind}:...'" for kind in SOURCE_KINDS)
+                + f", got {self.data_source!r}"
+            )
+        if self.model not in MODEL_NAMES and not _MODEL_PATH_PATTERN.match(self.model):
+            raise ConfigError(
+                f"model {self.model!r} is neither a built-in ({', '.join(MODEL_NAMES)}) nor an import path "
+                "'package.module:function'"
+            )
+        for kind in (self.feature_types or {}).values():
+            if kind not in FEATURE_TYPE_CHOICES:
+                raise ConfigError(
+                    f"feature_types: unknown kind {kind!r}; choose one of: {', '.join(FEATURE_TYPE_CHOICES)}"
+                )
+        if len(self.split_fractions) != 3 or any(share < 0 for share in self.split_fractions):
+            raise ConfigError(
+                f"split_fractions must be 3 shares >= 0 (train, validation, test), got {self.split_fractions}"
+            )
+        if abs(sum(self.split_fractions) - 1) > 1e-6 or not all(share > 0 for share in self.split_fractions):
+            raise ConfigError(f"split_fractions must be 3 shares > 0 that sum to 1, got {self.split_fractions}")
+        if self.image_size is not None and (len(self.image_size) != 2 or min(self.image_size) < 1):
+            raise ConfigError(f"image_size must be [height, width] of at least 1 pixel, got {self.image_size}")
         if self.run_id is not None and not _RUN_ID_PATTERN.match(self.run_id):
             raise ConfigError(f"run_id {self.run_id!r} must be 1-128 letters, digits or _.+:- (no slashes)")
+        if self.model_name is None:
+            self.model_name = default_model_name(self.data_source)
         if not _MODEL_NAME_PATTERN.match(self.model_name):
             raise ConfigError(f"model_name {self.model_name!r} must be 1-64 letters, digits or _.- (no slashes)")
         if self.class_names is not None and len(set(self.class_names)) != len(self.class_names):
@@ -349,10 +459,36 @@ class PipelineConfig:
         return Path(self.model_base_path) / self.model_name
 
 
+def default_model_name(data_source: str) -> str:
+    """The served model's name a data source suggests: its file's stem or folder's name, as an identifier.
+
+    'idx:/usr/share/datasets/fashion-mnist' -> 'fashion_mnist', 'csv:/data/penguins.csv' -> 'penguins',
+    'csv:/data/trips/*.parquet' -> 'trips', 'tfds:mnist' -> 'mnist'.
+    """
+    kind, _, location = data_source.partition(":")
+    if kind == "tfds":
+        location = location.split("/", 1)[0]  # 'mnist/3.0.1' names the dataset 'mnist'
+    path = Path(location.rstrip("/"))
+    while path.name and any(char in path.name for char in "*?["):
+        path = path.parent
+    stem = path.name.split("[", 1)[0].split("/", 1)[0]
+    for suffix in (".gz", ".csv", ".parquet", ".pq", ".tsv"):
+        stem = stem.removesuffix(suffix)
+    name = re.sub(r"[^A-Za-z0-9_]", "_", stem).strip("_")
+    return name[:64] or "model"
+
+
 # The options that decide what a run produces (training and the gate): equal values, data
 # and code mean a new run would reproduce the decision already made for the stable model.
 RUN_SIGNATURE_FIELDS = (
     "data_source",
+    "label",
+    "task",
+    "feature_types",
+    "exclude_columns",
+    "split_fractions",
+    "image_size",
+    "image_mode",
     "class_names",
     "train_split",
     "validation_split",
@@ -360,6 +496,8 @@ RUN_SIGNATURE_FIELDS = (
     "seed",
     "batch_size",
     "shuffle_buffer",
+    "max_vocabulary",
+    "text_max_tokens",
     "augment",
     "augment_shift",
     "model",
@@ -372,8 +510,11 @@ RUN_SIGNATURE_FIELDS = (
     "early_stopping_patience",
     "mixed_precision",
     "jit_compile",
+    "gate_metric",
+    "gate_threshold",
     "min_accuracy",
     "max_regression",
+    "decision_threshold",
     "min_class_recall",
     "max_class_regression",
 )
@@ -412,24 +553,34 @@ def _check_type(field: dataclasses.Field, value: Any) -> None:
             return
         raise ConfigError(f"{field.name} must not be empty")
     if typing.get_origin(hint) is list:
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"{field.name} must be a list of strings, got {value!r}")
+        (item,) = typing.get_args(hint)
+        if not isinstance(value, list) or not all(_is_instance(v, item) for v in value):
+            raise ConfigError(f"{field.name} must be a list of {_TYPE_WORDS[item]}, got {value!r}")
         return
-    ok = (
-        isinstance(value, bool)
-        if hint is bool
-        else isinstance(value, int) and not isinstance(value, bool)
-        if hint is int
-        else isinstance(value, (int, float)) and not isinstance(value, bool)
-        if hint is float
-        else isinstance(value, hint)
-    )
-    if not ok:
+    if typing.get_origin(hint) is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+            raise ConfigError(f"{field.name} must be a mapping of names to strings, got {value!r}")
+        return
+    if not _is_instance(value, hint):
         raise ConfigError(f"{field.name} must be {hint.__name__}, got {type(value).__name__} {value!r}")
 
 
+_TYPE_WORDS = {str: "strings", int: "integers", float: "numbers"}
+
+
+def _is_instance(value: Any, hint: type) -> bool:
+    """isinstance, except that a bool is no number and an int is a float."""
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
 def _check_range(field: dataclasses.Field, value: Any) -> None:
-    if value is None or isinstance(value, (bool, list)):
+    if value is None or isinstance(value, (bool, list, dict)):
         return
     meta = field.metadata
     if "choices" in meta and value not in meta["choices"]:
@@ -488,21 +639,27 @@ _SCHEMA_KEYS = {
 }
 
 
-def trigger_form_fields() -> list[str]:
-    """Names of the options an orchestrator's trigger form shows (those with a title)."""
-    return [f.name for f in dataclasses.fields(PipelineConfig) if f.metadata.get("title")]
+# Trigger-form options that mean nothing for a task (the form of a regression model shows no accuracy).
+_FORM_FIELDS_NOT_FOR = {"regression": ("min_accuracy",)}
+
+
+def trigger_form_fields(task: str = AUTO) -> list[str]:
+    """Names of the options an orchestrator's trigger form shows (those with a title) for a task."""
+    hidden = _FORM_FIELDS_NOT_FOR.get(task, ())
+    return [f.name for f in dataclasses.fields(PipelineConfig) if f.metadata.get("title") and f.name not in hidden]
 
 
 def trigger_form_schema(config: PipelineConfig) -> dict[str, dict[str, Any]]:
     """JSON-schema keyword arguments of each trigger-form option, defaults taken from `config`.
 
     The DAG turns each entry into `airflow.sdk.Param(**entry)`; the pipeline stays free of Airflow.
+    When the config names its task, the form shows that task's options and metrics only.
 
     Returns:
         {option: {"default", "type", "title", "description", and its bounds / enum / pattern}}.
     """
     schema = {}
-    for name in trigger_form_fields():
+    for name in trigger_form_fields(config.task):
         meta = _field_meta(name)
         hint, optional = _base_type(name)
         entry: dict[str, Any] = {
@@ -520,6 +677,8 @@ def trigger_form_schema(config: PipelineConfig) -> dict[str, dict[str, Any]]:
             entry["allOf"] = [bounds]
         if "choices" in meta:
             entry["enum"] = list(meta["choices"])
+        if name == "gate_metric" and config.task != AUTO:
+            entry["enum"] = [AUTO, *(metric for metric, (_, tasks) in METRICS.items() if config.task in tasks)]
         schema[name] = entry
     return schema
 
@@ -543,7 +702,17 @@ def parse_value(name: str, text: str) -> Any:
     if optional and text.strip().lower() in ("", "none", "null"):
         return None
     if typing.get_origin(hint) is list:
-        return [part.strip() for part in text.split(",") if part.strip()]
+        (item,) = typing.get_args(hint)
+        parts = [part.strip() for part in text.split(",") if part.strip()]
+        try:
+            return [item(part) for part in parts]
+        except ValueError:
+            raise ConfigError(f"{name} must be a comma-separated list of {_TYPE_WORDS[item]}, got {text!r}") from None
+    if typing.get_origin(hint) is dict:
+        pairs = [part.strip() for part in text.split(",") if part.strip()]
+        if not all("=" in pair for pair in pairs):
+            raise ConfigError(f"{name} must look like 'name=value,name2=value2', got {text!r}")
+        return {key.strip(): value.strip() for key, value in (pair.split("=", 1) for pair in pairs)}
     if hint is bool:
         lowered = text.strip().lower()
         if lowered in ("1", "true", "yes", "on"):

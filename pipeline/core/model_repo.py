@@ -31,8 +31,10 @@ from pipeline.core.errors import ExportError
 log = logging.getLogger(__name__)
 
 SIGNATURE = "serving_default"
-INPUT_NAME = "images"
-OUTPUT_NAMES = ("probabilities", "class_ids", "class_names")
+# Signatures on serialized tf.Example for TF Serving's Classify and Regress APIs (tables, not images).
+CLASSIFY_SIGNATURE = "classification"
+REGRESS_SIGNATURE = "regression"
+EXAMPLES_INPUT = "inputs"
 CLASS_NAMES_ASSET = "class_names.txt"
 WARMUP_FILE = "tf_serving_warmup_requests"
 MODEL_CARD = "model_card.json"
@@ -79,44 +81,47 @@ def read_model_card(version_dir: str | Path) -> dict[str, Any] | None:
     return read_json(path) if path.exists() else None
 
 
-def predict_saved_model(version_dir: str | Path, images: np.ndarray, batch_size: int = 1024) -> dict[str, np.ndarray]:
+def predict_saved_model(
+    version_dir: str | Path, inputs: dict[str, np.ndarray], batch_size: int = 1024
+) -> dict[str, np.ndarray]:
     """Calls a published SavedModel's serving signature in-process.
 
     Args:
         version_dir: A version folder.
-        images: uint8 images, [N,H,W] or [N,H,W,C].
-        batch_size: Images per signature call.
+        inputs: {input name: values}, as a client sends them (images uint8, text as str or bytes).
+        batch_size: Rows per signature call.
 
     Returns:
-        `probabilities` float32 [N,C] and `class_ids` int64 [N].
+        Every output of the signature over all rows (e.g. `probabilities`, `class_ids`,
+        `class_names` for classification, `predictions` for regression).
     """
     import tensorflow as tf
 
     serve = tf.saved_model.load(str(version_dir)).signatures[SIGNATURE]
+    rows = len(next(iter(inputs.values())))
     batches = [
-        serve(**{INPUT_NAME: tf.constant(images[start : start + batch_size])})
-        for start in range(0, images.shape[0], batch_size)
+        serve(**{name: tf.constant(values[start : start + batch_size]) for name, values in inputs.items()})
+        for start in range(0, rows, batch_size)
     ]
-    return {
-        "probabilities": np.concatenate([b["probabilities"].numpy() for b in batches]).astype(np.float32),
-        "class_ids": np.concatenate([b["class_ids"].numpy() for b in batches]).astype(np.int64),
-    }
+    return {name: np.concatenate([batch[name].numpy() for batch in batches]) for name in batches[0]}
 
 
-def read_warmup_requests(version_dir: str | Path) -> list[dict[str, np.ndarray]]:
-    """Returns the inputs of a version's predict warmup records (none if it has no file)."""
+def answers(outputs: dict[str, np.ndarray]) -> np.ndarray:
+    """What a model answered per row: class ids (classification) or predicted values (regression)."""
+    return np.asarray(outputs["class_ids"] if "class_ids" in outputs else outputs["predictions"])
+
+
+def read_warmup_records(version_dir: str | Path) -> list:
+    """Returns a version's warmup records as `PredictionLog`s (none if it has no file)."""
     import tensorflow as tf
     from tensorflow_serving.apis import prediction_log_pb2
 
     path = warmup_path(version_dir)
-    requests = []
-    if path.exists():
-        for record in tf.data.TFRecordDataset(str(path)):
-            entry = prediction_log_pb2.PredictionLog.FromString(record.numpy())
-            if entry.WhichOneof("log_type") == "predict_log":
-                inputs = entry.predict_log.request.inputs
-                requests.append({name: tf.make_ndarray(proto) for name, proto in inputs.items()})
-    return requests
+    if not path.exists():
+        return []
+    return [
+        prediction_log_pb2.PredictionLog.FromString(record.numpy()) for record in tf.data.TFRecordDataset(str(path))
+    ]
 
 
 @contextmanager
@@ -161,19 +166,21 @@ def check_complete(folder: Path) -> None:
             raise ExportError(f"{folder} is not a complete SavedModel: variables index or data missing")
 
 
-def verify_saved_model(folder: Path, images: np.ndarray) -> None:
-    """Loads a SavedModel and runs its serving signature on `images`, as a server's load would.
+def verify_saved_model(folder: Path, inputs: dict[str, np.ndarray]) -> None:
+    """Loads a SavedModel and runs its serving signature on `inputs`, as a server's load would.
 
     Raises:
-        ExportError: if it does not load or answer with one row per image.
+        ExportError: if it does not load or answer with one row per input row.
     """
     check_complete(folder)
+    rows = len(next(iter(inputs.values())))
     try:
-        outputs = predict_saved_model(folder, images)
+        outputs = predict_saved_model(folder, inputs)
     except Exception as err:  # noqa: BLE001  (any failure means: do not publish)
         raise ExportError(f"{folder} does not load and answer: {type(err).__name__}: {err}") from err
-    if outputs["probabilities"].shape[0] != images.shape[0]:
-        raise ExportError(f"{folder} answered {outputs['probabilities'].shape[0]} rows for {images.shape[0]} images")
+    answered = len(answers(outputs))
+    if answered != rows:
+        raise ExportError(f"{folder} answered {answered} rows for {rows} inputs")
 
 
 def publish_version(staging: Path, model_dir: Path, card: dict[str, Any]) -> tuple[int, Path]:

@@ -1,15 +1,23 @@
 """Stage 2, validate: statistics, schema and drift checks for a snapshot.
 
-On the first run for a dataset the schema is inferred and stored; every later
-snapshot is checked against it and against the statistics of the last accepted
-snapshot. An anomalies report is always written; a severe anomaly fails the stage
-with a message naming the check and its numbers.
+Statistics follow the problem spec: per split, the row count, the label's histogram
+(classification) or moments (regression), rows dropped for lack of a label, and per feature:
+numbers' count, missing count, mean, std, min and max; categories' missing count, number of
+distinct values and most frequent values; texts' empty count and mean length in words;
+images' shape, dtype and pixel moments.
+
+On the first run for a dataset the schema (its problem spec: features, kinds, dtypes,
+shapes, task, class names, splits) is inferred and stored; every later snapshot is checked
+against it and against the statistics of the last accepted snapshot. An anomalies report is
+always written; a severe anomaly fails the stage with a message naming the check and its numbers.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +26,7 @@ import numpy as np
 from pipeline.core.artifacts import StageResult, atomic_write_json, read_json, stage_dir, utc_now
 from pipeline.core.config import PipelineConfig
 from pipeline.core.errors import DataValidationError
+from pipeline.core.problem import CATEGORICAL, IMAGE, NUMERIC, FeatureSpec, ProblemSpec
 from pipeline.data.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
@@ -45,21 +54,15 @@ class ValidationResult(StageResult):
     anomalies: int
 
 
-def split_statistics(images: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, Any]:
-    """Computes the statistics of one split.
+TOP_VALUES = 20
+SCHEMA_FORMAT = 2
+_WORD = re.compile(r"\w+")
 
-    Args:
-        images: uint8 [N, H, W, C].
-        labels: int [N].
-        num_classes: Length of the label histogram.
 
-    Returns:
-        count, label_histogram, image_shape, dtype, pixel_mean, pixel_std, pixel_min, pixel_max.
-    """
+def image_statistics(images: np.ndarray) -> dict[str, Any]:
+    """Shape, dtype and pixel moments of uint8 images [N, H, W, C]."""
     pixels = images.astype(np.float64)
     return {
-        "count": int(labels.shape[0]),
-        "label_histogram": np.bincount(labels, minlength=num_classes).astype(int).tolist(),
         "image_shape": list(images.shape[1:]),
         "dtype": str(images.dtype),
         "pixel_mean": float(pixels.mean()) if pixels.size else 0.0,
@@ -69,15 +72,81 @@ def split_statistics(images: np.ndarray, labels: np.ndarray, num_classes: int) -
     }
 
 
+def feature_statistics(feature: FeatureSpec, values: np.ndarray) -> dict[str, Any]:
+    """The statistics of one feature's values in one split (see the module doc)."""
+    if feature.kind == IMAGE:
+        return image_statistics(values)
+    if feature.kind == NUMERIC:
+        numbers = values.astype(np.float64)
+        present = numbers[~np.isnan(numbers)]
+        return {
+            "count": int(len(numbers)),
+            "missing": int(len(numbers) - len(present)),
+            "mean": float(present.mean()) if present.size else None,
+            "std": float(present.std()) if present.size else None,
+            "min": float(present.min()) if present.size else None,
+            "max": float(present.max()) if present.size else None,
+        }
+    if feature.kind == CATEGORICAL:
+        counts = collections.Counter(values.tolist())
+        top = sorted(counts.items(), key=lambda item: (-item[1], str(item[0])))[:TOP_VALUES]
+        return {
+            "count": int(len(values)),
+            "missing": int(counts.get("", 0)),
+            "distinct": len(counts),
+            "top": [[value if isinstance(value, str) else int(value), count] for value, count in top],
+        }
+    words = [len(_WORD.findall(text)) for text in values]
+    return {
+        "count": int(len(values)),
+        "empty": int(sum(1 for text in values if not text)),
+        "mean_words": float(np.mean(words)) if words else 0.0,
+    }
+
+
+def split_statistics(
+    problem: ProblemSpec, features: dict[str, np.ndarray], labels: np.ndarray, dropped: int = 0
+) -> dict[str, Any]:
+    """Computes the statistics of one split.
+
+    Args:
+        problem: The problem spec.
+        features: {feature key: values} of the split.
+        labels: Class ids or values [N].
+        dropped: Rows of the split left out at ingest because their label was missing.
+
+    Returns:
+        count, dropped_missing_label, label_histogram (classification) or label moments
+        (regression), features; for a single-image problem also that image's statistics at the
+        top level (image_shape, dtype, pixel_mean, pixel_std, pixel_min, pixel_max).
+    """
+    stats: dict[str, Any] = {"count": int(labels.shape[0]), "dropped_missing_label": int(dropped)}
+    if problem.is_classification:
+        stats["label_histogram"] = np.bincount(labels, minlength=problem.num_classes).astype(int).tolist()
+    else:
+        values = labels.astype(np.float64)
+        stats["label"] = {
+            "mean": float(values.mean()) if values.size else None,
+            "std": float(values.std()) if values.size else None,
+            "min": float(values.min()) if values.size else None,
+            "max": float(values.max()) if values.size else None,
+        }
+    stats["features"] = {f.key: feature_statistics(f, features[f.key]) for f in problem.features}
+    if problem.single_image:
+        stats.update(stats["features"][problem.single_image.key])
+    return stats
+
+
 def snapshot_statistics(snapshot: Snapshot) -> dict[str, Any]:
     """Computes statistics for every split of a snapshot."""
     splits = {}
     for split in sorted(snapshot.splits):
-        images, labels = snapshot.split_arrays(split)
-        splits[split] = split_statistics(images, labels, snapshot.num_classes)
+        features, labels = snapshot.split_columns(split)
+        splits[split] = split_statistics(snapshot.problem, features, labels, snapshot.dropped_rows.get(split, 0))
     return {
         "snapshot": snapshot.path.name,
         "fingerprint": snapshot.fingerprint,
+        "task": snapshot.problem.task,
         "class_names": snapshot.class_names,
         "computed_at": utc_now(),
         "splits": splits,
@@ -85,17 +154,20 @@ def snapshot_statistics(snapshot: Snapshot) -> dict[str, Any]:
 
 
 def infer_schema(snapshot: Snapshot, statistics: dict[str, Any]) -> dict[str, Any]:
-    """Infers the schema every later snapshot of the dataset must match."""
-    first = next(iter(statistics["splits"].values()))
-    return {
+    """Infers the schema every later snapshot of the dataset must match: its problem spec and splits."""
+    schema = {
+        "format": SCHEMA_FORMAT,
         "dataset": snapshot.name,
-        "image_shape": list(snapshot.image_shape),
-        "image_dtype": first["dtype"],
+        "problem": snapshot.problem.to_dict(),
         "class_names": snapshot.class_names,
         "splits": sorted(snapshot.splits),
         "inferred_from": snapshot.fingerprint,
         "inferred_at": utc_now(),
     }
+    if snapshot.image_shape:
+        first = next(iter(statistics["splits"].values()))
+        schema.update(image_shape=list(snapshot.image_shape), image_dtype=first["dtype"])
+    return schema
 
 
 def distribution(histogram: list[int]) -> np.ndarray:
@@ -118,25 +190,52 @@ def _check(checks, name, split, passed, severity, message, value=None, threshold
     )
 
 
-def check_schema(schema: dict[str, Any], statistics: dict[str, Any], checks: list) -> None:
-    """Appends the schema checks' results for a snapshot's statistics to `checks`."""
-    for split, stats in statistics["splits"].items():
+def check_schema(schema: dict[str, Any], statistics: dict[str, Any], problem: ProblemSpec, checks: list) -> None:
+    """Appends the schema checks' results for a snapshot's problem spec and statistics to `checks`."""
+    stored = ProblemSpec.from_dict(schema["problem"])
+    _check(checks, "task", None, problem.task == stored.task, ERROR, f"task {problem.task} vs schema {stored.task}")
+    _check(
+        checks,
+        "label",
+        None,
+        problem.label == stored.label,
+        ERROR,
+        f"label column {problem.label!r} vs schema {stored.label!r}",
+    )
+    now = {f.key: f for f in problem.features}
+    before = {f.key: f for f in stored.features}
+    missing, added = sorted(set(before) - set(now)), sorted(set(now) - set(before))
+    _check(checks, "missing_features", None, not missing, ERROR, f"features missing: {missing}")
+    _check(checks, "new_features", None, not added, ERROR, f"features not in schema: {added}")
+    for key in sorted(set(now) & set(before)):
+        was, new_one = before[key], now[key]
         _check(
             checks,
-            "image_shape",
-            split,
-            stats["image_shape"] == schema["image_shape"],
+            "feature_type",
+            None,
+            (was.kind, was.dtype) == (new_one.kind, new_one.dtype),
             ERROR,
-            f"image shape {stats['image_shape']} vs schema {schema['image_shape']}",
+            f"feature {key!r} is {new_one.kind} {new_one.dtype} vs schema {was.kind} {was.dtype}",
         )
-        _check(
-            checks,
-            "image_dtype",
-            split,
-            stats["dtype"] == schema["image_dtype"],
-            ERROR,
-            f"image dtype {stats['dtype']} vs schema {schema['image_dtype']}",
-        )
+        if was.kind == IMAGE:
+            for split, stats in statistics["splits"].items():
+                image = stats["features"][key]
+                _check(
+                    checks,
+                    "image_shape",
+                    split,
+                    image["image_shape"] == list(was.shape),
+                    ERROR,
+                    f"image shape {image['image_shape']} vs schema {list(was.shape)}",
+                )
+                _check(
+                    checks,
+                    "image_dtype",
+                    split,
+                    image["dtype"] == was.dtype,
+                    ERROR,
+                    f"image dtype {image['dtype']} vs schema {was.dtype}",
+                )
     _check(
         checks,
         "class_names",
@@ -145,10 +244,10 @@ def check_schema(schema: dict[str, Any], statistics: dict[str, Any], checks: lis
         ERROR,
         f"class names {statistics['class_names']} vs schema {schema['class_names']}",
     )
-    missing = sorted(set(schema["splits"]) - set(statistics["splits"]))
-    added = sorted(set(statistics["splits"]) - set(schema["splits"]))
-    _check(checks, "missing_splits", None, not missing, ERROR, f"splits missing: {missing}")
-    _check(checks, "new_splits", None, not added, WARNING, f"splits not in schema: {added}")
+    missing_splits = sorted(set(schema["splits"]) - set(statistics["splits"]))
+    new_splits = sorted(set(statistics["splits"]) - set(schema["splits"]))
+    _check(checks, "missing_splits", None, not missing_splits, ERROR, f"splits missing: {missing_splits}")
+    _check(checks, "new_splits", None, not new_splits, WARNING, f"splits not in schema: {new_splits}")
 
 
 def check_snapshot(config: PipelineConfig, statistics: dict[str, Any], checks: list) -> None:
@@ -156,9 +255,21 @@ def check_snapshot(config: PipelineConfig, statistics: dict[str, Any], checks: l
     splits = statistics["splits"]
     for split, stats in splits.items():
         _check(checks, "empty_split", split, stats["count"] > 0, ERROR, f"{stats['count']} examples")
-        absent = [statistics["class_names"][i] for i, n in enumerate(stats["label_histogram"]) if n == 0]
-        _check(checks, "missing_classes", split, not absent, WARNING, f"classes with no examples: {absent}")
-    if "train" in splits and "test" in splits:
+        dropped = stats.get("dropped_missing_label", 0)
+        _check(
+            checks,
+            "missing_labels",
+            split,
+            dropped == 0,
+            WARNING,
+            f"{dropped} rows had no label and were left out at ingest",
+            dropped,
+            0,
+        )
+        if "label_histogram" in stats:
+            absent = [statistics["class_names"][i] for i, n in enumerate(stats["label_histogram"]) if n == 0]
+            _check(checks, "missing_classes", split, not absent, WARNING, f"classes with no examples: {absent}")
+    if "train" in splits and "test" in splits and "label_histogram" in splits["train"]:
         shift = float(
             np.abs(
                 distribution(splits["train"]["label_histogram"]) - distribution(splits["test"]["label_histogram"])
@@ -177,6 +288,8 @@ def check_snapshot(config: PipelineConfig, statistics: dict[str, Any], checks: l
 
 
 def _label_shift(stats: dict[str, Any], before: dict[str, Any]) -> float | None:
+    if "label_histogram" not in stats or "label_histogram" not in before:
+        return None  # Regression: no classes.
     if len(before["label_histogram"]) != len(stats["label_histogram"]):
         return None  # Other classes: the schema check reports it.
     return float(np.abs(distribution(stats["label_histogram"]) - distribution(before["label_histogram"])).max())
@@ -184,6 +297,18 @@ def _label_shift(stats: dict[str, Any], before: dict[str, Any]) -> float | None:
 
 def _pixel_scale(before: dict[str, Any]) -> float:
     return max(before["pixel_std"], 1e-6)
+
+
+def _pixel_mean_drift(stats: dict[str, Any], before: dict[str, Any]) -> float | None:
+    if "pixel_mean" not in stats or "pixel_mean" not in before:
+        return None  # Not a single-image problem.
+    return abs(stats["pixel_mean"] - before["pixel_mean"]) / _pixel_scale(before)
+
+
+def _pixel_std_drift(stats: dict[str, Any], before: dict[str, Any]) -> float | None:
+    if "pixel_std" not in stats or "pixel_std" not in before:
+        return None
+    return abs(stats["pixel_std"] - before["pixel_std"]) / _pixel_scale(before)
 
 
 # Drift of one split against the previous accepted snapshot, one row per check:
@@ -200,7 +325,7 @@ DRIFT_CHECKS = (
     (
         "pixel_mean_drift",
         "max_pixel_drift",
-        lambda stats, before: abs(stats["pixel_mean"] - before["pixel_mean"]) / _pixel_scale(before),
+        _pixel_mean_drift,
         lambda stats, before, value, previous: (
             f"pixel mean {stats['pixel_mean']:.3f} vs {before['pixel_mean']:.3f}: {value:.4f} previous stds"
         ),
@@ -208,7 +333,7 @@ DRIFT_CHECKS = (
     (
         "pixel_std_drift",
         "max_pixel_drift",
-        lambda stats, before: abs(stats["pixel_std"] - before["pixel_std"]) / _pixel_scale(before),
+        _pixel_std_drift,
         lambda stats, before, value, previous: (
             f"pixel std {stats['pixel_std']:.3f} vs {before['pixel_std']:.3f}: relative change {value:.4f}"
         ),
@@ -291,8 +416,12 @@ def run_checks(
         (every check's result, the previous accepted statistics or None).
     """
     checks: list[dict[str, Any]] = []
-    if schema_path.exists() and not config.update_schema:
-        check_schema(read_json(schema_path), statistics, checks)
+    stored = read_json(schema_path) if schema_path.exists() else None
+    if stored is not None and stored.get("format") != SCHEMA_FORMAT:
+        log.warning("schema %s is of an older layout (no problem spec): storing this snapshot's instead", schema_path)
+        stored = None
+    if stored is not None and not config.update_schema:
+        check_schema(stored, statistics, snapshot.problem, checks)
     else:
         atomic_write_json(schema_path, infer_schema(snapshot, statistics))
         log.info("stored schema %s", schema_path)

@@ -2,7 +2,7 @@
 
 MNIST, Fashion-MNIST, KMNIST and EMNIST ship as pairs of files such as
 `train-images-idx3-ubyte.gz` / `train-labels-idx1-ubyte.gz`. Ingest, the demo, the
-benchmarks and the tests all read them through this module; `idx_builder` turns such a
+benchmarks and the tests all read them through this module; ingest turns such a
 folder into a prepared TFDS dataset.
 """
 

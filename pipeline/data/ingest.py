@@ -1,12 +1,20 @@
-"""Stage 1, ingest: turn a data source into an immutable TFDS-format snapshot.
+"""Stage 1, ingest: turn a data source into an immutable TFDS-format snapshot with its problem spec.
 
-Sources:
-    idx:<dir>   a folder of MNIST-format IDX files, prepared by `IdxFolderDataset`.
-    tfds:<name> any TFDS dataset with (image, label) supervised keys; prepared from
-                `tfds_data_dir`, downloaded only when `allow_download` is set.
+Sources (`data_source`):
+    csv:<file or glob>      tables read with pyarrow (`pipeline.data.tables`)
+    parquet:<file or glob>
+    images:<dir>            <dir>/<class>/*.png|jpg or <dir>/<split>/<class>/* (`image_folder`)
+    tfds:<name>             any prepared TFDS dataset (`tfds_source`); downloads only with `allow_download`
+    idx:<dir>               MNIST-format IDX files (`idx`)
 
-The snapshot folder is named by a content fingerprint, so ingesting unchanged data
-again reuses the existing snapshot and changed data never overwrites an old one.
+The problem spec (features, label, task) is inferred and the config's overrides applied
+(`problem_inference`). Rows without a label are dropped and counted. A source with one split
+is divided into train/validation/test by `split_fractions`: rows are ordered by a seeded hash
+of their content and cut at those shares, so the split is deterministic, identical rows land
+in the same split, and rows added later leave most earlier rows where they were.
+
+The snapshot folder is named by a content fingerprint, so ingesting unchanged data again
+reuses the existing snapshot and changed data never overwrites an old one.
 """
 
 from __future__ import annotations
@@ -17,7 +25,6 @@ import json
 import logging
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,39 +32,175 @@ import numpy as np
 from pipeline.core.artifacts import atomic_write_json, fsync_tree, staging_dir, utc_now
 from pipeline.core.config import PipelineConfig
 from pipeline.core.errors import DataSourceError
+from pipeline.core.problem import ProblemSpec
 from pipeline.data import idx
-from pipeline.data.idx_builder import IdxFolderDataset
-from pipeline.data.snapshot import SNAPSHOT_FILE, Snapshot
+from pipeline.data.problem_inference import PreparedSplit, infer_problem, prepare_columns
+from pipeline.data.snapshot import SNAPSHOT_FILE, SNAPSHOT_FORMAT, TEST, TRAIN, VALIDATION, Snapshot
+from pipeline.data.source_data import SourceData
 
 log = logging.getLogger(__name__)
+
+LABEL_COLUMN = "label"
+SINGLE_SPLIT = "data"
 
 
 def ingest(config: PipelineConfig) -> Snapshot:
     """Runs the ingest stage.
 
     Args:
-        config: The pipeline config; `data_source` says what to read.
+        config: The pipeline config; `data_source` says what to read, `label`, `task`,
+            `feature_types`, `exclude_columns`, `class_names` shape the problem spec.
 
     Returns:
         The (new or already existing) snapshot of the source's current content.
 
     Raises:
-        DataSourceError: if the source is missing, empty, corrupt, malformed or unknown.
+        DataSourceError: if the source is missing, empty, corrupt, malformed or unknown, or
+            its label cannot be learnt; the message names the file, column or feature.
     """
+    source = read_source(config)
+    problem = infer_problem(source, config)
+    prepared = prepare_columns(source, problem)
+    for split, part in prepared.items():
+        if part.dropped_missing_label:
+            log.warning(
+                "%s: %d rows of split %r have no label: left out", source.location, part.dropped_missing_label, split
+            )
+    splits = divide(prepared, config.split_fractions, config.seed) if set(prepared) == {SINGLE_SPLIT} else prepared
+    for split, part in splits.items():
+        if len(part.labels) == 0:
+            raise DataSourceError(f"{source.location}: split {split!r} has no rows with a label")
+    return write_snapshot(config, source, problem, splits)
+
+
+def read_source(config: PipelineConfig) -> SourceData:
+    """Reads the configured source into columns (`SourceData`)."""
     kind, _, location = config.data_source.partition(":")
-    if kind == "idx":
-        return _ingest_idx(config, Path(location))
-    return _ingest_tfds(config, location)
+    exclude = list(config.exclude_columns or ())
+    if kind in ("csv", "parquet"):
+        from pipeline.data.tables import read_table_source
+
+        return read_table_source(kind, location, exclude)
+    if kind == "images":
+        from pipeline.data.image_folder import read_image_folder
+
+        return _without(read_image_folder(location, config.image_mode, config.image_size), exclude)
+    if kind == "tfds":
+        from pipeline.data.tfds_source import read_tfds_source
+
+        return read_tfds_source(config, location)
+    return _without(read_idx_source(Path(location), config.class_names), exclude)
 
 
-def _hash_split(hasher, split: str, images: np.ndarray, labels: np.ndarray) -> None:
-    hasher.update(f"split={split};shape={list(images.shape)};".encode())
-    hasher.update(np.ascontiguousarray(images, np.uint8).tobytes())
-    hasher.update(np.ascontiguousarray(labels, np.int64).tobytes())
+def _without(source: SourceData, exclude: list[str]) -> SourceData:
+    unknown = sorted(set(exclude) - set(source.columns))
+    if unknown:
+        raise DataSourceError(f"exclude_columns names columns that {source.location} does not have: {unknown}")
+    if exclude:
+        source.columns = [c for c in source.columns if c not in exclude]
+        for columns in source.splits.values():
+            for name in exclude:
+                columns.pop(name, None)
+    return source
 
 
-def _finish_fingerprint(hasher, class_names: list[str]) -> str:
-    hasher.update(json.dumps(class_names).encode())
+def read_idx_source(folder: Path, configured_names: list[str] | None) -> SourceData:
+    """An IDX folder as an 'images' column (uint8 [N,H,W,1]) and a 'label' column of class ids.
+
+    Raises:
+        DataSourceError: for broken files, splits of different image shapes, or labels outside the classes.
+    """
+    from pipeline.core.problem import IMAGE_KEY
+
+    split_files = idx.find_split_files(folder)
+    arrays = {files.split: idx.read_split(files) for files in split_files}
+    class_names = idx.resolve_class_names(folder, [labels for _, labels in arrays.values()], configured_names)
+    shapes = {images.shape[1:] for images, _ in arrays.values()}
+    if len(shapes) != 1:
+        raise DataSourceError(f"{folder}: splits have different image shapes {sorted(shapes)}")
+    for split, (_, labels) in arrays.items():
+        if labels.size and int(labels.max()) >= len(class_names):
+            files = next(f for f in split_files if f.split == split)
+            bad = int(np.argmax(labels >= len(class_names)))
+            raise DataSourceError(
+                f"{files.labels}: label {int(labels[bad])} at index {bad} is outside the class "
+                f"range 0..{len(class_names) - 1} ({len(class_names)} class names)"
+            )
+    return SourceData(
+        name=folder.name or "idx",
+        splits={
+            split: {IMAGE_KEY: images, LABEL_COLUMN: labels.astype(np.int64)}
+            for split, (images, labels) in arrays.items()
+        },
+        columns=[IMAGE_KEY, LABEL_COLUMN],
+        class_names={LABEL_COLUMN: class_names},
+        label_hint=LABEL_COLUMN,
+        location=f"idx:{folder}",
+    )
+
+
+def _row_digests(part: PreparedSplit, seed: int) -> np.ndarray:
+    """A seeded 64-bit hash of each row's content (features and label)."""
+    key = seed.to_bytes(8, "little", signed=True)
+    columns = [part.features[k] for k in sorted(part.features)] + [part.labels]
+    digests = np.empty(len(part.labels), np.uint64)
+    for row in range(len(part.labels)):
+        hasher = hashlib.blake2b(key=key, digest_size=8)
+        for values in columns:
+            value = values[row]
+            hasher.update(value.encode() + b"\x00" if isinstance(value, str) else np.asarray(value).tobytes())
+        digests[row] = int.from_bytes(hasher.digest(), "little")
+    return digests
+
+
+def divide(prepared: dict[str, PreparedSplit], fractions: list[float], seed: int) -> dict[str, PreparedSplit]:
+    """Divides a one-split source into train/validation/test (see the module doc).
+
+    Args:
+        prepared: {'data': the rows}.
+        fractions: Shares of train, validation and test (summing to 1).
+        seed: Seeds the row hash.
+
+    Returns:
+        {'train', 'validation', 'test'}, each in source order; the dropped-row count stays with 'train'.
+    """
+    (part,) = prepared.values()
+    count = len(part.labels)
+    order = np.argsort(_row_digests(part, seed), kind="stable")
+    train_end = round(count * fractions[0])
+    validation_end = train_end + round(count * fractions[1])
+    bounds = {TRAIN: (0, train_end), VALIDATION: (train_end, validation_end), TEST: (validation_end, count)}
+    divided = {}
+    for split, (start, end) in bounds.items():
+        rows = np.sort(order[start:end])
+        divided[split] = PreparedSplit(
+            {key: values[rows] for key, values in part.features.items()},
+            part.labels[rows],
+            part.dropped_missing_label if split == TRAIN else 0,
+        )
+    return divided
+
+
+def _hash_values(hasher, values: np.ndarray) -> None:
+    if values.dtype == object:
+        for value in values:
+            encoded = value.encode("utf-8")
+            hasher.update(len(encoded).to_bytes(8, "little") + encoded)
+    else:
+        hasher.update(np.ascontiguousarray(values).tobytes())
+
+
+def fingerprint(problem: ProblemSpec, splits: dict[str, PreparedSplit]) -> str:
+    """SHA-256 of the snapshot format, the problem spec and every split's rows."""
+    hasher = hashlib.sha256(f"snapshot-format={SNAPSHOT_FORMAT};".encode())
+    hasher.update(json.dumps(problem.to_dict(), sort_keys=True).encode())
+    for split, part in sorted(splits.items()):
+        hasher.update(f"split={split};rows={len(part.labels)};dropped={part.dropped_missing_label};".encode())
+        for key in sorted(part.features):
+            values = part.features[key]
+            hasher.update(f"{key}:{values.dtype}:{list(values.shape[1:])};".encode())
+            _hash_values(hasher, values)
+        _hash_values(hasher, part.labels)
     return hasher.hexdigest()
 
 
@@ -87,153 +230,46 @@ def _publish(staging: Path, final: Path, snapshot: Snapshot) -> Snapshot:
     return Snapshot.load(final)
 
 
-def _ingest_idx(config: PipelineConfig, folder: Path) -> Snapshot:
-    split_files = idx.find_split_files(folder)
-    arrays = {files.split: idx.read_split(files) for files in split_files}
-    class_names = idx.resolve_class_names(folder, [labels for _, labels in arrays.values()], config.class_names)
-    hasher = hashlib.sha256()
-    shapes = set()
-    for split, (images, labels) in sorted(arrays.items()):
-        if labels.size and int(labels.max()) >= len(class_names):
-            files = next(f for f in split_files if f.split == split)
-            bad = int(np.argmax(labels >= len(class_names)))
-            raise DataSourceError(
-                f"{files.labels}: label {int(labels[bad])} at index {bad} is outside the class "
-                f"range 0..{len(class_names) - 1} ({len(class_names)} class names)"
-            )
-        shapes.add(images.shape[1:])
-        _hash_split(hasher, split, images, labels)
-    if len(shapes) != 1:
-        raise DataSourceError(f"{folder}: splits have different image shapes {sorted(shapes)}")
-    image_shape = shapes.pop()
-    fingerprint = _finish_fingerprint(hasher, class_names)
-    name = folder.name or "idx"
-    final = _snapshot_root(config) / f"{name}-{fingerprint[:12]}"
-    if found := _existing(final):
-        return found
-
+def write_snapshot(
+    config: PipelineConfig, source: SourceData, problem: ProblemSpec, splits: dict[str, PreparedSplit]
+) -> Snapshot:
+    """Publishes the splits as a TFDS-format snapshot named by their fingerprint (or reuses it)."""
     import tensorflow_datasets as tfds
 
-    with staging_dir(_snapshot_root(config), name) as staging:
-        builder = IdxFolderDataset(
-            source_dir=folder,
-            class_names=class_names,
-            image_shape=image_shape,
+    from pipeline.data.snapshot_builder import ColumnsDataset
+    from pipeline.data.tfds_source import progress_bars_on_terminals_only
+
+    digest = fingerprint(problem, splits)
+    safe_name = "".join(c if c.isalnum() or c in "-_." else "_" for c in source.name) or "data"
+    final = _snapshot_root(config) / f"{safe_name}-{digest[:12]}"
+    if found := _existing(final):
+        return found
+    with staging_dir(_snapshot_root(config), safe_name) as staging:
+        builder = ColumnsDataset(
+            problem=problem,
+            splits={split: (part.features, part.labels) for split, part in splits.items()},
+            description=f"{source.location}: {problem.task} of {problem.label!r}",
             data_dir=str(staging / "tfds"),
         )
-        log.info("preparing TFDS dataset from %s", folder)
-        _progress_bars_on_terminals_only()
-        builder.download_and_prepare(
-            download_dir=str(staging / "downloads"),
-            download_config=tfds.download.DownloadConfig(try_download_gcs=False),
-        )
+        log.info("preparing TFDS dataset from %s", source.location)
+        progress_bars_on_terminals_only()
+        try:
+            builder.download_and_prepare(
+                download_dir=str(staging / "downloads"),
+                download_config=tfds.download.DownloadConfig(try_download_gcs=False),
+            )
+        except OSError as err:
+            raise DataSourceError(f"writing the snapshot under {staging.parent} failed: {err.strerror or err}") from err
         shutil.rmtree(staging / "downloads", ignore_errors=True)
         snapshot = Snapshot(
             path=final,
-            name=name,
+            name=source.name if source.location.startswith("tfds:") else safe_name,
             source=config.data_source,
-            fingerprint=fingerprint,
-            splits={split: int(labels.shape[0]) for split, (_, labels) in sorted(arrays.items())},
-            class_names=class_names,
-            image_shape=tuple(int(d) for d in image_shape),
+            fingerprint=digest,
+            splits={split: len(part.labels) for split, part in sorted(splits.items())},
+            problem=problem,
+            dropped_rows={split: part.dropped_missing_label for split, part in sorted(splits.items())},
             tfds_dir=str(Path(builder.data_dir).relative_to(staging)),
             created_at=utc_now(),
         )
         return _publish(staging, final, snapshot)
-
-
-def _progress_bars_on_terminals_only() -> None:
-    """TFDS progress bars for a person at a terminal; in a task log each redraw would be a line."""
-    import tensorflow_datasets as tfds
-
-    tfds.display_progress_bar(sys.stderr.isatty())
-
-
-def _open_tfds_builder(config: PipelineConfig, name: str):
-    import tensorflow_datasets as tfds
-
-    try:
-        builder = tfds.builder(name, data_dir=config.tfds_data_dir, try_gcs=False)
-    except tfds.core.registered.DatasetNotFoundError as err:
-        raise DataSourceError(f"unknown TFDS dataset {name!r}: {str(err).splitlines()[0]}") from None
-    if not builder.is_prepared():
-        if not config.allow_download:
-            raise DataSourceError(
-                f"TFDS dataset {name!r} is not prepared under {builder.data_dir_root} and "
-                "allow_download is off: prepare it there first, point tfds_data_dir at a "
-                "prepared copy, or set allow_download"
-            )
-        log.info("downloading and preparing TFDS dataset %s", name)
-        _progress_bars_on_terminals_only()
-        builder.download_and_prepare()
-    return builder
-
-
-def _supervised_image_features(builder, name: str) -> tuple[str, str, tuple[int, ...], list[str]]:
-    import tensorflow_datasets as tfds
-
-    keys = builder.info.supervised_keys
-    if not keys or len(keys) != 2 or not all(isinstance(k, str) for k in keys):
-        raise DataSourceError(f"TFDS dataset {name!r} has no (image, label) supervised keys")
-    image_key, label_key = keys
-    image_feature = builder.info.features[image_key]
-    label_feature = builder.info.features[label_key]
-    shape = tuple(image_feature.shape)
-    if not isinstance(image_feature, (tfds.features.Image, tfds.features.Tensor)) or len(shape) != 3 or None in shape:
-        raise DataSourceError(f"TFDS dataset {name!r}: feature {image_key!r} is not a fixed-size image ({shape})")
-    if not isinstance(label_feature, tfds.features.ClassLabel):
-        raise DataSourceError(f"TFDS dataset {name!r}: feature {label_key!r} is not a class label")
-    return image_key, label_key, shape, list(label_feature.names)
-
-
-def _ingest_tfds(config: PipelineConfig, name: str) -> Snapshot:
-    import tensorflow_datasets as tfds
-
-    builder = _open_tfds_builder(config, name)
-    _, _, image_shape, class_names = _supervised_image_features(builder, name)
-    hasher = hashlib.sha256()
-    splits = {}
-    for split in sorted(builder.info.splits):
-        images, labels = [], []
-        dataset = builder.as_dataset(split=split, as_supervised=True, shuffle_files=False)
-        for batch_images, batch_labels in tfds.as_numpy(dataset.batch(4096)):
-            images.append(batch_images)
-            labels.append(batch_labels)
-        if not images:
-            raise DataSourceError(f"TFDS dataset {name!r}: split {split!r} is empty")
-        images_array, labels_array = np.concatenate(images), np.concatenate(labels)
-        _hash_split(hasher, split, images_array, labels_array)
-        splits[split] = int(labels_array.shape[0])
-    fingerprint = _finish_fingerprint(hasher, class_names)
-    safe_name = name.replace("/", "_").replace(":", "_")
-    final = _snapshot_root(config) / f"{safe_name}-{fingerprint[:12]}"
-    if found := _existing(final):
-        return found
-    with staging_dir(_snapshot_root(config), safe_name) as staging:
-        version_dir = Path(builder.data_dir)
-        relative = version_dir.relative_to(Path(builder.data_dir_root))
-        _link_or_copy_tree(version_dir, staging / "tfds" / relative)
-        snapshot = Snapshot(
-            path=final,
-            name=builder.info.full_name,
-            source=config.data_source,
-            fingerprint=fingerprint,
-            splits=splits,
-            class_names=class_names,
-            image_shape=tuple(int(d) for d in image_shape),
-            tfds_dir=str(Path("tfds") / relative),
-            created_at=utc_now(),
-        )
-        return _publish(staging, final, snapshot)
-
-
-def _link_or_copy_tree(source: Path, destination: Path) -> None:
-    """Copies a prepared TFDS folder, hard-linking files where the file system allows."""
-
-    def link_or_copy(src: str, dst: str) -> None:
-        try:
-            os.link(src, dst)
-        except OSError:
-            shutil.copy2(src, dst)
-
-    shutil.copytree(source, destination, copy_function=link_or_copy)

@@ -1,7 +1,9 @@
 """Stage 3, preprocess: tf.data input pipelines over a snapshot.
 
-Images stay raw (uint8 pixel values); normalisation is the model's first layer,
-so training and serving see the same transformation.
+Features stay raw (uint8 pixels, numbers with NaN for missing, strings); every transformation
+that serving needs too (normalisation, vocabularies, imputation) is a layer of the model, so
+training and serving see the same one. The pipeline only casts images to float32, caches,
+shuffles, batches, augments images and shapes the labels for the task's loss.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import os
 import tensorflow as tf
 
 from pipeline.core.config import PipelineConfig
+from pipeline.core.problem import BINARY, IMAGE, REGRESSION, ProblemSpec
 from pipeline.data.snapshot import Snapshot
 
 # Fixed parallelism and buffers instead of tf.data's autotuning: measured on 2 CPU cores, the
@@ -30,6 +33,27 @@ def _augmenter(seed: int, shift: float):
     return keras.Sequential(steps, name="augment")
 
 
+def _cast_images(problem: ProblemSpec):
+    images = {f.key for f in problem.image_features}
+
+    def cast(features, label):
+        return {k: tf.cast(v, tf.float32) if k in images else v for k, v in features.items()}, label
+
+    return cast
+
+
+def _label_for_loss(problem: ProblemSpec, one_hot_classes: int | None):
+    """Labels as the task's loss takes them: float [B,1] (binary, regression), int32 or one-hot (multiclass)."""
+
+    def shape(features, labels):
+        if problem.task == BINARY or problem.task == REGRESSION:
+            return features, tf.reshape(tf.cast(labels, tf.float32), [-1, 1])
+        labels = tf.cast(labels, tf.int32)
+        return features, tf.one_hot(labels, one_hot_classes) if one_hot_classes else labels
+
+    return shape
+
+
 def make_dataset(
     snapshot: Snapshot, split: str, config: PipelineConfig, *, training: bool, one_hot_classes: int | None = None
 ) -> tf.data.Dataset:
@@ -37,32 +61,32 @@ def make_dataset(
 
     Args:
         snapshot: The data snapshot.
-        split: A TFDS split expression, e.g. `config.train_split`.
+        split: A TFDS split expression (resolved, not 'auto').
         config: Uses `batch_size`, `shuffle_buffer`, `cache`, `augment`, `augment_shift` and `seed`.
-        training: Shuffle (seeded, reshuffled every epoch) and augment if enabled.
-        one_hot_classes: Give labels one-hot over this many classes (for a label-smoothed loss).
+        training: Shuffle (seeded, reshuffled every epoch) and augment images if enabled.
+        one_hot_classes: Multiclass: give labels one-hot over this many classes (for a label-smoothed loss).
 
     Returns:
-        Batches of (images float32 [B,H,W,C] in 0-255, labels int32 [B] or float32 [B,classes]), prefetched.
+        Batches of ({key: values [B, ...]} with images float32 in 0-255, labels for the task's loss), prefetched.
     """
-    dataset = snapshot.load_split(split)
-    dataset = dataset.map(
-        lambda image, label: (tf.cast(image, tf.float32), tf.cast(label, tf.int32)),
-        num_parallel_calls=MAP_PARALLELISM,
-    )
+    problem = snapshot.problem
+    dataset = snapshot.load_split(split).map(_cast_images(problem), num_parallel_calls=MAP_PARALLELISM)
     if config.cache:
         dataset = dataset.cache()
     if training:
         dataset = dataset.shuffle(config.shuffle_buffer, seed=config.seed, reshuffle_each_iteration=True)
     dataset = dataset.batch(config.batch_size)
-    if training and config.augment:
+    images = [f.key for f in problem.features if f.kind == IMAGE]
+    if training and config.augment and images:
         augment = _augmenter(config.seed, config.augment_shift)
         dataset = dataset.map(
-            lambda images, labels: (augment(images, training=True), labels),
+            lambda features, labels: (
+                {k: augment(v, training=True) if k in images else v for k, v in features.items()},
+                labels,
+            ),
             num_parallel_calls=MAP_PARALLELISM,
         )
-    if one_hot_classes:
-        dataset = dataset.map(lambda images, labels: (images, tf.one_hot(labels, one_hot_classes)))
+    dataset = dataset.map(_label_for_loss(problem, one_hot_classes))
     options = without_autotuning()
     # Multi-worker training: each worker takes every n-th batch (TFDS files are too few to shard by file).
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
@@ -81,13 +105,13 @@ def split_size(snapshot: Snapshot, split: str) -> int:
     return int(snapshot.builder().info.splits[split].num_examples)
 
 
-def pixel_moments(dataset: tf.data.Dataset) -> tuple[float, float]:
-    """Returns the mean and variance of all pixels in a dataset of (images, labels) batches."""
+def pixel_moments(dataset: tf.data.Dataset, key: str) -> tuple[float, float]:
+    """Returns the mean and variance of all pixels of image feature `key` in a dataset of (features, labels) batches."""
     total = tf.constant(0.0, tf.float64)
     total_sq = tf.constant(0.0, tf.float64)
     count = tf.constant(0.0, tf.float64)
-    for images, _ in dataset:
-        pixels = tf.cast(images, tf.float64)
+    for features, _ in dataset:
+        pixels = tf.cast(features[key], tf.float64)
         total += tf.reduce_sum(pixels)
         total_sq += tf.reduce_sum(tf.square(pixels))
         count += tf.cast(tf.size(pixels), tf.float64)

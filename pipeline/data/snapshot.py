@@ -9,9 +9,14 @@ from typing import Any
 import numpy as np
 
 from pipeline.core.artifacts import read_json
+from pipeline.core.config import AUTO
 from pipeline.core.errors import ConfigError, DataSourceError
+from pipeline.core.problem import IMAGE, STRING, ProblemSpec
 
 SNAPSHOT_FILE = "snapshot.json"
+# Snapshot layout version: 2 stores the problem spec (features, label, task).
+SNAPSHOT_FORMAT = 2
+TRAIN, VALIDATION, TEST = "train", "validation", "test"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,12 +25,12 @@ class Snapshot:
 
     Attributes:
         path: The snapshot folder.
-        name: Dataset name (IDX folder name or TFDS builder name).
+        name: Dataset name (file, folder or TFDS builder name).
         source: The data source it was made from, e.g. 'idx:/usr/share/datasets/fashion-mnist'.
-        fingerprint: SHA-256 of the examples' content and the class names.
+        fingerprint: SHA-256 of the examples' content and the problem spec.
         splits: Number of examples per split.
-        class_names: Label names; index i names label i.
-        image_shape: (height, width, channels).
+        problem: What is learnt from what (features, label, task, class names).
+        dropped_rows: Rows left out per split because their label was missing.
         tfds_dir: The prepared TFDS version folder, relative to `path`.
         created_at: UTC time of creation.
     """
@@ -35,20 +40,31 @@ class Snapshot:
     source: str
     fingerprint: str
     splits: dict[str, int]
-    class_names: list[str]
-    image_shape: tuple[int, int, int]
+    problem: ProblemSpec
+    dropped_rows: dict[str, int]
     tfds_dir: str
     created_at: str
 
     @property
+    def class_names(self) -> list[str]:
+        return list(self.problem.class_names)
+
+    @property
     def num_classes(self) -> int:
-        return len(self.class_names)
+        return self.problem.num_classes
+
+    @property
+    def image_shape(self) -> tuple[int, int, int] | None:
+        """(height, width, channels) of the only feature when it is an image, else None."""
+        image = self.problem.single_image
+        return tuple(image.shape) if image else None
 
     def to_dict(self) -> dict[str, Any]:
         """Returns the metadata stored in snapshot.json (without the path)."""
         payload = dataclasses.asdict(self)
         payload.pop("path")
-        payload["image_shape"] = list(self.image_shape)
+        payload["problem"] = self.problem.to_dict()
+        payload["format"] = SNAPSHOT_FORMAT
         return payload
 
     @classmethod
@@ -56,14 +72,16 @@ class Snapshot:
         """Opens a finished snapshot folder.
 
         Raises:
-            DataSourceError: if the folder is not a complete snapshot.
+            DataSourceError: if the folder is not a complete snapshot of this format.
         """
         path = Path(path)
         meta_file = path / SNAPSHOT_FILE
         if not meta_file.is_file():
             raise DataSourceError(f"{path} is not a data snapshot (no {SNAPSHOT_FILE})")
         meta = read_json(meta_file)
-        meta["image_shape"] = tuple(meta["image_shape"])
+        if meta.pop("format", 1) != SNAPSHOT_FORMAT:
+            raise DataSourceError(f"{path} is a snapshot of an older layout: ingest the source again")
+        meta["problem"] = ProblemSpec.from_dict(meta["problem"])
         return cls(path=path, **meta)
 
     def builder(self):
@@ -72,8 +90,51 @@ class Snapshot:
 
         return tfds.builder_from_directory(str(self.path / self.tfds_dir))
 
+    def resolve_split(self, expression: str, role: str) -> str:
+        """A config split expression with 'auto' resolved against this snapshot's splits.
+
+        Args:
+            expression: A TFDS split expression, or 'auto'.
+            role: 'train', 'validation' or 'test'.
+
+        Returns:
+            train: 'train' when the snapshot has a validation split, else 'train[:90%]';
+            validation: 'validation', else 'train[90%:]'; test: 'test'.
+
+        Raises:
+            ConfigError: if 'auto' has nothing to resolve to.
+        """
+        if expression != AUTO:
+            return expression
+        has_validation = VALIDATION in self.splits
+        resolved = {
+            TRAIN: TRAIN if has_validation else "train[:90%]",
+            VALIDATION: VALIDATION if has_validation else "train[90%:]",
+            TEST: TEST,
+        }[role]
+        if resolved.split("[", 1)[0] not in self.splits:
+            raise ConfigError(
+                f"snapshot {self.name} has no {resolved.split('[', 1)[0]!r} split for the {role} split "
+                f"(splits: {', '.join(sorted(self.splits))}): set {role}_split"
+            )
+        return resolved
+
+    def _as_dataset(self, split: str):
+        base = split.split("[", 1)[0].split("+", 1)[0]
+        if base not in self.splits:
+            raise ConfigError(
+                f"split {split!r} is not in snapshot {self.name} (splits: {', '.join(sorted(self.splits))})"
+            )
+        try:
+            return self.builder().as_dataset(split=split, shuffle_files=False)
+        except (ValueError, AssertionError) as err:
+            raise ConfigError(f"bad split expression {split!r}: {err}") from err
+
     def load_split(self, split: str):
-        """Returns a `tf.data.Dataset` of (image uint8 [H,W,C], label int64) in file order.
+        """Returns a `tf.data.Dataset` of ({feature key: value}, label) in file order.
+
+        Labels are int64 class ids (classification) or float32 values (regression); strings are
+        tf.string, images uint8 [H,W,C].
 
         Args:
             split: A TFDS split expression such as 'train', 'train[:90%]' or 'test[:500]'.
@@ -81,37 +142,54 @@ class Snapshot:
         Raises:
             ConfigError: if the split expression does not name a split of this snapshot.
         """
-        base = split.split("[", 1)[0].split("+", 1)[0]
-        if base not in self.splits:
-            raise ConfigError(
-                f"split {split!r} is not in snapshot {self.name} (splits: {', '.join(sorted(self.splits))})"
-            )
-        try:
-            return self.builder().as_dataset(split=split, as_supervised=True, shuffle_files=False)
-        except (ValueError, AssertionError) as err:
-            raise ConfigError(f"bad split expression {split!r}: {err}") from err
+        keys = [f.key for f in self.problem.features]
+        label_key = self.problem.label_key
+        return self._as_dataset(split).map(lambda example: ({k: example[k] for k in keys}, example[label_key]))
 
-    def split_arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
-        """Reads a whole split into memory as (images uint8 [N,H,W,C], labels int64 [N])."""
+    def split_columns(self, split: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Reads a whole split into memory: ({feature key: values}, labels).
+
+        Text comes as object arrays of `str`, images as uint8 [N,H,W,C], labels as int64
+        class ids or float32 values.
+        """
         import tensorflow_datasets as tfds
 
-        images, labels = [], []
-        for batch_images, batch_labels in tfds.as_numpy(self.load_split(split).batch(4096)):
-            images.append(batch_images)
+        parts: dict[str, list[np.ndarray]] = {f.key: [] for f in self.problem.features}
+        labels = []
+        for features, batch_labels in tfds.as_numpy(self.load_split(split).batch(4096)):
+            for key, values in features.items():
+                parts[key].append(values)
             labels.append(batch_labels)
-        if not images:
-            return np.zeros((0, *self.image_shape), np.uint8), np.zeros((0,), np.int64)
-        return np.concatenate(images), np.concatenate(labels).astype(np.int64)
+        columns = {}
+        for feature in self.problem.features:
+            if parts[feature.key]:
+                values = np.concatenate(parts[feature.key])
+            else:
+                values = np.zeros((0, *feature.shape), np.uint8 if feature.kind == IMAGE else np.float32)
+            if feature.dtype == STRING:
+                decoded = np.empty(len(values), dtype=object)
+                decoded[:] = [v.decode("utf-8") if isinstance(v, bytes) else v for v in values]
+                values = decoded
+            columns[feature.key] = values
+        label_dtype = np.int64 if self.problem.is_classification else np.float32
+        return columns, (np.concatenate(labels) if labels else np.zeros(0)).astype(label_dtype)
 
-    def request_images(self, split: str, count: int) -> np.ndarray:
-        """The first `count` images of `split`'s base split, shaped as a client sends them.
+    def request_rows(self, split: str, count: int) -> dict[str, np.ndarray]:
+        """The first `count` rows of `split`'s base split, shaped as a client sends them.
 
-        Used for warmup records, infra-validation and smoke tests: single-channel images
-        come as [N,H,W] (what the serving signature's callers send), others as [N,H,W,C].
+        Used for warmup records, infra-validation and smoke tests: one array per serving
+        input; single-channel images come as [N,H,W] (what the image models' callers send).
 
         Args:
             split: A split expression; only its base name counts ('test[:50%]' reads 'test').
-            count: How many images.
+            count: How many rows.
         """
-        images, _ = self.split_arrays(f"{split.split('[', 1)[0]}[:{count}]")
-        return images[..., 0] if images.shape[-1] == 1 else images
+        base = split.split("[", 1)[0]
+        columns, _ = self.split_columns(f"{base}[:{min(count, self.splits.get(base, count))}]")
+        rows = {}
+        for feature in self.problem.features:
+            values = columns[feature.key]
+            if feature.kind == IMAGE and feature.shape[-1] == 1:
+                values = values[..., 0]
+            rows[feature.key] = values
+        return rows

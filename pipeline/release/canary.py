@@ -159,32 +159,41 @@ def _window(now: dict[int, VersionTraffic], plan: dict[str, Any], version: int) 
     return now.get(version, VersionTraffic()).minus(start)
 
 
-def agreement(config: PipelineConfig, plan: dict[str, Any]) -> tuple[int, int]:
-    """Compares the canary's logged answers since the watch began with `stable`'s on the same images.
+def agreement(config: PipelineConfig, plan: dict[str, Any]) -> tuple[int, int, str]:
+    """Compares the canary's logged answers since the watch began with `stable`'s on the same inputs.
+
+    Classification answers agree when they name the same class; regression answers when they
+    agree within `smoke_test.REGRESSION_RTOL`.
 
     Returns:
-        (answers compared, answers whose predicted class equals stable's); at most AGREEMENT_SAMPLE
-        answers, drawn uniformly from all logged since the start, are compared.
+        (answers compared, answers that agree with stable's, what was compared: 'predicted class'
+        or 'prediction'); at most AGREEMENT_SAMPLE answers, drawn uniformly from all logged since
+        the start, are compared.
     """
     from pipeline.release.drift import read_request_logs, request_log_files
+    from pipeline.release.smoke_test import differing_answers
 
     files = [path for path in request_log_files(config) if path.stat().st_mtime >= plan["started_at"]]
     logged = read_request_logs(files)
     canary = logged.where((logged.versions == plan["version"]) & (logged.timestamps >= math.floor(plan["started_at"])))
-    if not len(canary.images):
-        return 0, 0
-    if len(canary.images) > AGREEMENT_SAMPLE:  # a uniform sample keeps each judgement's cost flat as logs grow
-        chosen = np.zeros(len(canary.images), bool)
-        chosen[np.random.default_rng(0).choice(len(canary.images), AGREEMENT_SAMPLE, replace=False)] = True
+    what = "prediction" if "predictions" in canary.outputs else "predicted class"
+    if not len(canary):
+        return 0, 0, what
+    if len(canary) > AGREEMENT_SAMPLE:  # a uniform sample keeps each judgement's cost flat as logs grow
+        chosen = np.zeros(len(canary), bool)
+        chosen[np.random.default_rng(0).choice(len(canary), AGREEMENT_SAMPLE, replace=False)] = True
         canary = canary.where(chosen)
     stable_answers = []
     with promotion.serving_client(config) as client:
-        for start in range(0, len(canary.images), 256):
-            batch = canary.images[start : start + 256]
-            answer = client.predict(config.model_name, {model_repo.INPUT_NAME: batch}, label=promotion.STABLE)
-            stable_answers.append(np.asarray(answer["probabilities"]).argmax(axis=1))
-    agreed = int((np.concatenate(stable_answers) == canary.probabilities.argmax(axis=1)).sum())
-    return len(canary.images), agreed
+        for start in range(0, len(canary), 256):
+            batch = {name: values[start : start + 256] for name, values in canary.inputs.items()}
+            answer = client.predict(config.model_name, batch, label=promotion.STABLE)
+            stable_answers.append(model_repo.answers(answer.outputs))
+    canary_answers = model_repo.answers(canary.outputs)
+    if "probabilities" in canary.outputs and "class_ids" not in canary.outputs:  # logs of older versions
+        canary_answers = canary.outputs["probabilities"].argmax(axis=1)
+    disagreeing = differing_answers(canary_answers, np.concatenate(stable_answers))
+    return len(canary), len(canary) - disagreeing, what
 
 
 def judge(config: PipelineConfig, plan: dict[str, Any], final: bool) -> Verdict:
@@ -238,14 +247,14 @@ def judge(config: PipelineConfig, plan: dict[str, Any], final: bool) -> Verdict:
         )
     if config.canary_min_agreement is not None and enough:
         # The request logs are published on rotation: the answers logged so far may trail the counters.
-        compared, agreed = agreement(config, plan)
+        compared, agreed, what = agreement(config, plan)
         share = agreed / compared if compared else 0.0
         figures.update(compared=compared, agreement=round(share, 4))
         measured = compared >= config.canary_min_requests
         checks.append(
             (
                 (OK if share >= config.canary_min_agreement else FAIL) if measured else FAIL if final else WAIT,
-                f"predicted class equal to stable's on {agreed} of {compared} logged canary answers ({share:.1%}; "
+                f"{what} equal to stable's on {agreed} of {compared} logged canary answers ({share:.1%}; "
                 f"canary_min_agreement {config.canary_min_agreement:.0%}, on at least {config.canary_min_requests})",
             )
         )

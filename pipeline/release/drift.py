@@ -21,8 +21,8 @@ import numpy as np
 from pipeline.core.artifacts import atomic_output, atomic_write_json, read_json
 from pipeline.core.config import PipelineConfig
 from pipeline.core.errors import PipelineError
-from pipeline.data.data_validation import distribution, split_statistics
-from pipeline.data.snapshot import Snapshot
+from pipeline.data.data_validation import distribution, image_statistics, split_statistics
+from pipeline.data.snapshot import TRAIN, Snapshot
 
 CONFIDENCE_BINS = np.linspace(0.0, 1.0, 11)
 
@@ -78,66 +78,95 @@ def _remember(config: PipelineConfig, files: list[Path]) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class LoggedRequests:
-    """Logged Predict calls, one row per image.
+    """Logged Predict calls of the serving signature, one row per input row.
 
     Attributes:
-        images: uint8 images [N, H, W].
-        probabilities: The answers [N, C].
+        inputs: {input name: values [N, ...]} as the requests sent them.
+        outputs: {output name: values [N, ...]} as the model answered.
         versions: The version that answered each row.
         labels: The label each row's request named ('' when none; 'shadow' for a shadow answer).
         timestamps: When each row was answered (whole seconds since the epoch).
     """
 
-    images: np.ndarray
-    probabilities: np.ndarray
+    inputs: dict[str, np.ndarray]
+    outputs: dict[str, np.ndarray]
     versions: np.ndarray
     labels: np.ndarray
     timestamps: np.ndarray
 
+    def __len__(self) -> int:
+        return len(self.versions)
+
     def where(self, mask: np.ndarray) -> LoggedRequests:
         """The rows where `mask` is true."""
-        return LoggedRequests(*(field[mask] for field in dataclasses.astuple(self)))
+        return LoggedRequests(
+            {name: values[mask] for name, values in self.inputs.items()},
+            {name: values[mask] for name, values in self.outputs.items()},
+            self.versions[mask],
+            self.labels[mask],
+            self.timestamps[mask],
+        )
 
 
-def read_request_logs(files: list[Path], input_name: str = "images") -> LoggedRequests:
-    """The logged Predict calls of `files` (calls without `input_name` images are left out)."""
+def read_request_logs(files: list[Path]) -> LoggedRequests:
+    """The logged Predict calls of `files`.
+
+    Only calls with the inputs of the first call kept and an answer (`probabilities` or
+    `predictions`) count: the model's serving signature, not other signatures.
+    """
     import tensorflow as tf
     from tensorflow_serving.apis import prediction_log_pb2
 
-    images, probabilities, versions, labels, timestamps = [], [], [], [], []
+    from serving import tensors
+
+    inputs: dict[str, list[np.ndarray]] = {}
+    outputs: dict[str, list[np.ndarray]] = {}
+    versions, labels, timestamps = [], [], []
     for path in files:
         for data in tf.data.TFRecordDataset(str(path)).as_numpy_iterator():
             record = prediction_log_pb2.PredictionLog.FromString(data)
             if not record.HasField("predict_log"):
                 continue
             request, response = record.predict_log.request, record.predict_log.response
-            if input_name not in request.inputs or "probabilities" not in response.outputs:
+            answer = "probabilities" if "probabilities" in response.outputs else "predictions"
+            if answer not in response.outputs or not request.inputs:
                 continue
-            batch = tf.make_ndarray(request.inputs[input_name])
-            images.append(batch)
-            probabilities.append(tf.make_ndarray(response.outputs["probabilities"]))
-            rows = len(batch)
+            if not inputs:
+                inputs = {name: [] for name in request.inputs}
+                outputs = {name: [] for name in response.outputs}
+            if set(request.inputs) != set(inputs) or not set(outputs) <= set(response.outputs):
+                continue
+            batch = {name: tensors.to_array(proto) for name, proto in request.inputs.items()}
+            rows = len(next(iter(batch.values())))
+            for name, values in batch.items():
+                inputs[name].append(values)
+            for name in outputs:
+                outputs[name].append(tensors.to_array(response.outputs[name]))
             versions.append(np.full(rows, record.log_metadata.model_spec.version.value, np.int64))
             labels.append(np.full(rows, request.model_spec.version_label, object))
             timestamps.append(np.full(rows, record.log_metadata.timestamp_secs, np.int64))
-    if not images:
+    if not versions:
         empty = np.zeros(0, np.int64)
-        return LoggedRequests(
-            np.zeros((0, 0, 0), np.uint8), np.zeros((0, 0), np.float32), empty, np.zeros(0, object), empty
-        )
-    return LoggedRequests(*(np.concatenate(parts) for parts in (images, probabilities, versions, labels, timestamps)))
+        return LoggedRequests({}, {}, empty, np.zeros(0, object), empty)
+    return LoggedRequests(
+        {name: np.concatenate(parts) for name, parts in inputs.items()},
+        {name: np.concatenate(parts) for name, parts in outputs.items()},
+        np.concatenate(versions),
+        np.concatenate(labels),
+        np.concatenate(timestamps),
+    )
 
 
 def request_statistics(images: np.ndarray, probabilities: np.ndarray) -> dict[str, Any]:
     """Pixel statistics (as the validate stage computes them), predicted classes and confidences."""
     predicted = probabilities.argmax(axis=1)
     confidence = probabilities.max(axis=1)
-    pixels = split_statistics(images[..., None], predicted, probabilities.shape[1])
+    pixels = image_statistics(images[..., None])
     return {
         "count": int(images.shape[0]),
         "pixel_mean": pixels["pixel_mean"],
         "pixel_std": pixels["pixel_std"],
-        "predicted_histogram": pixels["label_histogram"],
+        "predicted_histogram": np.bincount(predicted, minlength=probabilities.shape[1]).astype(int).tolist(),
         "confidence_histogram": np.histogram(confidence, CONFIDENCE_BINS)[0].astype(int).tolist(),
         "mean_confidence": float(confidence.mean()),
     }
@@ -149,8 +178,8 @@ def training_statistics(config: PipelineConfig, card: dict[str, Any]) -> dict[st
     if not snapshot_dir.exists():
         raise PipelineError(f"the stable model's training snapshot {snapshot_dir} is gone: cannot compare")
     snapshot = Snapshot.load(snapshot_dir)
-    images, labels = snapshot.split_arrays(config.train_split)
-    return split_statistics(images, labels, snapshot.num_classes)
+    columns, labels = snapshot.split_columns(snapshot.resolve_split(config.train_split, TRAIN))
+    return split_statistics(snapshot.problem, columns, labels)
 
 
 def compare(requests: dict[str, Any], training: dict[str, Any], config: PipelineConfig) -> list[tuple[bool, str]]:
@@ -221,8 +250,7 @@ def check_drift(config: PipelineConfig) -> DriftResult:
     files = new_log_files(config)
     logged = read_request_logs(files)
     logged = logged.where(logged.labels != SHADOW_LABEL)  # a shadow's answers were never returned to anyone
-    images, probabilities = logged.images, logged.probabilities
-    count = int(images.shape[0])
+    count = len(logged)
     if count < config.drift_min_requests:
         # Not judged: the files stay unread, so their requests count toward the next check.
         summary = f"not judged: {count} logged requests since the last check (drift_min_requests "
@@ -230,6 +258,20 @@ def check_drift(config: PipelineConfig) -> DriftResult:
     card = stable_model_card(config)
     if card is None:
         raise PipelineError(f"no stable {config.model_name} model to compare the requests with")
+    problem = card.get("problem") or {}
+    features = problem.get("features") or [{"key": "images", "kind": "image"}]
+    if problem.get("task", "multiclass") == "regression" or [f["kind"] for f in features] != ["image"]:
+        # Serving-time drift of tables and text needs per-feature statistics: not judged, and said so.
+        _remember(config, files)
+        summary = (
+            f"not judged: serving-time drift is checked for image classifiers; {config.model_name} is a "
+            f"{problem.get('task')} model on {', '.join(f['kind'] for f in features)} features"
+        )
+        return DriftResult(False, summary, [], count, len(files))
+    key = features[0]["key"]
+    images, probabilities = logged.inputs[key], logged.outputs["probabilities"]
+    if images.ndim == 4:
+        images = images[..., 0] if images.shape[-1] == 1 else images.mean(axis=-1)
     requests = request_statistics(images, probabilities)
     training = training_statistics(config, card)
     checks = compare(requests, training, config)

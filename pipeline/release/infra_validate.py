@@ -3,7 +3,7 @@
 By default the candidate version is served by a sandboxed local server process (the
 same `python -m serving.server` production code paths, on free loopback ports); with
 `infra_validation_grpc_target` set, by a dedicated TF Serving instead. Its warmup
-requests and real test images are sent over gRPC and REST, and every answer must equal
+requests and real test rows are sent over gRPC and REST, and every answer must equal
 what the SavedModel answers in-process. Any load failure, timeout or wrong answer
 raises, which blocks promotion.
 """
@@ -18,12 +18,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from pipeline.core import model_repo
 from pipeline.core.config import PipelineConfig
 from pipeline.core.errors import InfraValidationError, PipelineError
-from pipeline.data.snapshot import Snapshot
+from pipeline.data.snapshot import TEST, Snapshot
 from pipeline.release.promotion import render_config, wait_available
 from pipeline.release.smoke_test import check_answers
 
@@ -59,16 +57,31 @@ def sandbox_server(model_name: str, version_dir: Path, timeout_s: float) -> Iter
             yield server.grpc_target, server.rest_url
 
 
-def _check_answers(client, model_name: str, version_dir: Path, images: np.ndarray) -> dict[str, Any]:
+def _replay(client, model_name: str, records: list) -> None:
+    """Sends a version's warmup records (Predict, Classify, Regress) to the server, under `model_name`."""
+    from serving import tensors
+
+    for record in records:
+        kind = record.WhichOneof("log_type")
+        if kind == "predict_log":
+            request = record.predict_log.request
+            inputs = {name: tensors.to_array(proto) for name, proto in request.inputs.items()}
+            client.predict(model_name, inputs, signature=request.model_spec.signature_name, protocol="grpc")
+        elif kind in ("classify_log", "regress_log"):
+            request = getattr(record, kind).request
+            call = client.classify if kind == "classify_log" else client.regress
+            call(model_name, list(request.input.example_list.examples), signature=request.model_spec.signature_name)
+
+
+def _check_answers(client, model_name: str, version_dir: Path, rows: dict) -> dict[str, Any]:
     """Replays the warmup requests, then compares gRPC and REST answers with the SavedModel's own."""
     from serving.protocol import ServingError
 
     try:
-        warmups = model_repo.read_warmup_requests(version_dir)
-        for inputs in warmups:
-            client.predict(model_name, inputs, protocol="grpc")
-        expected = model_repo.predict_saved_model(version_dir, images)["class_ids"]
-        answers = check_answers(client, model_name, images, expected, error=InfraValidationError)
+        warmups = model_repo.read_warmup_records(version_dir)
+        _replay(client, model_name, warmups)
+        expected = model_repo.answers(model_repo.predict_saved_model(version_dir, rows))
+        answers = check_answers(client, model_name, rows, expected, error=InfraValidationError)
     except ServingError as err:
         raise InfraValidationError(f"the candidate failed a request: {err.code.name}: {err.message}") from err
     return {"warmup_requests": len(warmups), **{protocol: got["examples"] for protocol, got in answers.items()}}
@@ -86,7 +99,7 @@ def infra_validate(config: PipelineConfig, snapshot: Snapshot, version_dir: str 
 
     Args:
         config: Uses `model_name`, `test_split`, `smoke_test_examples`, `infra_validation_*`.
-        snapshot: The data snapshot (real test images).
+        snapshot: The data snapshot (real test rows).
         version_dir: The exported candidate version folder.
 
     Returns:
@@ -99,7 +112,7 @@ def infra_validate(config: PipelineConfig, snapshot: Snapshot, version_dir: str 
     from serving.protocol import ServingError
 
     version_dir = Path(version_dir)
-    images = snapshot.request_images(config.test_split, config.smoke_test_examples)
+    rows = snapshot.request_rows(snapshot.resolve_split(config.test_split, TEST), config.smoke_test_examples)
     started = time.monotonic()
     if config.infra_validation_grpc_target:
         name = f"{config.model_name}_infra_validation"
@@ -111,13 +124,13 @@ def infra_validate(config: PipelineConfig, snapshot: Snapshot, version_dir: str 
             except ServingError as err:
                 raise InfraValidationError(f"the infra-validation server refused the candidate: {err}") from err
             _wait_loaded(client, name, version, config.infra_validation_timeout_s)
-            checked = _check_answers(client, name, version_dir, images)
+            checked = _check_answers(client, name, version_dir, rows)
         endpoint = config.infra_validation_grpc_target
     else:
         sandbox = sandbox_server(config.model_name, version_dir, config.infra_validation_timeout_s)
         with sandbox as (target, url), TFServingClient(target, url, timeout=30, retries=5) as client:
             _wait_loaded(client, config.model_name, 1, config.infra_validation_timeout_s)
-            checked = _check_answers(client, config.model_name, version_dir, images)
+            checked = _check_answers(client, config.model_name, version_dir, rows)
         endpoint = "sandboxed local server"
     result = {"endpoint": endpoint, "seconds": round(time.monotonic() - started, 2), **checked}
     log.info("infra-validation passed: %s", result)

@@ -19,6 +19,7 @@ from pipeline.core import lineage, model_repo
 from pipeline.core.artifacts import atomic_write_bytes, code_revision
 from pipeline.core.config import PipelineConfig, run_signature
 from pipeline.core.errors import PromotionError, ServingUnavailableError
+from pipeline.core.user_code import model_code_digest
 from serving.protocol import SHADOW_LABEL, traffic_split_label, traffic_split_percent
 
 log = logging.getLogger(__name__)
@@ -296,7 +297,8 @@ def unchanged_reason(config: PipelineConfig, fingerprint: str) -> str | None:
     same_config = run_signature(card["config"]) == run_signature(config)
     revision = code_revision()
     same_code = card.get("code_revision") == revision and revision != "unknown"
-    if same_data and same_config and same_code:
+    same_model_code = card.get("model_code") == model_code_digest(config.model)  # the user's model module
+    if same_data and same_config and same_code and same_model_code:
         return (
             f"data fingerprint {fingerprint[:12]}, training config and code revision {revision[:12]} equal those "
             f"of stable version {card['version']}: nothing to do (set force to retrain)"

@@ -35,13 +35,15 @@ class RunOutcome:
         outcome: One of 'promoted', 'not_blessed', 'canary_rolled_back', 'rejected', 'skipped', 'incomplete'.
         summary: One line for people (the DAG run's note), e.g. 'promoted version 3 ...'.
         version: The version the run published, if any.
-        accuracy: The candidate's test accuracy, if it was evaluated.
+        metric: The gate metric the candidate was judged on (e.g. 'accuracy', 'rmse'), if it was evaluated.
+        score: The candidate's value of it.
     """
 
     outcome: str
     summary: str
     version: int | None = None
-    accuracy: float | None = None
+    metric: str | None = None
+    score: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -49,16 +51,18 @@ class RunOutcome:
 
 def run_outcome(state: dict[str, dict[str, Any]]) -> RunOutcome:
     """Says what a run did from its state (step name -> outputs, as in the run manifest)."""
-    accuracy = state.get("evaluate", {}).get("accuracy")
+    evaluated = state.get("evaluate", {})
+    metric, score = evaluated.get("metric"), evaluated.get("score")
+    figures = {"metric": metric, "score": score}
     if "mark_stable" in state:
         stable = state["mark_stable"]
         was = stable.get("previous_stable")
         return RunOutcome(
             PROMOTED,
-            f"promoted version {stable['stable']} to stable (test accuracy {accuracy:.4f}; "
+            f"promoted version {stable['stable']} to stable (test {metric} {score:.4f}; "
             f"was {'version ' + str(was) if was else 'nothing'})",
             stable["stable"],
-            accuracy,
+            **figures,
         )
     version = state.get("export", {}).get("version")
     if state.get("watch_canary", {}).get("rolled_back"):
@@ -66,22 +70,22 @@ def run_outcome(state: dict[str, dict[str, Any]]) -> RunOutcome:
 
         failed = [reason.removeprefix("FAIL: ") for reason in failed_checks(state["watch_canary"]["reasons"])]
         return RunOutcome(
-            CANARY_ROLLED_BACK, f"canary version {version} rolled back: " + "; ".join(failed), version, accuracy
+            CANARY_ROLLED_BACK, f"canary version {version} rolled back: " + "; ".join(failed), version, **figures
         )
     if state.get("approve", {}).get("approved") is False:
         decision = state["approve"]
         return RunOutcome(
-            REJECTED, f"version {version} not approved ({decision['by']}): canary withdrawn", version, accuracy
+            REJECTED, f"version {version} not approved ({decision['by']}): canary withdrawn", version, **figures
         )
     if state.get("gate") and not state["gate"]["blessed"]:
-        return RunOutcome(NOT_BLESSED, "not blessed: " + "; ".join(state["gate"]["reasons"]), None, accuracy)
+        return RunOutcome(NOT_BLESSED, "not blessed: " + "; ".join(state["gate"]["reasons"]), None, **figures)
     if state.get("check_changes", {}).get("skip_reason"):
         return RunOutcome(SKIPPED, "skipped: " + state["check_changes"]["skip_reason"])
     if state.get("train", {}).get("is_chief") is False:
         return RunOutcome(SKIPPED, "skipped: a multi-worker training worker; the chief evaluates and exports")
     done = [step for step in state if step != "report"]
     return RunOutcome(
-        INCOMPLETE, f"incomplete: the run stopped after {done[-1] if done else 'nothing'}", None, accuracy
+        INCOMPLETE, f"incomplete: the run stopped after {done[-1] if done else 'nothing'}", None, **figures
     )
 
 
@@ -117,47 +121,53 @@ def _page(title: str, body: str) -> str:
     )
 
 
+def _number(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
+
+
 def _evaluation_section(evaluation: dict[str, Any]) -> str:
     metrics = evaluation["metrics"]
     baseline = evaluation.get("baseline") or {}
-    served = baseline.get("accuracy")
-    rows = [
-        ["test accuracy", f"{metrics['accuracy']:.4f}", f"{served:.4f}" if served is not None else "-"],
-        ["test loss", f"{metrics['loss']:.4f}", "-"],
-        ["macro F1", f"{metrics['macro_f1']:.4f}", "-"],
-        ["examples", metrics["examples"], metrics["examples"] if served is not None else "-"],
-    ]
+    served = baseline.get("metrics") or {}
+    rows = [[f"test {name}", _number(value), _number(served.get(name))] for name, value in metrics["headline"].items()]
+    rows.append(["examples", metrics["examples"], metrics["examples"] if served else "-"])
     baseline_name = f"baseline: version {baseline['version']}" if baseline.get("version") else "baseline: none"
-    baseline_recall = baseline.get("class_recall") or {}
-    per_class = [
-        [
-            name,
-            f"{m['precision']:.4f}",
-            f"{m['recall']:.4f}",
-            f"{baseline_recall[name]:.4f}" if name in baseline_recall else "-",
-            f"{m['f1']:.4f}",
-            m["support"],
-        ]
-        for name, m in metrics["per_class"].items()
-    ]
     rules = [[r["rule"], "pass" if r["passed"] else "FAIL", r["reason"]] for r in evaluation.get("rules", [])]
-    return (
-        "<h2>Metrics (test split) against the baseline</h2>"
+    section = (
+        f"<h2>Metrics ({html.escape(evaluation.get('task', ''))}, test split) against the baseline</h2>"
         + _table(["metric", "candidate", baseline_name], rows)
-        + f"<h2>Gate: {'blessed' if evaluation['blessed'] else 'NOT blessed'}</h2>"
+        + f"<h2>Gate on {html.escape(evaluation.get('gate_metric', ''))}: "
+        + f"{'blessed' if evaluation['blessed'] else 'NOT blessed'}</h2>"
         + _table(["rule", "result", "why"], rules)
         + "<p class=muted>"
         + html.escape("; ".join(r for r in evaluation.get("reasons", []) if r not in {x[2] for x in rules}))
-        + "</p><h2>Per class</h2>"
-        + _table(["class", "precision", "recall", "baseline recall", "F1", "support"], per_class)
+        + "</p>"
     )
+    if "per_class" in metrics:
+        baseline_recall = baseline.get("class_recall") or {}
+        per_class = [
+            [
+                name,
+                _number(m["precision"]),
+                _number(m["recall"]),
+                _number(baseline_recall.get(name)),
+                _number(m["f1"]),
+                m["support"],
+            ]
+            for name, m in metrics["per_class"].items()
+        ]
+        section += "<h2>Per class</h2>" + _table(
+            ["class", "precision", "recall", "baseline recall", "F1", "support"], per_class
+        )
+    return section
 
 
 def _training_section(train: dict[str, Any]) -> str:
     hardware = train.get("hardware", {})
     rows = [
+        ["model", train.get("model_builder", "-")],
         ["epochs run", train.get("epochs_run")],
-        ["best validation accuracy", f"{train.get('best_val_accuracy', 0):.4f}"],
+        [f"best {train.get('monitor', 'validation score')}", _number(train.get("best_val_score"))],
         ["train stage seconds", train.get("seconds")],
         ["strategy / dtype policy", f"{hardware.get('strategy')} / {hardware.get('dtype_policy')}"],
         ["TensorBoard logs", train.get("tensorboard_dir") or "-"],
@@ -180,7 +190,8 @@ def render_run_report(config: PipelineConfig, state: dict[str, dict[str, Any]]) 
     parts.append(_release_section(state))
     images = []
     if evaluate:
-        images.append("<div><h2>Confusion matrix</h2>" + _image(evaluate.get("confusion_matrix_png")) + "</div>")
+        title = "Confusion matrix" if evaluate.get("confusion_matrix_path") else "Predictions against the truth"
+        images.append(f"<div><h2>{title}</h2>" + _image(evaluate.get("plot_path")) + "</div>")
     if train and train.get("model_path"):
         images.append("<div><h2>Training curves</h2>" + _image(train.get("curves_path")) + "</div>")
     parts.append('<div class="row">' + "".join(images) + "</div>")
@@ -189,9 +200,19 @@ def render_run_report(config: PipelineConfig, state: dict[str, dict[str, Any]]) 
         parts.append("<h2>Model card</h2><pre>" + html.escape(json.dumps(card, indent=2), quote=False) + "</pre>")
     if "ingest" in state:
         ingest = state["ingest"]
+        dropped = sum((ingest.get("dropped_rows") or {}).values())
         parts.append(
             f"<h2>Data</h2><p>snapshot {html.escape(Path(ingest['snapshot']).name)}, fingerprint "
-            f"{html.escape(ingest['fingerprint'][:16])}, splits {html.escape(json.dumps(ingest['splits']))}</p>"
+            f"{html.escape(ingest['fingerprint'][:16])}, splits {html.escape(json.dumps(ingest['splits']))}"
+            + (f", {dropped} rows without a label left out" if dropped else "")
+            + "</p>"
+            + (
+                f"<p>{html.escape(str(ingest.get('task')))} of {html.escape(repr(ingest.get('label')))} from "
+                + html.escape(", ".join(f"{k} ({v})" for k, v in (ingest.get("features") or {}).items()))
+                + "</p>"
+                if ingest.get("task")
+                else ""
+            )
         )
     return _page(f"{config.model_name} run {config.run_id}", "".join(parts))
 
@@ -225,8 +246,24 @@ def write_run_report(config: PipelineConfig, state: dict[str, dict[str, Any]]) -
     return atomic_write_bytes(report_path(config), render_run_report(config, state).encode())
 
 
+def _card_metrics(card: dict[str, Any]) -> dict[str, float]:
+    return dict(card.get("metrics") or {})
+
+
+def registry_metric_names(config: PipelineConfig) -> tuple[str, ...]:
+    """The metric columns of the registry page: the newest version's task's headline metrics."""
+    from pipeline.core.problem import HEADLINE_METRICS, MULTICLASS
+
+    for version in reversed(model_repo.published_versions(config.model_dir)):
+        card = model_repo.read_model_card(config.model_dir / str(version)) or {}
+        task = (card.get("problem") or {}).get("task")
+        if task:
+            return HEADLINE_METRICS[task]
+    return HEADLINE_METRICS[MULTICLASS][:2]
+
+
 def registry_rows(config: PipelineConfig) -> list[dict[str, Any]]:
-    """The published versions, newest first, with their labels and metrics from their model cards."""
+    """The published versions, newest first, with their labels and headline metrics from their model cards."""
     from pipeline.release.promotion import read_state
 
     serving = read_state(config)
@@ -237,13 +274,13 @@ def registry_rows(config: PipelineConfig) -> list[dict[str, Any]]:
     rows = []
     for version in sorted(labels, reverse=True):
         card = model_repo.read_model_card(config.model_dir / str(version)) or {}
-        metrics = card.get("metrics", {})
         rows.append(
             {
                 "version": version,
                 "labels": labels[version],
-                "accuracy": metrics.get("accuracy"),
-                "macro_f1": metrics.get("macro_f1"),
+                "task": (card.get("problem") or {}).get("task"),
+                "metrics": _card_metrics(card),
+                "gate_metric": card.get("gate_metric"),
                 "created_at": card.get("created_at"),
                 "run_id": card.get("config", {}).get("run_id"),
                 "data_fingerprint": card.get("data", {}).get("fingerprint"),
@@ -253,33 +290,30 @@ def registry_rows(config: PipelineConfig) -> list[dict[str, Any]]:
 
 
 def render_registry(config: PipelineConfig, report_url: str = "") -> str:
-    """Returns the registry page: every published version with its labels and metrics.
+    """Returns the registry page: every published version with its labels and its task's metrics.
 
     Args:
         config: Names the model and where its versions and serving config are.
         report_url: Prefix of links to run reports ('' for no links); the run id is appended.
     """
+    names = registry_metric_names(config)
     rows = []
     for row in registry_rows(config):
         run = html.escape(str(row["run_id"] or "-"))
         if report_url and row["run_id"]:
             run = f'<a href="{html.escape(report_url + str(row["run_id"]))}">{run}</a>'
-        accuracy = f"{row['accuracy']:.4f}" if row["accuracy"] is not None else "-"
-        macro_f1 = f"{row['macro_f1']:.4f}" if row["macro_f1"] is not None else "-"
         cells = [
             str(row["version"]),
             html.escape(", ".join(row["labels"]) or "-"),
-            accuracy,
-            macro_f1,
+            *(_number(row["metrics"].get(name)) for name in names),
             html.escape(str(row["created_at"] or "-")),
             run,
             html.escape(str(row["data_fingerprint"] or "-")[:12]),
         ]
         rows.append("<tr>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>")
-    head = "".join(
-        f"<th>{h}</th>" for h in ("version", "labels", "test accuracy", "macro F1", "published", "run", "data")
-    )
-    body = "".join(rows) or '<tr><td colspan="7">no published versions yet</td></tr>'
+    header = ("version", "labels", *(f"test {name}" for name in names), "published", "run", "data")
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join(rows) or f'<tr><td colspan="{len(header)}">no published versions yet</td></tr>'
     return _page(
         f"{config.model_name} registry",
         f"<h1>{html.escape(config.model_name)}: published versions</h1>"
@@ -299,28 +333,26 @@ def approval_markdown(state: dict[str, dict[str, Any]]) -> str:
     """
     evaluation = read_json(state["evaluate"]["evaluation_path"])
     metrics, baseline = evaluation["metrics"], evaluation.get("baseline") or {}
+    served = baseline.get("metrics") or {}
     version = state.get("export", {}).get("version")
     stable = f"stable (version {baseline['version']})" if baseline.get("version") else "stable (none)"
-
-    def number(value: Any) -> str:
-        return f"{value:.4f}" if isinstance(value, float) else "-"
-
     lines = [
         f"**Candidate version {version}** against {stable}.",
         "",
         f"| metric | candidate | {stable} |",
         "|---|---:|---:|",
-        f"| test accuracy | {metrics['accuracy']:.4f} | {number(baseline.get('accuracy'))} |",
-        f"| macro F1 | {metrics['macro_f1']:.4f} | - |",
-        "",
-        "| class | candidate recall | stable recall |",
-        "|---|---:|---:|",
+        *(
+            f"| test {name} | {_number(value)} | {_number(served.get(name))} |"
+            for name, value in metrics["headline"].items()
+        ),
     ]
-    baseline_recall = baseline.get("class_recall") or {}
-    lines += [
-        f"| {name} | {m['recall']:.4f} | {number(baseline_recall.get(name))} |"
-        for name, m in metrics["per_class"].items()
-    ]
+    if "per_class" in metrics:
+        baseline_recall = baseline.get("class_recall") or {}
+        lines += ["", "| class | candidate recall | stable recall |", "|---|---:|---:|"]
+        lines += [
+            f"| {name} | {m['recall']:.4f} | {_number(baseline_recall.get(name))} |"
+            for name, m in metrics["per_class"].items()
+        ]
     lines += [
         "",
         "**Gate rules**: "

@@ -1,7 +1,9 @@
-"""Smoke test: the served model answers real images over gRPC and REST as the SavedModel does.
+"""Smoke test: the served model answers real rows over gRPC and REST as the SavedModel does.
 
 `check_answers` is shared with infra-validation; `smoke_test` runs it through the
 `canary` label after promotion and puts `canary` back on the stable version if it fails.
+Classification answers must name the same classes; regression answers must agree to
+`REGRESSION_RTOL` (the same model, batched differently, rounds a little differently).
 """
 
 from __future__ import annotations
@@ -14,26 +16,38 @@ import numpy as np
 from pipeline.core import model_repo
 from pipeline.core.config import PipelineConfig
 from pipeline.core.errors import PipelineError, PromotionError, ServingUnavailableError
-from pipeline.data.snapshot import Snapshot
+from pipeline.data.snapshot import TEST, Snapshot
 from pipeline.release.promotion import CANARY, read_state, restore, serving_client
+
+REGRESSION_RTOL = 1e-4
+
+
+def differing_answers(got: np.ndarray, expected: np.ndarray) -> int:
+    """How many answers differ: class ids exactly, predicted values beyond `REGRESSION_RTOL`."""
+    got, expected = np.asarray(got), np.asarray(expected)
+    if got.shape != expected.shape:
+        return max(len(got), len(expected))
+    if expected.dtype.kind == "f":
+        return int((~np.isclose(got.astype(np.float64), expected, rtol=REGRESSION_RTOL, atol=1e-6)).sum())
+    return int((got.astype(np.int64) != expected).sum())
 
 
 def check_answers(
     client,
     model_name: str,
-    images: np.ndarray,
-    expected_class_ids: np.ndarray,
+    rows: dict[str, np.ndarray],
+    expected: np.ndarray,
     *,
     error: type[PipelineError],
     label: str | None = None,
 ) -> dict[str, Any]:
-    """Predicts `images` over gRPC (and REST when the client has a URL); both must answer as expected.
+    """Predicts `rows` over gRPC (and REST when the client has a URL); both must answer as expected.
 
     Args:
         client: A `serving.client.TFServingClient`.
         model_name: The served model.
-        images: uint8 images as clients send them.
-        expected_class_ids: The SavedModel's own answers.
+        rows: {input name: values} as clients send them.
+        expected: The SavedModel's own answers (`model_repo.answers`): class ids or predicted values.
         error: The exception raised on a wrong answer.
         label: Address the model by this version label instead of the latest version.
 
@@ -46,17 +60,17 @@ def check_answers(
     """
     results = {}
     for protocol in ("grpc", "rest") if client.rest_url else ("grpc",):
-        result = client.predict(model_name, {model_repo.INPUT_NAME: images}, label=label, protocol=protocol)
-        got = np.asarray(result["class_ids"]).astype(np.int64)
-        if not np.array_equal(got, expected_class_ids):
-            wrong = int((got != expected_class_ids).sum())
-            raise error(f"{wrong} of {len(got)} answers over {protocol} differ from the model's")
+        result = client.predict(model_name, rows, label=label, protocol=protocol)
+        got = model_repo.answers(result.outputs)
+        wrong = differing_answers(got, expected)
+        if wrong:
+            raise error(f"{wrong} of {len(expected)} answers over {protocol} differ from the model's")
         results[protocol] = {"examples": len(got), "version": result.version}
     return results
 
 
 def smoke_test(config: PipelineConfig, snapshot: Snapshot, version_dir: str | Path, label: str = CANARY):
-    """Calls the served model by `label` with real test images; on failure `canary` goes back to stable.
+    """Calls the served model by `label` with real test rows; on failure `canary` goes back to stable.
 
     Raises:
         PromotionError: naming the protocol and the mismatch or the refused request.
@@ -64,12 +78,12 @@ def smoke_test(config: PipelineConfig, snapshot: Snapshot, version_dir: str | Pa
     """
     from serving.protocol import ServingError
 
-    images = snapshot.request_images(config.test_split, config.smoke_test_examples)
-    expected = model_repo.predict_saved_model(version_dir, images)["class_ids"]
+    rows = snapshot.request_rows(snapshot.resolve_split(config.test_split, TEST), config.smoke_test_examples)
+    expected = model_repo.answers(model_repo.predict_saved_model(version_dir, rows))
     try:
         with serving_client(config) as client:
             try:
-                return check_answers(client, config.model_name, images, expected, error=PromotionError, label=label)
+                return check_answers(client, config.model_name, rows, expected, error=PromotionError, label=label)
             except ServingError as err:
                 if err.code.name == "UNAVAILABLE":
                     raise ServingUnavailableError(

@@ -1,10 +1,19 @@
-"""Stage 5, evaluate: metrics on the held-out split, a baseline, and the gate.
+"""Stage 5, evaluate: the task's metrics on the held-out split, a baseline, and the gate.
 
-The candidate is blessed only if it passes every rule: accuracy at least `min_accuracy`
-and no more than `max_regression` below the published baseline (when there is one); when
-set, every class's recall at least `min_class_recall` and no more than
-`max_class_regression` below the baseline's recall of that class. Each rule is recorded
-as an explicit pass/fail check with its numbers (`rules` in evaluation.json).
+Metrics follow the task (`pipeline.core.problem.METRICS`): classification gets accuracy, log
+loss, macro F1, per-class precision/recall/F1 and the confusion matrix; binary adds ROC AUC and
+precision, recall and F1 of the positive class at `decision_threshold`; regression gets RMSE,
+MAE and R². The plot is the confusion matrix, or predictions against the truth.
+
+The candidate is blessed only if it passes every rule, each recorded as an explicit pass/fail
+check with its numbers (`rules` in evaluation.json):
+
+- `min_accuracy` (classification, unless none): accuracy at least that;
+- `gate_threshold` (when set): `gate_metric` at least that (higher-is-better metrics) or at
+  most that (rmse, mae, log_loss);
+- `max_regression` (when there is a baseline): `gate_metric` no more than that worse than the
+  published baseline's on the same rows;
+- `min_class_recall`, `max_class_regression` (classification, when set): per class.
 """
 
 from __future__ import annotations
@@ -18,41 +27,92 @@ import numpy as np
 
 from pipeline.core import model_repo
 from pipeline.core.artifacts import StageResult, atomic_output, atomic_write_json, stage_dir, utc_now
-from pipeline.core.config import PipelineConfig
-from pipeline.data.snapshot import Snapshot
+from pipeline.core.config import AUTO, PipelineConfig
+from pipeline.core.problem import (
+    BINARY,
+    HEADLINE_METRICS,
+    IMAGE,
+    METRICS,
+    REGRESSION,
+    ProblemSpec,
+    check_metric_for_task,
+    higher_is_better,
+)
+from pipeline.data.snapshot import TEST, Snapshot
 
 log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
 class EvaluationResult(StageResult):
-    """Outputs of the evaluate stage."""
+    """Outputs of the evaluate stage.
+
+    Attributes:
+        evaluation_path: evaluation.json (metrics, baseline, rules, decision).
+        plot_path: The confusion matrix (classification) or predictions-vs-truth (regression) PNG.
+        confusion_matrix_path: The confusion matrix as JSON (None for regression).
+        blessed: The gate's decision.
+        metric: The gate metric, e.g. 'accuracy' or 'rmse'.
+        score: The candidate's value of it.
+        headline: The task's headline metrics ({name: value}).
+        baseline_version: The published version compared with, if any.
+        baseline_score: Its value of the gate metric on the same rows.
+        reasons: Why, failing rules first.
+    """
 
     evaluation_path: Path
-    confusion_matrix_path: Path
-    confusion_matrix_png: Path
+    plot_path: Path
+    confusion_matrix_path: Path | None
     blessed: bool
-    accuracy: float
+    metric: str
+    score: float
+    headline: dict[str, float]
     baseline_version: int | None
-    baseline_accuracy: float | None
+    baseline_score: float | None
     reasons: list[str]
 
 
-def classification_metrics(labels: np.ndarray, probabilities: np.ndarray, class_names: list[str]) -> dict[str, Any]:
-    """Computes loss, accuracy, per-class precision/recall/F1 and the confusion matrix.
+def _round(value: float) -> float:
+    return round(float(value), 6)
+
+
+def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve of scores for labels in {0, 1} (ties count half); 0.5 when one class is absent."""
+    positives = labels == 1
+    count_pos, count_neg = int(positives.sum()), int((~positives).sum())
+    if count_pos == 0 or count_neg == 0:
+        return 0.5
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(len(scores), np.float64)
+    sorted_scores = scores[order]
+    # Average ranks over ties (1-based).
+    boundaries = np.flatnonzero(np.diff(sorted_scores)) + 1
+    starts = np.concatenate([[0], boundaries])
+    ends = np.concatenate([boundaries, [len(scores)]])
+    for start, end in zip(starts, ends, strict=True):
+        ranks[order[start:end]] = (start + end + 1) / 2
+    return float((ranks[positives].sum() - count_pos * (count_pos + 1) / 2) / (count_pos * count_neg))
+
+
+def classification_metrics(
+    labels: np.ndarray, probabilities: np.ndarray, class_names: list[str], predictions: np.ndarray | None = None
+) -> dict[str, Any]:
+    """Computes log loss, accuracy, per-class precision/recall/F1 and the confusion matrix.
 
     Args:
         labels: int [N] true classes.
         probabilities: float [N, C] predicted class probabilities.
         class_names: C names.
+        predictions: int [N] predicted classes (default: the most probable).
 
     Returns:
-        A JSON-serialisable dict.
+        A JSON-serialisable dict; `loss` and `log_loss` are the same figure.
     """
     num_classes = len(class_names)
-    predictions = probabilities.argmax(axis=1)
+    if predictions is None:
+        predictions = probabilities.argmax(axis=1)
     picked = probabilities[np.arange(labels.shape[0]), labels]
-    loss = float(-np.log(np.clip(picked, 1e-7, 1.0)).mean())
+    loss = float(-np.log(np.clip(picked, 1e-7, 1.0)).mean()) if labels.size else 0.0
     confusion = np.zeros((num_classes, num_classes), np.int64)
     np.add.at(confusion, (labels, predictions), 1)
     true_positive = np.diag(confusion).astype(np.float64)
@@ -64,21 +124,75 @@ def classification_metrics(labels: np.ndarray, probabilities: np.ndarray, class_
     f1 = np.divide(2 * precision * recall, denominator, out=np.zeros(num_classes), where=denominator > 0)
     per_class = {
         name: {
-            "precision": round(float(precision[i]), 6),
-            "recall": round(float(recall[i]), 6),
-            "f1": round(float(f1[i]), 6),
+            "precision": _round(precision[i]),
+            "recall": _round(recall[i]),
+            "f1": _round(f1[i]),
             "support": int(actual[i]),
         }
         for i, name in enumerate(class_names)
     }
     return {
         "examples": int(labels.shape[0]),
-        "loss": round(loss, 6),
-        "accuracy": round(float(true_positive.sum() / max(labels.shape[0], 1)), 6),
-        "macro_f1": round(float(f1.mean()), 6),
+        "loss": _round(loss),
+        "log_loss": _round(loss),
+        "accuracy": _round(true_positive.sum() / max(labels.shape[0], 1)),
+        "macro_f1": _round(f1.mean()),
         "per_class": per_class,
         "confusion_matrix": confusion.tolist(),
     }
+
+
+def binary_metrics(labels: np.ndarray, probabilities: np.ndarray, class_names: list[str], threshold: float):
+    """`classification_metrics` at a decision threshold, plus ROC AUC and the positive class's precision/recall/F1."""
+    predictions = (probabilities[:, 1] >= threshold).astype(np.int64)
+    metrics = classification_metrics(labels, probabilities, class_names, predictions)
+    positive = metrics["per_class"][class_names[1]]
+    metrics.update(
+        auc=_round(roc_auc(labels, probabilities[:, 1])),
+        precision=positive["precision"],
+        recall=positive["recall"],
+        f1=positive["f1"],
+        threshold=threshold,
+        positive_class=class_names[1],
+    )
+    return metrics
+
+
+def regression_metrics(labels: np.ndarray, predictions: np.ndarray) -> dict[str, Any]:
+    """RMSE, MAE, R² (1 - residual / total sum of squares) and the residuals' spread."""
+    labels = labels.astype(np.float64)
+    residuals = predictions.astype(np.float64) - labels
+    total = float(((labels - labels.mean()) ** 2).sum()) if labels.size else 0.0
+    return {
+        "examples": int(labels.shape[0]),
+        "rmse": _round(np.sqrt(np.mean(residuals**2))) if labels.size else 0.0,
+        "mae": _round(np.mean(np.abs(residuals))) if labels.size else 0.0,
+        "r2": _round(1.0 - float((residuals**2).sum()) / total) if total > 0 else 0.0,
+        "label_mean": _round(labels.mean()) if labels.size else 0.0,
+        "label_std": _round(labels.std()) if labels.size else 0.0,
+        "residual_quantiles": {q: _round(np.quantile(residuals, float(q))) for q in ("0.05", "0.5", "0.95")}
+        if labels.size
+        else {},
+    }
+
+
+def task_metrics(problem: ProblemSpec, labels: np.ndarray, outputs: dict[str, np.ndarray], threshold: float):
+    """The task's metrics, with `headline` (the task's main figures) for run notes and cards.
+
+    Args:
+        problem: The problem spec.
+        labels: True class ids or values [N].
+        outputs: The serving signature's outputs (`probabilities` or `predictions`).
+        threshold: Binary decision threshold.
+    """
+    if problem.task == REGRESSION:
+        metrics = regression_metrics(labels, outputs["predictions"])
+    elif problem.task == BINARY:
+        metrics = binary_metrics(labels, outputs["probabilities"], list(problem.class_names), threshold)
+    else:
+        metrics = classification_metrics(labels, outputs["probabilities"], list(problem.class_names))
+    metrics["headline"] = {name: metrics[name] for name in HEADLINE_METRICS[problem.task]}
+    return metrics
 
 
 def plot_confusion_matrix(confusion: list[list[int]], class_names: list[str], path: Path) -> Path:
@@ -115,20 +229,63 @@ def plot_confusion_matrix(confusion: list[list[int]], class_names: list[str], pa
     return path
 
 
-def predict_keras(model_path: Path, images: np.ndarray) -> np.ndarray:
-    """Returns a saved Keras model's probabilities for uint8 images."""
+def plot_predictions(labels: np.ndarray, predictions: np.ndarray, path: Path, label: str) -> Path:
+    """Draws predictions against the truth (and the diagonal) to a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 6))
+    axis.scatter(labels, predictions, s=6, alpha=0.4)
+    low, high = float(min(labels.min(), predictions.min())), float(max(labels.max(), predictions.max()))
+    axis.plot([low, high], [low, high], color="black", linewidth=1)
+    axis.set_xlabel(f"true {label}")
+    axis.set_ylabel(f"predicted {label}")
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    with atomic_output(path) as tmp:
+        figure.savefig(tmp, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def serving_outputs(problem: ProblemSpec, raw: np.ndarray) -> dict[str, np.ndarray]:
+    """A Keras model's raw output as the serving signature answers it (binary [N,1] -> [N,2])."""
+    raw = np.asarray(raw, np.float32)
+    if problem.task == REGRESSION:
+        return {"predictions": raw.reshape(-1)}
+    if problem.task == BINARY:
+        positive = raw.reshape(-1, 1)
+        return {"probabilities": np.concatenate([1.0 - positive, positive], axis=1)}
+    return {"probabilities": raw}
+
+
+def predict_keras(model_path: Path, problem: ProblemSpec, features: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A saved Keras model's answers for raw features, as the serving signature gives them."""
+    import tensorflow as tf
+
     from pipeline.training.models import load_model
 
     model = load_model(model_path)
-    return np.asarray(model.predict(images.astype(np.float32), batch_size=512, verbose=0), np.float32)
+    inputs = {
+        f.key: features[f.key].astype(np.float32) if f.kind == IMAGE else _tensor_values(features[f.key])
+        for f in problem.features
+    }
+    dataset = tf.data.Dataset.from_tensor_slices(inputs).batch(512)
+    return serving_outputs(problem, model.predict(dataset, verbose=0))
+
+
+def _tensor_values(values: np.ndarray) -> np.ndarray:
+    return values.astype(str) if values.dtype == object else values
 
 
 @dataclasses.dataclass(frozen=True)
 class Baseline:
-    """The published model the candidate is compared with, on the same test images."""
+    """The published model the candidate is compared with, on the same test rows."""
 
     version: int
-    accuracy: float
+    metrics: dict[str, float]
     class_recall: dict[str, float]
 
 
@@ -141,8 +298,32 @@ class RuleCheck:
     reason: str
 
 
+def _comparable(version_dir: Path, problem: ProblemSpec) -> str | None:
+    """Why a published version cannot be compared with a candidate for this problem, or None if it can."""
+    card = model_repo.read_model_card(version_dir) or {}
+    if "problem" in card:
+        theirs = ProblemSpec.from_dict(card["problem"])
+        if theirs.task != problem.task:
+            return f"it solves a {theirs.task} task"
+        if theirs.serving_inputs() != problem.serving_inputs():
+            return "it takes other inputs"
+        if theirs.class_names != problem.class_names:
+            return "it has other class names"
+        return None
+    # A version exported before problem specs: an image classifier with class names in its assets.
+    if problem.single_image is None or not problem.is_classification:
+        return "it takes other inputs"
+    if model_repo.read_class_names(version_dir) != list(problem.class_names):
+        return "it has other class names"
+    return None
+
+
+def _request_inputs(problem: ProblemSpec, features: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {f.key: _tensor_values(features[f.key]) for f in problem.features}
+
+
 def _baseline(
-    config: PipelineConfig, snapshot: Snapshot, images, labels, notes: list[str], serving: int | None
+    config: PipelineConfig, problem: ProblemSpec, features, labels, notes: list[str], serving: int | None
 ) -> Baseline | None:
     """Evaluates the published baseline; None (with a note saying why) when there is none to compare."""
     versions = model_repo.published_versions(config.model_dir)
@@ -161,64 +342,105 @@ def _baseline(
         return None
     version_dir = config.model_dir / str(version)
     try:
-        if model_repo.read_class_names(version_dir) != snapshot.class_names:
-            notes.append(f"baseline version {version} has other class names: not comparable")
+        why_not = _comparable(version_dir, problem)
+        if why_not:
+            notes.append(f"baseline version {version} is not comparable: {why_not}")
             return None
-        probabilities = model_repo.predict_saved_model(version_dir, images)["probabilities"]
+        outputs = model_repo.predict_saved_model(version_dir, _request_inputs(problem, features))
     except Exception as err:  # A broken published model must not block a good candidate.
         notes.append(f"baseline version {version} could not be evaluated ({err}): no baseline")
         log.warning("baseline %s failed to evaluate: %s", version_dir, err)
         return None
-    metrics = classification_metrics(labels, probabilities, snapshot.class_names)
-    recall = {name: values["recall"] for name, values in metrics["per_class"].items()}
-    return Baseline(version, metrics["accuracy"], recall)
+    metrics = task_metrics(problem, labels, outputs, config.decision_threshold)
+    recall = {name: values["recall"] for name, values in metrics.get("per_class", {}).items()}
+    scores = {name: metrics[name] for name, (_, tasks) in METRICS.items() if problem.task in tasks}
+    return Baseline(version, scores, recall)
 
 
-def _at_least(rule: str, what: str, value: float, floor: float, floor_text: str) -> RuleCheck:
-    passed = value >= floor
-    return RuleCheck(rule, passed, f"{what} {value:.4f} {'>=' if passed else '<'} {floor_text}")
+def _check(rule: str, what: str, value: float, bound: float, bound_text: str, higher_better: bool) -> RuleCheck:
+    passed = value >= bound if higher_better else value <= bound
+    sign = (">=" if passed else "<") if higher_better else ("<=" if passed else ">")
+    return RuleCheck(rule, passed, f"{what} {value:.4f} {sign} {bound_text}")
 
 
-def gate_rules(metrics: dict[str, Any], baseline: Baseline | None, config: PipelineConfig) -> list[RuleCheck]:
+def gate_metric(config: PipelineConfig, problem: ProblemSpec) -> str:
+    """The metric the gate judges: `gate_metric`, or the task's default for 'auto'.
+
+    Raises:
+        ConfigError: if the metric does not exist for the task.
+    """
+    metric = problem.default_metric if config.gate_metric == AUTO else config.gate_metric
+    check_metric_for_task(metric, problem.task, "gate_metric")
+    return metric
+
+
+def gate_rules(
+    metrics: dict[str, Any], baseline: Baseline | None, config: PipelineConfig, problem: ProblemSpec
+) -> list[RuleCheck]:
     """Applies every configured gate rule to the candidate's metrics; one check per rule (and class).
 
     Args:
-        metrics: The candidate's `classification_metrics`.
-        baseline: The published model's figures on the same images, or None.
-        config: The thresholds: `min_accuracy`, `max_regression`, and when set,
-            `min_class_recall` and `max_class_regression` (per class).
+        metrics: The candidate's `task_metrics`.
+        baseline: The published model's figures on the same rows, or None.
+        config: The thresholds (see the module doc).
+        problem: The problem spec (its task says which rules apply).
 
     Returns:
         The checks; the candidate is blessed only if all passed.
     """
-    accuracy = metrics["accuracy"]
-    checks = [
-        _at_least("min_accuracy", "accuracy", accuracy, config.min_accuracy, f"min_accuracy {config.min_accuracy}")
-    ]
-    if baseline is not None:
-        floor = baseline.accuracy - config.max_regression
+    metric = gate_metric(config, problem)
+    higher = higher_is_better(metric)
+    checks = []
+    if problem.is_classification and config.min_accuracy is not None:
         checks.append(
-            _at_least(
-                "max_regression",
+            _check(
+                "min_accuracy",
                 "accuracy",
-                accuracy,
-                floor,
-                f"baseline {baseline.accuracy:.4f} - max_regression {config.max_regression} = {floor:.4f}",
+                metrics["accuracy"],
+                config.min_accuracy,
+                f"min_accuracy {config.min_accuracy}",
+                True,
             )
         )
-    recall = {name: values["recall"] for name, values in metrics["per_class"].items()}
+    if config.gate_threshold is not None:
+        checks.append(
+            _check(
+                "gate_threshold",
+                metric,
+                metrics[metric],
+                config.gate_threshold,
+                f"gate_threshold {config.gate_threshold}",
+                higher,
+            )
+        )
+    if baseline is not None:
+        base = baseline.metrics[metric]
+        bound = base - config.max_regression if higher else base + config.max_regression
+        checks.append(
+            _check(
+                "max_regression",
+                metric,
+                metrics[metric],
+                bound,
+                f"baseline {base:.4f} {'-' if higher else '+'} max_regression {config.max_regression} = {bound:.4f}",
+                higher,
+            )
+        )
+    recall = {name: values["recall"] for name, values in metrics.get("per_class", {}).items()}
     if config.min_class_recall is not None:
         for name, value in recall.items():
             floor_text = f"min_class_recall {config.min_class_recall}"
             checks.append(
-                _at_least(f"min_class_recall[{name}]", f"recall of {name}", value, config.min_class_recall, floor_text)
+                _check(
+                    f"min_class_recall[{name}]", f"recall of {name}", value, config.min_class_recall, floor_text, True
+                )
             )
     if config.max_class_regression is not None and baseline is not None:
         for name, value in recall.items():
             base = baseline.class_recall.get(name, 0.0)
             floor = base - config.max_class_regression
             floor_text = f"baseline {base:.4f} - max_class_regression {config.max_class_regression} = {floor:.4f}"
-            checks.append(_at_least(f"max_class_regression[{name}]", f"recall of {name}", value, floor, floor_text))
+            checks.append(_check(f"max_class_regression[{name}]", f"recall of {name}", value, floor, floor_text, True))
     return checks
 
 
@@ -228,53 +450,70 @@ def evaluate(
     """Runs the evaluate stage.
 
     Args:
-        config: Uses `test_split`, the gate thresholds and the model base path.
-        snapshot: The data snapshot.
+        config: Uses `test_split`, the gate options and the model base path.
+        snapshot: The data snapshot (its problem spec says which metrics apply).
         model_path: The trained Keras model (`model.keras`).
         serving: The version labelled `stable`, the default baseline (else the newest published
             version; `config.baseline_version` overrides both).
 
     Returns:
         The metrics, the gate decision and where they were written.
+
+    Raises:
+        ConfigError: if `gate_metric` does not exist for the task.
     """
+    problem = snapshot.problem
+    metric = gate_metric(config, problem)
     out = stage_dir(config, "evaluate")
-    images, labels = snapshot.split_arrays(config.test_split)
-    metrics = classification_metrics(labels, predict_keras(Path(model_path), images), snapshot.class_names)
+    split = snapshot.resolve_split(config.test_split, TEST)
+    features, labels = snapshot.split_columns(split)
+    outputs = predict_keras(Path(model_path), problem, features)
+    metrics = task_metrics(problem, labels, outputs, config.decision_threshold)
     notes: list[str] = []
-    baseline = _baseline(config, snapshot, images, labels, notes, serving)
-    rules = gate_rules(metrics, baseline, config)
+    baseline = _baseline(config, problem, features, labels, notes, serving)
+    rules = gate_rules(metrics, baseline, config, problem)
     blessed = all(check.passed for check in rules)
     # The failing rules first: they are what a person reads in a one-line summary.
     reasons = notes + [c.reason for c in rules if not c.passed] + [c.reason for c in rules if c.passed]
+    if not rules:
+        reasons.append("no gate rule is configured: blessed")
     log.info("gate: %s (%s)", "BLESSED" if blessed else "NOT blessed", "; ".join(reasons))
-    baseline_version = baseline.version if baseline else None
-    baseline_accuracy = baseline.accuracy if baseline else None
+    baseline_score = baseline.metrics[metric] if baseline else None
 
-    confusion_path = atomic_write_json(
-        out / "confusion_matrix.json",
-        {"class_names": snapshot.class_names, "matrix": metrics["confusion_matrix"]},
-    )
-    confusion_png = plot_confusion_matrix(
-        metrics["confusion_matrix"], snapshot.class_names, out / "confusion_matrix.png"
-    )
+    confusion_path = None
+    if problem.is_classification:
+        confusion_path = atomic_write_json(
+            out / "confusion_matrix.json",
+            {"class_names": snapshot.class_names, "matrix": metrics["confusion_matrix"]},
+        )
+        plot_path = plot_confusion_matrix(
+            metrics["confusion_matrix"], snapshot.class_names, out / "confusion_matrix.png"
+        )
+    else:
+        plot_path = plot_predictions(labels, outputs["predictions"], out / "predictions.png", problem.label)
     evaluation_path = atomic_write_json(
         out / "evaluation.json",
         {
             "model_path": str(model_path),
             "snapshot": snapshot.path.name,
             "fingerprint": snapshot.fingerprint,
-            "split": config.test_split,
+            "split": split,
+            "task": problem.task,
+            "gate_metric": metric,
             "metrics": metrics,
             "baseline": {
-                "version": baseline_version,
-                "accuracy": baseline_accuracy,
+                "version": baseline.version if baseline else None,
+                "metrics": baseline.metrics if baseline else None,
                 "class_recall": baseline.class_recall if baseline else None,
             },
             "thresholds": {
-                "min_accuracy": config.min_accuracy,
+                "gate_metric": metric,
+                "gate_threshold": config.gate_threshold,
+                "min_accuracy": config.min_accuracy if problem.is_classification else None,
                 "max_regression": config.max_regression,
                 "min_class_recall": config.min_class_recall,
                 "max_class_regression": config.max_class_regression,
+                "decision_threshold": config.decision_threshold if problem.task == BINARY else None,
             },
             "blessed": blessed,
             "rules": [dataclasses.asdict(check) for check in rules],
@@ -284,11 +523,13 @@ def evaluate(
     )
     return EvaluationResult(
         evaluation_path=evaluation_path,
+        plot_path=plot_path,
         confusion_matrix_path=confusion_path,
-        confusion_matrix_png=confusion_png,
         blessed=blessed,
-        accuracy=metrics["accuracy"],
-        baseline_version=baseline_version,
-        baseline_accuracy=baseline_accuracy,
+        metric=metric,
+        score=metrics[metric],
+        headline=metrics["headline"],
+        baseline_version=baseline.version if baseline else None,
+        baseline_score=baseline_score,
         reasons=reasons,
     )

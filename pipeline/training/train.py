@@ -1,9 +1,17 @@
 """Stage 4, train: a Keras model under the strategy the hardware calls for.
 
+The model follows the problem spec: its inputs and preprocessing layers come from
+`pipeline.training.features`, its body from the configured builder (`pipeline.training.models`),
+its loss, metrics and monitored metric from the task (`task_training`): binary cross-entropy,
+AUC and accuracy, monitored on validation AUC; (label-smoothed) categorical cross-entropy and
+accuracy, monitored on validation accuracy; mean squared error, RMSE and MAE, monitored on
+validation RMSE.
+
 Callbacks: BackupAndRestore (rerunning a killed run with the same run_id resumes
-from its last finished epoch), early stopping, best-checkpoint selection on
-validation accuracy, TensorBoard and a CSV log. Writes the final model
-(`model.keras`, the best checkpoint), `history.json` and `training_curves.png`.
+from its last finished epoch), early stopping, best-checkpoint selection on the
+monitored metric, TensorBoard and a CSV log. Writes the final model
+(`model.keras`, the best checkpoint), `history.json`, `feature_statistics.json` and
+`training_curves.png`.
 
 Under the 'multi_worker' strategy every worker runs this stage with the same run_id;
 only the chief writes into the run's folder. The other workers run the same callbacks
@@ -28,8 +36,10 @@ import keras
 from pipeline.core.artifacts import StageResult, atomic_output, atomic_write_json, stage_dir
 from pipeline.core.config import PipelineConfig
 from pipeline.core.errors import TrainingError
+from pipeline.core.problem import BINARY, MULTICLASS, REGRESSION, ProblemSpec
 from pipeline.data import preprocess
-from pipeline.data.snapshot import Snapshot
+from pipeline.data.snapshot import TEST, TRAIN, VALIDATION, Snapshot
+from pipeline.training.features import FeatureStatistics, feature_statistics
 from pipeline.training.hardware import HardwarePlan, plan_hardware
 from pipeline.training.models import build_model, load_model
 
@@ -45,7 +55,9 @@ class TrainResult(StageResult):
     curves_path: Path | None
     tensorboard_dir: Path | None
     epochs_run: int
-    best_val_accuracy: float
+    monitor: str  # the validation metric that chose the checkpoint, e.g. 'val_accuracy'
+    best_val_score: float
+    model_builder: str  # the builder that made the model ('cnn', 'tabular', 'package.module:function')
     hardware: dict[str, Any]
     seconds: float
     is_chief: bool = True
@@ -79,8 +91,8 @@ def read_history(csv_path: Path) -> dict[str, list[float]]:
     return history
 
 
-def plot_history(history: dict[str, list[float]], path: Path) -> Path:
-    """Draws loss and accuracy per epoch (train and validation) to a PNG."""
+def plot_history(history: dict[str, list[float]], path: Path, metric: str = "accuracy") -> Path:
+    """Draws the loss and the monitored metric per epoch (train and validation) to a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -88,12 +100,12 @@ def plot_history(history: dict[str, list[float]], path: Path) -> Path:
 
     epochs = [e + 1 for e in history.get("epoch", [])]
     figure, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for axis, metric in zip(axes, ("loss", "accuracy"), strict=True):
-        for key, label in ((metric, "train"), (f"val_{metric}", "validation")):
+    for axis, name in zip(axes, ("loss", metric), strict=True):
+        for key, label in ((name, "train"), (f"val_{name}", "validation")):
             if key in history:
                 axis.plot(epochs, history[key], marker="o", label=label)
         axis.set_xlabel("epoch")
-        axis.set_title(metric)
+        axis.set_title(name)
         axis.grid(alpha=0.3)
         axis.legend()
     figure.tight_layout()
@@ -101,6 +113,46 @@ def plot_history(history: dict[str, list[float]], path: Path) -> Path:
         figure.savefig(tmp, dpi=100)
     plt.close(figure)
     return path
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskTraining:
+    """How a task is trained: its loss, its metrics, and the validation metric that picks the model."""
+
+    loss: keras.losses.Loss
+    metrics: list
+    metric: str  # e.g. 'accuracy'; the monitor is 'val_' + metric
+    mode: str  # 'max' or 'min'
+
+    @property
+    def monitor(self) -> str:
+        return f"val_{self.metric}"
+
+
+def task_training(problem: ProblemSpec, config: PipelineConfig) -> TaskTraining:
+    """The loss, metrics and monitor of the problem's task (label smoothing: multiclass only)."""
+    if problem.task == BINARY:
+        return TaskTraining(
+            keras.losses.BinaryCrossentropy(),
+            [
+                keras.metrics.AUC(name="auc"),
+                keras.metrics.BinaryAccuracy(name="accuracy", threshold=config.decision_threshold),
+            ],
+            "auc",
+            "max",
+        )
+    if problem.task == REGRESSION:
+        return TaskTraining(
+            keras.losses.MeanSquaredError(),
+            [keras.metrics.RootMeanSquaredError(name="rmse"), keras.metrics.MeanAbsoluteError(name="mae")],
+            "rmse",
+            "min",
+        )
+    if config.label_smoothing > 0:  # prepare_data gives one-hot labels then: Keras smooths one-hot labels only.
+        loss = keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing)
+    else:
+        loss = keras.losses.SparseCategoricalCrossentropy()
+    return TaskTraining(loss, ["accuracy"], "accuracy", "max")
 
 
 class EpochTimer(keras.callbacks.Callback):
@@ -114,16 +166,16 @@ class EpochTimer(keras.callbacks.Callback):
             logs["epoch_seconds"] = round(time.monotonic() - self._started, 3)
 
 
-def _callbacks(out: Path, config: PipelineConfig) -> list[keras.callbacks.Callback]:
+def _callbacks(out: Path, config: PipelineConfig, task: TaskTraining) -> list[keras.callbacks.Callback]:
     return [
         EpochTimer(),  # First, so the CSV log and TensorBoard record its figure.
         keras.callbacks.BackupAndRestore(str(out / "backup")),
         keras.callbacks.ModelCheckpoint(
-            str(out / "best.keras"), monitor="val_accuracy", mode="max", save_best_only=True
+            str(out / "best.keras"), monitor=task.monitor, mode=task.mode, save_best_only=True
         ),
         keras.callbacks.EarlyStopping(
-            monitor="val_accuracy",
-            mode="max",
+            monitor=task.monitor,
+            mode=task.mode,
             patience=config.early_stopping_patience,
             restore_best_weights=True,
         ),
@@ -134,59 +186,90 @@ def _callbacks(out: Path, config: PipelineConfig) -> list[keras.callbacks.Callba
 
 @dataclasses.dataclass(frozen=True)
 class TrainingData:
-    """The input pipelines of one training run and what the model needs to know about them."""
+    """The input pipelines of one training run and what the model's layers are fitted to.
+
+    Attributes:
+        train: Training batches (tf.data).
+        validation: Validation batches.
+        train_size: Training examples.
+        splits: The resolved split expressions {'train', 'validation', 'test'}.
+        statistics: The training split's statistics of every non-image feature.
+        image_moments: {image key: (pixel mean, pixel variance)} of the training split.
+        label_moments: Regression: (mean, std) of the training labels.
+    """
 
     train: object  # tf.data.Dataset
     validation: object  # tf.data.Dataset
     train_size: int
-    pixel_mean: float
-    pixel_variance: float
+    splits: dict[str, str]
+    statistics: dict[str, FeatureStatistics]
+    image_moments: dict[str, tuple[float, float]]
+    label_moments: tuple[float, float] | None
+
+
+def resolve_splits(config: PipelineConfig, snapshot: Snapshot) -> dict[str, str]:
+    """The train, validation and test split expressions, 'auto' resolved against the snapshot."""
+    return {
+        TRAIN: snapshot.resolve_split(config.train_split, TRAIN),
+        VALIDATION: snapshot.resolve_split(config.validation_split, VALIDATION),
+        TEST: snapshot.resolve_split(config.test_split, TEST),
+    }
 
 
 def prepare_data(config: PipelineConfig, snapshot: Snapshot) -> TrainingData:
-    """Builds the training and validation pipelines and the training pixels' moments.
+    """Builds the training and validation pipelines and the training split's statistics.
 
     Raises:
         TrainingError: if either split selects no examples.
     """
-    train_size = preprocess.split_size(snapshot, config.train_split)
+    problem = snapshot.problem
+    splits = resolve_splits(config, snapshot)
+    train_size = preprocess.split_size(snapshot, splits[TRAIN])
     if train_size == 0:
-        raise TrainingError(f"training split {config.train_split!r} selects no examples")
-    if preprocess.split_size(snapshot, config.validation_split) == 0:
-        raise TrainingError(f"validation split {config.validation_split!r} selects no examples")
-    mean, variance = preprocess.pixel_moments(
-        preprocess.make_dataset(snapshot, config.train_split, config.replace(augment=False), training=False)
-    )
-    one_hot = snapshot.num_classes if config.label_smoothing > 0 else None  # Keras smooths one-hot labels only.
+        raise TrainingError(f"training split {splits[TRAIN]!r} selects no examples")
+    if preprocess.split_size(snapshot, splits[VALIDATION]) == 0:
+        raise TrainingError(f"validation split {splits[VALIDATION]!r} selects no examples")
+    image_moments = {}
+    if problem.image_features:
+        plain = preprocess.make_dataset(snapshot, splits[TRAIN], config.replace(augment=False), training=False)
+        image_moments = {f.key: preprocess.pixel_moments(plain, f.key) for f in problem.image_features}
+    statistics, label_moments = {}, None
+    if len(problem.image_features) < len(problem.features) or problem.task == REGRESSION:
+        columns, labels = snapshot.split_columns(splits[TRAIN])
+        statistics = feature_statistics(problem, columns, config)
+        if problem.task == REGRESSION:
+            label_moments = (float(labels.mean()), float(max(labels.std(), 1e-6)))
+    # Keras smooths one-hot labels only.
+    one_hot = snapshot.num_classes if problem.task == MULTICLASS and config.label_smoothing > 0 else None
     return TrainingData(
-        train=preprocess.make_dataset(snapshot, config.train_split, config, training=True, one_hot_classes=one_hot),
+        train=preprocess.make_dataset(snapshot, splits[TRAIN], config, training=True, one_hot_classes=one_hot),
         validation=preprocess.make_dataset(
-            snapshot, config.validation_split, config, training=False, one_hot_classes=one_hot
+            snapshot, splits[VALIDATION], config, training=False, one_hot_classes=one_hot
         ),
         train_size=train_size,
-        pixel_mean=mean,
-        pixel_variance=variance,
+        splits=splits,
+        statistics=statistics,
+        image_moments=image_moments,
+        label_moments=label_moments,
     )
 
 
 def build_compiled_model(config: PipelineConfig, snapshot: Snapshot, data: TrainingData, hardware: HardwarePlan):
-    """Builds the model and compiles it with Adam on a cosine schedule; call under the strategy's scope."""
-    model = build_model(
-        config.model,
-        snapshot.image_shape,
-        snapshot.num_classes,
-        dropout=config.dropout,
-        pixel_mean=data.pixel_mean,
-        pixel_variance=data.pixel_variance,
-        test_time_flip=config.test_time_flip,
-    )
+    """Builds the model and compiles it with Adam on a cosine schedule; call under the strategy's scope.
+
+    Returns:
+        (the builder's name, the compiled model, the task's training setup).
+    """
+    problem = snapshot.problem
+    name, model = build_model(config, problem, data.statistics, data.image_moments, data.label_moments)
+    task = task_training(problem, config)
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate_schedule(config, data.train_size)),
-        loss=_loss(config),
-        metrics=["accuracy"],
+        loss=task.loss,
+        metrics=task.metrics,
         jit_compile=hardware.jit_compile,
     )
-    return model
+    return name, model, task
 
 
 def learning_rate_schedule(config: PipelineConfig, train_size: int) -> keras.optimizers.schedules.LearningRateSchedule:
@@ -204,34 +287,38 @@ def learning_rate_schedule(config: PipelineConfig, train_size: int) -> keras.opt
     )
 
 
-def _loss(config: PipelineConfig) -> keras.losses.Loss:
-    if config.label_smoothing > 0:  # prepare_data gives one-hot labels then.
-        return keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing)
-    return keras.losses.SparseCategoricalCrossentropy()
-
-
 def fit(
     config: PipelineConfig, snapshot: Snapshot, data: TrainingData, out: Path, callbacks: list, hardware: HardwarePlan
-) -> keras.Model:
-    """Trains under the strategy and precision of the hardware plan; returns the model."""
+) -> tuple[str, keras.Model, TaskTraining]:
+    """Trains under the strategy and precision of the hardware plan; returns (builder name, model, task setup)."""
     with dtype_policy(hardware.dtype_policy), hardware.strategy.scope():
-        model = build_compiled_model(config, snapshot, data, hardware)
+        name, model, task = build_compiled_model(config, snapshot, data, hardware)
         log.info(
-            "training %s on %d examples for up to %d epochs%s",
-            config.model,
+            "training %s (%s) on %d examples for up to %d epochs, monitoring %s%s",
+            name,
+            snapshot.problem.task,
             data.train_size,
             config.epochs,
+            task.monitor,
             " (resuming)" if (out / "backup").exists() else "",
         )
         model.fit(
             data.train,
             validation_data=data.validation,
             epochs=config.epochs,
-            callbacks=_callbacks(out, config) + callbacks,
+            callbacks=_callbacks(out, config, task) + callbacks,
             shuffle=False,  # The tf.data pipeline shuffles, seeded.
             verbose=2,
         )
-    return model
+    return name, model, task
+
+
+def best_score(history: dict[str, list[float]], task: TaskTraining) -> float:
+    """The best value of the monitored metric over the epochs (0 when there is none)."""
+    values = history.get(task.monitor, [])
+    if not values:
+        return 0.0
+    return max(values) if task.mode == "max" else min(values)
 
 
 def save_outputs(model: keras.Model, out: Path) -> tuple[Path, dict[str, list[float]]]:
@@ -264,7 +351,7 @@ def worker_scratch_dir(config: PipelineConfig, hardware: HardwarePlan) -> Path:
     return path
 
 
-def _worker_result(scratch: Path, hardware: HardwarePlan, seconds: float) -> TrainResult:
+def _worker_result(scratch: Path, hardware: HardwarePlan, seconds: float, name: str, task: TaskTraining) -> TrainResult:
     """Summarises a non-chief worker's part and removes its scratch folder (the run finished)."""
     history = read_history(scratch / "training_log.csv")
     shutil.rmtree(scratch, ignore_errors=True)
@@ -274,7 +361,9 @@ def _worker_result(scratch: Path, hardware: HardwarePlan, seconds: float) -> Tra
         curves_path=None,
         tensorboard_dir=None,
         epochs_run=len(history.get("loss", [])),
-        best_val_accuracy=max(history.get("val_accuracy", [0.0])),
+        monitor=task.monitor,
+        best_val_score=best_score(history, task),
+        model_builder=name,
         hardware=hardware.describe(),
         seconds=round(seconds, 2),
         is_chief=False,
@@ -291,7 +380,7 @@ def train(
     Args:
         config: Model, optimiser, hardware and seed options; `run_id` names the folder
             (and so which interrupted run to resume).
-        snapshot: The data snapshot to train on.
+        snapshot: The data snapshot to train on (its problem spec shapes the model).
         extra_callbacks: More Keras callbacks, run after the stage's own.
 
     Returns:
@@ -300,7 +389,7 @@ def train(
 
     Raises:
         TrainingError: if the training split is empty or training diverges.
-        ConfigError: if the split expressions or hardware options do not fit.
+        ConfigError: if the split expressions, hardware options or model builder do not fit.
     """
     started = time.monotonic()
     hardware = plan_hardware(config)  # First: a multi-worker strategy must exist before any TensorFlow op.
@@ -312,17 +401,28 @@ def train(
     keras.utils.set_random_seed(config.seed)
     data = prepare_data(config, snapshot)
     log.info("training as %s of %d worker(s)", hardware.task, hardware.workers)
-    model = fit(config, snapshot, data, out, list(extra_callbacks or []), hardware)
+    name, model, task = fit(config, snapshot, data, out, list(extra_callbacks or []), hardware)
     if not hardware.is_chief:
-        return _worker_result(out, hardware, time.monotonic() - started)
+        return _worker_result(out, hardware, time.monotonic() - started, name, task)
     model_path, history = save_outputs(model, out)
+    atomic_write_json(
+        out / "feature_statistics.json",
+        {
+            "splits": data.splits,
+            "features": {key: stats.to_dict() for key, stats in data.statistics.items()},
+            "image_moments": data.image_moments,
+            "label_moments": data.label_moments,
+        },
+    )
     return TrainResult(
         model_path=model_path,
         history_path=atomic_write_json(out / "history.json", history),
-        curves_path=plot_history(history, out / "training_curves.png"),
+        curves_path=plot_history(history, out / "training_curves.png", task.metric),
         tensorboard_dir=out / "tensorboard",
         epochs_run=len(history["loss"]),
-        best_val_accuracy=max(history.get("val_accuracy", [0.0])),
+        monitor=task.monitor,
+        best_val_score=best_score(history, task),
+        model_builder=name,
         hardware=hardware.describe(),
         seconds=round(time.monotonic() - started, 2),
     )

@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m serving.server",
         description="A TensorFlow Serving compatible model server (gRPC and REST) for SavedModels.",
+        allow_abbrev=False,
     )
     add = parser.add_argument
 

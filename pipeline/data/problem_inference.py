@@ -1,0 +1,283 @@
+"""Infers the problem spec from a source's columns; the config overrides any part of it.
+
+Rules (each overridable: `label`, `task`, `feature_types`, `exclude_columns`, `class_names`):
+
+- The label is `label`, else the source's own label (TFDS supervised key, an image folder's
+  classes), else the one column named 'label' or 'target' (any case).
+- Task: text, booleans and known class labels are classes; numbers are classes when they are
+  whole and take at most `MAX_INTEGER_CLASSES` values, else regression. Two classes make a
+  binary task, more a multiclass one.
+- Features: images are images; numbers are numeric; text is categorical, unless its values
+  average at least `TEXT_MIN_WORDS` words and mostly differ from each other (then text).
+  A text column whose values are mostly numbers is refused as mixed types.
+- Class names: the source's, or `class_names` (in that order), or the label's values sorted.
+
+`prepare_columns` then brings every split to the spec: feature columns converted to their
+dtype (missing numbers NaN, missing text ''), labels as class ids (classification) or float32,
+and rows without a label dropped and counted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import numpy as np
+
+from pipeline.core.config import AUTO, PipelineConfig
+from pipeline.core.errors import DataSourceError
+from pipeline.core.problem import (
+    BINARY,
+    CATEGORICAL,
+    FLOAT,
+    IMAGE,
+    INT,
+    MULTICLASS,
+    NUMERIC,
+    REGRESSION,
+    STRING,
+    TEXT,
+    UINT8,
+    FeatureSpec,
+    ProblemSpec,
+    signature_key,
+)
+from pipeline.data.source_data import SourceData, is_image_column, missing_mask
+
+MAX_INTEGER_CLASSES = 20
+TEXT_MIN_WORDS = 3.0
+TEXT_MIN_DISTINCT_SHARE = 0.5
+MIXED_TYPES_SHARE = 0.5  # a text column with at least this share of numbers is a broken numeric column
+_LABEL_NAMES = ("label", "target")
+_WORD = re.compile(r"\w+")
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def _present(values: np.ndarray) -> np.ndarray:
+    return values[~missing_mask(values)]
+
+
+def choose_label(source: SourceData, config: PipelineConfig) -> str:
+    """The label column's name.
+
+    Raises:
+        DataSourceError: if the configured label is not a column, or none can be chosen.
+    """
+    if config.label is not None:
+        if config.label not in source.columns:
+            raise DataSourceError(
+                f"{source.location}: label column {config.label!r} does not exist; the columns are: "
+                + ", ".join(source.columns)
+            )
+        return config.label
+    if source.label_hint in source.columns:
+        return source.label_hint
+    named = [c for c in source.columns if c.lower() in _LABEL_NAMES]
+    if len(named) == 1:
+        return named[0]
+    raise DataSourceError(
+        f"{source.location}: say which column is the label (--label COLUMN); the columns are: "
+        + ", ".join(source.columns)
+    )
+
+
+def _is_whole(values: np.ndarray) -> bool:
+    return values.dtype.kind in "iu" or bool(np.all(np.mod(values, 1) == 0))
+
+
+def infer_task(source: SourceData, label: str, configured: str) -> str:
+    """The task: the configured one, or inferred from the label's values (see the module doc).
+
+    Raises:
+        DataSourceError: if the label has no values, a single value, or values the task cannot learn.
+    """
+    values = np.concatenate(source.column(label))
+    if is_image_column(values):
+        raise DataSourceError(f"{source.location}: label column {label!r} holds images")
+    present = _present(values)
+    if present.size == 0:
+        raise DataSourceError(f"{source.location}: label column {label!r} has no values")
+    distinct = np.unique(present)
+    if len(distinct) == 1:
+        raise DataSourceError(
+            f"{source.location}: label column {label!r} has a single value "
+            f"({distinct[0]!r} in all {present.size} rows): nothing to learn"
+        )
+    numeric = values.dtype != object and label not in source.class_names
+    if configured == REGRESSION:
+        if not numeric:
+            sample = next(v for v in present if _number(v) is None) if values.dtype == object else None
+            if sample is not None or label in source.class_names:
+                raise DataSourceError(
+                    f"{source.location}: label column {label!r} holds classes"
+                    + (f" (e.g. {sample!r})" if sample is not None else "")
+                    + ", not numbers: a regression task needs numbers"
+                )
+        return REGRESSION
+    count = len(source.class_names.get(label, distinct))
+    if configured == AUTO:
+        if numeric and not (_is_whole(present) and len(distinct) <= MAX_INTEGER_CLASSES):
+            return REGRESSION
+        return BINARY if count == 2 else MULTICLASS
+    if configured == BINARY and count != 2:
+        raise DataSourceError(
+            f"{source.location}: label column {label!r} has {count} distinct values: a binary task needs exactly 2"
+        )
+    return configured
+
+
+def _text_kind(values: np.ndarray, name: str, location: str) -> str:
+    present = _present(values)
+    if present.size == 0:
+        raise DataSourceError(f"{location}: column {name!r} has no values at all: exclude it (exclude_columns)")
+    numbers = sum(_number(v) is not None for v in present)
+    if numbers and numbers < present.size and numbers / present.size >= MIXED_TYPES_SHARE:
+        index = next(i for i, v in enumerate(values) if v is not None and _number(v) is None)
+        raise DataSourceError(
+            f"{location}: column {name!r} mixes numbers and text ({numbers} of {present.size} values are numbers; "
+            f"row {index} is {values[index]!r}): fix the data, or set feature_types {name}=categorical"
+        )
+    sample = present[:: max(1, present.size // 2000)]
+    words = np.mean([len(_WORD.findall(v)) for v in sample])
+    distinct_share = len(set(sample)) / len(sample)
+    return TEXT if words >= TEXT_MIN_WORDS and distinct_share >= TEXT_MIN_DISTINCT_SHARE else CATEGORICAL
+
+
+def _feature(name: str, values: np.ndarray, kind: str | None, source: SourceData) -> FeatureSpec:
+    key = signature_key(name)
+    location = source.location
+    if is_image_column(values):
+        if kind not in (None, IMAGE):
+            raise DataSourceError(f"{location}: column {name!r} holds images; it cannot be {kind}")
+        return FeatureSpec(name, key, IMAGE, UINT8, tuple(int(d) for d in values.shape[1:]))
+    if kind == IMAGE:
+        raise DataSourceError(f"{location}: column {name!r} holds no images (feature_types says image)")
+    if values.dtype == object:
+        kind = kind or _text_kind(values, name, location)
+        if kind == NUMERIC:
+            bad = next((v for v in _present(values) if _number(v) is None), None)
+            if bad is not None:
+                raise DataSourceError(
+                    f"{location}: column {name!r} is declared numeric but holds {bad!r}, which is not a number"
+                )
+            return FeatureSpec(name, key, NUMERIC, FLOAT)
+        return FeatureSpec(name, key, kind, STRING)
+    whole_and_complete = values.dtype.kind in "iu"
+    if kind in (None, NUMERIC):
+        return FeatureSpec(name, key, NUMERIC, INT if whole_and_complete else FLOAT)
+    if kind == CATEGORICAL and whole_and_complete:
+        return FeatureSpec(name, key, CATEGORICAL, INT)
+    return FeatureSpec(name, key, kind, STRING)
+
+
+def _class_names(source: SourceData, label: str, config: PipelineConfig) -> list[str]:
+    """The class names in class-id order: the source's, the configured order, or the sorted values."""
+    if label in source.class_names:
+        known = source.class_names[label]
+        if config.class_names:
+            if len(config.class_names) != len(known):
+                raise DataSourceError(
+                    f"class_names has {len(config.class_names)} names but label {label!r} has {len(known)} classes"
+                )
+            return list(config.class_names)
+        return list(known)
+    values = _present(np.concatenate(source.column(label)))
+    if values.dtype == object:
+        distinct = sorted(set(values.tolist()))
+    else:
+        distinct = [_format_number(v) for v in np.unique(values)]
+    if config.class_names:
+        missing = sorted(set(distinct) - set(config.class_names))
+        if missing:
+            raise DataSourceError(
+                f"label {label!r} has values that class_names does not list: {missing[:10]}"
+                + (" ..." if len(missing) > 10 else "")
+            )
+        return list(config.class_names)
+    return distinct
+
+
+def _format_number(value) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def infer_problem(source: SourceData, config: PipelineConfig) -> ProblemSpec:
+    """Infers the problem spec of a source, with the config's overrides applied.
+
+    Raises:
+        DataSourceError: naming the column: a missing label, a label that cannot be learnt,
+            an unknown column in feature_types, mixed types, or two columns with one key.
+    """
+    label = choose_label(source, config)
+    overrides = dict(config.feature_types or {})
+    unknown = sorted(set(overrides) - set(source.columns))
+    if unknown:
+        raise DataSourceError(f"feature_types names columns that {source.location} does not have: {unknown}")
+    if label in overrides:
+        raise DataSourceError(f"feature_types names the label column {label!r}; it is not a feature")
+    task = infer_task(source, label, config.task)
+    features = tuple(
+        _feature(name, np.concatenate(source.column(name)), overrides.get(name), source)
+        for name in source.columns
+        if name != label
+    )
+    class_names = tuple(_class_names(source, label, config)) if task != REGRESSION else ()
+    try:
+        return ProblemSpec(task, label, signature_key(label), features, class_names)
+    except Exception as err:  # ConfigError from the spec's own checks: a data problem here
+        raise DataSourceError(f"{source.location}: {err}") from None
+
+
+@dataclasses.dataclass
+class PreparedSplit:
+    """One split brought to the spec: {feature key: values}, labels, and rows dropped for lack of a label."""
+
+    features: dict[str, np.ndarray]
+    labels: np.ndarray
+    dropped_missing_label: int
+
+
+def _feature_values(feature: FeatureSpec, values: np.ndarray) -> np.ndarray:
+    if feature.kind == IMAGE:
+        return values
+    if feature.dtype == FLOAT:
+        if values.dtype == object:
+            return np.asarray([np.nan if v is None else float(v) for v in values], np.float32)
+        return values.astype(np.float32)
+    if feature.dtype == INT:
+        return values.astype(np.int64)
+    if values.dtype == object:
+        return np.asarray(["" if v is None else v for v in values], dtype=object)
+    texts = np.empty(len(values), dtype=object)
+    texts[:] = ["" if v != v else _format_number(v) for v in values.tolist()]  # NaN != NaN: missing
+    return texts
+
+
+def _labels(problem: ProblemSpec, values: np.ndarray, source: SourceData) -> np.ndarray:
+    if problem.task == REGRESSION:
+        return (
+            np.asarray([float(v) for v in values], np.float32) if values.dtype == object else values.astype(np.float32)
+        )
+    if problem.label in source.class_names:
+        return values.astype(np.int64)
+    index = {name: i for i, name in enumerate(problem.class_names)}
+    names = values.tolist() if values.dtype == object else [_format_number(v) for v in values]
+    return np.asarray([index[name] for name in names], np.int64)
+
+
+def prepare_columns(source: SourceData, problem: ProblemSpec) -> dict[str, PreparedSplit]:
+    """Brings every split of a source to the problem spec (see the module doc)."""
+    prepared = {}
+    for split, columns in sorted(source.splits.items()):
+        label_values = columns[problem.label]
+        keep = ~missing_mask(label_values)
+        features = {f.key: _feature_values(f, columns[f.name][keep]) for f in problem.features}
+        labels = _labels(problem, label_values[keep], source)
+        prepared[split] = PreparedSplit(features, labels, int((~keep).sum()))
+    return prepared
