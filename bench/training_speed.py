@@ -99,7 +99,7 @@ def run_preset(preset: str, workdir: Path, data_source: str, overrides: dict) ->
         "train_seconds": trained.seconds,
         "epochs_run": trained.epochs_run,
         "median_epoch_seconds": round(statistics.median(history["epoch_seconds"]), 2),
-        "test_accuracy": round(evaluation.accuracy, 4),
+        "test_accuracy": round(evaluation.headline["accuracy"], 4),
         "target": {"test_accuracy": target_accuracy, "train_seconds": target_seconds},
         "curve": curve,
     }
@@ -126,16 +126,16 @@ def input_pipeline(workdir: Path, data_source: str, overrides: dict, steps: int,
     snapshot = ingest(config)
     data = prepare_data(config, snapshot)
     with hardware.strategy.scope():
-        model = build_compiled_model(config, snapshot, data, hardware)
+        _, model, _ = build_compiled_model(config, snapshot, data, hardware)
     real = data.train.repeat()
     for _ in data.train:  # One pass fills the pipeline's cache, as the first epoch of a run does.
         pass
     batches = list(data.train.take(steps))
-    images = np.stack([b[0].numpy() for b in batches if len(b[1]) == config.batch_size])
+    images = np.stack([b[0]["images"].numpy() for b in batches if len(b[1]) == config.batch_size])
     labels = np.stack([b[1].numpy() for b in batches if len(b[1]) == config.batch_size])
     # Whole batches, no work per example, and the autotuner off as in the real pipeline (on 2 cores
     # its threads cost the training step about half its speed, whatever the data source).
-    in_memory = tf.data.Dataset.from_tensor_slices((images, labels)).repeat()
+    in_memory = tf.data.Dataset.from_tensor_slices(({"images": images}, labels)).repeat()
     in_memory = in_memory.prefetch(PREFETCH_BATCHES).with_options(without_autotuning())
     _steps_per_second(model, real, min(steps, 20))  # Traces the train step once, off the clock.
     figures: dict[str, list[float]] = {"tf_data": [], "in_memory": []}

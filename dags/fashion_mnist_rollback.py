@@ -1,4 +1,4 @@
-"""Roll `stable` back to an earlier published version of the Fashion-MNIST model.
+"""Roll `stable` back to an earlier published version of the served model.
 
 Trigger with the version to serve; the decision (who, why, from which version) goes to
 the lineage log, and the stable-model asset gets an event like any promotion.
@@ -12,8 +12,16 @@ from airflow.sdk import Param, dag, get_current_context, task
 from dag_helpers import RUN_NOTE_KEY, SETTINGS, STABLE_MODEL, current_config, fail_on_pipeline_error, who
 
 
+def _describe(row: dict) -> str:
+    """'version 3, test accuracy 0.9320 (stable)': a version with its gate metric and labels."""
+    metrics = row["metrics"]
+    metric = row["gate_metric"] if row["gate_metric"] in metrics else next(iter(metrics), None)
+    text = f"version {row['version']}" + (f", test {metric} {metrics[metric]:.4f}" if metric else "")
+    return text + (f" ({', '.join(row['labels'])})" if row["labels"] else "")
+
+
 def version_param() -> Param:
-    """The version field: a list of the published versions with their accuracy and labels.
+    """The version field: a list of the published versions with their gate metric and labels.
 
     Read when the DAG file is parsed (every few seconds), so it follows new versions.
     """
@@ -23,12 +31,7 @@ def version_param() -> Param:
     if not rows:
         return Param(1, type="integer", minimum=1, title="Version", description="No version is published yet.")
     stable = next((row["version"] for row in rows if "stable" in row["labels"]), None)
-    display = {
-        str(row["version"]): f"version {row['version']}"
-        + (f", test accuracy {row['accuracy']:.4f}" if row["accuracy"] is not None else "")
-        + (f" ({', '.join(row['labels'])})" if row["labels"] else "")
-        for row in rows
-    }
+    display = {str(row["version"]): _describe(row) for row in rows}
     return Param(
         next((row["version"] for row in rows if row["version"] != stable), rows[0]["version"]),
         type="integer",

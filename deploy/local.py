@@ -325,7 +325,7 @@ def demo() -> None:
     if gate:
         print(
             f"demo: last gate decision: {'blessed' if gate['blessed'] else 'NOT blessed'}, "
-            f"test accuracy {gate['accuracy']:.4f}"
+            f"test {gate['metric']} {gate['score']:.4f}"
         )
     print(
         f"demo: the serving server keeps running (pid {serving_running()}); "

@@ -306,7 +306,7 @@ def build_model_card(
         "model_name": config.model_name,
         "created_at": utc_now(),
         "code_revision": code_revision(),
-        "model_builder": model_builder or config.model,
+        "model_builder": model_builder or resolved_builder_name(config.model, problem),
         "model_code": model_code_digest(config.model),
         "data": {
             "source": snapshot.source,
@@ -327,6 +327,13 @@ def build_model_card(
         "signature": {"name": SIGNATURE, **signatures[SIGNATURE]},
         "signatures": signatures,
     }
+
+
+def resolved_builder_name(model: str, problem: ProblemSpec) -> str:
+    """The builder a config's `model` stands for ('auto' resolved for the problem)."""
+    from pipeline.training.models import default_builder
+
+    return default_builder(problem) if model == "auto" else model
 
 
 def write_saved_model(

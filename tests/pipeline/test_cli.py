@@ -84,9 +84,10 @@ def test_run_end_to_end_then_a_stricter_gate_publishes_nothing(small_idx_dir, tm
     assert "not an ISO 8601 time: 'noon'" in pipeline_cli("history", *history_flags, "--at", "noon").stderr
 
     version_dir = Path(manifest["export"]["version_dir"])
-    images, _ = Snapshot.load(manifest["ingest"]["snapshot"]).split_arrays("test[:32]")
+    images = Snapshot.load(manifest["ingest"]["snapshot"]).split_columns("test[:32]")[0]["images"]
     served = tf.saved_model.load(str(version_dir)).signatures["serving_default"](images=tf.constant(images[..., 0]))
-    expected = keras.models.load_model(manifest["train"]["model_path"]).predict(images.astype(np.float32), verbose=0)
+    model = keras.models.load_model(manifest["train"]["model_path"])
+    expected = model.predict({"images": images.astype(np.float32)}, verbose=0)
     np.testing.assert_allclose(served["probabilities"].numpy(), expected, atol=1e-5)
 
     strict = pipeline_cli(
@@ -124,7 +125,9 @@ def test_steps_one_by_one_share_a_run(small_idx_dir, tmp_path):
     "extra, message",
     [
         (["--epochs", "-1"], "error: epochs must be >= 1, got -1"),
-        (["--model", "transformer"], "error: unknown model 'transformer'; choose one of: cnn, cnn_deep, mlp"),
+        (["--model", "transformer"], "error: model 'transformer' is neither a built-in (auto, cnn, cnn_deep"),
+        (["--label", "species"], "label column 'species' does not exist; the columns are: images, label"),
+        (["--epoch", "3"], "unrecognized arguments: --epoch"),  # no prefix matching of option names
         (["--data-source", "idx:/no/such/folder"], "error: IDX data folder /no/such/folder does not exist"),
         (["--model-base-path", "/proc/no-models"], "error: model base path /proc/no-models is not writable"),
     ],

@@ -73,7 +73,7 @@ def _client_cli(server, *args):
 
 @pytest.mark.parametrize("protocol", ["--grpc", "--rest"])
 def test_cli_predicts_an_image_file(standard_config, trained_run, tmp_path, protocol):
-    images, labels = trained_run["snapshot"].split_arrays("test[:1]")
+    images = trained_run["snapshot"].split_columns("test[:1]")[0]["images"]
     path = tmp_path / "item.png"
     Image.fromarray(images[0, ..., 0]).save(path)
     result = _client_cli(standard_config, protocol, "predict", "--image", str(path))

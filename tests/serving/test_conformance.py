@@ -167,8 +167,8 @@ def test_rest_binary_values_as_b64(standard_config):
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_fashion_model_answers_like_the_saved_model(standard_config, trained_run, protocol):
-    images, labels = trained_run["snapshot"].split_arrays("test[:16]")
-    images = images[..., 0]
+    columns, labels = trained_run["snapshot"].split_columns("test[:16]")
+    images = columns["images"][..., 0]
     version_dir = sorted((standard_config.models_dir / "fashion").glob("[0-9]*"))[-1]
     expected = tf.saved_model.load(str(version_dir)).signatures["serving_default"](images=tf.constant(images))
     with standard_config.client(protocol) as client:
@@ -425,8 +425,7 @@ def test_more_than_1000_warmup_records_fail_the_load(server, model_repo):
 
 
 def test_concurrent_requests_get_the_same_answers_as_alone(standard_config, trained_run):
-    images, _ = trained_run["snapshot"].split_arrays("test[:48]")
-    images = images[..., 0]
+    images = trained_run["snapshot"].split_columns("test[:48]")[0]["images"][..., 0]
     with standard_config.client() as client:
         alone = [client.predict("fashion", {"images": images[i : i + 1]})["probabilities"] for i in range(48)]
     results: dict[int, np.ndarray] = {}

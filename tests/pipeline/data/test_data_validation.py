@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from pipeline.core.errors import DataValidationError
+from pipeline.core.problem import image_classification
 from pipeline.data.data_validation import split_statistics, validate
 from pipeline.data.idx import write_idx_folder
 from pipeline.data.ingest import ingest
@@ -15,7 +16,8 @@ def _report(config):
 
 def test_split_statistics():
     images = np.array([[[[0]], [[255]]], [[[255]], [[255]]]], np.uint8)  # 2 images of 2x1x1
-    stats = split_statistics(images, np.array([1, 1]), num_classes=3)
+    problem = image_classification((2, 1, 1), ["a", "b", "c"])
+    stats = split_statistics(problem, {"images": images}, np.array([1, 1]))
     assert stats["count"] == 2
     assert stats["label_histogram"] == [0, 2, 0]
     assert stats["image_shape"] == [2, 1, 1] and stats["dtype"] == "uint8"
@@ -29,6 +31,7 @@ def test_first_run_infers_schema_and_later_identical_data_passes(make_config):
     first = validate(config, snapshot)
     schema = json.loads(first.schema_path.read_text())
     assert schema["image_shape"] == [28, 28, 1] and schema["class_names"][1] == "Trouser"
+    assert schema["problem"]["features"][0]["key"] == "images" and schema["problem"]["task"] == "multiclass"
     assert schema["splits"] == ["test", "train"]
     statistics = json.loads(first.statistics_path.read_text())
     assert statistics["splits"]["train"]["count"] == 2000

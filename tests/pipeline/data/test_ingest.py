@@ -27,13 +27,15 @@ def test_idx_folder_becomes_a_tfds_snapshot(make_config, fashion_subset):
     assert snapshot.path.name == f"fashion-mnist-{snapshot.fingerprint[:12]}"
     reopened = Snapshot.load(snapshot.path)
     assert reopened == snapshot
+    assert snapshot.problem.task == "multiclass" and [f.key for f in snapshot.problem.features] == ["images"]
     # The TFDS copy holds exactly the source's examples (TFDS reorders them).
-    images, labels = snapshot.split_arrays("test")
+    features, labels = snapshot.split_columns("test")
+    images = features["images"]
     source_images, source_labels = fashion_subset["t10k"]
     assert images.shape == (500, 28, 28, 1) and images.dtype == np.uint8
     assert sorted(map(bytes, images[..., 0])) == sorted(map(bytes, source_images))
     assert np.bincount(labels, minlength=10).tolist() == np.bincount(source_labels, minlength=10).tolist()
-    assert tfds.builder_from_directory(str(snapshot.path / snapshot.tfds_dir)).info.name == "idx_folder_dataset"
+    assert tfds.builder_from_directory(str(snapshot.path / snapshot.tfds_dir)).info.name == "columns_dataset"
 
 
 def test_same_data_reuses_snapshot_and_new_data_gets_a_new_one(make_config, tmp_path, fashion_subset):

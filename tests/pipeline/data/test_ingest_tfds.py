@@ -50,8 +50,9 @@ def test_tfds_source_prepares_when_allowed_then_reads_offline(make_config, tmp_p
 
     offline = ingest(config)  # Now prepared in tfds_data_dir: no download needed.
     assert offline.path == prepared.path
-    images, labels = offline.split_arrays("test")
-    assert images.shape == (30, 28, 28, 1) and set(labels.tolist()) == {0, 1, 2}
+    features, labels = offline.split_columns("test")
+    assert features["image"].shape == (30, 28, 28, 1) and set(labels.tolist()) == {0, 1, 2}
+    assert [(f.key, f.kind) for f in offline.problem.features] == [("image", "image")]
 
 
 def test_unknown_tfds_name(make_config, tmp_path):

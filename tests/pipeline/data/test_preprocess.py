@@ -12,8 +12,9 @@ def snapshot(trained_run):
 
 def test_batches_keep_raw_pixels_and_int_labels(snapshot, trained_run):
     config = trained_run["config"].replace(batch_size=32)
-    images, labels = next(iter(make_dataset(snapshot, "test", config, training=False)))
-    assert images.shape == (32, 28, 28, 1) and images.dtype.name == "float32"
+    features, labels = next(iter(make_dataset(snapshot, "test", config, training=False)))
+    images = features["images"]  # one input per feature, by key
+    assert list(features) == ["images"] and images.shape == (32, 28, 28, 1) and images.dtype.name == "float32"
     assert labels.shape == (32,) and labels.dtype.name == "int32"
     assert float(images.numpy().max()) > 1.0  # Not normalised here: the model does it.
 
@@ -43,16 +44,17 @@ def test_training_shuffle_is_seeded_and_reshuffles_each_epoch(snapshot, trained_
 
 def test_augmentation_keeps_shapes_and_changes_pixels(snapshot, trained_run):
     config = trained_run["config"].replace(batch_size=64, augment=True, shuffle_buffer=1)
-    plain = next(iter(make_dataset(snapshot, "train", config.replace(augment=False), training=True)))[0]
-    augmented = next(iter(make_dataset(snapshot, "train", config, training=True)))[0]
+    plain = next(iter(make_dataset(snapshot, "train", config.replace(augment=False), training=True)))[0]["images"]
+    augmented = next(iter(make_dataset(snapshot, "train", config, training=True)))[0]["images"]
     assert augmented.shape == plain.shape
     assert not np.allclose(augmented.numpy(), plain.numpy())
 
 
 def test_augmentation_without_shift_only_mirrors(snapshot, trained_run):
     config = trained_run["config"].replace(batch_size=64, augment=True, augment_shift=0.0, shuffle_buffer=1)
-    plain = next(iter(make_dataset(snapshot, "train", config.replace(augment=False), training=True)))[0].numpy()
-    augmented = next(iter(make_dataset(snapshot, "train", config, training=True)))[0].numpy()
+    plain = next(iter(make_dataset(snapshot, "train", config.replace(augment=False), training=True)))[0]
+    augmented = next(iter(make_dataset(snapshot, "train", config, training=True)))[0]
+    plain, augmented = plain["images"].numpy(), augmented["images"].numpy()
     mirrored = np.array([np.array_equal(a, p[:, ::-1]) for a, p in zip(augmented, plain, strict=True)])
     unchanged = np.array([np.array_equal(a, p) for a, p in zip(augmented, plain, strict=True)])
     assert np.all(mirrored | unchanged) and mirrored.any() and unchanged.any()
@@ -66,7 +68,7 @@ def test_split_expressions(snapshot, trained_run):
 
 
 def test_pixel_moments(snapshot, trained_run):
-    mean, variance = pixel_moments(make_dataset(snapshot, "test", trained_run["config"], training=False))
-    images, _ = snapshot.split_arrays("test")
+    mean, variance = pixel_moments(make_dataset(snapshot, "test", trained_run["config"], training=False), "images")
+    images = snapshot.split_columns("test")[0]["images"]
     assert mean == pytest.approx(images.mean(), rel=1e-6)
     assert variance == pytest.approx(images.astype(np.float64).var(), rel=1e-6)

@@ -9,7 +9,7 @@ from pipeline.release.report import registry_rows, render_registry, run_outcome,
 def test_the_outcome_names_what_the_run_did():
     promoted = run_outcome(
         {
-            "evaluate": {"accuracy": 0.93204},
+            "evaluate": {"metric": "accuracy", "score": 0.93204},
             "gate": {"blessed": True, "reasons": []},
             "mark_stable": {"stable": 3, "previous_stable": 2},
         }
@@ -17,9 +17,14 @@ def test_the_outcome_names_what_the_run_did():
     assert (promoted.outcome, promoted.version) == ("promoted", 3)
     assert promoted.summary == "promoted version 3 to stable (test accuracy 0.9320; was version 2)"
     rejected = run_outcome(
-        {"evaluate": {"accuracy": 0.8}, "gate": {"blessed": False, "reasons": ["a >= b", "accuracy 0.8000 < x"]}}
+        {"evaluate": {"metric": "accuracy", "score": 0.8}, "gate": {"blessed": False, "reasons": ["a >= b", "x"]}}
     )
-    assert (rejected.outcome, rejected.summary) == ("not_blessed", "not blessed: a >= b; accuracy 0.8000 < x")
+    assert (rejected.outcome, rejected.summary) == ("not_blessed", "not blessed: a >= b; x")
+    regression = run_outcome(
+        {"evaluate": {"metric": "rmse", "score": 512.25}, "mark_stable": {"stable": 1, "previous_stable": None}}
+    )
+    assert regression.summary == "promoted version 1 to stable (test rmse 512.2500; was nothing)"
+    assert (regression.metric, regression.score) == ("rmse", 512.25)
     skipped = run_outcome({"ingest": {}, "check_changes": {"skip_reason": "nothing changed"}})
     assert (skipped.outcome, skipped.summary) == ("skipped", "skipped: nothing changed")
     assert run_outcome({"ingest": {}, "validate": {}}).summary == "incomplete: the run stopped after validate"
@@ -29,10 +34,12 @@ def test_the_registry_lists_versions_newest_first_with_labels_and_metrics(publis
     apply_state(published, ServingState(stable=1, canary=2))
     rows = registry_rows(published)
     assert [(row["version"], row["labels"]) for row in rows] == [(2, ["canary"]), (1, ["stable"])]
-    assert rows[0]["accuracy"] == trained_run["evaluate"].accuracy and rows[0]["run_id"] == "shared"
+    assert rows[0]["metrics"]["accuracy"] == trained_run["evaluate"].score and rows[0]["run_id"] == "shared"
+    assert rows[0]["task"] == "multiclass" and rows[0]["gate_metric"] == "accuracy"
     page = render_registry(published, "/mlops/runs/fashion_mnist_training/")
     assert '<a href="/mlops/runs/fashion_mnist_training/shared">shared</a>' in page
     assert "<td>1</td><td>stable</td>" in page and "<td>2</td><td>canary</td>" in page
+    assert "<th>test accuracy</th><th>test macro_f1</th><th>test log_loss</th>" in page  # the task's metrics
 
 
 def test_the_registry_of_a_model_without_versions_says_so(make_config):
@@ -94,7 +101,7 @@ def test_the_approval_form_compares_the_candidate_with_stable(trained_run):
         "watch_canary": {"passed": True, "reasons": ["ok: 60 canary answers", "ok: agreement 97%"], "figures": {}},
     }
     body = approval_markdown(state)
-    accuracy = trained_run["evaluate"].accuracy
+    accuracy = trained_run["evaluate"].score
     assert body.startswith("**Candidate version 2** against stable (none).")
     assert f"| test accuracy | {accuracy:.4f} | - |" in body
     assert "| T-shirt/top | " in body and "**Gate rules**: pass: " in body

@@ -3,6 +3,7 @@ import json
 import numpy as np
 import pytest
 
+from pipeline.core.problem import image_classification
 from pipeline.training.evaluate import Baseline, classification_metrics, evaluate, gate_rules
 from tests.support import export_candidate
 
@@ -20,6 +21,9 @@ def test_classification_metrics_by_hand():
     assert metrics["loss"] == pytest.approx(expected_loss, abs=1e-6)
 
 
+PROBLEM = image_classification((28, 28, 1), ["Shirt", "Bag", "Coat"])
+
+
 def _metrics(accuracy: float, recall: dict[str, float]) -> dict:
     return {"accuracy": accuracy, "per_class": {name: {"recall": value} for name, value in recall.items()}}
 
@@ -30,8 +34,8 @@ def _metrics(accuracy: float, recall: dict[str, float]) -> dict:
 )
 def test_gate_rules(make_config, accuracy, baseline, blessed):
     config = make_config(min_accuracy=0.85, max_regression=0.01)
-    base = None if baseline is None else Baseline(1, baseline, {"a": 0.9})
-    checks = gate_rules(_metrics(accuracy, {"a": 0.9}), base, config)
+    base = None if baseline is None else Baseline(1, {"accuracy": baseline}, {"a": 0.9})
+    checks = gate_rules(_metrics(accuracy, {"a": 0.9}), base, config, PROBLEM)
     assert [check.rule for check in checks] == (
         ["min_accuracy"] if baseline is None else ["min_accuracy", "max_regression"]
     )
@@ -40,8 +44,8 @@ def test_gate_rules(make_config, accuracy, baseline, blessed):
 
 def test_per_class_rules_check_every_class_and_say_which_failed(make_config):
     config = make_config(min_accuracy=0.5, max_regression=0.05, min_class_recall=0.7, max_class_regression=0.1)
-    baseline = Baseline(3, 0.86, {"Shirt": 0.72, "Bag": 0.97})
-    checks = gate_rules(_metrics(0.86, {"Shirt": 0.55, "Bag": 0.96}), baseline, config)
+    baseline = Baseline(3, {"accuracy": 0.86}, {"Shirt": 0.72, "Bag": 0.97})
+    checks = gate_rules(_metrics(0.86, {"Shirt": 0.55, "Bag": 0.96}), baseline, config, PROBLEM)
     by_rule = {check.rule: check for check in checks}
     assert list(by_rule) == [
         "min_accuracy",
@@ -64,7 +68,9 @@ def test_first_evaluation_has_no_baseline(trained_run):
     result = trained_run["evaluate"]
     report = json.loads(result.evaluation_path.read_text())
     assert report["blessed"] is result.blessed is True
-    assert report["baseline"] == {"version": None, "accuracy": None, "class_recall": None}
+    assert report["baseline"] == {"version": None, "metrics": None, "class_recall": None}
+    assert report["task"] == "multiclass" and report["gate_metric"] == result.metric == "accuracy"
+    assert report["metrics"]["headline"] == {k: report["metrics"][k] for k in ("accuracy", "macro_f1", "log_loss")}
     assert [(rule["rule"], rule["passed"]) for rule in report["rules"]] == [("min_accuracy", True)]
     assert any("no published model" in reason for reason in report["reasons"])
     assert report["metrics"]["examples"] == 500
@@ -72,7 +78,7 @@ def test_first_evaluation_has_no_baseline(trained_run):
     assert len(report["metrics"]["per_class"]) == 10
     matrix = json.loads(result.confusion_matrix_path.read_text())["matrix"]
     assert np.array(matrix).sum() == 500
-    assert result.confusion_matrix_png.read_bytes()[:4] == b"\x89PNG"
+    assert result.plot_path.name == "confusion_matrix.png" and result.plot_path.read_bytes()[:4] == b"\x89PNG"
 
 
 def test_published_model_is_the_baseline_and_the_gate_can_refuse(trained_run, make_config):
@@ -82,7 +88,7 @@ def test_published_model_is_the_baseline_and_the_gate_can_refuse(trained_run, ma
 
     same = evaluate(config, trained_run["snapshot"], trained_run["train"].model_path)
     assert same.baseline_version == published.version
-    assert same.baseline_accuracy == pytest.approx(same.accuracy, abs=1e-6)  # Same model, same answers.
+    assert same.baseline_score == pytest.approx(same.score, abs=1e-6)  # Same model, same answers.
     assert same.blessed
 
     newer = export_candidate(trained_run, config)  # e.g. a canary that was rolled back: published, not serving

@@ -42,9 +42,9 @@ def test_signature_takes_uint8_images_and_returns_probabilities_class_ids_and_na
 
 def test_exported_predictions_equal_the_keras_models(exported, trained_run):
     _, result = exported
-    images, _ = trained_run["snapshot"].split_arrays("test[:64]")
+    images = trained_run["snapshot"].split_columns("test[:64]")[0]["images"]
     keras_probabilities = keras.models.load_model(trained_run["train"].model_path).predict(
-        images.astype(np.float32), verbose=0
+        {"images": images.astype(np.float32)}, verbose=0
     )
     serve = tf.saved_model.load(str(result.version_dir)).signatures["serving_default"]
     rank3 = serve(images=tf.constant(images[..., 0]))
@@ -57,15 +57,19 @@ def test_exported_predictions_equal_the_keras_models(exported, trained_run):
 
 
 def test_a_test_time_flip_model_serves_the_mirror_average(trained_run, tmp_path):
-    model = build_model(
-        "cnn", (28, 28, 1), 10, dropout=0.1, pixel_mean=72.9, pixel_variance=8000.0, test_time_flip=True
-    )
+    from pipeline.core.config import PipelineConfig
+
+    problem = trained_run["snapshot"].problem
+    config = PipelineConfig(dropout=0.1, test_time_flip=True).validate()
+    _, model = build_model(config, problem, {}, {"images": (72.9, 8000.0)})
     model.save(tmp_path / "model.keras")
-    write_saved_model(tmp_path / "model.keras", trained_run["snapshot"], tmp_path / "saved")
-    images, _ = trained_run["snapshot"].split_arrays("test[:16]")
+    write_saved_model(tmp_path / "model.keras", problem, tmp_path / "saved", 0.5)
+    images = trained_run["snapshot"].split_columns("test[:16]")[0]["images"]
     inner = model.get_layer("probabilities").inner
     floats = images.astype(np.float32)
-    expected = (inner.predict(floats, verbose=0) + inner.predict(floats[:, :, ::-1], verbose=0)) / 2
+    expected = (
+        inner.predict({"images": floats}, verbose=0) + inner.predict({"images": floats[:, :, ::-1]}, verbose=0)
+    ) / 2
     serve = tf.saved_model.load(str(tmp_path / "saved")).signatures["serving_default"]
     np.testing.assert_allclose(serve(images=tf.constant(images))["probabilities"].numpy(), expected, atol=1e-5)
 
@@ -88,8 +92,13 @@ def test_assets_carry_class_names_model_card_and_warmup(exported, trained_run):
     assert card["data"]["fingerprint"] == snapshot.fingerprint
     assert card["data"]["source"] == snapshot.source
     assert card["config"]["epochs"] == 1
-    assert card["metrics"]["accuracy"] == trained_run["evaluate"].accuracy
-    assert card["code_revision"] and card["created_at"]
+    assert card["metrics"]["accuracy"] == trained_run["evaluate"].score
+    assert set(card["metrics"]) == {"accuracy", "macro_f1", "log_loss"} and card["gate_metric"] == "accuracy"
+    assert card["code_revision"] and card["created_at"] and card["model_builder"] == "cnn"
+    assert card["problem"]["task"] == "multiclass" and card["problem"]["features"][0]["key"] == "images"
+    assert card["column_mapping"] == {} and card["model_code"] is None  # a built-in model, names kept
+    assert card["signature"]["inputs"] == {"images": {"dtype": "uint8", "shape": ["N", 28, 28, 1]}}
+    assert set(card["signatures"]) == {"serving_default"}  # no Classify/Regress signature for images
 
     serve = tf.saved_model.load(str(result.version_dir)).signatures["serving_default"]
     records = list(tf.data.TFRecordDataset(str(result.version_dir / "assets.extra" / "tf_serving_warmup_requests")))
@@ -220,5 +229,5 @@ def test_an_incomplete_folder_is_never_published(trained_run, tmp_path):
     (staging / "variables" / "variables.index").write_bytes(b"x")
     (staging / "variables" / "variables.data-00000-of-00001").write_bytes(b"x")
     with pytest.raises(ExportError, match="does not load and answer"):
-        model_repo.verify_saved_model(staging, np.zeros((1, 28, 28), np.uint8))
+        model_repo.verify_saved_model(staging, {"images": np.zeros((1, 28, 28), np.uint8)})
     assert published_versions(config.model_dir) == []

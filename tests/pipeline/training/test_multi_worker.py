@@ -114,13 +114,14 @@ def test_two_workers_train_one_model_and_only_the_chief_writes_it(make_config, t
     assert chief["is_chief"] and not other["is_chief"]
     assert other["model_path"] is None and "the chief evaluates and exports" in other["stop_reason"]
     # Both saw the same (all-reduced) validation accuracy.
-    assert other["best_val_accuracy"] == pytest.approx(chief["best_val_accuracy"])
+    assert other["best_val_score"] == pytest.approx(chief["best_val_score"])
 
     # Only the chief wrote into the run: the manifest's train entry and the files are its own.
     train_dir = config.workdir_path / "runs" / config.run_id / "train"
     assert read_manifest(config)["train"]["hardware"]["task"] == "worker/0"
     assert sorted(p.name for p in train_dir.iterdir() if p.suffix in (".keras", ".json", ".png", ".csv")) == [
         "best.keras",
+        "feature_statistics.json",
         "history.json",
         "model.keras",
         "training_curves.png",
@@ -129,5 +130,5 @@ def test_two_workers_train_one_model_and_only_the_chief_writes_it(make_config, t
     assert list((tmp_path / "tmp-1").iterdir()) == []  # The other worker's scratch files are gone.
 
     model = keras.models.load_model(chief["model_path"])
-    probabilities = model.predict(np.zeros((3, 28, 28, 1), np.float32), verbose=0)
+    probabilities = model.predict({"images": np.zeros((3, 28, 28, 1), np.float32)}, verbose=0)
     assert probabilities.shape == (3, 10) and np.allclose(probabilities.sum(axis=1), 1, atol=1e-4)

@@ -14,14 +14,18 @@ def test_training_writes_model_history_curves_and_logs(trained_run):
     history = json.loads(result.history_path.read_text())
     assert history["epoch"] == [0]
     assert set(history) >= {"loss", "accuracy", "val_loss", "val_accuracy"}
-    assert result.best_val_accuracy == pytest.approx(max(history["val_accuracy"]))
+    assert result.monitor == "val_accuracy" and result.model_builder == "cnn"
+    assert result.best_val_score == pytest.approx(max(history["val_accuracy"]))
     assert result.curves_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert any(result.tensorboard_dir.rglob("events.out.tfevents.*"))
     assert (result.model_path.parent / "best.keras").exists()
     assert not (result.model_path.parent / "backup").exists()  # Removed after a finished run.
     assert result.hardware["strategy"] in ("cpu", "one_device", "mirrored")
     model = keras.models.load_model(result.model_path)
-    assert model.input_shape == (None, 28, 28, 1) and model.output_shape == (None, 10)
+    assert list(model.input) == ["images"] and model.output_shape == (None, 10)
+    statistics = json.loads((result.model_path.parent / "feature_statistics.json").read_text())
+    assert statistics["splits"] == {"train": "train[:90%]", "validation": "train[90%:]", "test": "test"}
+    assert 60 < statistics["image_moments"]["images"][0] < 90  # the normalisation layer's pixel mean
 
 
 class InterruptAfterFirstEpoch(keras.callbacks.Callback):
@@ -91,12 +95,14 @@ def test_the_learning_rate_warms_up_then_decays(make_config):
 
 
 def test_label_smoothing_trains_on_one_hot_labels_and_is_off_at_zero(make_config):
-    from pipeline.training.train import _loss, prepare_data
+    from pipeline.training.train import prepare_data, task_training
 
     snapshot = ingest(make_config())
     _, smoothed = next(iter(prepare_data(make_config(label_smoothing=0.1), snapshot).train))
     assert smoothed.shape == (64, 10) and float(smoothed.numpy().sum()) == pytest.approx(64)
-    assert isinstance(_loss(make_config(label_smoothing=0.1)), keras.losses.CategoricalCrossentropy)
+    loss = task_training(snapshot.problem, make_config(label_smoothing=0.1)).loss
+    assert isinstance(loss, keras.losses.CategoricalCrossentropy)
     _, plain = next(iter(prepare_data(make_config(label_smoothing=0.0), snapshot).train))
     assert plain.shape == (64,) and plain.dtype.name == "int32"
-    assert isinstance(_loss(make_config(label_smoothing=0.0)), keras.losses.SparseCategoricalCrossentropy)
+    loss = task_training(snapshot.problem, make_config(label_smoothing=0.0)).loss
+    assert isinstance(loss, keras.losses.SparseCategoricalCrossentropy)
