@@ -90,6 +90,7 @@ class TFServingClient:
         self.management_target = management_target
         self._channel = None
         self._management_channel = None
+        self._output_names: dict[tuple, str] = {}
 
     # --- plumbing -------------------------------------------------------------
 
@@ -214,10 +215,16 @@ class TFServingClient:
                 lambda: self._rest("POST", self._rest_path(model, version, label) + ":predict", body)
             )
             if rest_format == ROWS:
-                return PredictResult(_columns_of(reply["predictions"]))
-            outputs = reply["outputs"]
-            if not isinstance(outputs, dict):
-                outputs = {"output": outputs}
+                predictions = reply["predictions"]
+                if predictions and isinstance(predictions[0], dict):
+                    return PredictResult(
+                        {name: np.asarray([row[name] for row in predictions]) for name in predictions[0]}
+                    )
+                outputs = predictions
+            else:
+                outputs = reply["outputs"]
+            if not isinstance(outputs, dict):  # TF Serving leaves out the name of a signature's only output
+                outputs = {self._only_output(model, version, label, signature): outputs}
             return PredictResult({name: np.asarray(value) for name, value in outputs.items()})
 
         from tensorflow_serving.apis import predict_pb2
@@ -234,6 +241,15 @@ class TFServingClient:
             {name: tensors.to_array(proto) for name, proto in response.outputs.items()},
             response.model_spec.version.value,
         )
+
+    def _only_output(self, model: str, version: int | None, label: str | None, signature: str) -> str:
+        """The name of a signature's only output (REST replies leave it out), from the model's metadata."""
+        key = (model, version, label, signature)
+        if key not in self._output_names:
+            signatures = self.metadata(model, version=version, label=label, protocol=REST)["signature_def"]
+            outputs = list(signatures.get(signature or "serving_default", {}).get("outputs", {}))
+            self._output_names[key] = outputs[0] if len(outputs) == 1 else "output"
+        return self._output_names[key]
 
     def classify(
         self,
@@ -438,13 +454,6 @@ def _to_json(array: np.ndarray) -> Any:
     if array.dtype.kind in ("O", "S", "U"):
         return np.vectorize(_json_value, otypes=[object])(array).tolist() if array.ndim else _json_value(array.item())
     return array.tolist()
-
-
-def _columns_of(predictions: list) -> dict[str, np.ndarray]:
-    """A row-format reply ("predictions": one object, or one value, per row) as columns."""
-    if predictions and isinstance(predictions[0], dict):
-        return {name: np.asarray([row[name] for row in predictions]) for name in predictions[0]}
-    return {"output": np.asarray(predictions)}
 
 
 def _example_proto(example):

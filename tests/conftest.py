@@ -12,7 +12,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from pipeline.data.idx import write_idx_folder  # noqa: E402
-from tests.support import read_fashion_mnist, train_small_run  # noqa: E402
+from tests.support import read_fashion_mnist, train_small_run, train_table_run  # noqa: E402
 
 TRAIN_EXAMPLES = 2000
 TEST_EXAMPLES = 500
@@ -67,6 +67,19 @@ def make_config(tmp_path, small_idx_dir):
 def trained_run(tmp_path_factory, small_idx_dir):
     """One ingested snapshot and a 1-epoch model, evaluated, shared by read-only tests."""
     return train_small_run(tmp_path_factory.mktemp("trained"), f"idx:{small_idx_dir}", "shared")
+
+
+@pytest.fixture(scope="session")
+def table_run(tmp_path_factory):
+    """Returns a run per kind of table ('binary', 'multiclass', 'regression', 'text'), trained once per session."""
+    runs = {}
+
+    def get(task: str) -> dict:
+        if task not in runs:
+            runs[task] = train_table_run(tmp_path_factory.mktemp(f"{task}-table"), task)
+        return runs[task]
+
+    return get
 
 
 @pytest.fixture(autouse=True, scope="session")

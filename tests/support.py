@@ -75,8 +75,14 @@ def wait_for(condition: Callable[[], Any], timeout: float = 60.0, what: str = "a
     raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
 
 
-def train_small_run(root: Path, data_source: str, run_id: str) -> dict:
+def train_small_run(root: Path, data_source: str, run_id: str, **options) -> dict:
     """Ingests `data_source` under `root`, trains a 1-epoch model and evaluates it (min_accuracy 0.5).
+
+    Args:
+        root: The folder for the run's workdir and models.
+        data_source: The source.
+        run_id: The run id.
+        **options: More config values (a label, more epochs...).
 
     Returns:
         {"config", "snapshot", "train", "evaluate"}, as `export_candidate` takes it.
@@ -86,16 +92,20 @@ def train_small_run(root: Path, data_source: str, run_id: str) -> dict:
     from pipeline.training.evaluate import evaluate
     from pipeline.training.train import train
 
+    values = {
+        "epochs": 1,
+        "batch_size": 64,
+        "shuffle_buffer": 512,
+        "min_accuracy": 0.5,
+        "warmup_requests": 4,
+        **options,
+    }
     config = PipelineConfig(
         data_source=data_source,
         workdir=str(root / "work"),
         model_base_path=str(root / "models"),
         run_id=run_id,
-        epochs=1,
-        batch_size=64,
-        shuffle_buffer=512,
-        min_accuracy=0.5,
-        warmup_requests=4,
+        **values,
     ).validate()
     snapshot = ingest(config)
     trained = train(config, snapshot)
@@ -152,3 +162,113 @@ class Traffic:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join(30)
+
+
+def table_rows(task: str, rows: int = 400, seed: int = 0) -> dict[str, list]:
+    """A small generated table with a learnable label, missing values and awkward column names.
+
+    Args:
+        task: 'multiclass' (species from bill and flipper lengths and island), 'binary' (approved?
+            from income, debt and state), 'regression' (price from size, rooms and district) or
+            'text' (sentiment from a review's words).
+        rows: How many rows.
+        seed: Seeds the values.
+
+    Returns:
+        {column: values}, None where a value is missing (a few labels too).
+    """
+    rng = np.random.default_rng(seed)
+    pick = rng.integers
+    if task == "multiclass":
+        species = pick(0, 3, rows)
+        names = np.array(["Adelie", "Chinstrap", "Gentoo"])[species]
+        bill = 38 + 5 * species + rng.normal(0, 1.2, rows)
+        flipper = (190 + 12 * (species == 2) + rng.normal(0, 4, rows)).astype(int)
+        island = np.where(species == 2, "Biscoe", np.where(rng.random(rows) < 0.5, "Dream", "Torgersen"))
+        table = {
+            "bill length (mm)": [None if i % 23 == 5 else round(float(v), 1) for i, v in enumerate(bill)],
+            "flipper_mm": [int(v) for v in flipper],
+            "island": [None if i % 31 == 7 else str(v) for i, v in enumerate(island)],
+            "species": [None if i % 37 == 11 else str(v) for i, v in enumerate(names)],
+        }
+    elif task == "binary":
+        income = rng.lognormal(10.5, 0.5, rows)
+        debt = rng.uniform(0, 1, rows)
+        state = rng.choice(["CA", "NY", "TX", "WA"], rows)
+        score = np.log(income) - 10.5 - 2.5 * (debt - 0.5) + 0.6 * (state == "WA") + rng.normal(0, 0.3, rows)
+        table = {
+            "annual income": [round(float(v), 2) for v in income],
+            "debt ratio": [None if i % 19 == 3 else round(float(v), 3) for i, v in enumerate(debt)],
+            "state": [str(v) for v in state],
+            "approved?": ["yes" if v > 0 else "no" for v in score],
+        }
+    elif task == "regression":
+        size = rng.uniform(30, 150, rows)
+        rooms = np.clip((size / 30).astype(int) + pick(0, 2, rows), 1, 8)
+        district = rng.choice(["north", "south", "center"], rows)
+        price = 2000 * size + 15000 * rooms + np.where(district == "center", 60000, 0) + rng.normal(0, 8000, rows)
+        table = {
+            "size m2": [round(float(v), 1) for v in size],
+            "rooms": [int(v) for v in rooms],
+            "district": [str(v) for v in district],
+            "price": [None if i % 41 == 9 else round(float(v), 2) for i, v in enumerate(price)],
+        }
+    elif task == "text":
+        good, bad, filler = (
+            ["great", "loved", "superb", "fun"],
+            ["awful", "boring", "hated", "dull"],
+            ["the", "film", "was", "plot", "actors", "really", "quite"],
+        )
+        positive = rng.random(rows) < 0.5
+        reviews = []
+        for is_positive in positive:
+            words = list(rng.choice(filler, 5)) + list(rng.choice(good if is_positive else bad, 2))
+            rng.shuffle(words)
+            reviews.append(" ".join(words).capitalize() + ".")
+        table = {
+            "review": reviews,
+            "stars shown": [int(v) for v in pick(0, 2, rows)],
+            "sentiment": ["pos" if p else "neg" for p in positive],
+        }
+    else:
+        raise ValueError(f"unknown table kind {task!r}")
+    return table
+
+
+def write_table(path: Path, table: dict[str, list]) -> Path:
+    """Writes {column: values} as CSV (None as an empty field) or Parquet (None as null), by the suffix."""
+    import csv
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.table(table), path)
+        return path
+    columns = list(table)
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns)
+        for values in zip(*(table[c] for c in columns), strict=True):
+            writer.writerow(["" if value is None else value for value in values])
+    return path
+
+
+TABLE_LABELS = {"binary": "approved?", "multiclass": "species", "regression": "price", "text": "sentiment"}
+
+
+def train_table_run(root: Path, task: str, rows: int = 400, **options) -> dict:
+    """A generated table of `task` (`table_rows`) as a CSV source, trained for 12 short epochs and evaluated."""
+    source = write_table(root / "data" / f"{task}.csv", table_rows(task, rows))
+    return train_small_run(
+        root,
+        f"csv:{source}",
+        f"{task}-run",
+        label=TABLE_LABELS[task],
+        epochs=12,
+        batch_size=32,
+        learning_rate=0.005,
+        early_stopping_patience=12,
+        **options,
+    )

@@ -120,8 +120,9 @@ def read_tfds_source(config: PipelineConfig, name: str) -> SourceData:
     label = config.label or label_hint
     kinds = {key: _column_kind(key, feature, name) for key, feature in features.items() if key not in exclude}
     splits: dict[str, dict[str, np.ndarray]] = {}
+    keys = list(kinds)
     for split in sorted(builder.info.splits):
-        dataset = builder.as_dataset(split=split, shuffle_files=False)
+        dataset = builder.as_dataset(split=split, shuffle_files=False).map(lambda ex: {k: ex[k] for k in keys})
         collected: dict[str, list[np.ndarray]] = {key: [] for key in kinds}
         for batch in tfds.as_numpy(dataset.batch(4096)):
             for key in kinds:

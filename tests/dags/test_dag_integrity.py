@@ -65,7 +65,11 @@ def test_trigger_form_params_are_typed_and_bounded(dag_bag):
     assert (epochs["type"], epochs["allOf"]) == ("integer", [{"minimum": 1, "maximum": 500}])
     assert ">= 1 and <= 500" in params.get_param("epochs").description
     assert params.get_param("batch_size").schema["allOf"][0]["maximum"] == 8192
-    assert params.get_param("model").schema["enum"] == ["cnn", "cnn_deep", "mlp"]
+    assert (
+        params.get_param("model").value == "auto"
+        and "cnn_deep|mlp|tabular" in params.get_param("model").schema["allOf"][0]["pattern"]
+    )
+    assert params.get_param("gate_metric").schema["enum"][:2] == ["auto", "accuracy"]
     assert params.get_param("min_accuracy").schema["allOf"][0]["maximum"] == 1
     assert params.get_param("force").value is False
     params.validate()  # the defaults are valid
@@ -83,6 +87,8 @@ def test_bad_params_are_refused_before_a_run(dag_bag):
         {"learning_rate": 5},
         {"epochs": "ten"},
         {"model": "resnet"},
+        {"model": "my models:build"},
+        {"gate_metric": "f2"},
         {"min_accuracy": 1.5},
         {"learning_rate": 0},
         {"batch_size": 10_000},

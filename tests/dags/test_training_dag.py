@@ -141,7 +141,7 @@ def test_a_run_ends_with_its_outcome_as_the_run_note_and_a_report_page(first_run
     for section in (
         "Per class",
         "baseline: none",
-        "Gate: blessed",
+        "Gate on accuracy: blessed",
         "Confusion matrix",
         "Training curves",
         "Model card",

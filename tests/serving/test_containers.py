@@ -44,7 +44,7 @@ def test_models_config_parses_and_points_at_the_pipeline_model():
 
     config = protos.parse_text((SERVING / "models.config").read_text(), protos.ModelServerConfig)
     (model,) = config.model_config_list.config
-    assert model.name == PipelineConfig().model_name
+    assert model.name == PipelineConfig().validate().model_name
     assert model.base_path == f"/models/{model.name}"
     assert dict(model.version_labels).keys() == {"stable", "canary"}
     loaded = set(model.model_version_policy.specific.versions)

@@ -59,3 +59,63 @@ def test_unknown_tfds_name(make_config, tmp_path):
     config = make_config(data_source="tfds:no_such_dataset_xyz", tfds_data_dir=str(tmp_path))
     with pytest.raises(DataSourceError, match="unknown TFDS dataset 'no_such_dataset_xyz'"):
         ingest(config)
+
+
+class TinyLoans(tfds.core.GeneratorBasedBuilder):
+    """A small table as a TFDS dataset: numbers, a class-label input, text, a sequence and the label."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+        return tfds.core.DatasetInfo(
+            builder=self,
+            features=tfds.features.FeaturesDict(
+                {
+                    "income": tfds.features.Tensor(shape=(), dtype=np.float32),
+                    "years": tfds.features.Tensor(shape=(), dtype=np.int64),
+                    "state": tfds.features.ClassLabel(names=["CA", "NY"]),
+                    "note": tfds.features.Text(),
+                    "history": tfds.features.Sequence(tfds.features.Tensor(shape=(), dtype=np.int64)),
+                    "approved": tfds.features.ClassLabel(names=["no", "yes"]),
+                }
+            ),
+        )
+
+    def _split_generators(self, dl_manager):
+        return {"train": self._generate_examples(0, 80), "test": self._generate_examples(1, 20)}
+
+    def _generate_examples(self, seed, count):
+        rng = np.random.default_rng(seed)
+        for index in range(count):
+            income = float(rng.uniform(10, 100))
+            yield (
+                index,
+                {
+                    "income": income,
+                    "years": int(rng.integers(0, 30)),
+                    "state": int(rng.integers(0, 2)),
+                    "note": f"applicant {index} asked for a loan",
+                    "history": [1, 2, 3][: index % 3],
+                    "approved": int(income > 50),
+                },
+            )
+
+
+def test_any_tfds_features_become_inputs_and_the_label_is_chosen_by_name(make_config, tmp_path):
+    config = make_config(
+        data_source="tfds:tiny_loans", tfds_data_dir=str(tmp_path / "tfds"), allow_download=True, label="approved"
+    )
+    with pytest.raises(DataSourceError, match=r"feature 'history' \(Sequence, .*\) is not a scalar, text, class label"):
+        ingest(config)
+    snapshot = ingest(config.replace(exclude_columns=["history"]))
+    problem = snapshot.problem
+    assert problem.task == "binary" and problem.class_names == ("no", "yes")
+    assert [(f.key, f.kind, f.dtype) for f in problem.features] == [
+        ("income", "numeric", "float32"),
+        ("years", "numeric", "int64"),
+        ("state", "categorical", "string"),  # a class-label input: its names
+        ("note", "text", "string"),
+    ]
+    columns, labels = snapshot.split_columns("test")
+    assert set(columns["state"].tolist()) <= {"CA", "NY"} and len(labels) == 20
+    assert snapshot.resolve_split("auto", "validation") == "train[90%:]"  # the TFDS split syntax

@@ -1,0 +1,82 @@
+"""`images:` sources: class folders (with or without split folders), sizes and modes, broken images."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.core.errors import DataSourceError
+from pipeline.data.ingest import ingest
+
+
+def _draw(path, shade: int, size=(12, 10), mode="L"):
+    """An image whose left half has `shade` (the class signal) and right half noise."""
+    rng = np.random.default_rng(shade)
+    pixels = rng.integers(0, 60, (size[1], size[0]), dtype=np.uint8)
+    pixels[:, : size[0] // 2] = shade
+    image = Image.fromarray(pixels, "L")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.convert(mode).save(path)
+    return path
+
+
+def _folder(root, per_class=30, split=None, **kwargs):
+    for name, shade in (("cats", 200), ("dogs", 90), ("owls", 140)):
+        for index in range(per_class):
+            base = root / split if split else root
+            _draw(base / name / f"{index:03d}.png", shade + index % 3, **kwargs)
+    return root
+
+
+def test_class_folders_become_an_image_classification_snapshot(make_config, tmp_path):
+    folder = _folder(tmp_path / "animals")
+    (folder / "cats" / "notes.txt").write_text("not an image: ignored")
+    _draw(folder / "dogs" / "big.jpg", 90, size=(24, 20))  # resized to the most common size
+    snapshot = ingest(make_config(data_source=f"images:{folder}"))
+    problem = snapshot.problem
+    assert problem.task == "multiclass" and problem.class_names == ("cats", "dogs", "owls")
+    assert [(f.key, f.kind, f.shape) for f in problem.features] == [("images", "image", (10, 12, 1))]
+    assert snapshot.image_shape == (10, 12, 1)
+    assert sum(snapshot.splits.values()) == 91 and set(snapshot.splits) == {"train", "validation", "test"}
+    images, labels = snapshot.split_columns("train")
+    assert images["images"].dtype == np.uint8 and images["images"].shape[1:] == (10, 12, 1)
+    assert set(labels.tolist()) == {0, 1, 2}
+
+
+def test_split_folders_and_a_configured_size_and_mode(make_config, tmp_path):
+    root = tmp_path / "pets"
+    _folder(root, 20, split="train")
+    _folder(root, 5, split="val", mode="RGB")  # 'val' is the validation split
+    _folder(root, 5, split="test", mode="RGB")
+    config = make_config(data_source=f"images:{root}", image_size=[8, 8], image_mode="RGB")
+    snapshot = ingest(config)
+    assert snapshot.splits == {"test": 15, "train": 60, "validation": 15}
+    assert snapshot.image_shape == (8, 8, 3)
+    assert snapshot.resolve_split("auto", "train") == "train"  # a validation split of its own
+
+
+def test_mixed_modes_need_a_mode_and_a_corrupt_image_is_named(make_config, tmp_path):
+    folder = _folder(tmp_path / "mixed", 4)
+    _draw(folder / "owls" / "colour.png", 140, mode="RGB")
+    config = make_config(data_source=f"images:{folder}")
+    with pytest.raises(DataSourceError, match=r"images have different colour modes: .* is L, .*colour.png is RGB; set"):
+        ingest(config)
+    assert ingest(config.replace(image_mode="L")).image_shape == (10, 12, 1)
+
+    (folder / "dogs" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    with pytest.raises(DataSourceError, match=r"dogs/broken.png: cannot decode the image"):
+        ingest(config.replace(image_mode="L", run_id="broken"))
+
+
+@pytest.mark.parametrize(
+    "layout, message",
+    [
+        (lambda root: root.mkdir(), r"no class folders \(expected .*/<class>/\*.png\)"),
+        (lambda root: (root / "cats").mkdir(parents=True), r"cats: class folder holds no PNG or JPEG images"),
+        (lambda root: None, r"images:.*/missing: no such folder"),
+    ],
+)
+def test_empty_or_missing_folders(make_config, tmp_path, layout, message):
+    root = tmp_path / "missing"
+    layout(root)
+    with pytest.raises(DataSourceError, match=message):
+        ingest(make_config(data_source=f"images:{root}"))

@@ -1,0 +1,1 @@
+"""Model functions as users write them (`model: tests.pipeline.user_models.<module>:<function>`)."""
