@@ -9,7 +9,7 @@ STAMP := $(VENV)/.requirements-installed
 DATA_DIR := /usr/share/datasets/fashion-mnist
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup data browser demo airflow serving-start serving-stop tensorboard test lint format clean bench reliability
+.PHONY: setup data browser demo example airflow serving-start serving-stop tensorboard test lint format clean bench reliability
 
 setup: $(STAMP)
 
@@ -70,11 +70,18 @@ tensorboard: setup
 	$(BIN)/python deploy/local.py tensorboard --port $(or $(PORT),6006)
 
 # Benchmarks (not part of `make test`, which runs smoke versions): training speed and quality per
-# preset and the input pipeline against in-memory batches (about 20 min on 2 cores), then serving
-# latency on the model `make demo` published.
+# preset and the input pipeline against in-memory batches (about 20 min on 2 cores), the tabular
+# models against gradient boosting on three real tables, then serving latency on the model
+# `make demo` published.
 bench: setup data
 	$(BIN)/python bench/training_speed.py
+	$(BIN)/python bench/tabular.py
 	$(BIN)/python bench/serving_latency.py
+
+# The example project of the README's "Bring your own problem": the Palmer penguins table and its own model.
+example: setup
+	$(BIN)/python examples/penguins/get_data.py
+	$(BIN)/python -m pipeline run --config examples/penguins/penguins.yaml
 
 # Faults injected for real (kills, overlapping exports, hot swaps under load, fuzzing, full disks):
 # the long versions, report in bench/results/reliability.{json,md}. make test runs the short ones.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from pathlib import Path
 from typing import Any
@@ -39,11 +40,17 @@ def read_signature_defs(path: Path, tags: tuple[str, ...] = ("serve",)) -> dict[
     raise ValueError(f"{path}: no MetaGraph tagged {','.join(tags)!r}")
 
 
+# Lines TensorFlow's Python runtime adds around an op's status message ("Graph execution error:",
+# where the node was defined, the node names): TF Serving answers with the op's message alone.
+_WRAPPER_LINE = re.compile(r"^(Graph execution error:|Detected at node |<stack traces unavailable>|\[\[\{\{)")
+
+
 def tf_error(err: tf.errors.OpError) -> ServingError:
-    """Converts a TensorFlow runtime error to a ServingError with the same code."""
-    lines = [line for line in str(err.message).splitlines() if line.strip()]
-    message = next((line.strip() for line in lines if "assertion failed" in line), None)
-    return ServingError(code_from_number(err.error_code), message or (lines[0] if lines else str(err)))
+    """Converts a TensorFlow runtime error to a ServingError with the same code and the op's own message."""
+    lines = [line.strip() for line in str(err.message).splitlines() if line.strip()]
+    message = next((line for line in lines if "assertion failed" in line), None)
+    useful = [line for line in lines if not _WRAPPER_LINE.match(line)]
+    return ServingError(code_from_number(err.error_code), message or (useful or lines or [str(err)])[0])
 
 
 class Servable:

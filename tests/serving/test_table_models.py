@@ -192,3 +192,15 @@ def test_the_client_cli_names_a_row_that_misses_a_feature(server, tables, tmp_pa
     assert (
         result.returncode == 2 and "worse.jsonl row 1, feature 'annual_income': 'lots' is not a number" in result.stderr
     )
+
+
+def test_an_example_of_the_wrong_type_is_a_400_naming_the_feature(server, tables):
+    body = {
+        "signature_name": "classification",
+        "examples": [{"annual_income": 50000, "debt_ratio": 0.2, "state": "CA"}],
+    }
+    status, reply = _post(server, "/v1/models/loans:classify", body)  # 50000 is a JSON integer: an int64 list
+    assert status == 400
+    assert reply["error"].endswith(
+        "Key: annual_income, Index: 0.  Data types don't match. Data type: int64 but expected type: float"
+    )

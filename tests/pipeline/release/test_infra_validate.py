@@ -78,3 +78,14 @@ def test_wrong_answers_are_blocked(candidate, trained_run, tmp_path, make_config
             infra_validate(misconfigured, trained_run["snapshot"], version_dir)
     finally:
         assert local.stop() == 0
+
+
+@pytest.mark.parametrize("task", ["binary", "regression"])
+def test_a_table_model_is_validated_on_real_rows_with_its_classify_or_regress_warmup(table_run, tmp_path, task):
+    run = table_run(task)
+    config = run["config"].replace(model_base_path=str(tmp_path), smoke_test_examples=20)
+    version_dir = export_candidate(run, config).version_dir
+    result = infra_validate(config, run["snapshot"], version_dir)
+    # The last warmup record is a Classify (or Regress) request on tf.Examples: it ran too.
+    assert result["warmup_requests"] == config.warmup_requests
+    assert result["grpc"] == result["rest"] == 20
