@@ -241,19 +241,26 @@ def _summary(table: Table, runs: list[dict]) -> dict:
 
 
 def markdown(results: dict) -> str:
-    lines = [
-        "| table | task (rows) | model | metric | pipeline | gradient boosting | gap | goal | train s (GBM s) | rows/s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    header = ("table", "task (rows)", "model", "metric", "pipeline", "gradient boosting", "gap", "goal")
+    lines = ["| " + " | ".join((*header, "train s (GBM s)", "rows/s")) + " |", "|---" * (len(header) + 2) + "|"]
     for entry in results["tables"]:
         rows = sum(entry["runs"][0]["rows"].values())
         seeds = len(entry["runs"])
-        lines.append(
-            f"| {entry['table']} | {entry['task']} ({rows:,}) | {entry['runs'][0]['pipeline']['model']} | "
-            f"{entry['metric']}{f' (mean of {seeds} splits)' if seeds > 1 else ''} | {entry['pipeline_metric']:.4f} | "
-            f"{entry['peer_metric']:.4f} | {entry['gap']:+.4f} | {entry['goal']}{' (met)' if entry['met'] else ' (NOT met)'} | "
-            f"{entry['pipeline_train_seconds']} ({entry['peer_train_seconds']}) | {entry['rows_per_second']:,.0f} |"
+        metric = entry["metric"] + (f" (mean of {seeds} splits)" if seeds > 1 else "")
+        goal = entry["goal"] + (" (met)" if entry["met"] else " (NOT met)")
+        cells = (
+            entry["table"],
+            f"{entry['task']} ({rows:,})",
+            entry["runs"][0]["pipeline"]["model"],
+            metric,
+            f"{entry['pipeline_metric']:.4f}",
+            f"{entry['peer_metric']:.4f}",
+            f"{entry['gap']:+.4f}",
+            goal,
+            f"{entry['pipeline_train_seconds']} ({entry['peer_train_seconds']})",
+            f"{entry['rows_per_second']:,.0f}",
         )
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

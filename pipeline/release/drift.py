@@ -7,6 +7,10 @@ for training data (pixel mean and standard deviation) plus the predicted-class d
 and a confidence histogram, compares them with the stable model's training split, and says
 whether the requests drifted past the configured thresholds. It writes a report (JSON and a
 PNG) under `<workdir>/monitoring/<model_name>/` and remembers which files it has read.
+
+These statistics are an image classifier's: for any other model (tables, text, regression) the
+check reads and remembers the logs but answers "not judged", saying why (per-feature drift is
+not built yet).
 """
 
 from __future__ import annotations

@@ -73,3 +73,41 @@ def test_test_images_do_not_drift_and_inverted_images_do(logged_server, fashion_
     assert "> drift_max_pixel_mean_shift 0.5" in result.summary
     assert json.loads(Path(result.report_path).read_text())["drifted"] is True
     assert Path(result.plot_path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_table_models_requests_are_read_but_not_judged_and_the_check_says_why(table_run, tmp_path):
+    """Serving-time drift statistics are an image classifier's: a table model's check says so, never crashes."""
+    run = table_run("binary")
+    config = run["config"].replace(
+        model_base_path=str(tmp_path / "models"),
+        serving_config_file=str(tmp_path / "serving" / "models.config"),
+        serving_grpc_target=None,
+        request_log_sampling_rate=1.0,
+        request_log_dir=str(tmp_path / "request_logs"),
+        drift_min_requests=5,
+        workdir=str(tmp_path / "work"),
+    )
+    export_candidate(run, config)
+    apply_state(config, ServingState(stable=1, canary=1))
+    server = start_test_server(
+        tmp_path,
+        tmp_path / "server.log",
+        f"--model_config_file={config.serving_config_file}",
+        "--allow_version_labels_for_unavailable_models",
+        "--request_log_rotate_seconds=1",
+    )
+    try:
+        rows = run["snapshot"].request_rows("test", 10)
+        with TFServingClient(server.grpc_target, server.rest_url) as client:
+            wait_for(lambda: client.status(config.model_name)[0]["state"] == "AVAILABLE", what="the model")
+            client.predict(config.model_name, rows, label="stable")
+        wait_for(_published(config, 1), what="a published request log")
+    finally:
+        server.stop()
+    result = check_drift(config)
+    assert not result.drifted and result.requests == 10
+    assert result.summary == (
+        f"not judged: serving-time drift is checked for image classifiers; {config.model_name} is a binary model "
+        "on numeric, numeric, categorical features"
+    )
+    assert new_log_files(config) == []  # read and remembered: the next check starts after them
