@@ -71,6 +71,7 @@ def ingest(config: PipelineConfig, state: State, by: str) -> dict[str, Any]:
 
     snapshot = ingest_source(config)
     problem = snapshot.problem
+    config.check_for(problem)  # options naming features or metrics: refused before anything trains
     return {
         "snapshot": str(snapshot.path),
         "fingerprint": snapshot.fingerprint,

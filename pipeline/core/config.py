@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from pipeline.core.errors import ConfigError
-from pipeline.core.problem import METRICS
+from pipeline.core.problem import METRICS, ProblemSpec
 
 DEFAULT_DATA_SOURCE = "idx:/usr/share/datasets/fashion-mnist"
 SOURCE_KINDS = ("idx", "tfds", "csv", "parquet", "images")
@@ -129,6 +129,46 @@ class PipelineConfig:
     )
     max_split_size_change: float = _field(
         0.50, "Severe if a split's size changes by more than this fraction vs the previous snapshot."
+    )
+    max_missing_rate_increase: float = _field(
+        0.05,
+        "Severe if a feature's share of missing values grows by more than this over the schema's (stored from the "
+        "first snapshot's training split).",
+        minimum=0,
+        maximum=1,
+    )
+    max_unseen_share: float = _field(
+        0.01,
+        "Severe if more than this share of a categorical feature's values are not in the schema's vocabulary.",
+        minimum=0,
+        maximum=1,
+    )
+    max_out_of_range_share: float = _field(
+        0.01,
+        "Warning if more than this share of a numeric feature's values fall outside the schema's min-max range.",
+        minimum=0,
+        maximum=1,
+    )
+    max_empty_text_increase: float = _field(
+        0.05, "Warning if a text feature's share of empty values grows by more than this.", minimum=0, maximum=1
+    )
+    max_feature_drift: float = _field(
+        0.1,
+        "Drift of a feature (vs the previous snapshot, and of requests vs the training data): severe above this "
+        "L-infinity distance of category shares, or Jensen-Shannon divergence (0-1) of the values' histogram.",
+        minimum=0,
+        maximum=1,
+    )
+    min_rows_to_judge: int = _field(
+        100,
+        "Splits with fewer rows get their drift, missing-value, range and empty-text checks as warnings: too few "
+        "rows to tell a change from chance (unseen categories stay severe).",
+        minimum=1,
+    )
+    feature_drift_thresholds: dict[str, float] | None = _field(
+        None,
+        "max_feature_drift per feature, by column name or key (YAML mapping; 'col=0.2,col2=0.05' on the command "
+        "line); features not named use max_feature_drift.",
     )
     update_schema: bool = _field(
         False, "Accept this snapshot's schema as the new stored schema instead of checking it."
@@ -263,6 +303,25 @@ class PipelineConfig:
         minimum=0,
         maximum=1,
     )
+    slice_features: list[str] | None = _field(
+        None,
+        "Gate: categorical features (column names or keys) whose values slice the test split; each slice gets the "
+        "task's metrics and the slice rules (comma-separated on the command line).",
+    )
+    slice_min_size: int = _field(
+        30, "Gate: slices with fewer test rows are reported but not gated (too few to judge).", minimum=1
+    )
+    slice_min_metric: float | None = _field(
+        None,
+        "Gate: every slice's gate_metric must be within this bound, in the metric's direction (at least for "
+        "accuracy, auc...; at most for rmse...) (none: not checked).",
+    )
+    slice_max_regression: float | None = _field(
+        None,
+        "Gate: largest allowed worsening of a slice's gate_metric vs the baseline on the same slice (none: not "
+        "checked).",
+        minimum=0,
+    )
     baseline_version: int | None = _field(
         None, "Published version to compare against (default: the one labelled stable, else the newest one)."
     )
@@ -325,6 +384,13 @@ class PipelineConfig:
         "Drift: largest allowed shift of the requests' pixel mean, in training-data standard deviations.",
         minimum=0,
     )
+    drift_max_prediction_shift: float = _field(
+        0.1,
+        "Drift of a regression model's predictions: largest Jensen-Shannon divergence (0-1) of their histogram from "
+        "the training labels'.",
+        minimum=0,
+        maximum=1,
+    )
     drift_max_class_distance: float = _field(
         0.25,
         "Drift: largest allowed total variation distance of the predicted-class distribution from the training "
@@ -364,10 +430,18 @@ class PipelineConfig:
     )
     canary_min_agreement: float | None = _field(
         0.9,
-        "Canary watch: least share of the canary's logged answers whose predicted class equals stable's on "
-        "the same images (none: not checked, e.g. without request logging).",
+        "Canary watch: least share of the canary's logged answers that agree with stable's on the same inputs "
+        "(the same class; regression: within canary_regression_tolerance) (none: not checked, e.g. without "
+        "request logging).",
         minimum=0,
         maximum=1,
+    )
+    canary_regression_tolerance: float = _field(
+        0.1,
+        "Canary watch, regression models: a canary's prediction agrees with stable's when it is within this "
+        "relative difference of it (classification: the same class).",
+        exclusive_minimum=0,
+        maximum=10,
     )
     infra_validation_rest_url: str | None = _field(
         None, "REST address of that dedicated TF Serving (with infra_validation_grpc_target)."
@@ -414,6 +488,10 @@ class PipelineConfig:
                 f"model {self.model!r} is neither a built-in ({', '.join(MODEL_NAMES)}) nor an import path "
                 "'package.module:function'"
             )
+        for name, (low, high) in _MAPPING_BOUNDS.items():
+            for key, value in (getattr(self, name) or {}).items():
+                if not low <= value <= high:
+                    raise ConfigError(f"{name}[{key!r}] must be between {low:g} and {high:g}, got {value}")
         for kind in (self.feature_types or {}).values():
             if kind not in FEATURE_TYPE_CHOICES:
                 raise ConfigError(
@@ -447,6 +525,40 @@ class PipelineConfig:
                 )
         if self.force and not (self.force_reason or "").strip():
             raise ConfigError("force needs a force_reason: say why the run must train and promote anyway (audited)")
+        return self
+
+    def check_for(self, problem: ProblemSpec) -> PipelineConfig:
+        """Checks the options that name features or metrics against the data's problem spec; returns self.
+
+        Raises:
+            ConfigError: naming the option and the key: a gate or monitored metric the task does not have,
+                a slice feature that does not exist or is not categorical, a drift threshold for a feature
+                the data does not have.
+        """
+        from pipeline.core.problem import CATEGORICAL, TRAINING_METRICS, check_metric_for_task
+
+        if self.gate_metric != AUTO:
+            check_metric_for_task(self.gate_metric, problem.task, "gate_metric")
+        features = {f.key: f for f in problem.features} | {f.name: f for f in problem.features}
+        keys = ", ".join(f.key for f in problem.features)
+        for name in self.slice_features or ():
+            if name not in features:
+                raise ConfigError(f"slice_features: {name!r} is not a feature; the features are: {keys}")
+            if features[name].kind != CATEGORICAL:
+                raise ConfigError(
+                    f"slice_features: {name!r} is a {features[name].kind} feature; slices need a categorical one"
+                )
+        unknown = sorted(set(self.feature_drift_thresholds or {}) - set(features))
+        if unknown:
+            raise ConfigError(
+                f"feature_drift_thresholds names features the data does not have: {unknown}; the features are: {keys}"
+            )
+        logged = TRAINING_METRICS[problem.task]
+        if self.monitor_metric not in (AUTO, "loss", *logged):
+            raise ConfigError(
+                f"monitor_metric {self.monitor_metric!r} is not logged for a {problem.task} task; choose one of: "
+                f"auto, loss, {', '.join(logged)}"
+            )
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -526,6 +638,10 @@ RUN_SIGNATURE_FIELDS = (
     "decision_threshold",
     "min_class_recall",
     "max_class_regression",
+    "slice_features",
+    "slice_min_size",
+    "slice_min_metric",
+    "slice_max_regression",
 )
 
 
@@ -567,14 +683,19 @@ def _check_type(field: dataclasses.Field, value: Any) -> None:
             raise ConfigError(f"{field.name} must be a list of {_TYPE_WORDS[item]}, got {value!r}")
         return
     if typing.get_origin(hint) is dict:
-        if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
-            raise ConfigError(f"{field.name} must be a mapping of names to strings, got {value!r}")
+        _, item = typing.get_args(hint)
+        if not isinstance(value, dict) or not all(
+            isinstance(k, str) and _is_instance(v, item) for k, v in value.items()
+        ):
+            raise ConfigError(f"{field.name} must be a mapping of names to {_TYPE_WORDS[item]}, got {value!r}")
         return
     if not _is_instance(value, hint):
         raise ConfigError(f"{field.name} must be {hint.__name__}, got {type(value).__name__} {value!r}")
 
 
 _TYPE_WORDS = {str: "strings", int: "integers", float: "numbers"}
+# Bounds of each value of a mapping option (the thresholds per feature).
+_MAPPING_BOUNDS = {"feature_drift_thresholds": (0.0, 1.0)}
 
 
 def _is_instance(value: Any, hint: type) -> bool:
@@ -718,10 +839,14 @@ def parse_value(name: str, text: str) -> Any:
         except ValueError:
             raise ConfigError(f"{name} must be a comma-separated list of {_TYPE_WORDS[item]}, got {text!r}") from None
     if typing.get_origin(hint) is dict:
+        _, item = typing.get_args(hint)
         pairs = [part.strip() for part in text.split(",") if part.strip()]
         if not all("=" in pair for pair in pairs):
             raise ConfigError(f"{name} must look like 'name=value,name2=value2', got {text!r}")
-        return {key.strip(): value.strip() for key, value in (pair.split("=", 1) for pair in pairs)}
+        try:
+            return {key.strip(): item(value.strip()) for key, value in (pair.split("=", 1) for pair in pairs)}
+        except ValueError:
+            raise ConfigError(f"{name} must map names to {_TYPE_WORDS[item]}, got {text!r}") from None
     if hint is bool:
         lowered = text.strip().lower()
         if lowered in ("1", "true", "yes", "on"):

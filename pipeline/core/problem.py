@@ -55,6 +55,8 @@ METRICS: dict[str, tuple[bool, tuple[str, ...]]] = {
 }
 # What each task is gated and monitored on unless the config names another metric.
 DEFAULT_METRIC = {BINARY: "auc", MULTICLASS: "accuracy", REGRESSION: "rmse"}
+# The metrics training logs per task (besides the loss): what `monitor_metric` may name.
+TRAINING_METRICS = {BINARY: ("auc", "accuracy"), MULTICLASS: ("accuracy",), REGRESSION: ("rmse", "mae")}
 # The metrics shown first for a task (run notes, registry page, report).
 HEADLINE_METRICS = {
     BINARY: ("auc", "accuracy", "log_loss", "f1"),

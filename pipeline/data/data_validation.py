@@ -1,23 +1,29 @@
-"""Stage 2, validate: statistics, schema and drift checks for a snapshot.
+"""Stage 2, validate: statistics, schema, anomalies and drift of a snapshot, per feature.
 
-Statistics follow the problem spec: per split, the row count, the label's histogram
-(classification) or moments (regression), rows dropped for lack of a label, and per feature:
-numbers' count, missing count, mean, std, min and max; categories' missing count, number of
-distinct values and most frequent values; texts' empty count and mean length in words;
-images' shape, dtype and pixel moments.
+Statistics follow the problem spec (`pipeline.data.statistics`): per split, the row count,
+rows dropped for lack of a label, the label's histogram (classification) or summary
+(regression), and a summary of every feature with its histogram.
 
-On the first run for a dataset the schema (its problem spec: features, kinds, dtypes,
-shapes, task, class names, splits) is inferred and stored; every later snapshot is checked
-against it and against the statistics of the last accepted snapshot. An anomalies report is
-always written; a severe anomaly fails the stage with a message naming the check and its numbers.
+On the first run for a dataset the schema is inferred from the training split and stored:
+the problem spec and, per feature, its constraints (a number's range and missing rate, a
+category's vocabulary and missing rate, a text's empty rate, an image's shape). Every later
+snapshot is checked against it, per feature and split: missing values above the schema's
+rate (`max_missing_rate_increase`, severe), unseen categories (`max_unseen_share`, severe),
+numbers out of range (`max_out_of_range_share`, warning), more empty texts
+(`max_empty_text_increase`, warning), images of another size (severe); and against the last
+accepted snapshot: each feature's drift (L-infinity of category shares, Jensen-Shannon of
+histograms; `max_feature_drift` or its `feature_drift_thresholds`, severe), the label's,
+pixel moments and split sizes. The anomalies report (every check, with its feature, split,
+severity, value and threshold; grouped per feature) is always written; a severe anomaly
+fails the stage with a message naming the check and its numbers. `update_schema` accepts a
+deliberate change. On splits smaller than `min_rows_to_judge` the statistical checks (drift,
+missing values, range, empty texts) are warnings: on few rows they mostly measure chance.
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import logging
-import re
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +32,8 @@ import numpy as np
 from pipeline.core.artifacts import StageResult, atomic_write_json, read_json, stage_dir, utc_now
 from pipeline.core.config import PipelineConfig
 from pipeline.core.errors import DataValidationError
-from pipeline.core.problem import CATEGORICAL, IMAGE, NUMERIC, FeatureSpec, ProblemSpec
+from pipeline.core.problem import CATEGORICAL, FLOAT, IMAGE, NUMERIC, TEXT, FeatureSpec, ProblemSpec
+from pipeline.data import statistics
 from pipeline.data.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
@@ -54,54 +61,14 @@ class ValidationResult(StageResult):
     anomalies: int
 
 
-TOP_VALUES = 20
-SCHEMA_FORMAT = 2
-_WORD = re.compile(r"\w+")
+SCHEMA_FORMAT = 3
+SCHEMA_VOCABULARY_LIMIT = 10_000  # a categorical with more distinct values gets no vocabulary check
+SCHEMA_SPLIT = "train"
 
 
 def image_statistics(images: np.ndarray) -> dict[str, Any]:
-    """Shape, dtype and pixel moments of uint8 images [N, H, W, C]."""
-    pixels = images.astype(np.float64)
-    return {
-        "image_shape": list(images.shape[1:]),
-        "dtype": str(images.dtype),
-        "pixel_mean": float(pixels.mean()) if pixels.size else 0.0,
-        "pixel_std": float(pixels.std()) if pixels.size else 0.0,
-        "pixel_min": int(images.min()) if images.size else 0,
-        "pixel_max": int(images.max()) if images.size else 0,
-    }
-
-
-def feature_statistics(feature: FeatureSpec, values: np.ndarray) -> dict[str, Any]:
-    """The statistics of one feature's values in one split (see the module doc)."""
-    if feature.kind == IMAGE:
-        return image_statistics(values)
-    if feature.kind == NUMERIC:
-        numbers = values.astype(np.float64)
-        present = numbers[~np.isnan(numbers)]
-        return {
-            "count": int(len(numbers)),
-            "missing": int(len(numbers) - len(present)),
-            "mean": float(present.mean()) if present.size else None,
-            "std": float(present.std()) if present.size else None,
-            "min": float(present.min()) if present.size else None,
-            "max": float(present.max()) if present.size else None,
-        }
-    if feature.kind == CATEGORICAL:
-        counts = collections.Counter(values.tolist())
-        top = sorted(counts.items(), key=lambda item: (-item[1], str(item[0])))[:TOP_VALUES]
-        return {
-            "count": int(len(values)),
-            "missing": int(counts.get("", 0)),
-            "distinct": len(counts),
-            "top": [[value if isinstance(value, str) else int(value), count] for value, count in top],
-        }
-    words = [len(_WORD.findall(text)) for text in values]
-    return {
-        "count": int(len(values)),
-        "empty": int(sum(1 for text in values if not text)),
-        "mean_words": float(np.mean(words)) if words else 0.0,
-    }
+    """Shape, dtype, pixel moments and pixel histogram of uint8 images [N, H, W, C]."""
+    return statistics.image_summary(images)
 
 
 def split_statistics(
@@ -116,57 +83,51 @@ def split_statistics(
         dropped: Rows of the split left out at ingest because their label was missing.
 
     Returns:
-        count, dropped_missing_label, label_histogram (classification) or label moments
-        (regression), features; for a single-image problem also that image's statistics at the
-        top level (image_shape, dtype, pixel_mean, pixel_std, pixel_min, pixel_max).
+        count, dropped_missing_label, label_histogram (classification) or label (a numeric
+        summary, regression), features {key: summary}; for a single-image problem also that
+        image's statistics at the top level (image_shape, dtype, pixel_mean, pixel_std, ...).
     """
     stats: dict[str, Any] = {"count": int(labels.shape[0]), "dropped_missing_label": int(dropped)}
     if problem.is_classification:
         stats["label_histogram"] = np.bincount(labels, minlength=problem.num_classes).astype(int).tolist()
     else:
-        values = labels.astype(np.float64)
-        stats["label"] = {
-            "mean": float(values.mean()) if values.size else None,
-            "std": float(values.std()) if values.size else None,
-            "min": float(values.min()) if values.size else None,
-            "max": float(values.max()) if values.size else None,
-        }
-    stats["features"] = {f.key: feature_statistics(f, features[f.key]) for f in problem.features}
+        stats["label"] = statistics.numeric_summary(labels)
+    stats["features"] = {f.key: statistics.summarize(f.kind, features[f.key]) for f in problem.features}
     if problem.single_image:
         stats.update(stats["features"][problem.single_image.key])
     return stats
 
 
-def snapshot_statistics(snapshot: Snapshot) -> dict[str, Any]:
-    """Computes statistics for every split of a snapshot."""
-    splits = {}
-    for split in sorted(snapshot.splits):
-        features, labels = snapshot.split_columns(split)
-        splits[split] = split_statistics(snapshot.problem, features, labels, snapshot.dropped_rows.get(split, 0))
-    return {
-        "snapshot": snapshot.path.name,
-        "fingerprint": snapshot.fingerprint,
-        "task": snapshot.problem.task,
-        "class_names": snapshot.class_names,
-        "computed_at": utc_now(),
-        "splits": splits,
-    }
+def feature_constraints(feature: FeatureSpec, values: np.ndarray, summary: dict[str, Any]) -> dict[str, Any]:
+    """What later snapshots of a feature must keep: inferred from the schema split's values."""
+    count = max(summary.get("count", len(values)), 1)
+    if feature.kind == NUMERIC:
+        return {"min": summary["min"], "max": summary["max"], "missing_rate": summary["missing"] / count}
+    if feature.kind == CATEGORICAL:
+        vocabulary = sorted({v if isinstance(v, str) else int(v) for v in values.tolist()}, key=str)
+        return {
+            "vocabulary": vocabulary if len(vocabulary) <= SCHEMA_VOCABULARY_LIMIT else None,
+            "missing_rate": summary["missing"] / count,
+        }
+    if feature.kind == TEXT:
+        return {"empty_rate": summary["empty"] / count}
+    return {"shape": list(feature.shape)}
 
 
-def infer_schema(snapshot: Snapshot, statistics: dict[str, Any]) -> dict[str, Any]:
-    """Infers the schema every later snapshot of the dataset must match: its problem spec and splits."""
+def infer_schema(snapshot: Snapshot, constraints: dict[str, dict[str, Any]], source_split: str) -> dict[str, Any]:
+    """The schema every later snapshot of the dataset must match: its problem spec, splits and feature constraints."""
     schema = {
         "format": SCHEMA_FORMAT,
         "dataset": snapshot.name,
         "problem": snapshot.problem.to_dict(),
         "class_names": snapshot.class_names,
         "splits": sorted(snapshot.splits),
-        "inferred_from": snapshot.fingerprint,
+        "features": constraints,
+        "inferred_from": f"{snapshot.fingerprint} [{source_split}]",
         "inferred_at": utc_now(),
     }
     if snapshot.image_shape:
-        first = next(iter(statistics["splits"].values()))
-        schema.update(image_shape=list(snapshot.image_shape), image_dtype=first["dtype"])
+        schema.update(image_shape=list(snapshot.image_shape), image_dtype="uint8")
     return schema
 
 
@@ -176,10 +137,11 @@ def distribution(histogram: list[int]) -> np.ndarray:
     return counts / counts.sum() if counts.sum() else counts
 
 
-def _check(checks, name, split, passed, severity, message, value=None, threshold=None):
+def _check(checks, name, split, passed, severity, message, value=None, threshold=None, feature=None):
     checks.append(
         {
             "check": name,
+            "feature": feature,
             "split": split,
             "passed": bool(passed),
             "severity": severity,
@@ -248,6 +210,138 @@ def check_schema(schema: dict[str, Any], statistics: dict[str, Any], problem: Pr
     new_splits = sorted(set(statistics["splits"]) - set(schema["splits"]))
     _check(checks, "missing_splits", None, not missing_splits, ERROR, f"splits missing: {missing_splits}")
     _check(checks, "new_splits", None, not new_splits, WARNING, f"splits not in schema: {new_splits}")
+
+
+def _share(mask: np.ndarray) -> float:
+    return float(mask.mean()) if mask.size else 0.0
+
+
+def check_feature_constraints(
+    config: PipelineConfig, schema: dict[str, Any], problem: ProblemSpec, split: str, columns: dict, checks: list
+) -> None:
+    """Appends the checks of one split's feature values against the schema's constraints (see the module doc)."""
+    constraints = schema.get("features", {})
+    for feature in problem.features:
+        rule = constraints.get(feature.key)
+        if rule is None or feature.kind == IMAGE:  # images: the image_shape check
+            continue
+        values = columns[feature.key]
+        if feature.kind in (NUMERIC, CATEGORICAL):
+            missing = np.isnan(values.astype(np.float64)) if feature.dtype == FLOAT else values == ""
+            rate, allowed = _share(np.asarray(missing)), rule["missing_rate"] + config.max_missing_rate_increase
+            _check(
+                checks,
+                "missing_values",
+                split,
+                rate <= allowed,
+                ERROR,
+                f"{feature.key}: {rate:.2%} missing vs schema {rule['missing_rate']:.2%} "
+                f"(max_missing_rate_increase {config.max_missing_rate_increase})",
+                round(rate, 6),
+                round(allowed, 6),
+                feature.key,
+            )
+        if feature.kind == NUMERIC and rule["min"] is not None:
+            numbers = values.astype(np.float64)
+            present = numbers[~np.isnan(numbers)]
+            outside = (present < rule["min"]) | (present > rule["max"])
+            share = _share(outside)
+            _check(
+                checks,
+                "out_of_range",
+                split,
+                share <= config.max_out_of_range_share,
+                WARNING,
+                f"{feature.key}: {share:.2%} of values outside the schema's range [{rule['min']:.6g}, "
+                f"{rule['max']:.6g}]" + (f" (e.g. {present[outside][0]:.6g})" if outside.any() else ""),
+                round(share, 6),
+                config.max_out_of_range_share,
+                feature.key,
+            )
+        if feature.kind == CATEGORICAL and rule.get("vocabulary") is not None:
+            known = set(rule["vocabulary"])
+            unseen = np.fromiter((v not in known for v in values.tolist()), bool, len(values))
+            share = _share(unseen)
+            examples = sorted({str(v) for v in values[unseen][:1000].tolist()})[:5]
+            _check(
+                checks,
+                "unseen_categories",
+                split,
+                share <= config.max_unseen_share,
+                ERROR,
+                f"{feature.key}: {share:.2%} of values not in the schema's vocabulary"
+                + (f" (e.g. {examples})" if examples else ""),
+                round(share, 6),
+                config.max_unseen_share,
+                feature.key,
+            )
+        if feature.kind == TEXT:
+            rate = _share(np.asarray([not text for text in values], bool))
+            allowed = rule["empty_rate"] + config.max_empty_text_increase
+            _check(
+                checks,
+                "empty_text",
+                split,
+                rate <= allowed,
+                WARNING,
+                f"{feature.key}: {rate:.2%} empty vs schema {rule['empty_rate']:.2%} "
+                f"(max_empty_text_increase {config.max_empty_text_increase})",
+                round(rate, 6),
+                round(allowed, 6),
+                feature.key,
+            )
+
+
+def drift_threshold(config: PipelineConfig, feature: FeatureSpec) -> float:
+    """The feature's drift threshold: `feature_drift_thresholds` by key or column name, else `max_feature_drift`."""
+    overrides = config.feature_drift_thresholds or {}
+    return overrides.get(feature.key, overrides.get(feature.name, config.max_feature_drift))
+
+
+def check_feature_drift(
+    config: PipelineConfig,
+    problem: ProblemSpec,
+    split: str,
+    columns: dict,
+    labels: np.ndarray,
+    before: dict[str, Any],
+    previous_name: str,
+    checks: list,
+) -> None:
+    """Appends each feature's (and a regression label's) drift from the previous accepted snapshot's split."""
+    for feature in problem.features:
+        reference = before.get("features", {}).get(feature.key)
+        if reference is None or (feature.kind == IMAGE and "pixel_histogram" not in reference):
+            continue
+        if feature.kind != IMAGE and "histogram" not in reference and feature.kind != CATEGORICAL:
+            continue
+        measure, value, _ = statistics.distance(feature.kind, reference, columns[feature.key])
+        threshold = drift_threshold(config, feature)
+        _check(
+            checks,
+            "feature_drift",
+            split,
+            value <= threshold,
+            ERROR,
+            f"{feature.key}: {measure.replace('_', ' ')} {value:.4f} from snapshot {previous_name} "
+            f"(threshold {threshold})",
+            round(value, 6),
+            threshold,
+            feature.key,
+        )
+    if not problem.is_classification and "histogram" in before.get("label", {}):
+        measure, value, _ = statistics.distance(NUMERIC, before["label"], labels)
+        _check(
+            checks,
+            "label_drift",
+            split,
+            value <= config.max_feature_drift,
+            ERROR,
+            f"label {problem.label!r}: {measure.replace('_', ' ')} {value:.4f} from snapshot {previous_name} "
+            f"(threshold {config.max_feature_drift})",
+            round(value, 6),
+            config.max_feature_drift,
+        )
 
 
 def check_snapshot(config: PipelineConfig, statistics: dict[str, Any], checks: list) -> None:
@@ -382,10 +476,23 @@ def write_report(
             "previous_snapshot": previous["snapshot"] if previous else None,
             "severe": any(a["severity"] == ERROR for a in anomalies),
             "anomalies": anomalies,
+            "features": _per_feature(checks),
             "checks": checks,
             "checked_at": utc_now(),
         },
     )
+
+
+def _per_feature(checks: list) -> dict[str, dict[str, Any]]:
+    """The feature checks grouped by feature: how many ran, and the failed ones."""
+    grouped: dict[str, dict[str, Any]] = {}
+    for check in checks:
+        if check["feature"]:
+            entry = grouped.setdefault(check["feature"], {"checks": 0, "anomalies": []})
+            entry["checks"] += 1
+            if not check["passed"]:
+                entry["anomalies"].append(check)
+    return grouped
 
 
 def raise_if_severe(snapshot: Snapshot, anomalies: list[dict[str, Any]], report_path: Path) -> None:
@@ -406,30 +513,26 @@ def validation_state_dir(config: PipelineConfig, snapshot: Snapshot) -> Path:
     return config.workdir_path / "validation" / snapshot.name.replace("/", "_")
 
 
-def run_checks(
-    config: PipelineConfig, snapshot: Snapshot, statistics: dict[str, Any], schema_path: Path, reference_path: Path
-) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
-    """Checks the statistics against the stored schema (storing one on a first run or with
-    `update_schema`), on their own, and against the last accepted snapshot's.
+# Checks that estimate a rate or a distribution from a split: on few rows they mostly measure chance.
+STATISTICAL_CHECKS = ("feature_drift", "label_drift", "missing_values", "out_of_range", "empty_text")
 
-    Returns:
-        (every check's result, the previous accepted statistics or None).
-    """
-    checks: list[dict[str, Any]] = []
+
+def _soften_small_splits(config: PipelineConfig, splits: dict[str, Any], checks: list) -> None:
+    """Turns the statistical checks of splits with fewer than `min_rows_to_judge` rows into warnings."""
+    for check in checks:
+        count = splits.get(check["split"], {}).get("count", config.min_rows_to_judge)
+        if check["check"] in STATISTICAL_CHECKS and count < config.min_rows_to_judge and check["severity"] == ERROR:
+            check["severity"] = WARNING
+            if not check["passed"]:
+                check["message"] += f" [a warning: {count} rows < min_rows_to_judge {config.min_rows_to_judge}]"
+
+
+def _stored_schema(schema_path: Path) -> dict[str, Any] | None:
     stored = read_json(schema_path) if schema_path.exists() else None
     if stored is not None and stored.get("format") != SCHEMA_FORMAT:
-        log.warning("schema %s is of an older layout (no problem spec): storing this snapshot's instead", schema_path)
-        stored = None
-    if stored is not None and not config.update_schema:
-        check_schema(stored, statistics, snapshot.problem, checks)
-    else:
-        atomic_write_json(schema_path, infer_schema(snapshot, statistics))
-        log.info("stored schema %s", schema_path)
-    check_snapshot(config, statistics, checks)
-    previous = read_json(reference_path) if reference_path.exists() else None
-    if previous is not None:
-        check_drift(config, statistics, previous, checks)
-    return checks, previous
+        log.warning("schema %s is of an older layout (no feature constraints): storing this snapshot's", schema_path)
+        return None
+    return stored
 
 
 def validate(config: PipelineConfig, snapshot: Snapshot) -> ValidationResult:
@@ -445,16 +548,52 @@ def validate(config: PipelineConfig, snapshot: Snapshot) -> ValidationResult:
     Raises:
         DataValidationError: naming each severe check and its numbers; the report is
             written first, and the snapshot is not accepted as the new reference.
+        ConfigError: if `feature_drift_thresholds` names features the data does not have.
     """
+    problem = snapshot.problem
+    config.check_for(problem)
     out = stage_dir(config, "validate")
     state = validation_state_dir(config, snapshot)
     schema_path = state / "schema.json"
     reference_path = state / "latest_statistics.json"
+    schema = None if config.update_schema else _stored_schema(schema_path)
+    previous = read_json(reference_path) if reference_path.exists() else None
 
-    statistics = snapshot_statistics(snapshot)
-    statistics_path = atomic_write_json(out / "statistics.json", statistics)
-
-    checks, previous = run_checks(config, snapshot, statistics, schema_path, reference_path)
+    checks: list[dict[str, Any]] = []
+    splits: dict[str, Any] = {}
+    source_split = SCHEMA_SPLIT if SCHEMA_SPLIT in snapshot.splits else sorted(snapshot.splits)[0]
+    constraints: dict[str, dict[str, Any]] = {}
+    for split in sorted(snapshot.splits):  # one split in memory at a time
+        columns, labels = snapshot.split_columns(split)
+        splits[split] = split_statistics(problem, columns, labels, snapshot.dropped_rows.get(split, 0))
+        if schema is not None:
+            check_feature_constraints(config, schema, problem, split, columns, checks)
+        elif split == source_split:
+            constraints = {
+                f.key: feature_constraints(f, columns[f.key], splits[split]["features"][f.key])
+                for f in problem.features
+            }
+        before = (previous or {}).get("splits", {}).get(split)
+        if before is not None:
+            check_feature_drift(config, problem, split, columns, labels, before, previous["snapshot"], checks)
+    statistics_doc = {
+        "snapshot": snapshot.path.name,
+        "fingerprint": snapshot.fingerprint,
+        "task": problem.task,
+        "class_names": snapshot.class_names,
+        "computed_at": utc_now(),
+        "splits": splits,
+    }
+    statistics_path = atomic_write_json(out / "statistics.json", statistics_doc)
+    if schema is not None:
+        check_schema(schema, statistics_doc, problem, checks)
+    else:
+        atomic_write_json(schema_path, infer_schema(snapshot, constraints, source_split))
+        log.info("stored schema %s", schema_path)
+    check_snapshot(config, statistics_doc, checks)
+    if previous is not None:
+        check_drift(config, statistics_doc, previous, checks)
+    _soften_small_splits(config, splits, checks)
     anomalies = [c for c in checks if not c["passed"]]
     if config.update_schema:
         for anomaly in anomalies:
@@ -463,5 +602,5 @@ def validate(config: PipelineConfig, snapshot: Snapshot) -> ValidationResult:
                 anomaly["message"] += " [accepted: update_schema]"
     report_path = write_report(out / "anomalies.json", snapshot, schema_path, previous, checks)
     raise_if_severe(snapshot, anomalies, report_path)
-    atomic_write_json(reference_path, statistics)
+    atomic_write_json(reference_path, statistics_doc)
     return ValidationResult(report_path, statistics_path, schema_path, False, len(anomalies))

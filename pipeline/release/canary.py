@@ -7,8 +7,10 @@ compares the canary with `stable` over the window so far:
 
 - error rate: the canary's may exceed stable's by at most `canary_max_error_rate`;
 - latency: the canary's mean may be at most `canary_max_latency_ratio` times stable's;
-- agreement: on the canary's logged answers (request logs), the predicted class must equal
-  the one `stable` gives for the same images in at least `canary_min_agreement` of them.
+- agreement: on the canary's logged answers (request logs), `stable` is asked about the same
+  inputs; a classifier's answer agrees when it names the same class, a regression model's when
+  it is within `canary_regression_tolerance` (relative) of stable's; at least
+  `canary_min_agreement` of them must agree.
 
 A failed check with at least `canary_min_requests` canary answers ends the watch at once; at
 the end of `canary_watch_seconds` the canary passes only if every check passed on enough
@@ -162,8 +164,8 @@ def _window(now: dict[int, VersionTraffic], plan: dict[str, Any], version: int) 
 def agreement(config: PipelineConfig, plan: dict[str, Any]) -> tuple[int, int, str]:
     """Compares the canary's logged answers since the watch began with `stable`'s on the same inputs.
 
-    Classification answers agree when they name the same class; regression answers when they
-    agree within `smoke_test.REGRESSION_RTOL`.
+    Classification answers agree when they name the same class; regression answers when the
+    canary's is within `canary_regression_tolerance` (relative) of stable's.
 
     Returns:
         (answers compared, answers that agree with stable's, what was compared: 'predicted class'
@@ -192,7 +194,9 @@ def agreement(config: PipelineConfig, plan: dict[str, Any]) -> tuple[int, int, s
     canary_answers = model_repo.answers(canary.outputs)
     if "probabilities" in canary.outputs and "class_ids" not in canary.outputs:  # logs of older versions
         canary_answers = canary.outputs["probabilities"].argmax(axis=1)
-    disagreeing = differing_answers(canary_answers, np.concatenate(stable_answers))
+    disagreeing = differing_answers(
+        canary_answers, np.concatenate(stable_answers), rtol=config.canary_regression_tolerance
+    )
     return len(canary), len(canary) - disagreeing, what
 
 

@@ -1,16 +1,23 @@
 """Serving-time drift: what the served model sees, read from its request logs, against its training data.
 
 The serving server writes sampled Predict calls as `PredictionLog` TFRecord files (a model's
-`logging_config`, set by promotion from `request_log_sampling_rate`). `check_drift` reads the
-files published since the last check, computes the statistics the validate stage computes
-for training data (pixel mean and standard deviation) plus the predicted-class distribution
-and a confidence histogram, compares them with the stable model's training split, and says
-whether the requests drifted past the configured thresholds. It writes a report (JSON and a
-PNG) under `<workdir>/monitoring/<model_name>/` and remembers which files it has read.
+`logging_config`, set by promotion from `request_log_sampling_rate`). The requests carry the
+model's named features, so tables, text and images are all monitored. `check_drift` reads
+the files published since the last check and compares them with the training split of the
+stable model's snapshot, per feature, with the validate stage's statistics
+(`pipeline.data.statistics`):
 
-These statistics are an image classifier's: for any other model (tables, text, regression) the
-check reads and remembers the logs but answers "not judged", saying why (per-feature drift is
-not built yet).
+- every feature: the L-infinity distance of category shares, or the Jensen-Shannon divergence
+  of the histogram over the training data's buckets (`max_feature_drift`, per feature
+  `feature_drift_thresholds`);
+- an image model's pixel mean, in training standard deviations (`drift_max_pixel_mean_shift`);
+- the predictions: a classifier's predicted-class shares against the training labels' (total
+  variation distance, `drift_max_class_distance`), a regression model's predictions against the
+  training labels' histogram (Jensen-Shannon, `drift_max_prediction_shift`).
+
+It writes a report under `<workdir>/monitoring/<model_name>/<time>/`: `drift.json` ranks the
+drifted features first, and `drift.png` shows each feature's distributions side by side, and
+remembers which log files it has read.
 """
 
 from __future__ import annotations
@@ -25,10 +32,10 @@ import numpy as np
 from pipeline.core.artifacts import atomic_output, atomic_write_json, read_json
 from pipeline.core.config import PipelineConfig
 from pipeline.core.errors import PipelineError
-from pipeline.data.data_validation import distribution, image_statistics, split_statistics
+from pipeline.core.problem import IMAGE, NUMERIC, STRING, FeatureSpec, ProblemSpec, image_classification
+from pipeline.data import statistics
+from pipeline.data.data_validation import distribution, drift_threshold, split_statistics
 from pipeline.data.snapshot import TRAIN, Snapshot
-
-CONFIDENCE_BINS = np.linspace(0.0, 1.0, 11)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,74 +168,180 @@ def read_request_logs(files: list[Path]) -> LoggedRequests:
     )
 
 
-def request_statistics(images: np.ndarray, probabilities: np.ndarray) -> dict[str, Any]:
-    """Pixel statistics (as the validate stage computes them), predicted classes and confidences."""
-    predicted = probabilities.argmax(axis=1)
-    confidence = probabilities.max(axis=1)
-    pixels = image_statistics(images[..., None])
-    return {
-        "count": int(images.shape[0]),
-        "pixel_mean": pixels["pixel_mean"],
-        "pixel_std": pixels["pixel_std"],
-        "predicted_histogram": np.bincount(predicted, minlength=probabilities.shape[1]).astype(int).tolist(),
-        "confidence_histogram": np.histogram(confidence, CONFIDENCE_BINS)[0].astype(int).tolist(),
-        "mean_confidence": float(confidence.mean()),
-    }
+def _request_values(feature: FeatureSpec, values: np.ndarray) -> np.ndarray:
+    """Logged request values as the snapshot holds them: text as str, single-channel images [N,H,W,1]."""
+    if feature.dtype == STRING:
+        decoded = np.empty(len(values), dtype=object)
+        decoded[:] = [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in values]
+        return decoded
+    if feature.kind == IMAGE and values.ndim == 3:
+        return values[..., np.newaxis]
+    return np.asarray(values)
+
+
+def card_problem(card: dict[str, Any]) -> ProblemSpec:
+    """The problem a published version solves (versions exported before problem specs: an image classifier)."""
+    if "problem" in card:
+        return ProblemSpec.from_dict(card["problem"])
+    shape = card.get("signature", {}).get("inputs", {}).get("images", {}).get("shape", ["N", 28, 28, 1])[1:]
+    return image_classification(tuple(shape), card["data"]["class_names"])
 
 
 def training_statistics(config: PipelineConfig, card: dict[str, Any]) -> dict[str, Any]:
-    """The training split's statistics of the snapshot the stable model was trained on."""
+    """The statistics of the stable model's training split (computed once per snapshot, then read back)."""
+    cache = monitoring_dir(config) / f"training-{card['data']['fingerprint'][:12]}.json"
+    if cache.exists():
+        return read_json(cache)
     snapshot_dir = config.workdir_path / "snapshots" / card["data"]["snapshot"]
     if not snapshot_dir.exists():
         raise PipelineError(f"the stable model's training snapshot {snapshot_dir} is gone: cannot compare")
     snapshot = Snapshot.load(snapshot_dir)
-    columns, labels = snapshot.split_columns(snapshot.resolve_split(config.train_split, TRAIN))
-    return split_statistics(snapshot.problem, columns, labels)
+    split = snapshot.resolve_split(card.get("config", {}).get("train_split", "auto"), TRAIN)
+    columns, labels = snapshot.split_columns(split)
+    statistics_doc = split_statistics(snapshot.problem, columns, labels)
+    atomic_write_json(cache, statistics_doc)
+    return statistics_doc
 
 
-def compare(requests: dict[str, Any], training: dict[str, Any], config: PipelineConfig) -> list[tuple[bool, str]]:
-    """Applies the drift thresholds; returns (threshold passed?, reason with the numbers) per check."""
-    shift = abs(requests["pixel_mean"] - training["pixel_mean"]) / max(training["pixel_std"], 1e-6)
-    distance = 0.5 * float(
-        np.abs(distribution(requests["predicted_histogram"]) - distribution(training["label_histogram"])).sum()
-    )
-    checks = [
-        (
-            shift > config.drift_max_pixel_mean_shift,
-            f"pixel mean {requests['pixel_mean']:.1f} vs training {training['pixel_mean']:.1f}: shift {shift:.2f} "
-            f"training stds ({'>' if shift > config.drift_max_pixel_mean_shift else '<='} "
-            f"drift_max_pixel_mean_shift {config.drift_max_pixel_mean_shift})",
-        ),
-        (
-            distance > config.drift_max_class_distance,
-            f"predicted-class distribution vs training labels: total variation distance {distance:.3f} "
-            f"({'>' if distance > config.drift_max_class_distance else '<='} "
-            f"drift_max_class_distance {config.drift_max_class_distance})",
-        ),
-    ]
+@dataclasses.dataclass(frozen=True)
+class Check:
+    """One drift check: which feature (or 'predictions'), how it was measured, and its distributions."""
+
+    name: str
+    measure: str
+    value: float
+    threshold: float
+    drifted: bool
+    reason: str
+    distributions: dict[str, Any] | None = None
+
+    @property
+    def severity(self) -> float:
+        """How far past (or short of) its threshold: the report's ranking."""
+        return self.value / self.threshold if self.threshold else float("inf") * self.value
+
+
+def _verdict(drifted: bool) -> str:
+    return ">" if drifted else "<="
+
+
+def feature_checks(
+    config: PipelineConfig, problem: ProblemSpec, logged: LoggedRequests, training: dict[str, Any]
+) -> list[Check]:
+    """Each logged feature's distance from its training distribution (and an image model's pixel mean)."""
+    checks = []
+    for feature in problem.features:
+        reference = training["features"].get(feature.key)
+        if reference is None or feature.key not in logged.inputs:
+            continue
+        values = _request_values(feature, logged.inputs[feature.key])
+        if feature.kind == IMAGE:
+            scale = max(reference["pixel_std"], 1e-6)
+            mean = float(values.astype(np.float64).mean())
+            shift = abs(mean - reference["pixel_mean"]) / scale
+            drifted = shift > config.drift_max_pixel_mean_shift
+            checks.append(
+                Check(
+                    f"{feature.key} pixel mean",
+                    "pixel_mean_shift",
+                    shift,
+                    config.drift_max_pixel_mean_shift,
+                    drifted,
+                    f"pixel mean {mean:.1f} vs training {reference['pixel_mean']:.1f}: shift {shift:.2f} training "
+                    f"stds ({_verdict(drifted)} drift_max_pixel_mean_shift {config.drift_max_pixel_mean_shift})",
+                )
+            )
+        measure, value, distributions = statistics.distance(feature.kind, reference, values)
+        threshold = drift_threshold(config, feature)
+        drifted = value > threshold
+        checks.append(
+            Check(
+                feature.key,
+                measure,
+                value,
+                threshold,
+                drifted,
+                f"{feature.key}: {measure.replace('_', ' ')} {value:.3f} from training "
+                f"({_verdict(drifted)} {threshold})",
+                distributions,
+            )
+        )
     return checks
 
 
-def plot_drift(requests: dict[str, Any], training: dict[str, Any], class_names: list[str], path: Path) -> Path:
-    """Predicted classes against the training labels, and the confidence histogram, as a PNG."""
+def prediction_check(
+    config: PipelineConfig, problem: ProblemSpec, logged: LoggedRequests, training: dict[str, Any]
+) -> Check | None:
+    """The predictions' distance from the training labels' distribution (classes or values)."""
+    if problem.is_classification:
+        if "class_ids" in logged.outputs:
+            predicted = np.asarray(logged.outputs["class_ids"], np.int64)
+        elif "probabilities" in logged.outputs:
+            predicted = np.asarray(logged.outputs["probabilities"]).argmax(axis=1)
+        else:
+            return None
+        now = np.bincount(predicted, minlength=problem.num_classes)[: problem.num_classes]
+        before = distribution(training["label_histogram"])
+        current = distribution(now.tolist())
+        distance_tv = 0.5 * float(np.abs(current - before).sum())
+        drifted = distance_tv > config.drift_max_class_distance
+        return Check(
+            "predictions",
+            "total_variation",
+            distance_tv,
+            config.drift_max_class_distance,
+            drifted,
+            f"predicted-class distribution vs training labels: total variation distance {distance_tv:.3f} "
+            f"({_verdict(drifted)} drift_max_class_distance {config.drift_max_class_distance})",
+            {"buckets": list(problem.class_names), "reference": before.tolist(), "current": current.tolist()},
+        )
+    if "predictions" not in logged.outputs or "histogram" not in training.get("label", {}):
+        return None
+    measure, value, distributions = statistics.distance(NUMERIC, training["label"], logged.outputs["predictions"])
+    drifted = value > config.drift_max_prediction_shift
+    return Check(
+        "predictions",
+        measure,
+        value,
+        config.drift_max_prediction_shift,
+        drifted,
+        f"predictions vs training labels: {measure.replace('_', ' ')} {value:.3f} "
+        f"({_verdict(drifted)} drift_max_prediction_shift {config.drift_max_prediction_shift})",
+        distributions,
+    )
+
+
+def ranked(checks: list[Check]) -> list[Check]:
+    """Drifted checks first, then the rest; each group the furthest past its threshold first."""
+    return sorted(checks, key=lambda check: (not check.drifted, -check.severity))
+
+
+def plot_drift(checks: list[Check], count: int, path: Path, panels: int = 9) -> Path:
+    """Each check's distributions (training vs requests) side by side, drifted first, as a PNG grid."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (classes, confidence) = plt.subplots(1, 2, figsize=(12, 4.5))
-    positions = np.arange(len(class_names))
-    classes.bar(positions - 0.2, distribution(training["label_histogram"]), 0.4, label="training labels")
-    classes.bar(positions + 0.2, distribution(requests["predicted_histogram"]), 0.4, label="requests: predicted")
-    classes.set_xticks(positions, class_names, rotation=45, ha="right")
-    classes.set_ylabel("share")
-    classes.legend()
-    classes.set_title(f"classes ({requests['count']} requests)")
-    centers = (CONFIDENCE_BINS[:-1] + CONFIDENCE_BINS[1:]) / 2
-    confidence.bar(centers, distribution(requests["confidence_histogram"]), 0.09)
-    confidence.set_xlabel("confidence (highest probability)")
-    confidence.set_ylabel("share of requests")
-    confidence.set_title(f"confidence (mean {requests['mean_confidence']:.3f})")
+    shown = [check for check in checks if check.distributions][:panels]
+    columns = min(3, max(len(shown), 1))
+    rows = max(1, -(-len(shown) // columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3.6 * rows), squeeze=False)
+    for axis, check in zip(axes.ravel(), shown, strict=False):
+        buckets = check.distributions["buckets"]
+        positions = np.arange(len(buckets))
+        axis.bar(positions - 0.2, check.distributions["reference"], 0.4, label="training")
+        axis.bar(positions + 0.2, check.distributions["current"], 0.4, label=f"requests ({count})")
+        axis.set_xticks(positions, buckets, rotation=60, ha="right", fontsize=7)
+        axis.set_title(
+            f"{'DRIFT ' if check.drifted else ''}{check.name}: {check.value:.3f} (limit {check.threshold:g})",
+            color="#c53030" if check.drifted else "black",
+            fontsize=9,
+        )
+        axis.set_ylabel("share")
+        axis.legend(fontsize=7)
+    for axis in axes.ravel()[len(shown) :]:
+        axis.axis("off")
     figure.tight_layout()
     with atomic_output(path) as tmp:
         figure.savefig(tmp, dpi=90)
@@ -262,43 +375,35 @@ def check_drift(config: PipelineConfig) -> DriftResult:
     card = stable_model_card(config)
     if card is None:
         raise PipelineError(f"no stable {config.model_name} model to compare the requests with")
-    problem = card.get("problem") or {}
-    features = problem.get("features") or [{"key": "images", "kind": "image"}]
-    if problem.get("task", "multiclass") == "regression" or [f["kind"] for f in features] != ["image"]:
-        # Serving-time drift of tables and text needs per-feature statistics: not judged, and said so.
-        _remember(config, files)
-        summary = (
-            f"not judged: serving-time drift is checked for image classifiers; {config.model_name} is a "
-            f"{problem.get('task')} model on {', '.join(f['kind'] for f in features)} features"
-        )
-        return DriftResult(False, summary, [], count, len(files))
-    key = features[0]["key"]
-    images, probabilities = logged.inputs[key], logged.outputs["probabilities"]
-    if images.ndim == 4:
-        images = images[..., 0] if images.shape[-1] == 1 else images.mean(axis=-1)
-    requests = request_statistics(images, probabilities)
+    problem = card_problem(card)
     training = training_statistics(config, card)
-    checks = compare(requests, training, config)
-    drifted, reasons = any(failed for failed, _ in checks), [reason for _, reason in checks]
+    checks = feature_checks(config, problem, logged, training)
+    prediction = prediction_check(config, problem, logged, training)
+    checks += [prediction] if prediction else []
+    drifted = any(check.drifted for check in checks)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     out = monitoring_dir(config) / stamp
+    order = ranked(checks)
     report = {
         "model_name": config.model_name,
         "checked_at": stamp,
         "stable_version": card.get("version"),
         "answering_versions": sorted({int(v) for v in logged.versions}),
         "files": [p.name for p in files],
-        "requests": requests,
-        "training": {k: training[k] for k in ("count", "pixel_mean", "pixel_std", "label_histogram")},
+        "requests": {"count": count},
+        "training": {"count": training["count"], "snapshot": card["data"]["snapshot"]},
         "drifted": drifted,
-        "reasons": reasons,
+        "drifted_features": [c.name for c in order if c.drifted and c.name != "predictions"],
+        "checks": [dataclasses.asdict(c) for c in order],
+        "reasons": [c.reason for c in checks],
     }
     report_path = atomic_write_json(out / "drift.json", report)
-    plot_path = plot_drift(requests, training, card["data"]["class_names"], out / "drift.png")
+    plot_path = plot_drift(order, count, out / "drift.png")
     _remember(config, files)
+    failed = [c.reason for c in checks if c.drifted]
     summary = (
-        f"drift in {count} requests: " + "; ".join(reason for failed, reason in checks if failed)
+        f"drift in {count} requests: " + "; ".join(failed)
         if drifted
-        else f"no drift in {count} requests (pixel shift and class distance within limits)"
+        else f"no drift in {count} requests ({len(checks)} checks within their limits)"
     )
-    return DriftResult(drifted, summary, reasons, count, len(files), str(report_path), str(plot_path))
+    return DriftResult(drifted, summary, report["reasons"], count, len(files), str(report_path), str(plot_path))

@@ -143,6 +143,21 @@ def _evaluation_section(evaluation: dict[str, Any]) -> str:
         + html.escape("; ".join(r for r in evaluation.get("reasons", []) if r not in {x[2] for x in rules}))
         + "</p>"
     )
+    if evaluation.get("slices"):
+        rows = [
+            [
+                item["name"],
+                item["rows"],
+                _number(item["score"]),
+                _number(item["baseline_score"]),
+                "gated" if item["gated"] else item["note"],
+            ]
+            for item in evaluation["slices"]
+        ]
+        metric = evaluation.get("gate_metric", "")
+        section += f"<h2>Slices (worst {html.escape(metric)} first)</h2>" + _table(
+            ["slice", "rows", metric, "baseline", "gate"], rows
+        )
     if "per_class" in metrics:
         baseline_recall = baseline.get("class_recall") or {}
         per_class = [
@@ -346,6 +361,13 @@ def approval_markdown(state: dict[str, dict[str, Any]]) -> str:
             for name, value in metrics["headline"].items()
         ),
     ]
+    if evaluation.get("slices"):
+        metric = evaluation.get("gate_metric", "")
+        lines += ["", f"| slice (worst {metric} first) | rows | candidate | {stable} |", "|---|---:|---:|---:|"]
+        lines += [
+            f"| {item['name']} | {item['rows']} | {_number(item['score'])} | {_number(item['baseline_score'])} |"
+            for item in evaluation["slices"][:10]
+        ]
     if "per_class" in metrics:
         baseline_recall = baseline.get("class_recall") or {}
         lines += ["", "| class | candidate recall | stable recall |", "|---|---:|---:|"]

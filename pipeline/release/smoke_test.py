@@ -22,13 +22,13 @@ from pipeline.release.promotion import CANARY, read_state, restore, serving_clie
 REGRESSION_RTOL = 1e-4
 
 
-def differing_answers(got: np.ndarray, expected: np.ndarray) -> int:
-    """How many answers differ: class ids exactly, predicted values beyond `REGRESSION_RTOL`."""
+def differing_answers(got: np.ndarray, expected: np.ndarray, rtol: float = REGRESSION_RTOL) -> int:
+    """How many answers differ: class ids exactly, predicted values by more than `rtol` of the expected one."""
     got, expected = np.asarray(got), np.asarray(expected)
     if got.shape != expected.shape:
         return max(len(got), len(expected))
     if expected.dtype.kind == "f":
-        return int((~np.isclose(got.astype(np.float64), expected, rtol=REGRESSION_RTOL, atol=1e-6)).sum())
+        return int((~np.isclose(got.astype(np.float64), expected, rtol=rtol, atol=1e-6)).sum())
     return int((got.astype(np.int64) != expected).sum())
 
 

@@ -13,7 +13,11 @@ check with its numbers (`rules` in evaluation.json):
   most that (rmse, mae, log_loss);
 - `max_regression` (when there is a baseline): `gate_metric` no more than that worse than the
   published baseline's on the same rows;
-- `min_class_recall`, `max_class_regression` (classification, when set): per class.
+- `min_class_recall`, `max_class_regression` (classification, when set): per class;
+- `slice_min_metric`, `slice_max_regression` (when set): per slice, the rows where one of
+  `slice_features` (categorical) has one value (TFMA's slicing idea); slices with fewer than
+  `slice_min_size` test rows are reported but not gated. evaluation.json lists every slice's
+  metrics, worst first.
 """
 
 from __future__ import annotations
@@ -324,13 +328,13 @@ def _request_inputs(problem: ProblemSpec, features: dict[str, np.ndarray]) -> di
 
 def _baseline(
     config: PipelineConfig, problem: ProblemSpec, features, labels, notes: list[str], serving: int | None
-) -> Baseline | None:
-    """Evaluates the published baseline; None (with a note saying why) when there is none to compare."""
+) -> tuple[Baseline | None, dict[str, np.ndarray] | None]:
+    """Evaluates the published baseline: (its figures, its answers), or (None, None) with a note saying why."""
     versions = model_repo.published_versions(config.model_dir)
     if config.baseline_version is not None:
         if config.baseline_version not in versions:
             notes.append(f"baseline version {config.baseline_version} is not published: no baseline")
-            return None
+            return None, None
         version = config.baseline_version
     elif serving in versions:
         # What serves, not the newest version: that may be a canary that was rolled back or rejected.
@@ -339,28 +343,139 @@ def _baseline(
         version = versions[-1]
     else:
         notes.append("no published model: no baseline comparison (first run)")
-        return None
+        return None, None
     version_dir = config.model_dir / str(version)
     try:
         why_not = _comparable(version_dir, problem)
         if why_not:
             notes.append(f"baseline version {version} is not comparable: {why_not}")
-            return None
+            return None, None
         outputs = model_repo.predict_saved_model(version_dir, _request_inputs(problem, features))
     except Exception as err:  # A broken published model must not block a good candidate.
         notes.append(f"baseline version {version} could not be evaluated ({err}): no baseline")
         log.warning("baseline %s failed to evaluate: %s", version_dir, err)
-        return None
+        return None, None
     metrics = task_metrics(problem, labels, outputs, config.decision_threshold)
     recall = {name: values["recall"] for name, values in metrics.get("per_class", {}).items()}
     scores = {name: metrics[name] for name, (_, tasks) in METRICS.items() if problem.task in tasks}
-    return Baseline(version, scores, recall)
+    return Baseline(version, scores, recall), outputs
 
 
 def _check(rule: str, what: str, value: float, bound: float, bound_text: str, higher_better: bool) -> RuleCheck:
     passed = value >= bound if higher_better else value <= bound
     sign = (">=" if passed else "<") if higher_better else ("<=" if passed else ">")
     return RuleCheck(rule, passed, f"{what} {value:.4f} {sign} {bound_text}")
+
+
+@dataclasses.dataclass(frozen=True)
+class SliceResult:
+    """One slice of the test split (rows where a categorical feature has one value) and its figures."""
+
+    feature: str
+    value: str
+    rows: int
+    metrics: dict[str, float]
+    score: float | None  # the gate metric (None when it cannot be measured on the slice)
+    baseline_score: float | None
+    gated: bool
+    note: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.feature}={self.value if self.value != '' else '<missing>'}"
+
+
+def _outputs_where(outputs: dict[str, np.ndarray], mask: np.ndarray) -> dict[str, np.ndarray]:
+    return {name: values[mask] for name, values in outputs.items()}
+
+
+def _slice_score(problem: ProblemSpec, metric: str, labels, outputs, threshold: float):
+    """The slice's headline metrics and gate metric; the gate metric is None when one class only makes AUC moot."""
+    metrics = task_metrics(problem, labels, outputs, threshold)
+    if metric == "auc" and len(np.unique(labels)) < 2:
+        return metrics["headline"], None
+    return metrics["headline"], metrics[metric]
+
+
+def slice_results(
+    config: PipelineConfig,
+    problem: ProblemSpec,
+    features: dict[str, np.ndarray],
+    labels: np.ndarray,
+    outputs: dict[str, np.ndarray],
+    baseline_outputs: dict[str, np.ndarray] | None,
+) -> list[SliceResult]:
+    """The task's metrics on each slice of `slice_features`, the candidate's and the baseline's, worst first.
+
+    Returns:
+        One result per (feature, value), sorted by the gate metric from worst to best; slices
+        smaller than `slice_min_size` are reported but not gated.
+    """
+    metric = gate_metric(config, problem)
+    higher = higher_is_better(metric)
+    results = []
+    keys = {f.name: f.key for f in problem.features}
+    for name in config.slice_features or ():
+        key = keys.get(name, name)
+        values = features[key]
+        for value in sorted(set(values.tolist()), key=str):
+            mask = values == value
+            rows = int(mask.sum())
+            headline, score = _slice_score(
+                problem, metric, labels[mask], _outputs_where(outputs, mask), config.decision_threshold
+            )
+            base = None
+            if baseline_outputs is not None:
+                _, base = _slice_score(
+                    problem, metric, labels[mask], _outputs_where(baseline_outputs, mask), config.decision_threshold
+                )
+            if rows < config.slice_min_size:
+                gated, note = False, f"{rows} rows < slice_min_size {config.slice_min_size}: reported, not gated"
+            elif score is None:
+                gated, note = False, f"one class only: {metric} is not defined"
+            else:
+                gated, note = True, ""
+            results.append(SliceResult(key, str(value), rows, headline, score, base, gated, note))
+    worst_first = sorted(
+        results,
+        key=lambda r: (r.score is None, (r.score if higher else -r.score) if r.score is not None else 0.0),
+    )
+    return worst_first
+
+
+def slice_rules(results: list[SliceResult], config: PipelineConfig, metric: str) -> list[RuleCheck]:
+    """The slice rules on every gated slice: `slice_min_metric` and `slice_max_regression`."""
+    higher = higher_is_better(metric)
+    checks = []
+    for result in results:
+        if not result.gated:
+            continue
+        what = f"{metric} of {result.name} ({result.rows} rows)"
+        if config.slice_min_metric is not None:
+            checks.append(
+                _check(
+                    f"slice_min_metric[{result.name}]",
+                    what,
+                    result.score,
+                    config.slice_min_metric,
+                    f"slice_min_metric {config.slice_min_metric}",
+                    higher,
+                )
+            )
+        if config.slice_max_regression is not None and result.baseline_score is not None:
+            base, allowed = result.baseline_score, config.slice_max_regression
+            bound = base - allowed if higher else base + allowed
+            checks.append(
+                _check(
+                    f"slice_max_regression[{result.name}]",
+                    what,
+                    result.score,
+                    bound,
+                    f"baseline {base:.4f} {'-' if higher else '+'} slice_max_regression {allowed} = {bound:.4f}",
+                    higher,
+                )
+            )
+    return checks
 
 
 def gate_metric(config: PipelineConfig, problem: ProblemSpec) -> str:
@@ -460,9 +575,10 @@ def evaluate(
         The metrics, the gate decision and where they were written.
 
     Raises:
-        ConfigError: if `gate_metric` does not exist for the task.
+        ConfigError: if `gate_metric` does not exist for the task, or a slice feature is not categorical.
     """
     problem = snapshot.problem
+    config.check_for(problem)
     metric = gate_metric(config, problem)
     out = stage_dir(config, "evaluate")
     split = snapshot.resolve_split(config.test_split, TEST)
@@ -470,8 +586,9 @@ def evaluate(
     outputs = predict_keras(Path(model_path), problem, features)
     metrics = task_metrics(problem, labels, outputs, config.decision_threshold)
     notes: list[str] = []
-    baseline = _baseline(config, problem, features, labels, notes, serving)
-    rules = gate_rules(metrics, baseline, config, problem)
+    baseline, baseline_outputs = _baseline(config, problem, features, labels, notes, serving)
+    slices = slice_results(config, problem, features, labels, outputs, baseline_outputs)
+    rules = gate_rules(metrics, baseline, config, problem) + slice_rules(slices, config, metric)
     blessed = all(check.passed for check in rules)
     # The failing rules first: they are what a person reads in a one-line summary.
     reasons = notes + [c.reason for c in rules if not c.passed] + [c.reason for c in rules if c.passed]
@@ -514,7 +631,12 @@ def evaluate(
                 "min_class_recall": config.min_class_recall,
                 "max_class_regression": config.max_class_regression,
                 "decision_threshold": config.decision_threshold if problem.task == BINARY else None,
+                "slice_features": config.slice_features,
+                "slice_min_size": config.slice_min_size,
+                "slice_min_metric": config.slice_min_metric,
+                "slice_max_regression": config.slice_max_regression,
             },
+            "slices": [{**dataclasses.asdict(result), "name": result.name} for result in slices],
             "blessed": blessed,
             "rules": [dataclasses.asdict(check) for check in rules],
             "reasons": reasons,

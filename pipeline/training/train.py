@@ -35,7 +35,7 @@ import keras
 
 from pipeline.core.artifacts import StageResult, atomic_output, atomic_write_json, stage_dir
 from pipeline.core.config import AUTO, PipelineConfig
-from pipeline.core.errors import ConfigError, TrainingError
+from pipeline.core.errors import TrainingError
 from pipeline.core.problem import BINARY, MULTICLASS, REGRESSION, ProblemSpec
 from pipeline.data import preprocess
 from pipeline.data.snapshot import TEST, TRAIN, VALIDATION, Snapshot
@@ -138,12 +138,7 @@ def task_training(problem: ProblemSpec, config: PipelineConfig) -> TaskTraining:
     task = _task_training(problem, config)
     if config.monitor_metric == AUTO:
         return task
-    logged = ["loss", *(m if isinstance(m, str) else m.name for m in task.metrics)]
-    if config.monitor_metric not in logged:
-        raise ConfigError(
-            f"monitor_metric {config.monitor_metric!r} is not logged for a {problem.task} task; choose one of: "
-            + ", ".join(["auto", *logged])
-        )
+    config.check_for(problem)  # a metric this task logs
     mode = "max" if config.monitor_metric in ("accuracy", "auc") else "min"
     return dataclasses.replace(task, metric=config.monitor_metric, mode=mode)
 

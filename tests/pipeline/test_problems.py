@@ -266,3 +266,99 @@ def test_validation_reports_the_rows_without_a_label_and_per_feature_statistics(
     assert bill["missing"] > 0 and 38 < bill["mean"] < 50
     assert train_stats["features"]["island"]["distinct"] == 4  # three islands and '' (missing)
     assert Snapshot.load(run["snapshot"].path) == run["snapshot"]
+
+
+def _noisy_slice_table(rows: int = 4000) -> dict:
+    """Loans with a sales channel; in the 'store' channel the label is a coin flip: no model can learn it."""
+    table = table_rows("binary", rows, seed=11)
+    rng = np.random.default_rng(11)
+    channel = rng.choice(["web", "store", "phone"], rows, p=[0.7, 0.25, 0.05])
+    table["channel"] = channel.tolist()
+    table["approved?"] = [
+        rng.choice(["yes", "no"]) if c == "store" else v for c, v in zip(channel, table["approved?"], strict=True)
+    ]
+    return table
+
+
+def test_a_slice_that_regresses_blocks_the_gate_while_the_overall_metric_passes(make_config, tmp_path):
+    source = write_table(tmp_path / "loans.csv", _noisy_slice_table())
+    config = make_config(
+        data_source=f"csv:{source}",
+        label="approved?",
+        epochs=8,
+        batch_size=64,
+        gate_threshold=0.75,
+        min_accuracy=None,
+        slice_features=["channel"],
+        slice_min_metric=0.7,
+    )
+    snapshot = ingest(config)
+    trained = train(config, snapshot)
+    result = evaluate(config, snapshot, trained.model_path)
+    report = json.loads(result.evaluation_path.read_text())
+    assert result.score >= 0.75  # overall AUC passes its bound ...
+    assert not result.blessed  # ... but the 'store' slice blocks the candidate
+    rules = {rule["rule"]: rule for rule in report["rules"]}
+    assert rules["gate_threshold"]["passed"] and not rules["slice_min_metric[channel=store]"]["passed"]
+    assert rules["slice_min_metric[channel=web]"]["passed"]
+    assert "slice_min_metric[channel=phone]" not in rules  # too few rows: reported, not gated
+    slices = {item["name"]: item for item in report["slices"]}
+    assert slices["channel=phone"]["gated"] is False and "< slice_min_size 30" in slices["channel=phone"]["note"]
+    assert report["slices"][0]["name"] in ("channel=store", "channel=phone")  # worst first
+    assert result.reasons[1].startswith("auc of channel=store (")  # after the note, the failing rule first
+    from pipeline.release.report import render_run_report
+
+    page = render_run_report(config, {"evaluate": result.to_dict()})
+    assert "<h2>Slices (worst auc first)</h2>" in page and "channel=store" in page
+    from pipeline.release.report import approval_markdown
+
+    form = approval_markdown({"evaluate": result.to_dict(), "export": {"version": 1}})
+    assert "| slice (worst auc first) | rows | candidate | stable (none) |" in form and "| channel=store |" in form
+
+
+def test_slice_rules_against_the_baseline_in_the_metrics_direction(make_config):
+    from pipeline.training.evaluate import SliceResult, slice_rules
+
+    slices = [
+        SliceResult("district", "north", 120, {}, 910.0, 800.0, True, ""),  # rmse up 110: regressed
+        SliceResult("district", "south", 150, {}, 790.0, 800.0, True, ""),
+        SliceResult("district", "east", 12, {}, 5000.0, 800.0, False, "too few"),
+    ]
+    checks = slice_rules(slices, make_config(slice_max_regression=50.0), "rmse")
+    assert [(c.rule, c.passed) for c in checks] == [
+        ("slice_max_regression[district=north]", False),
+        ("slice_max_regression[district=south]", True),
+    ]
+    assert (
+        checks[0].reason
+        == "rmse of district=north (120 rows) 910.0000 > baseline 800.0000 + slice_max_regression 50.0 = 850.0000"
+    )
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"slice_features": ["colour"]}, r"slice_features: 'colour' is not a feature; the features are: annual_income"),
+        (
+            {"slice_features": ["debt ratio"]},
+            r"slice_features: 'debt ratio' is a numeric feature; slices need a categorical",
+        ),
+        (
+            {"feature_drift_thresholds": {"colour": 0.2}},
+            r"feature_drift_thresholds names features the data does not have",
+        ),
+        ({"gate_metric": "rmse"}, r"gate_metric 'rmse' is not a binary metric"),
+        ({"monitor_metric": "mae"}, r"monitor_metric 'mae' is not logged for a binary task"),
+    ],
+)
+def test_options_naming_features_or_metrics_are_refused_before_training(tmp_path, options, message):
+    from pipeline import runner
+    from pipeline.core.config import PipelineConfig
+
+    source = write_table(tmp_path / "loans.csv", table_rows("binary", 120))
+    config = PipelineConfig(
+        data_source=f"csv:{source}", label="approved?", workdir=str(tmp_path / "work"), run_id="early", **options
+    ).validate()
+    with pytest.raises(ConfigError, match=message):
+        runner.run_step("ingest", config, {}, "test")
+    assert not (tmp_path / "work" / "runs" / "early" / "train").exists()

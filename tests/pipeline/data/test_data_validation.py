@@ -99,3 +99,88 @@ def test_schema_mismatch_is_severe(make_config):
     renamed = config.replace(class_names=[f"class{i}" for i in range(10)], run_id="renamed")
     with pytest.raises(DataValidationError, match=r"class_names: class names \['class0'"):
         validate(renamed, ingest(renamed))
+
+
+def _loans(tmp_path, name, change=None, rows=2000):
+    from tests.support import table_rows, write_table
+
+    table = table_rows("binary", rows, seed=3)
+    if change:
+        change(table)
+    return write_table(tmp_path / name / "loans.csv", table)
+
+
+def _flagged(config):
+    return {(a["check"], a["feature"]) for a in _report(config)["anomalies"] if a["feature"]}
+
+
+def test_per_feature_checks_flag_exactly_the_planted_drift(make_config, tmp_path):
+    def plant(table):
+        table["annual income"] = [v * 3 for v in table["annual income"]]  # one numeric shifted
+        table["state"] = ["ZZ" if i % 3 == 0 else v for i, v in enumerate(table["state"])]  # a new category
+
+    config = make_config(data_source=f"csv:{_loans(tmp_path, 'v1')}", label="approved?", run_id="first")
+    first = validate(config, ingest(config))
+    schema = json.loads(first.schema_path.read_text())
+    assert schema["features"]["state"] == {"vocabulary": ["CA", "NY", "TX", "WA"], "missing_rate": 0.0}
+    assert set(schema["features"]["debt_ratio"]) == {"min", "max", "missing_rate"}
+
+    unchanged = config.replace(data_source=f"csv:{_loans(tmp_path, 'v2')}", run_id="unchanged")
+    assert validate(unchanged, ingest(unchanged)).anomalies == 0  # the same table again: nothing flagged
+    report = _report(unchanged)
+    assert {c["check"] for c in report["checks"]} >= {
+        "missing_values",
+        "out_of_range",
+        "unseen_categories",
+        "feature_drift",
+    }
+    assert set(report["features"]) == {"annual_income", "debt_ratio", "state"}
+
+    drifted = config.replace(data_source=f"csv:{_loans(tmp_path, 'v3', plant)}", run_id="drifted")
+    with pytest.raises(DataValidationError) as caught:
+        validate(drifted, ingest(drifted))
+    assert {feature for _, feature in _flagged(drifted)} == {"annual_income", "state"}  # exactly those
+    assert {("feature_drift", "annual_income"), ("feature_drift", "state"), ("unseen_categories", "state")} <= _flagged(
+        drifted
+    )
+    message = str(caught.value)
+    assert "feature_drift [train]: annual_income: jensen shannon" in message
+    assert "unseen_categories [train]: state: " in message and "not in the schema's vocabulary (e.g. ['ZZ'])" in message
+    by_feature = _report(drifted)["features"]
+    assert by_feature["debt_ratio"]["anomalies"] == [] and by_feature["state"]["checks"] >= 6
+
+
+def test_missing_values_beyond_the_schema_and_per_feature_thresholds(make_config, tmp_path):
+    def gaps(table):
+        table["debt ratio"] = [None if i % 2 else v for i, v in enumerate(table["debt ratio"])]
+
+    config = make_config(data_source=f"csv:{_loans(tmp_path, 'v1')}", label="approved?", run_id="first")
+    validate(config, ingest(config))
+    holey = config.replace(data_source=f"csv:{_loans(tmp_path, 'holes', gaps)}", run_id="holes")
+    with pytest.raises(DataValidationError, match=r"missing_values \[train\]: debt_ratio: 5\d\.\d+% missing vs schema"):
+        validate(holey, ingest(holey))
+    # The missing values also move debt_ratio's histogram: a lenient threshold for it alone lets that through.
+    lenient = holey.replace(
+        run_id="lenient", feature_drift_thresholds={"debt ratio": 1.0}, max_missing_rate_increase=0.6
+    )
+    assert validate(lenient, ingest(lenient)).severe is False
+    with pytest.raises(
+        Exception, match=r"feature_drift_thresholds names features the data does not have: \['colour'\]"
+    ):
+        validate(holey.replace(feature_drift_thresholds={"colour": 0.2}), ingest(holey))
+
+
+def test_checks_of_small_splits_are_warnings(make_config, tmp_path):
+    def plant(table):
+        table["annual income"] = [v * 3 for v in table["annual income"]]
+
+    config = make_config(data_source=f"csv:{_loans(tmp_path, 'v1', rows=300)}", label="approved?", run_id="first")
+    validate(config, ingest(config))
+    small = config.replace(data_source=f"csv:{_loans(tmp_path, 'v2', plant, rows=300)}", run_id="small")
+    with pytest.raises(DataValidationError) as caught:  # the 240-row train split is judged...
+        validate(small, ingest(small))
+    assert "feature_drift [train]: annual_income" in str(caught.value)
+    validation = [a for a in _report(small)["anomalies"] if a["split"] == "validation" and a["feature"]]
+    assert validation and all(a["severity"] == "warning" for a in validation)  # ...its 30-row splits are not
+    drift = next(a for a in validation if a["check"] == "feature_drift")
+    assert drift["message"].endswith("[a warning: 30 rows < min_rows_to_judge 100]")

@@ -75,8 +75,8 @@ def test_test_images_do_not_drift_and_inverted_images_do(logged_server, fashion_
     assert Path(result.plot_path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_a_table_models_requests_are_read_but_not_judged_and_the_check_says_why(table_run, tmp_path):
-    """Serving-time drift statistics are an image classifier's: a table model's check says so, never crashes."""
+def test_a_table_models_requests_are_judged_per_feature_and_the_planted_drift_is_found(table_run, tmp_path):
+    """Named features in the request logs: the training rows do not drift; shifted incomes and a new state do."""
     run = table_run("binary")
     config = run["config"].replace(
         model_base_path=str(tmp_path / "models"),
@@ -84,8 +84,9 @@ def test_a_table_models_requests_are_read_but_not_judged_and_the_check_says_why(
         serving_grpc_target=None,
         request_log_sampling_rate=1.0,
         request_log_dir=str(tmp_path / "request_logs"),
-        drift_min_requests=5,
-        workdir=str(tmp_path / "work"),
+        drift_min_requests=100,
+        workdir=run["config"].workdir,
+        model_name="loans_drift",
     )
     export_candidate(run, config)
     apply_state(config, ServingState(stable=1, canary=1))
@@ -96,18 +97,27 @@ def test_a_table_models_requests_are_read_but_not_judged_and_the_check_says_why(
         "--allow_version_labels_for_unavailable_models",
         "--request_log_rotate_seconds=1",
     )
+    rows = run["snapshot"].request_rows("train", 400)  # the training rows themselves
+    shifted = {k: v.copy() for k, v in rows.items()}
+    shifted["annual_income"] = shifted["annual_income"] * 3
+    shifted["state"][::3] = "ZZ"
     try:
-        rows = run["snapshot"].request_rows("test", 10)
         with TFServingClient(server.grpc_target, server.rest_url) as client:
             wait_for(lambda: client.status(config.model_name)[0]["state"] == "AVAILABLE", what="the model")
             client.predict(config.model_name, rows, label="stable")
-        wait_for(_published(config, 1), what="a published request log")
+            wait_for(_published(config, 1), what="a published request log")
+            calm = check_drift(config)
+            client.predict(config.model_name, shifted, label="stable")
+            wait_for(_published(config, 1), what="the shifted requests' log")
+            drifted = check_drift(config)
     finally:
         server.stop()
-    result = check_drift(config)
-    assert not result.drifted and result.requests == 10
-    assert result.summary == (
-        f"not judged: serving-time drift is checked for image classifiers; {config.model_name} is a binary model "
-        "on numeric, numeric, categorical features"
-    )
-    assert new_log_files(config) == []  # read and remembered: the next check starts after them
+    assert not calm.drifted and calm.summary.startswith(f"no drift in {len(rows['state'])} requests (4 checks")
+    assert drifted.drifted and drifted.requests == len(rows["state"])
+    report = json.loads(Path(drifted.report_path).read_text())
+    assert set(report["drifted_features"]) == {"annual_income", "state"}  # exactly the planted ones
+    assert [c["drifted"] for c in report["checks"]][:2] == [True, True]  # ranked: drifted first
+    state = next(c for c in report["checks"] if c["name"] == "state")
+    assert state["measure"] == "l_infinity" and "ZZ" in state["distributions"]["buckets"]
+    assert "annual_income: jensen shannon" in drifted.summary
+    assert Path(drifted.plot_path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
