@@ -76,6 +76,7 @@ tensorboard: setup
 bench: setup data
 	$(BIN)/python bench/training_speed.py
 	$(BIN)/python bench/tabular.py
+	$(BIN)/python bench/drift.py
 	$(BIN)/python bench/serving_latency.py
 
 # The example project of the README's "Bring your own problem": the Palmer penguins table and its own model.
