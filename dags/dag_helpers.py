@@ -1,9 +1,11 @@
-"""What both DAG files share: the deployment settings, the stable-model asset and the task wrapper.
+"""What the DAG files share: the deployment settings, each model's assets and config, the task wrapper.
 
 Not a DAG file itself (`.airflowignore` lists it); Airflow puts the DAG folder on
-`sys.path`, so the DAG files import it by name. Each task body is one call of
-`run_step`, which runs one step of `pipeline.runner` and passes the run's state (artifact
-paths and numbers, never arrays) on through XCom.
+`sys.path`, so the DAG files import it by name. The DAG files build one DAG of each kind per
+model of the deployment (`<model>_training`, `<model>_drift`, `<model>_rollback`); a task finds
+its model from its DAG's id. Each task body is one call of `run_step`, which runs one step of
+`pipeline.runner` and passes the run's state (artifact paths and numbers, never arrays) on
+through XCom.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException, D
 
 from pipeline.core.config import trigger_form_fields, trigger_form_schema
 from pipeline.core.errors import PipelineError
-from pipeline.dag_settings import describe_trigger, drift_asset, load_settings, run_config
+from pipeline.dag_settings import ModelSettings, describe_trigger, load_settings, run_config
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +37,22 @@ RUN_NOTE_KEY = "run_note"
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SETTINGS = load_settings(Path(__file__).with_name("settings.yaml"), PROJECT_ROOT)
-STABLE_MODEL = Asset(*SETTINGS.stable_model_asset())
-DRIFT_DETECTED = Asset(*drift_asset(SETTINGS))  # the training DAG is also scheduled on it
+MODELS = SETTINGS.model_list()
+
+
+def stable_model(model: ModelSettings) -> Asset:
+    """The asset that changes when the model's `stable` moves."""
+    return Asset(*model.stable_model_asset())
+
+
+def drift_detected(model: ModelSettings) -> Asset:
+    """The asset the model's drift check updates; the model's training DAG is also scheduled on it."""
+    return Asset(*model.drift_asset())
+
+
+def current_model() -> ModelSettings:
+    """The model of the running task's DAG."""
+    return SETTINGS.model_for_dag(get_current_context()["dag"].dag_id)
 
 
 def default_task_args() -> dict:
@@ -51,9 +67,9 @@ def default_task_args() -> dict:
     }
 
 
-def trigger_params() -> dict[str, Param]:
-    """The trigger form: one typed, bounded `Param` per form option of the pipeline's config."""
-    return {name: Param(**schema) for name, schema in trigger_form_schema(SETTINGS.base_config()).items()}
+def trigger_params(model: ModelSettings) -> dict[str, Param]:
+    """The model's trigger form: one typed, bounded `Param` per form option of its config."""
+    return {name: Param(**schema) for name, schema in trigger_form_schema(model.base_config()).items()}
 
 
 def describe_attempts(try_number: int, max_tries: int, exception: BaseException | None) -> str:
@@ -77,10 +93,10 @@ def log_failure(context) -> None:
 
 
 def current_config():
-    """This run's config: the deployment settings, then the trigger form's values."""
+    """This run's config: its model's settings, then the trigger form's values."""
     context = get_current_context()
     form = {name: context["params"][name] for name in trigger_form_fields() if name in context["params"]}
-    return run_config(SETTINGS, form, context["dag_run"].run_id)
+    return run_config(current_model(), form, context["dag_run"].run_id)
 
 
 def who() -> str:

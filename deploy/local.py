@@ -36,7 +36,6 @@ SERVING_DIR = ROOT / "artifacts" / "serving"
 PID_FILE = SERVING_DIR / "server.pid"
 LOG_FILE = SERVING_DIR / "server.log"
 AIRFLOW_HOME = ROOT / "airflow_home"
-DAG_ID = "fashion_mnist_training"
 PASSWORDS_FILE = "simple_auth_manager_passwords.json.generated"
 CELERY_DATABASE = "airflow_mlops"
 CELERY_DATABASE_URL = f"postgresql+psycopg2://postgres@127.0.0.1:5432/{CELERY_DATABASE}"
@@ -289,7 +288,7 @@ def demo() -> None:
     airflow_prepare()
     serving_start()
     started = time.monotonic()
-    result = _airflow("dags", "test", DAG_ID, check=False)
+    result = _airflow("dags", "test", _settings().model_list()[0].training_dag_id, check=False)
     minutes = (time.monotonic() - started) / 60
     if result.returncode != 0:
         sys.exit(f"demo: the DAG run failed ({minutes:.1f} min); see the task logs above")

@@ -24,7 +24,7 @@ from typing import Any
 from pipeline.core import lineage
 from pipeline.core.artifacts import new_run_id, read_json, read_manifest, record_stage
 from pipeline.core.config import PipelineConfig
-from pipeline.core.errors import PipelineError
+from pipeline.core.errors import ConfigError, PipelineError
 from pipeline.data.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,10 @@ def ingest(config: PipelineConfig, state: State, by: str) -> dict[str, Any]:
 
     snapshot = ingest_source(config)
     problem = snapshot.problem
-    config.check_for(problem)  # options naming features or metrics: refused before anything trains
+    try:
+        config.check_for(problem)  # options naming features or metrics: refused before anything trains
+    except ConfigError as err:
+        raise ConfigError(f"model {config.model_name!r}: {err}") from None
     return {
         "snapshot": str(snapshot.path),
         "fingerprint": snapshot.fingerprint,

@@ -6,9 +6,10 @@
   DAG run's note, so the run page and the runs list tell a promotion from a rejection.
   It never replaces a note a person wrote.
 - A FastAPI app on the API server (`/mlops`) serves each run's report page (written by the
-  pipeline's `report` step) and the registry page (published versions, labels, metrics),
-  behind Airflow's own login and DAG permissions; external views put them in the UI: a
-  "Run report" tab on every DAG run and a "Model registry" entry in the navigation.
+  pipeline's `report` step, found through the run's model) and each model's registry page
+  (published versions, labels, the task's metrics), behind Airflow's own login and DAG
+  permissions; external views put them in the UI: a "Run report" tab on every DAG run and a
+  "Model registry" entry in the navigation (every model of the deployment, each linked).
 
 Install: put this folder on Airflow's plugins path (`[core] plugins_folder`); the Airflow
 image copies it to /opt/airflow/plugins. Everything it shows comes from `pipeline`.
@@ -30,7 +31,6 @@ log = logging.getLogger(__name__)
 
 RUN_NOTE_KEY = "run_note"  # The key dags/dag_helpers.py pushes.
 URL_PREFIX = "/mlops"
-TRAINING_DAG_ID = "fashion_mnist_training"
 NOTE_MAX_CHARS = 1000  # The size of Airflow's dag_run_note.content column.
 
 
@@ -105,8 +105,18 @@ def _requires_dag_read():
     return Depends(requires_access_dag("GET"))
 
 
+def _model(dag_id: str):
+    """The deployment's model a DAG belongs to, or None (a DAG of no model)."""
+    from pipeline.core.errors import ConfigError
+
+    try:
+        return _settings().model_for_dag(dag_id)
+    except ConfigError:
+        return None
+
+
 def build_reports_app() -> FastAPI:
-    """The `/mlops` app: `/runs/{dag_id}/{run_id}` (run report) and `/registry/{dag_id}`."""
+    """The `/mlops` app: `/runs/{dag_id}/{run_id}` (run report), `/registry` and `/registry/{dag_id}`."""
     import html
 
     app = FastAPI(title="Keras MLOps pipeline reports")
@@ -116,8 +126,9 @@ def build_reports_app() -> FastAPI:
         from pipeline.dag_settings import run_config
         from pipeline.release.report import report_path
 
-        path = report_path(run_config(_settings(), {}, run_id))
-        if not path.exists():
+        model = _model(dag_id)
+        path = report_path(run_config(model, {}, run_id)) if model else None
+        if path is None or not path.exists():
             return _page(
                 "No report",
                 f"No report for run {html.escape(run_id)} of {html.escape(dag_id)}: the report task writes it at "
@@ -126,11 +137,25 @@ def build_reports_app() -> FastAPI:
             )
         return HTMLResponse(path.read_text())
 
+    @app.get("/registry", response_class=HTMLResponse, dependencies=[_requires_dag_read()])
+    def registry_index() -> HTMLResponse:
+        links = "".join(
+            f'<li><a href="{URL_PREFIX}/registry/{html.escape(model.training_dag_id)}">'
+            f"{html.escape(model.name)}</a></li>"
+            for model in _settings().model_list()
+        )
+        return HTMLResponse(f"<!doctype html><title>Model registry</title><h1>Models</h1><ul>{links}</ul>")
+
     @app.get("/registry/{dag_id}", response_class=HTMLResponse, dependencies=[_requires_dag_read()])
     def registry(dag_id: str) -> HTMLResponse:
         from pipeline.release.report import render_registry
 
-        return HTMLResponse(render_registry(_settings().base_config(), f"{URL_PREFIX}/runs/{dag_id}/"))
+        model = _model(dag_id)
+        if model is None:
+            return _page("No model", f"{html.escape(dag_id)} is not a DAG of a model of this deployment.", 404)
+        return HTMLResponse(
+            render_registry(model.base_config(), f"{URL_PREFIX}/runs/{html.escape(model.training_dag_id)}/")
+        )
 
     return app
 
@@ -151,7 +176,7 @@ class MlopsPlugin(AirflowPlugin):
         },
         {
             "name": "Model registry",
-            "href": f"{URL_PREFIX}/registry/{TRAINING_DAG_ID}",
+            "href": f"{URL_PREFIX}/registry",
             "destination": "nav",
             "category": "browse",
             "url_route": "model_registry",

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core import lineage, model_repo
-from pipeline.core.artifacts import atomic_write_bytes, code_revision
+from pipeline.core.artifacts import atomic_write_bytes, code_revision, file_lock
 from pipeline.core.config import PipelineConfig, run_signature
 from pipeline.core.errors import PromotionError, ServingUnavailableError
 from pipeline.core.user_code import model_code_digest
@@ -187,7 +187,8 @@ def apply_state(config: PipelineConfig, state: ServingState) -> None:
     """Writes the serving config for `state` and, with an endpoint configured, reloads and waits.
 
     New versions are first loaded under the old labels, then the labels move, because a
-    label may only point at a loaded version. Other models in the config file are kept.
+    label may only point at a loaded version. Other models in the config file are kept, and
+    promotions of several models sharing the file take turns (a lock beside it).
 
     Raises:
         PromotionError: if a version is not published or serving refuses the change.
@@ -196,6 +197,15 @@ def apply_state(config: PipelineConfig, state: ServingState) -> None:
     missing = [v for v in state.versions if v not in model_repo.published_versions(config.model_dir)]
     if missing:
         raise PromotionError(f"version(s) {missing} of {config.model_name} are not published in {config.model_dir}")
+    # One model's promotion at a time per serving config: each reads the file, changes its own model's
+    # entry and pushes the whole file, so two at once would each push a file without the other's change.
+    config_file = Path(config.serving_config_file)
+    config_file.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(config_file.with_name(config_file.name + ".lock")):
+        _apply_state(config, state)
+
+
+def _apply_state(config: PipelineConfig, state: ServingState) -> None:
     previous = read_state(config)
     config_file = Path(config.serving_config_file)
     previous_text = config_file.read_bytes() if config_file.exists() else None

@@ -200,7 +200,7 @@ def test_the_rollback_form_lists_the_published_versions_and_stable(forced_run):
     from tests.dags.conftest import DAGS_FOLDER
 
     # The DAG processor parses the file again; the form then shows what is published now.
-    bag = BundleDagBag(dag_folder=str(DAGS_FOLDER / "fashion_mnist_rollback.py"), bundle_path=DAGS_FOLDER)
+    bag = BundleDagBag(dag_folder=str(DAGS_FOLDER / "rollback.py"), bundle_path=DAGS_FOLDER)
     version = bag.get_dag("fashion_mnist_rollback").params.get_param("version")
     assert version.schema["enum"] == [2, 1] and version.value == 1  # the newest version that is not stable
     assert version.schema["values_display"]["2"].startswith("version 2, test accuracy 0.")

@@ -31,7 +31,7 @@ from tests.dags.airflow_api import (
     wait_for_run,
 )
 from tests.dags.conftest import write_dags
-from tests.support import REPO_ROOT, Traffic, wait_for
+from tests.support import REPO_ROOT, Traffic, table_rows, wait_for, write_table
 
 ARTIFACTS = REPO_ROOT / "test-artifacts"
 
@@ -41,7 +41,19 @@ def standalone(tmp_path_factory, dag_settings, serving_server, postgres_url):
     home = tmp_path_factory.mktemp("standalone-home")
     # This deployment asks a person before `stable` moves (dag.test cannot answer Airflow's approval form).
     dags_folder = home / "dags"
-    write_dags(dags_folder, {**dag_settings, "approval_required": True, "approval_timeout_minutes": 15})
+    # Two models in one deployment: the Fashion-MNIST classifier and a loans table model beside it.
+    loans = write_table(home / "data" / "loans.csv", table_rows("binary", 300))
+    models = [
+        {"name": "fashion_mnist"},
+        {
+            "name": "loans",
+            "approval_required": False,
+            "pipeline": {"data_source": f"csv:{loans}", "label": "approved?", "canary_watch_seconds": 0, "epochs": 4},
+        },
+    ]
+    write_dags(
+        dags_folder, {**dag_settings, "approval_required": True, "approval_timeout_minutes": 15, "models": models}
+    )
     port = free_port()
     venv_bin = Path(sys.executable).parent
     env = {
@@ -461,3 +473,47 @@ def test_a_restart_on_a_database_with_runs_starts_no_run_for_a_past_slot(standal
     next_run = datetime.datetime.fromisoformat(dag["next_dagrun_run_after"])
     assert next_run > datetime.datetime.now(datetime.UTC) and (next_run.hour, next_run.minute) == (2, 0)
     assert dag["timetable_summary"].endswith("0 2 * * * (upcoming slots only)")  # "Asset or ...": drift too
+
+
+def test_a_second_model_trains_and_serves_beside_the_first_without_touching_it(
+    standalone, serving_server, dag_settings
+):
+    """The loans model's own DAG, asset, registry page and serving entry; the Fashion-MNIST model's labels stay."""
+    import numpy as np
+
+    from pipeline.dag_settings import load_settings
+    from pipeline.release.promotion import read_state
+    from serving.client import TFServingClient
+
+    settings = load_settings(standalone["home"] / "dags" / "settings.yaml", REPO_ROOT)
+    fashion, loans = settings.model("fashion_mnist").base_config(), settings.model("loans").base_config()
+    before = read_state(fashion)
+    base, token = standalone["base"], standalone["token"]
+    wait_for(lambda: request(f"{base}/api/v2/dags/loans_training", token=token)[0] == 200, 240, "the loans DAG")
+    status, reply = request(f"{base}/api/v2/dags/loans_training/dagRuns", "POST", {"logical_date": None}, token)
+    assert status == 200, reply
+    url = f"{base}/api/v2/dags/loans_training/dagRuns/{reply['dag_run_id']}"
+    run = wait_for(lambda: (r := request(url, token=token)[1])["state"] in ("success", "failed") and r, 900, "loans")
+    assert run["state"] == "success", run
+    note = wait_for(lambda: request(url, token=token)[1].get("note"), 60, "the run's note")
+    assert note.startswith("promoted version 1 to stable (test auc 0.")
+    assert read_state(loans).stable == 1 and read_state(fashion) == before  # the other model is as it was
+    config_text = serving_server["config_file"].read_text()
+    assert 'name: "loans"' in config_text and 'name: "fashion_mnist"' in config_text
+    rows = {
+        "annual_income": np.array([52000.0], np.float32),
+        "debt_ratio": np.array([0.2], np.float32),
+        "state": np.array(["WA"], object),
+    }
+    with TFServingClient(serving_server["grpc_target"], serving_server["rest_url"]) as client:
+        assert client.predict("loans", rows, label="stable").version == 1
+    status, index = fetch_text(f"{base}/mlops/registry", token)
+    assert (
+        status == 200
+        and "/mlops/registry/loans_training" in index
+        and "/mlops/registry/fashion_mnist_training" in index
+    )
+    status, page = fetch_text(f"{base}/mlops/registry/loans_training", token)
+    assert status == 200 and "<th>test auc</th>" in page and "<td>1</td><td>stable, canary</td>" in page
+    status, report = fetch_text(f"{base}/mlops/runs/loans_training/{reply['dag_run_id']}", token)
+    assert status == 200 and "binary" in report and "Metrics (binary, test split)" in report

@@ -139,3 +139,74 @@ def test_promotion_keeps_replicas_in_step_and_undoes_a_change_one_of_them_missed
     finally:
         for server in servers.values():
             server.stop()
+
+
+def test_two_models_promoted_concurrently_never_touch_each_others_versions_or_labels(trained_run, table_run, tmp_path):
+    """Several models share one serving config file and server: each promotion changes its own entry only."""
+    import threading
+
+    from pipeline.release.promotion import withdraw_canary
+    from serving.client import TFServingClient
+    from tests.support import export_candidate, start_test_server
+
+    config_file = tmp_path / "serving" / "models.config"
+    config_file.parent.mkdir()
+    config_file.write_text("model_config_list {\n}\n")
+    server = start_test_server(tmp_path, tmp_path / "server.log", f"--model_config_file={config_file}")
+    shared = {
+        "model_base_path": str(tmp_path / "models"),
+        "serving_config_file": str(config_file),
+        "serving_grpc_target": server.grpc_target,
+        "serving_rest_url": server.rest_url,
+    }
+    images = trained_run["config"].replace(model_name="images", **shared)
+    loans = table_run("binary")["config"].replace(model_name="loans", **shared)
+    for _ in range(3):
+        export_candidate(trained_run, images)
+        export_candidate(table_run("binary"), loans)
+    try:
+        errors = []
+
+        def promote(config, steps):
+            try:
+                for state in steps:
+                    apply_state(config, state)
+            except Exception as err:  # noqa: BLE001  (reported below)
+                errors.append(err)
+
+        threads = [
+            threading.Thread(
+                target=promote,
+                args=(images, [ServingState(stable=1, canary=1), ServingState(stable=1, canary=2), ServingState(2, 2)]),
+            ),
+            threading.Thread(
+                target=promote,
+                args=(loans, [ServingState(stable=1, canary=1), ServingState(stable=1, canary=3), ServingState(3, 3)]),
+            ),
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(300)
+        assert errors == []
+        assert read_state(images) == ServingState(2, 2) and read_state(loans) == ServingState(3, 3)
+        with TFServingClient(server.grpc_target, server.rest_url) as client:
+            assert (
+                client.predict("images", trained_run["snapshot"].request_rows("test", 2), label="stable").version == 2
+            )
+            rows = table_run("binary")["snapshot"].request_rows("test", 2)
+            assert client.predict("loans", rows, label="stable").version == 3
+
+        # A rollback of one model and a withdrawn canary of the other: each leaves the other as it was.
+        rollback(images, 1, by="test")
+        assert read_state(images).stable == 1 and read_state(loans) == ServingState(3, 3)
+        apply_state(loans, ServingState(stable=3, canary=2))
+        withdraw_canary(loans, "canary_rejected", ["a test"], by="test")
+        assert read_state(loans) == ServingState(3, 3) and read_state(images).stable == 1
+        with TFServingClient(server.grpc_target, server.rest_url) as client:
+            assert (
+                client.predict("images", trained_run["snapshot"].request_rows("test", 2), label="stable").version == 1
+            )
+            assert client.predict("loans", rows, label="stable").version == 3
+    finally:
+        server.stop()

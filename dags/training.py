@@ -1,4 +1,4 @@
-"""Train, gate, validate and promote the Fashion-MNIST classifier.
+"""Train, gate, validate and promote each model of the deployment: one DAG per model, `<model>_training`.
 
 ingest -> validate -> check_changes -> train -> evaluate -> gate -> export
 -> infra_validate -> promote_canary -> smoke_test -> watch_canary [-> approve] -> mark_stable -> report
@@ -8,16 +8,20 @@ runs) and hands the run's state (artifact paths, never arrays) to the next task.
 `check_changes` and `gate` short-circuit: the tasks after them are skipped (not failed)
 with the reason in the log and in XCom (`stop_reason`), and what is served does not
 change. `report` runs after every run that did not fail: it writes the run's report page
-(metrics, baseline, confusion matrix, curves, model card; the "Run report" tab) and says
-what the run did, which becomes the run's note: "promoted version N ...", "not blessed:
-...", "canary version N rolled back: ...", "skipped: ...". Data errors fail at once; other
-failures (a serving endpoint down) retry with exponential backoff.
+(metrics, baseline, slices, confusion matrix or predictions, curves, model card; the "Run
+report" tab) and says what the run did, which becomes the run's note: "promoted version N
+...", "not blessed: ...", "canary version N rolled back: ...", "skipped: ...". Data errors
+fail at once; other failures (a serving endpoint down) retry with exponential backoff.
 
 `watch_canary` gives the canary its share of live traffic and waits in the triggerer (no
 worker slot) while its errors, latency and agreement with `stable` are judged; a failing
 canary is rolled back automatically and `mark_stable` is skipped. With `approval_required`
-in the deployment settings, `approve` then asks a person (Airflow's Required Actions);
+in the model's settings, `approve` then asks a person (Airflow's Required Actions);
 Reject or no answer in time withdraws the canary.
+
+Each model has its own pool and queue (its settings, else the deployment's), its own
+stable-model and drift assets, and its own entry in the shared serving config: promoting,
+rolling back or withdrawing one model never touches another's versions or labels.
 """
 
 from __future__ import annotations
@@ -26,41 +30,58 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import AssetOrTimeSchedule, TriggerRule, dag, task
 from dag_helpers import (
-    DRIFT_DETECTED,
+    MODELS,
     SETTINGS,
-    STABLE_MODEL,
     CanaryWatchOperator,
     CandidateApprovalOperator,
     default_task_args,
+    drift_detected,
     log_failure,
     outcome_extra,
     run_report,
     run_step,
+    stable_model,
     trigger_params,
 )
 from mlops_timetables import UpcomingCronTimetable
 
+from pipeline.dag_settings import ModelSettings
 
-@dag(
-    dag_id="fashion_mnist_training",
+
+def _schedule(model: ModelSettings):
     # A new or unpaused deployment, or one whose scheduler was down at 02:00, waits for the next
     # 02:00 instead of training at once (Airflow's own cron timetable runs the latest past slot).
     # Drift in the request logs (the drift DAG's asset event) also starts a run.
-    schedule=(
-        AssetOrTimeSchedule(timetable=UpcomingCronTimetable(SETTINGS.schedule, timezone="UTC"), assets=[DRIFT_DETECTED])
-        if SETTINGS.schedule
-        else None
-    ),
-    start_date=datetime(2026, 1, 1),
-    catchup=False,
-    max_active_runs=1,
-    tags=["ml", "training", "serving"],
-    doc_md=__doc__,
-    default_args=default_task_args(),
-    on_failure_callback=log_failure,
-    params=trigger_params(),
-)
-def fashion_mnist_training():
+    if not model.schedule:
+        return None
+    return AssetOrTimeSchedule(
+        timetable=UpcomingCronTimetable(model.schedule, timezone="UTC"), assets=[drift_detected(model)]
+    )
+
+
+def training_dag(model: ModelSettings):
+    """The training DAG of one model."""
+    stable = stable_model(model)
+
+    @dag(
+        dag_id=model.training_dag_id,
+        schedule=_schedule(model),
+        start_date=datetime(2026, 1, 1),
+        catchup=False,
+        max_active_runs=1,
+        tags=["ml", "training", "serving", model.name],
+        doc_md=__doc__,
+        default_args=default_task_args(),
+        on_failure_callback=log_failure,
+        params=trigger_params(model),
+    )
+    def training():
+        _tasks(model, stable)
+
+    return training()
+
+
+def _tasks(model: ModelSettings, stable) -> None:
     @task
     def ingest() -> dict:
         return run_step("ingest")
@@ -75,10 +96,10 @@ def fashion_mnist_training():
         return run_step("check_changes", state)
 
     @task(
-        pool=SETTINGS.pool,
-        queue=SETTINGS.queue,
+        pool=model.pool,
+        queue=model.queue,
         executor_config=SETTINGS.train_executor_config(),
-        execution_timeout=timedelta(minutes=SETTINGS.train_timeout_minutes),
+        execution_timeout=timedelta(minutes=model.train_timeout_minutes),
     )
     def train(state: dict) -> dict:
         return run_step("train", state)
@@ -107,10 +128,10 @@ def fashion_mnist_training():
     def smoke_test(state: dict) -> dict:
         return run_step("smoke_test", state)
 
-    @task(outlets=[STABLE_MODEL])
+    @task(outlets=[stable])
     def mark_stable(state: dict, *, outlet_events=None) -> dict:
         state = run_step("mark_stable", state)
-        outlet_events[STABLE_MODEL].extra = outcome_extra(state)
+        outlet_events[stable].extra = outcome_extra(state)
         return state
 
     @task(trigger_rule=TriggerRule.NONE_FAILED)
@@ -121,11 +142,12 @@ def fashion_mnist_training():
     for step in (validate, check_changes, train, evaluate, gate, export, infra_validate, promote_canary, smoke_test):
         state = step(state)
     state = CanaryWatchOperator(task_id="watch_canary", state=state).output
-    if SETTINGS.approval_required:
+    if model.approval_required:
         state = CandidateApprovalOperator(
-            task_id="approve", state=state, response_timeout=timedelta(minutes=SETTINGS.approval_timeout_minutes)
+            task_id="approve", state=state, response_timeout=timedelta(minutes=model.approval_timeout_minutes)
         ).output
     mark_stable(state) >> report()
 
 
-fashion_mnist_training()
+for _model in MODELS:
+    globals()[_model.training_dag_id] = training_dag(_model)
