@@ -381,9 +381,11 @@ def test_browser_triggers_the_dag_through_the_params_form(standalone, serving_se
             report = page.frame_locator("iframe").first
             report.get_by_text(note[:40]).first.wait_for(timeout=60_000)
             page.screenshot(path=str(ARTIFACTS / "airflow-run-report-tab.png"), full_page=True)
-            # The registry view: published versions with their labels and metrics.
+            # The registry view: the deployment's models; a model's page lists its versions, labels and metrics.
             page.goto(f"{standalone['base']}/plugin/model_registry", wait_until="load")
             registry = page.frame_locator("iframe").first
+            registry.get_by_text("loans", exact=True).first.wait_for(timeout=60_000)
+            registry.get_by_text("fashion_mnist", exact=True).first.click()
             registry.get_by_text("published versions").first.wait_for(timeout=60_000)
             registry.get_by_text("stable, canary").first.wait_for()
             page.screenshot(path=str(ARTIFACTS / "airflow-model-registry.png"), full_page=True)
