@@ -259,9 +259,7 @@ def load_settings(path: str | Path, project_root: str | Path) -> DeploymentSetti
     models = raw.get("models")
     if models is not None:
         _check_models(models, path)
-        models = [
-            {**entry, "pipeline": _resolve_paths(entry.get("pipeline") or {}, project_root)} for entry in models
-        ]
+        models = [{**entry, "pipeline": _resolve_paths(entry.get("pipeline") or {}, project_root)} for entry in models]
     settings = DeploymentSettings(**{**raw, "pipeline": pipeline, "models": models})
     for model in settings.model_list():  # fail at parse time on bad values, naming the model
         try:
