@@ -22,12 +22,13 @@ def _states(run) -> dict[str, str]:
     return {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
 
 
-def _serving_labels(config_file) -> dict[str, int]:
+def _serving_labels(config_file, model: str = "fashion_mnist") -> dict[str, int]:
+    """The version labels of one model in the serving config (other models may share the file)."""
     from google.protobuf import text_format
     from tensorflow_serving.config import model_server_config_pb2
 
     parsed = text_format.Parse(config_file.read_text(), model_server_config_pb2.ModelServerConfig())
-    return {k: v for m in parsed.model_config_list.config for k, v in m.version_labels.items()}
+    return {k: v for m in parsed.model_config_list.config if m.name == model for k, v in m.version_labels.items()}
 
 
 def _lineage(dag_settings) -> list[dict]:
