@@ -9,7 +9,7 @@ STAMP := $(VENV)/.requirements-installed
 DATA_DIR := /usr/share/datasets/fashion-mnist
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup data browser demo example airflow serving-start serving-stop tensorboard test lint format clean bench reliability
+.PHONY: setup data browser demo example airflow serving-start serving-stop tensorboard test lint format clean bench reliability tf-serving-suite
 
 setup: $(STAMP)
 
@@ -88,6 +88,12 @@ example: setup
 # the long versions, report in bench/results/reliability.{json,md}. make test runs the short ones.
 reliability: setup data
 	$(BIN)/python bench/reliability.py
+
+# TF Serving's own model-server tests (tensorflow_model_server_test.py) against the local server.
+# Needs a TF Serving source checkout: make tf-serving-suite TF_SERVING_SRC=~/src/serving
+tf-serving-suite: setup
+	@test -n "$(TF_SERVING_SRC)" || { echo "set TF_SERVING_SRC to a checkout of github.com/tensorflow/serving"; exit 2; }
+	$(BIN)/python bench/tf_serving_suite.py --tf-serving-src "$(TF_SERVING_SRC)"
 
 lint: setup
 	$(BIN)/ruff check .

@@ -126,7 +126,7 @@ def _high_water_mb(pid: int) -> float:
 
 def _scaler_versions(base: Path, versions: range) -> None:
     """Version v answers y = v * x, so every answer says which version computed it."""
-    from tests.serving.saved_models import save_scaler
+    from serving.sample_models import save_scaler
 
     for version in versions:
         save_scaler(base, version, float(version))
@@ -167,7 +167,7 @@ def fuzz(work: Workspace, cases: int, derandomize: bool = False) -> dict:
     config.write_text(_model_config("scaler", folder / "models" / "scaler"))
     server = _start(folder, f"--model_config_file={config}", "--rest_api_max_request_bytes=1000000")
     failures: list[str] = []
-    counts = {"rest_body": 0, "raw_http": 0, "grpc": 0}
+    counts = {"rest_body": 0, "deep_json": 0, "raw_http": 0, "grpc": 0}
     allowed_grpc = {"OK", "INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION", "UNIMPLEMENTED", "OUT_OF_RANGE"}
     json_values = st.recursive(
         st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=20),
@@ -181,6 +181,27 @@ def fuzz(work: Workspace, cases: int, derandomize: bool = False) -> dict:
         st.dictionaries(st.sampled_from(["instances", "inputs", "signature_name", "examples", "x"]), json_values),
         json_values,
     ).map(lambda v: json.dumps(v).encode())
+    # Deep nesting around NumPy's and TensorFlow's 64-dimension limit and past the JSON parser's depth.
+    depths = st.sampled_from([63, 64, 65, 66]) | st.integers(min_value=1, max_value=2000)
+    leaves = st.sampled_from(["1", "1.5", '"a"', "[]", "{}", "null", "true", '{"b64": "AA=="}'])
+    wrappers = st.sampled_from(
+        [
+            '{"instances": V}',
+            '{"instances": [V, V]}',
+            '{"instances": [{"x": V}]}',
+            '{"inputs": V}',
+            '{"inputs": {"x": V}}',
+            '{"examples": [{"x": V}]}',
+            '{"signature_name": V, "instances": [[1, 2, 3]]}',
+            "V",
+        ]
+    )
+    deep_bodies = st.builds(
+        lambda depth, leaf, wrapper: wrapper.replace("V", "[" * depth + leaf + "]" * depth).encode(),
+        depths,
+        leaves,
+        wrappers,
+    )
     raw_bodies = st.binary(max_size=300) | bodies
     paths = st.sampled_from(
         [
@@ -195,7 +216,7 @@ def fuzz(work: Workspace, cases: int, derandomize: bool = False) -> dict:
         ]
     ) | st.text(alphabet="/v1modelsc:%.?&=#x9 \u00e9", max_size=40).map(lambda p: "/" + p)
     fuzz_settings = settings(
-        max_examples=max(cases // 3, 1),
+        max_examples=max(cases // len(counts), 1),
         deadline=None,
         database=None,
         suppress_health_check=list(HealthCheck),
@@ -216,6 +237,23 @@ def fuzz(work: Workspace, cases: int, derandomize: bool = False) -> dict:
             connection.close()
         if response.status >= 500 or (response.status == 200 and not payload.startswith(b"{")):
             failures.append(f"REST {path} {body[:200]!r} -> {response.status} {payload[:200]!r}")
+
+    @fuzz_settings
+    @given(
+        path=st.sampled_from(["/v1/models/scaler:predict", "/v1/models/scaler/versions/1:predict"]),
+        body=deep_bodies,
+    )
+    def deep_json(path, body):
+        counts["deep_json"] += 1
+        connection = http.client.HTTPConnection("127.0.0.1", server.rest_port, timeout=30)
+        try:
+            connection.request("POST", path, body, {"Content-Type": "application/json"})
+            response = connection.getresponse()
+            payload = response.read()
+        finally:
+            connection.close()
+        if response.status >= 500:
+            failures.append(f"REST {path} {body[:80]!r}...({len(body)} bytes) -> {response.status} {payload[:200]!r}")
 
     header_values = st.text(alphabet="0123456789abcdef-, e", max_size=12)
 
@@ -291,7 +329,7 @@ def fuzz(work: Workspace, cases: int, derandomize: bool = False) -> dict:
 
     started = time.monotonic()
     try:
-        for prop in (rest_body, raw_http, grpc_predict):
+        for prop in (rest_body, deep_json, raw_http, grpc_predict):
             prop()
         alive = server.process.poll() is None
     finally:

@@ -245,7 +245,7 @@ def _dense_numbers(value: Any, dtype: str) -> np.ndarray | None:
     return array.astype(np.float32 if dtype == "bfloat16" else dtype)
 
 
-def json_to_array(value: Any, dtype: str, *, no_bools: bool = False) -> np.ndarray:
+def json_to_array(value: Any, dtype: str, *, no_bools: bool = False, max_rank: int = MAX_RANK) -> np.ndarray:
     """Converts a JSON value (scalar or nested lists) to a dense array of `dtype`.
 
     The shape is read off the first element at each level, as TF Serving does;
@@ -256,6 +256,8 @@ def json_to_array(value: Any, dtype: str, *, no_bools: bool = False) -> np.ndarr
         dtype: A numpy/TF dtype name such as 'uint8', 'float32' or 'string'.
         no_bools: The document holds no `true`/`false` (NumPy would take them for 1 and 0),
             so a rectangular list of numbers can be converted by NumPy at once.
+        max_rank: Most dimensions the value may have (one less for a row, which gains a batch
+            dimension).
 
     Returns:
         The array (dtype object holding bytes for 'string').
@@ -267,8 +269,11 @@ def json_to_array(value: Any, dtype: str, *, no_bools: bool = False) -> np.ndarr
         return fast
     shape = _dense_shape(value)
     rank = len(shape)
-    if rank > MAX_RANK:
-        raise invalid(f"JSON Value nested {rank} levels deep: a tensor has at most {MAX_RANK} dimensions")
+    if rank > max_rank:
+        raise invalid(
+            f"JSON Value nested {rank} levels deep: a tensor has at most {MAX_RANK} dimensions"
+            + (", the batch dimension included" if max_rank < MAX_RANK else "")
+        )
     flat: list[Any] = []
 
     def walk(node: Any, level: int) -> None:
@@ -373,7 +378,7 @@ def row_inputs(instances: list, input_dtypes: dict[str, str], *, no_bools: bool 
             items = [(next(iter(input_dtypes)), element)]
         for name, value in items:
             try:
-                array = json_to_array(value, input_dtypes[name])
+                array = json_to_array(value, input_dtypes[name], max_rank=MAX_RANK - 1)
             except ServingError as err:
                 raise invalid(f"Failed to process element: {index} of 'instances' list. Error: {err.message}") from None
             if columns[name] and columns[name][0].shape != array.shape:

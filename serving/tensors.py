@@ -1,8 +1,21 @@
 """NumPy arrays to and from TensorProtos, without TensorFlow's per-call Python overhead.
 
-Numeric tensors travel as `tensor_content` (the raw little-endian bytes, as TF Serving's own
-clients and `tf.make_tensor_proto` write them): one memory copy each way. Strings, bfloat16,
-resources and tensors sent as repeated `*_val` fields take TensorFlow's general converters.
+Two encodings, as TensorFlow's `Tensor::AsProtoField` and `Tensor::AsProtoTensorContent` write
+them (tensorflow/core/framework/tensor.cc):
+
+- `FIELD`: the typed repeated field of the dtype (`float_val`, `int64_val`, `string_val`, ...),
+  every element written. TF Serving answers Predict this way by default
+  (`PredictResponseTensorSerializationOption::kAsProtoField`), so clients that read
+  `outputs['y'].float_val` see values.
+- `CONTENT`: numeric tensors as `tensor_content`, the raw little-endian bytes, and strings in
+  TensorFlow's string-list encoding (all lengths as varints, then all bytes): what TF Serving
+  answers with under `--enable_serialization_as_tensor_content`.
+- `MAKE_TENSOR_PROTO` (the default, for requests): what `tf.make_tensor_proto` and TF Serving's
+  clients send, numeric tensors as `tensor_content` and strings in `string_val`.
+
+Fixed-width fields are written by merging their packed wire bytes (one copy, no Python loop);
+reading either encoding takes one copy. bfloat16, resources and other rare dtypes take
+TensorFlow's general converters.
 """
 
 from __future__ import annotations
@@ -50,6 +63,34 @@ _VALUE_FIELDS = (
 )
 
 
+FIELD = "field"
+CONTENT = "content"
+MAKE_TENSOR_PROTO = "make_tensor_proto"
+ENCODINGS = (FIELD, CONTENT, MAKE_TENSOR_PROTO)
+
+# TensorProto field numbers (tensorflow/core/framework/tensor.proto) of the fixed-width typed
+# fields, whose packed wire form is the little-endian array itself.
+_PACKED_FIELD_NUMBER = {"float_val": 5, "double_val": 6, "scomplex_val": 9, "dcomplex_val": 12}
+# The typed field AsProtoField fills for each dtype; int8/16 and uint8/16 widen to int_val and
+# half to its bit pattern in half_val, as TensorFlow does.
+_FIELD_BY_ENUM = {
+    types_pb2.DT_FLOAT: "float_val",
+    types_pb2.DT_DOUBLE: "double_val",
+    types_pb2.DT_COMPLEX64: "scomplex_val",
+    types_pb2.DT_COMPLEX128: "dcomplex_val",
+    types_pb2.DT_INT8: "int_val",
+    types_pb2.DT_INT16: "int_val",
+    types_pb2.DT_INT32: "int_val",
+    types_pb2.DT_UINT8: "int_val",
+    types_pb2.DT_UINT16: "int_val",
+    types_pb2.DT_INT64: "int64_val",
+    types_pb2.DT_UINT32: "uint32_val",
+    types_pb2.DT_UINT64: "uint64_val",
+    types_pb2.DT_BOOL: "bool_val",
+    types_pb2.DT_HALF: "half_val",
+}
+
+
 class TensorContentError(ValueError):
     """A TensorProto whose declared shape disagrees with its content."""
 
@@ -67,21 +108,90 @@ def _check_value_count(proto: tensor_pb2.TensorProto, shape: list[int]) -> None:
     )
 
 
-def to_tensor_proto(value) -> tensor_pb2.TensorProto:
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        low, value = value & 0x7F, value >> 7
+        out.append(low | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _add_shape(proto: tensor_pb2.TensorProto, shape: tuple[int, ...]) -> None:
+    for size in shape:
+        proto.tensor_shape.dim.add(size=size)
+
+
+def _fill_field(proto: tensor_pb2.TensorProto, array: np.ndarray, enum: int) -> None:
+    field = _FIELD_BY_ENUM[enum]
+    flat = np.ascontiguousarray(array, dtype=_DTYPE_BY_ENUM[enum]).ravel()
+    number = _PACKED_FIELD_NUMBER.get(field)
+    if number is not None:
+        if flat.size:
+            raw = flat.tobytes()
+            proto.MergeFromString(_varint(number << 3 | 2) + _varint(len(raw)) + raw)
+    elif enum == types_pb2.DT_HALF:
+        proto.half_val.extend(flat.view(np.uint16).tolist())
+    else:
+        getattr(proto, field).extend(flat.tolist())
+
+
+def _encode_string_list(values: list[bytes]) -> bytes:
+    """TensorFlow's `port::EncodeStringList`: every length as a varint, then every string."""
+    return b"".join(_varint(len(v)) for v in values) + b"".join(values)
+
+
+def _decode_string_list(content: bytes, count: int) -> list[bytes]:
+    lengths, position = [], 0
+    for _ in range(count):
+        length = shift = 0
+        while True:
+            if position >= len(content):
+                raise TensorContentError(f"string tensor_content ends inside the lengths of {count} strings")
+            byte = content[position]
+            position += 1
+            length |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+        lengths.append(length)
+    if position + sum(lengths) != len(content):
+        raise TensorContentError(
+            f"string tensor_content holds {len(content) - position} bytes after the lengths, "
+            f"the {count} strings need {sum(lengths)}"
+        )
+    values = []
+    for length in lengths:
+        values.append(content[position : position + length])
+        position += length
+    return values
+
+
+def to_tensor_proto(value, encoding: str = MAKE_TENSOR_PROTO) -> tensor_pb2.TensorProto:
     """Returns a TensorProto holding `value` (an array or anything `np.asarray` takes).
 
     Args:
         value: The tensor.
+        encoding: `MAKE_TENSOR_PROTO` (the default: as `tf.make_tensor_proto` writes it),
+            `FIELD` (the typed `*_val` fields, as TF Serving answers Predict by default) or
+            `CONTENT` (as TF Serving answers under `--enable_serialization_as_tensor_content`).
 
     Returns:
-        The proto, numeric dtypes as `tensor_content`.
+        The proto.
+
+    Raises:
+        ValueError: `encoding` is neither.
     """
+    if encoding not in ENCODINGS:
+        raise ValueError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
     array = np.asarray(value)
     if array.dtype.kind in "OS" and array.size and all(isinstance(v, bytes) for v in array.flat):
-        proto = tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING)  # bytes: string_val, one per element
-        for size in array.shape:
-            proto.tensor_shape.dim.add(size=size)
-        proto.string_val.extend(array.ravel().tolist())
+        proto = tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING)
+        _add_shape(proto, array.shape)
+        if encoding == CONTENT:
+            proto.tensor_content = _encode_string_list(array.ravel().tolist())
+        else:
+            proto.string_val.extend(array.ravel().tolist())
         return proto
     enum = _ENUM_BY_DTYPE.get(array.dtype.newbyteorder("="))
     if enum is None:
@@ -89,10 +199,32 @@ def to_tensor_proto(value) -> tensor_pb2.TensorProto:
 
         return tf.make_tensor_proto(array)
     proto = tensor_pb2.TensorProto(dtype=enum)
-    for size in array.shape:
-        proto.tensor_shape.dim.add(size=size)
-    proto.tensor_content = np.ascontiguousarray(array, dtype=_DTYPE_BY_ENUM[enum]).tobytes()
+    _add_shape(proto, array.shape)
+    if encoding == FIELD:
+        _fill_field(proto, array, enum)
+    else:
+        proto.tensor_content = np.ascontiguousarray(array, dtype=_DTYPE_BY_ENUM[enum]).tobytes()
     return proto
+
+
+def _read_field(proto: tensor_pb2.TensorProto, enum: int, shape: list[int]) -> np.ndarray | None:
+    """The array of a proto whose typed field holds exactly every element, else None."""
+    field = _FIELD_BY_ENUM.get(enum)
+    if field is None:
+        return None
+    values = getattr(proto, field)
+    count = math.prod(shape)
+    dtype = _DTYPE_BY_ENUM[enum]
+    if enum in (types_pb2.DT_COMPLEX64, types_pb2.DT_COMPLEX128):
+        if len(values) != 2 * count:
+            return None
+        parts = np.array(values, dtype=np.float32 if enum == types_pb2.DT_COMPLEX64 else np.float64)
+        return parts.view(dtype).reshape(shape)
+    if len(values) != count:
+        return None
+    if enum == types_pb2.DT_HALF:
+        return np.array(values, dtype=np.uint16).view(np.float16).reshape(shape)
+    return np.array(values, dtype=dtype).reshape(shape)
 
 
 def to_array(proto: tensor_pb2.TensorProto) -> np.ndarray:
@@ -116,10 +248,19 @@ def to_array(proto: tensor_pb2.TensorProto) -> np.ndarray:
     shape = [dim.size for dim in proto.tensor_shape.dim]
     if any(size < 0 for size in shape):
         raise TensorContentError(f"declared shape {shape} has a negative dimension")
-    if proto.dtype == types_pb2.DT_STRING and len(proto.string_val) == math.prod(shape):
-        array = np.empty(len(proto.string_val), dtype=object)
-        array[:] = list(proto.string_val)
+    if proto.dtype == types_pb2.DT_STRING and (proto.tensor_content or len(proto.string_val) == math.prod(shape)):
+        values = (
+            _decode_string_list(proto.tensor_content, math.prod(shape))
+            if proto.tensor_content
+            else list(proto.string_val)
+        )
+        array = np.empty(len(values), dtype=object)
+        array[:] = values
         return array.reshape(shape)
+    if dtype is not None and not proto.tensor_content:
+        array = _read_field(proto, proto.dtype, shape)
+        if array is not None:
+            return array
     if dtype is None or not proto.tensor_content:
         _check_value_count(proto, shape)
         import tensorflow as tf

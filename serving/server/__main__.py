@@ -29,6 +29,10 @@ def main(argv: list[str] | None = None) -> int:
     root.addHandler(handler)
     root.setLevel(logging.INFO)
     log = logging.getLogger("serving.server")
+    # Until the ports are open nothing is served or published: a stop signal during the initial
+    # loads (which retry failed versions for minutes) ends the process at once, as it ends TF Serving.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda number, _: os._exit(128 + number))
     try:
         options = ServerOptions.from_args(args)
         server = ModelServer(options)

@@ -137,6 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="Threads running independent TensorFlow ops (default 0: TensorFlow decides).",
     )
+    add_switch(
+        "--enable_serialization_as_tensor_content",
+        False,
+        "Answer gRPC Predict with numeric outputs as tensor_content bytes instead of the typed *_val "
+        "fields (off: the typed fields, as TF Serving answers by default).",
+    )
     add("--grpc_socket_path", default="", help="Also serve gRPC on this Unix domain socket.")
     add(
         "--grpc_channel_arguments",
@@ -386,6 +392,7 @@ class ModelServer:
             channel_arguments=parse_channel_arguments(args.grpc_channel_arguments),
             health_check=args.enable_grpc_healthcheck_service,
             serve_reload=not args.model_management_address,
+            tensor_content=args.enable_serialization_as_tensor_content,
         )
         self.grpc_server.start()
         self.management_server = None

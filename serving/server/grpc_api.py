@@ -77,8 +77,9 @@ def _guard_methods(cls):
 
 @_guard_methods
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, service: ServingService):
+    def __init__(self, service: ServingService, response_encoding: str = tensors.FIELD):
         self.service = service
+        self.response_encoding = response_encoding
 
     def Predict(self, request, context):  # noqa: N802  (gRPC method names)
         name, version, label = _spec(request.model_spec)
@@ -100,7 +101,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         response.model_spec.version.value = servable.version
         response.model_spec.signature_name = signature
         for key, array in outputs.items():
-            response.outputs[key].CopyFrom(tensors.to_tensor_proto(array))
+            response.outputs[key].CopyFrom(tensors.to_tensor_proto(array, self.response_encoding))
         return response
 
     def _examples(self, api: str, model_spec, context, run):
@@ -200,6 +201,7 @@ def make_grpc_server(
     channel_arguments: list[tuple[str, int | str]] = (),
     health_check: bool = False,
     serve_reload: bool = True,
+    tensor_content: bool = False,
 ) -> tuple[grpc.Server, int]:
     """Builds and binds (does not start) the gRPC server; returns it and the bound TCP port.
 
@@ -211,6 +213,9 @@ def make_grpc_server(
         channel_arguments: gRPC server options (`--grpc_channel_arguments`), after the defaults.
         health_check: Add the standard grpc.health.v1.Health service, reporting SERVING.
         serve_reload: Answer HandleReloadConfigRequest here (False: PERMISSION_DENIED, served apart).
+        tensor_content: Answer Predict with numeric outputs as `tensor_content`
+            (`--enable_serialization_as_tensor_content`); by default each output fills its
+            typed `*_val` field, as TF Serving answers.
     """
     from concurrent import futures
 
@@ -223,7 +228,9 @@ def make_grpc_server(
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"), options=options
     )
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(service), server)
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+        PredictionService(service, tensors.CONTENT if tensor_content else tensors.FIELD), server
+    )
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(service, serve_reload), server)
     if health_check:
         from grpc_health.v1 import health, health_pb2, health_pb2_grpc

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,63 @@ def read_signature_defs(path: Path, tags: tuple[str, ...] = ("serve",)) -> dict[
         if set(tags) == set(meta_graph.meta_info_def.tags):
             return {k: v for k, v in meta_graph.signature_def.items() if not k.startswith("__")}
     raise ValueError(f"{path}: no MetaGraph tagged {','.join(tags)!r}")
+
+
+def load_saved_model(path: Path, tags: tuple[str, ...]) -> tuple[Any, tempfile.TemporaryDirectory | None]:
+    """Loads a SavedModel as TF Serving would run it.
+
+    TF Serving feeds and fetches a TF1 signature's tensors by name and lets the graph judge
+    shapes. TensorFlow's Python loader of TF1 SavedModels instead sets each signature's declared
+    shape on its tensor, and copies the graph into a function where an early TF1 placeholder's
+    empty `shape` reads as a scalar; it refuses models that TF Serving serves (TF Serving's own
+    test model saved_model_half_plus_three, written by TF 1.0, on both counts). Such a model is
+    loaded from a copy of saved_model.pb whose signatures leave shapes to the graph and whose
+    placeholders take the shape the graph recorded for them, beside links to the original
+    variables and assets.
+
+    Args:
+        path: The version folder.
+        tags: The MetaGraph's tags.
+
+    Returns:
+        The loaded object, and the folder of the copy when one was needed (kept while it is served).
+
+    Raises:
+        ValueError, OSError, tf.errors.OpError: The SavedModel cannot be loaded.
+    """
+    try:
+        return tf.saved_model.load(str(path), tags=list(tags)), None
+    except ValueError:
+        saved_model = saved_model_pb2.SavedModel()
+        saved_model.ParseFromString((path / "saved_model.pb").read_bytes())
+        if any(meta_graph.object_graph_def.nodes for meta_graph in saved_model.meta_graphs):
+            raise  # a TF2 SavedModel: its functions' shapes are part of the graph
+        relaxed = _with_graph_shapes(path, saved_model)
+        try:
+            return tf.saved_model.load(relaxed.name, tags=list(tags)), relaxed
+        except Exception:
+            relaxed.cleanup()
+            raise
+
+
+def _with_graph_shapes(path: Path, saved_model) -> tempfile.TemporaryDirectory:
+    for meta_graph in saved_model.meta_graphs:
+        for node in meta_graph.graph_def.node:
+            recorded = node.attr["_output_shapes"].list.shape if "_output_shapes" in node.attr else []
+            if node.op == "Placeholder" and "shape" in node.attr and recorded:
+                declared = node.attr["shape"].shape
+                if not declared.dim and not declared.unknown_rank and recorded[0].unknown_rank:
+                    declared.unknown_rank = True
+        for signature in meta_graph.signature_def.values():
+            for tensor_info in (*signature.inputs.values(), *signature.outputs.values()):
+                tensor_info.tensor_shape.Clear()
+                tensor_info.tensor_shape.unknown_rank = True
+    folder = tempfile.TemporaryDirectory(prefix="tf1-saved-model-")
+    Path(folder.name, "saved_model.pb").write_bytes(saved_model.SerializeToString())
+    for child in path.iterdir():
+        if child.name != "saved_model.pb":
+            Path(folder.name, child.name).symlink_to(child.resolve())
+    return folder
 
 
 # Lines TensorFlow's Python runtime adds around an op's status message ("Graph execution error:",
@@ -85,7 +143,7 @@ class Servable:
         self.version = version
         self.path = path
         self.signature_defs = read_signature_defs(path, tags)
-        self._loaded = tf.saved_model.load(str(path), tags=list(tags))
+        self._loaded, self._relaxed_copy = load_saved_model(path, tags)
         self._functions = dict(self._loaded.signatures)
         # Input specs sorted by name, read once: the property is rebuilt on every access.
         self._input_specs = {

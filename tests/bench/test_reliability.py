@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 
-from tests.support import REPO_ROOT
-
-sys.path.insert(0, str(REPO_ROOT / "bench"))
-import reliability  # noqa: E402  (bench/ is scripts, not a package)
+from bench import reliability
 
 
 @pytest.fixture(scope="module")

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import pytest
 
+from serving import sample_models
 from serving.client import TFServingClient
 from serving.launcher import LocalServer
-from tests.serving import saved_models
 from tests.support import REPO_ROOT, export_candidate, start_test_server
 
 EXTERNAL = bool(os.environ.get("TFSERVING_REST_URL") and os.environ.get("TFSERVING_GRPC_TARGET"))
@@ -91,10 +91,10 @@ def model_repo(server, trained_run):
     """Writes the test models: scaler v1 (x2) and v2 (x3), examples (TF1 classify/regress), the quick start's
     half_plus_two, and the real Fashion-MNIST model."""
     base = server.models_dir
-    saved_models.save_scaler(base / "scaler", 1, 2.0)
-    saved_models.save_scaler(base / "scaler", 2, 3.0)
-    saved_models.save_half_plus_two(base / "examples", 1)
-    saved_models.save_quickstart_half_plus_two(base / "half_plus_two", 1)
+    sample_models.save_scaler(base / "scaler", 1, 2.0)
+    sample_models.save_scaler(base / "scaler", 2, 3.0)
+    sample_models.save_half_plus_two(base / "examples", 1)
+    sample_models.save_quickstart_half_plus_two(base / "half_plus_two", 1)
     config = trained_run["config"].replace(model_base_path=str(base), model_name="fashion")
     export_candidate(trained_run, config)
     return base

@@ -216,6 +216,9 @@ DEEP = "[" * 1500 + "1" + "]" * 1500
     [
         ("POST", PREDICT, '{"instances": ' + DEEP + "}", "nested too deeply"),
         ("POST", PREDICT, '{"instances": ' + "[" * 70 + "1" + "]" * 70 + "}", "at most 64 dimensions"),
+        ("POST", PREDICT, '{"instances": ' + "[" * 65 + "1" + "]" * 65 + "}", "the batch dimension included"),
+        ("POST", PREDICT, '{"instances": [{"x": ' + "[" * 64 + "1" + "]" * 64 + "}]}", "batch dimension included"),
+        ("POST", PREDICT, '{"inputs": ' + "[" * 65 + "1" + "]" * 65 + "}", "at most 64 dimensions"),
         ("POST", PREDICT, '{"instances": [' + "9" * 5000 + "]}", "JSON Parse error: Exceeds the limit"),
         ("GET", "/v1/models/scaler/versions/" + "9" * 5000, None, "Failed to convert version: 999"),
         ("POST", "/v1/models/scaler/versions/" + "9" * 20 + ":predict", '{"instances": [[1,2,3]]}', "to numeric"),
@@ -225,6 +228,9 @@ DEEP = "[" * 1500 + "1" + "]" * 1500
     ids=[
         "json-1500-deep",
         "tensor-70-deep",
+        "rows-64-deep-each",
+        "named-row-64-deep",
+        "columns-65-deep",
         "int-5000-digits",
         "version-5000-digits",
         "version-over-int64",

@@ -21,9 +21,9 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
+from serving import sample_models
 from serving.client import TFServingClient
 from serving.protocol import ServingError
-from tests.serving import saved_models
 from tests.serving.conftest import EXAMPLES, FASHION, SCALER, local_only
 from tests.support import wait_for
 
@@ -132,6 +132,116 @@ def test_predict_by_latest_version_and_label(standard_config, protocol):
         assert latest.version == 2
 
 
+def _raw_predict(server, signature: str, inputs: dict):
+    """A Predict on scaler version 1 sent as TensorFlow's own converter writes it; returns the raw response."""
+    from tensorflow_serving.apis import predict_pb2
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name, request.model_spec.signature_name = "scaler", signature
+    request.model_spec.version.value = 1
+    for name, value in inputs.items():
+        request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
+    return grpc_stub(server).Predict(request, timeout=30)
+
+
+def _tensor(text: str):
+    from google.protobuf import text_format
+    from tensorflow.core.framework import tensor_pb2
+
+    return text_format.Parse(text, tensor_pb2.TensorProto())
+
+
+def test_grpc_predict_answers_in_the_typed_fields(standard_config):
+    """TF Serving's default (predict_util.cc, kAsProtoField): every element in its dtype's *_val field, as
+    `Tensor::AsProtoField` writes it, and no tensor_content, so clients that read `float_val` get values."""
+    outputs = _raw_predict(standard_config, "serving_default", {"x": X}).outputs
+    assert outputs["y"] == _tensor(
+        "dtype: DT_FLOAT tensor_shape { dim { size: 2 } dim { size: 3 } } "
+        + " ".join(f"float_val: {v}" for v in (X * 2).ravel())
+    )
+    assert outputs["sum"] == _tensor("dtype: DT_FLOAT tensor_shape { dim { size: 2 } } float_val: 12 float_val: 30")
+    pair = _raw_predict(
+        standard_config, "pair", {"a": np.array([1, 2], np.int64), "b": np.ones((2, 2), np.float32)}
+    ).outputs
+    assert pair["a_plus_one"] == _tensor("dtype: DT_INT64 tensor_shape { dim { size: 2 } } int64_val: 2 int64_val: 3")
+    echo = _raw_predict(standard_config, "echo", {"text_bytes": np.array([b"ab", b"c"])}).outputs
+    assert echo["length"] == _tensor("dtype: DT_INT32 tensor_shape { dim { size: 2 } } int_val: 2 int_val: 1")
+    assert echo["doubled_bytes"] == _tensor(
+        'dtype: DT_STRING tensor_shape { dim { size: 2 } } string_val: "abab" string_val: "cc"'
+    )
+    empty = _raw_predict(standard_config, "serving_default", {"x": np.zeros((0, 3), np.float32)}).outputs
+    assert empty["y"] == _tensor("dtype: DT_FLOAT tensor_shape { dim { size: 0 } dim { size: 3 } }")
+
+
+def test_classify_regress_and_multi_inference_answer_in_their_result_fields(standard_config):
+    """Classify, Regress and MultiInference carry no TensorProtos: scores, labels and values sit in the typed
+    fields of their results (classifier.cc, regressor.cc); the whole answer is compared field by field."""
+    from google.protobuf import text_format
+
+    stub = grpc_stub(standard_config)
+
+    def spec(signature: str) -> str:
+        return f'model_spec {{ name: "examples" version {{ value: 1 }} signature_name: "{signature}" }}'
+
+    request = classification_pb2.ClassificationRequest(input=_examples(0.0))
+    request.model_spec.name, request.model_spec.signature_name = "examples", "classify_x"
+    classified = text_format.Parse(
+        'result { classifications { classes { label: "low" score: 0.5 } classes { label: "high" score: 0.5 } } } '
+        + spec("classify_x"),
+        classification_pb2.ClassificationResponse(),
+    )
+    assert stub.Classify(request, timeout=30) == classified
+
+    request = regression_pb2.RegressionRequest(input=_examples(1.0))
+    request.model_spec.name, request.model_spec.signature_name = "examples", "regress_x"
+    regressed = text_format.Parse(
+        "result { regressions { value: 2.5 } } " + spec("regress_x"), regression_pb2.RegressionResponse()
+    )
+    assert stub.Regress(request, timeout=30) == regressed
+
+    multi = inference_pb2.MultiInferenceRequest(input=_examples(1.0))
+    for method, signature in (
+        ("tensorflow/serving/classify", "classify_x"),
+        ("tensorflow/serving/regress", "regress_x"),
+    ):
+        task = multi.tasks.add(method_name=method)
+        task.model_spec.name, task.model_spec.signature_name = "examples", signature
+    low, high = _scores_at(1.0)
+    expected = text_format.Parse(
+        f"results {{ {spec('classify_x')} classification_result {{ classifications {{ "
+        f"classes {{ label: 'low' score: {low!r} }} classes {{ label: 'high' score: {high!r} }} }} }} }} "
+        f"results {{ {spec('regress_x')} regression_result {{ regressions {{ value: 2.5 }} }} }}",
+        inference_pb2.MultiInferenceResponse(),
+    )
+    assert stub.MultiInference(multi, timeout=30) == expected
+
+
+def _scores_at(x: float) -> tuple[float, float]:
+    """The examples model's classify_x scores in float32, as its graph computes them."""
+    high = np.float32(1) / (np.float32(1) + np.exp(np.float32(-x), dtype=np.float32))
+    return float(np.float32(1) - high), float(high)
+
+
+@local_only
+def test_tensor_content_answers_under_the_tf_serving_flag(tmp_path, model_repo):
+    """--enable_serialization_as_tensor_content (server.cc: kAsProtoContent): numeric outputs as raw bytes,
+    strings in TensorFlow's string-list encoding; the client reads both encodings to the same arrays."""
+    from tests.support import start_test_server
+
+    config = tmp_path / "m.config"
+    scaler = f"name: 'scaler' base_path: '{model_repo / 'scaler'}' model_version_policy {{ all {{}} }}"
+    config.write_text(f"model_config_list {{ config {{ {scaler} }} }}")
+    flags = (f"--model_config_file={config}", "--enable_serialization_as_tensor_content")
+    with start_test_server(tmp_path, tmp_path / "server.log", *flags) as server:
+        outputs = _raw_predict(server, "serving_default", {"x": X}).outputs
+        assert outputs["y"].tensor_content == (X * 2).tobytes() and not outputs["y"].float_val
+        echo = _raw_predict(server, "echo", {"text_bytes": np.array([b"ab", b"c"])}).outputs
+        assert echo["doubled_bytes"].tensor_content == bytes([4, 2]) + b"ababcc"
+        with TFServingClient(server.grpc_target, timeout=30) as client:
+            answer = client.predict("scaler", {"text_bytes": np.array([b"ab", b"c"])}, signature="echo", version=1)
+        assert answer["doubled_bytes"].tolist() == [b"abab", b"cc"] and answer["length"].tolist() == [2, 1]
+
+
 def test_rest_row_and_columnar_formats(standard_config):
     status, body = rest(standard_config, "POST", "/v1/models/scaler/versions/1:predict", {"instances": X.tolist()})
     assert status == 200
@@ -229,6 +339,21 @@ def test_tf_serving_quick_start(server, model_repo, protocol):
         return
     with server.client() as client:
         assert client.predict("half_plus_two", {"x": np.array([1.0], np.float32)})["y"].tolist() == [2.5]
+
+
+def test_a_saved_model_as_tensorflow_1_0_wrote_it_serves(server, model_repo):
+    """TF Serving feeds TF1 signatures by tensor name and lets the graph judge shapes: a signature without
+    shapes and placeholders with an empty `shape` (TF Serving's own saved_model_half_plus_three) serve."""
+    if not (model_repo / "tf1_0" / "1").exists():
+        sample_models.save_as_tf1_0_wrote_it(model_repo / "tf1_0", 1)
+    with server.client() as client:
+        client.reload_config(
+            server.config_text("config { name: 'tf1_0' base_path: '{base}/tf1_0' model_platform: 'tensorflow' }")
+        )
+        assert client.predict("tf1_0", {"x": np.array([1.0, 4.0], np.float32)})["y"].tolist() == [2.5, 4.0]
+    request = regression_pb2.RegressionRequest(input=_examples(2.0))
+    request.model_spec.name, request.model_spec.signature_name = "tf1_0", "regress_x"
+    assert [r.value for r in grpc_stub(server).Regress(request, timeout=30).result.regressions] == [3.0]
 
 
 def test_rest_classify_and_regress(standard_config):
@@ -343,7 +468,7 @@ def test_a_config_with_labels_starts_only_with_allow_version_labels_for_unavaila
 
 def test_hot_swap_under_load_has_no_failures(server, model_repo):
     base = server.models_dir / "swap"
-    saved_models.copy_version(model_repo / "scaler" / "1", base, 1)
+    sample_models.copy_version(model_repo / "scaler" / "1", base, 1)
     with server.client() as client:
         client.reload_config(
             server.config_text("config { name: 'swap' base_path: '{base}/swap' model_platform: 'tensorflow' }")
@@ -364,7 +489,7 @@ def test_hot_swap_under_load_has_no_failures(server, model_repo):
         thread.start()
     try:
         wait_for(lambda: 2.0 in answers)
-        saved_models.copy_version(model_repo / "scaler" / "2", base, 2)  # scale 3
+        sample_models.copy_version(model_repo / "scaler" / "2", base, 2)  # scale 3
         wait_for(lambda: 3.0 in answers)
         time.sleep(1.0)  # keep calling while version 1 unloads
     finally:
@@ -380,12 +505,12 @@ def test_hot_swap_under_load_has_no_failures(server, model_repo):
 
 def test_broken_version_next_to_a_good_one(server, model_repo):
     base = server.models_dir / "fragile"
-    saved_models.copy_version(model_repo / "scaler" / "1", base, 1)
+    sample_models.copy_version(model_repo / "scaler" / "1", base, 1)
     with server.client() as client:
         client.reload_config(
             server.config_text("config { name: 'fragile' base_path: '{base}/fragile' model_platform: 'tensorflow' }")
         )
-        saved_models.write_broken_version(base, 2)
+        sample_models.write_broken_version(base, 2)
 
         def failed():
             states = {v["version"]: v for v in client.status("fragile")}

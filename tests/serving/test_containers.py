@@ -69,13 +69,13 @@ def test_the_image_pins_a_released_tf_serving():
 
 def test_the_shipped_labelled_config_starts_with_the_image_flags(tmp_path, model_repo):
     """TF Serving checks labels before loading: the image's flags must let models.config start a fresh server."""
+    from serving import sample_models
     from serving.client import TFServingClient
-    from tests.serving import saved_models
     from tests.support import start_test_server
 
     flags = _flags()
     assert flags["allow_version_labels_for_unavailable_models"] == "true"
-    saved_models.copy_version(model_repo / "scaler" / "1", tmp_path / "fashion_mnist", 1)
+    sample_models.copy_version(model_repo / "scaler" / "1", tmp_path / "fashion_mnist", 1)
     config = tmp_path / "models.config"
     config.write_text((SERVING / "models.config").read_text().replace("/models/", f"{tmp_path}/"))
     refused = start_test_server(tmp_path, tmp_path / "refused.log", f"--model_config_file={config}", wait=False)

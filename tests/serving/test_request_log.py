@@ -14,11 +14,11 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
+from serving import sample_models
 from serving.client import TFServingClient
 from serving.protocol import ServingError
 from serving.server import metrics
 from serving.server.request_log import REQUEST_LOG_COUNT, REQUEST_LOG_DROPPED, RequestLogger
-from tests.serving import saved_models
 from tests.support import start_test_server, wait_for
 
 X = np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], np.float32)
@@ -49,8 +49,8 @@ def read_logs(folder) -> list[prediction_log_pb2.PredictionLog]:
 @pytest.fixture(scope="module")
 def logging_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("request-log")
-    saved_models.save_scaler(root / "scaler", 1, 2.0)
-    saved_models.save_scaler(root / "scaler", 2, 3.0)
+    sample_models.save_scaler(root / "scaler", 1, 2.0)
+    sample_models.save_scaler(root / "scaler", 2, 3.0)
     config = root / "logging.config"
     config.write_text(_config(root, root / "logs" / "scaler"))
     local = start_test_server(

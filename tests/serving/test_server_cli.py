@@ -143,12 +143,11 @@ def test_a_two_model_config_comes_up_within_tf_servings_test_harness_wait(tmp_pa
     once a second up to 60 times (WaitForServerReady); then both models answer (testGetModelStatus...)."""
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-    from serving import tensors
+    from serving import sample_models, tensors
     from serving.launcher import free_port
-    from tests.serving import saved_models
 
-    saved_models.save_quickstart_half_plus_two(tmp_path / "half_plus_two", 123)
-    saved_models.save_quickstart_half_plus_two(tmp_path / "half_plus_three", 123, offset=3.0)
+    sample_models.save_quickstart_half_plus_two(tmp_path / "half_plus_two", 123)
+    sample_models.save_quickstart_half_plus_two(tmp_path / "half_plus_three", 123, offset=3.0)
     config = _write(
         tmp_path,
         "model_config_list: {\n"

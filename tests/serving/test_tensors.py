@@ -71,3 +71,53 @@ def test_bytes_tensors_take_the_string_fast_path_with_tensorflows_layout():
     back = tensors.to_array(proto)
     assert back.dtype == object and back.tolist() == names.tolist()
     np.testing.assert_array_equal(tensors.to_array(tf.make_tensor_proto(np.array(b"one", dtype=object))), b"one")
+
+
+@pytest.mark.parametrize("dtype", NUMERIC)
+def test_typed_fields_hold_every_element_as_tensorflows_as_proto_field_writes_them(dtype):
+    """TF Serving's default Predict answer: `Tensor::AsProtoField`, compared with TensorFlow's own tensor."""
+    array = (np.arange(24).reshape(2, 3, 4) % 7).astype(dtype)
+    proto = tensors.to_tensor_proto(array, tensors.FIELD)
+    assert not proto.tensor_content
+    reference = tf.make_tensor_proto(array)
+    assert proto.dtype == reference.dtype and proto.tensor_shape == reference.tensor_shape
+    values = sum(len(getattr(proto, field)) for field in tensors._VALUE_FIELDS)
+    assert values == array.size * (2 if array.dtype.kind == "c" else 1)  # no trailing-repeat compression
+    np.testing.assert_array_equal(tf.make_ndarray(proto), array)
+    back = tensors.to_array(proto)
+    assert back.dtype == array.dtype
+    np.testing.assert_array_equal(back, array)
+
+
+def test_typed_fields_use_the_field_tensorflow_picks_for_each_dtype():
+    fields = {
+        np.float32: "float_val",
+        np.float64: "double_val",
+        np.uint8: "int_val",
+        np.int16: "int_val",
+        np.int32: "int_val",
+        np.int64: "int64_val",
+        np.uint32: "uint32_val",
+        np.bool_: "bool_val",
+        np.float16: "half_val",
+    }
+    for dtype, field in fields.items():
+        proto = tensors.to_tensor_proto(np.ones(3, dtype), tensors.FIELD)
+        assert [f.name for f, _ in proto.ListFields() if f.name.endswith("_val")] == [field], dtype
+    assert list(tensors.to_tensor_proto(np.float16([1.5]), tensors.FIELD).half_val) == [0x3E00]  # the bit pattern
+
+
+def test_strings_as_tensor_content_use_tensorflows_string_list_encoding():
+    strings = np.array([[b"a", b"bc"], [b"", b"x" * 200]], dtype=object)
+    proto = tensors.to_tensor_proto(strings, tensors.CONTENT)
+    assert proto.tensor_content == bytes([1, 2, 0, 200, 1]) + b"abc" + b"x" * 200  # lengths as varints, then bytes
+    assert tensors.to_array(proto).tolist() == strings.tolist()
+    assert tensors.to_tensor_proto(strings, tensors.FIELD) == tf.make_tensor_proto(strings)
+    proto.tensor_content = proto.tensor_content[:-1]
+    with pytest.raises(tensors.TensorContentError, match="the 4 strings need 203"):
+        tensors.to_array(proto)
+
+
+def test_an_unknown_encoding_is_refused():
+    with pytest.raises(ValueError, match="encoding must be one of"):
+        tensors.to_tensor_proto(np.ones(2), "json")

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from serving import sample_models
 from serving.client import TFServingClient
 from serving.protocol import ServingError
 from serving.server import metrics
-from tests.serving import saved_models
 from tests.serving.test_request_log import read_logs
 from tests.support import start_test_server, wait_for
 
@@ -38,8 +38,8 @@ def _config(root, labels: dict[str, int], rate: float = 1.0) -> str:
 @pytest.fixture(scope="module")
 def split_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("traffic-split")
-    saved_models.save_scaler(root / "scaler", 1, 2.0)  # stable answers 2x
-    saved_models.save_scaler(root / "scaler", 2, 3.0)  # canary answers 3x
+    sample_models.save_scaler(root / "scaler", 1, 2.0)  # stable answers 2x
+    sample_models.save_scaler(root / "scaler", 2, 3.0)  # canary answers 3x
     config = root / "split.config"
     config.write_text(_config(root, {}, rate=0.0))
     (root / "monitoring.config").write_text("prometheus_config { enable: true }\n")

@@ -14,13 +14,13 @@ def test_a_broken_version_never_holds_back_newer_ones_and_is_retried_when_its_fo
     every newer version for ~5 minutes, and stayed failed after its folder was completed."""
     import shutil
 
+    from serving import sample_models
     from serving.client import TFServingClient
-    from tests.serving import saved_models
     from tests.serving.test_conformance import X
     from tests.support import start_test_server, wait_for
 
     base = tmp_path / "models" / "fragile"
-    saved_models.write_broken_version(base, 1)
+    sample_models.write_broken_version(base, 1)
     config = tmp_path / "fragile.config"
     config.write_text(
         f"model_config_list {{ config {{ name: 'fragile' base_path: '{base}' model_platform: 'tensorflow' "
@@ -40,7 +40,7 @@ def test_a_broken_version_never_holds_back_newer_ones_and_is_retried_when_its_fo
                 return {s["version"]: s["state"] for s in client.status("fragile")}
 
             assert wait_for(lambda: states().get(1) == "END", 30, "version 1 to fail")
-            saved_models.copy_version(model_repo / "scaler" / "2", base, 2)  # a newer good version
+            sample_models.copy_version(model_repo / "scaler" / "2", base, 2)  # a newer good version
             assert wait_for(lambda: states().get(2) == "AVAILABLE", 30, "version 2 to load past the broken one")
             assert client.predict("fragile", {"x": X})["y"].tolist() == (X * 3).tolist()
 

@@ -8,7 +8,7 @@ import pytest
 
 from pipeline.core.errors import InfraValidationError
 from pipeline.release.infra_validate import infra_validate
-from tests.serving.saved_models import write_broken_version
+from serving.sample_models import write_broken_version
 from tests.support import export_candidate, start_test_server
 
 

@@ -1,4 +1,5 @@
-"""Small real SavedModels for the serving tests (TF2 tf.Module and a TF1 classify/regress graph)."""
+"""Small real SavedModels (TF2 tf.Module and a TF1 classify/regress graph) that the serving tests,
+the conformance suite and the reliability benchmark serve."""
 
 from __future__ import annotations
 
@@ -126,6 +127,28 @@ def save_half_plus_two(base: Path, version: int = 1) -> Path:
             builder.save()
     os.rename(staging, final)
     return final
+
+
+def save_as_tf1_0_wrote_it(base: Path, version: int = 1) -> Path:
+    """save_half_plus_two's model as TensorFlow 1.0 wrote SavedModels (TF Serving's own
+    saved_model_half_plus_three is one): signatures without tensor shapes, which read as
+    scalars, and placeholders with an empty `shape` beside an unknown recorded one."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    path = save_half_plus_two(base, version)
+    saved_model = saved_model_pb2.SavedModel()
+    saved_model.ParseFromString((path / "saved_model.pb").read_bytes())
+    for meta_graph in saved_model.meta_graphs:
+        for signature in meta_graph.signature_def.values():
+            for tensor_info in (*signature.inputs.values(), *signature.outputs.values()):
+                tensor_info.ClearField("tensor_shape")
+        for node in meta_graph.graph_def.node:
+            node.attr.pop("_output_shapes", None)
+            if node.op == "Placeholder":
+                node.attr["shape"].shape.Clear()
+                node.attr["_output_shapes"].list.shape.add(unknown_rank=True)
+    (path / "saved_model.pb").write_bytes(saved_model.SerializeToString())
+    return path
 
 
 class HalfPlus(tf.Module):
