@@ -29,6 +29,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -342,6 +343,81 @@ def fuzz(work: Workspace, cases: int, derandomize: bool = False) -> dict:
         "failures": len(failures) + (0 if alive else 1),
         "failure_examples": failures[:5],
         "server_memory_high_water_mb": round(high_water, 1),
+        "seconds": round(time.monotonic() - started, 1),
+    }
+
+
+# --- memory after large requests --------------------------------------------------------------------
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def large_requests(work: Workspace, requests: int, concurrency: int = 4, rows: int = 4096) -> dict:
+    """Full-size REST batches (4096 Fashion-MNIST-shaped images, ~14 MB of JSON each, `concurrency` at a
+    time), with the server's
+    heap trimming on (the default) and off: its resident memory idle, at its peak and 3 s after the last
+    request. Every answer is checked against the pixel means computed here."""
+    from serving.sample_models import save_pixel_mean
+
+    folder = _scenario_dir(work, "large_requests")
+    save_pixel_mean(folder / "models" / "pixels", 1)
+    config = folder / "pixels.config"
+    config.write_text(_model_config("pixels", folder / "models" / "pixels"))
+    images = np.random.default_rng(0).integers(0, 256, (rows, 28, 28), dtype=np.uint8)
+    body = json.dumps({"instances": images.tolist()}).encode()
+    expected = images.reshape(rows, -1).mean(axis=1)
+    failures: list[str] = []
+    memory = {}
+    started = time.monotonic()
+    for mode, flags in (("trimmed", ()), ("untrimmed", ("--heap_trim_threshold_bytes=0",))):
+        server = _start(folder / mode, f"--model_config_file={config}", "--rest_api_max_request_bytes=67108864", *flags)
+        try:
+            connection = http.client.HTTPConnection("127.0.0.1", server.rest_port, timeout=120)
+            one = json.dumps({"instances": images[:1].tolist()}).encode()
+            connection.request("POST", "/v1/models/pixels:predict", one, {"Content-Type": "application/json"})
+            connection.getresponse().read()
+            time.sleep(1.5)
+            idle = _rss_mb(server.pid)
+            connection.close()
+
+            def send(_: int, port: int = server.rest_port, mode: str = mode) -> str | None:
+                sender = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+                try:
+                    sender.request("POST", "/v1/models/pixels:predict", body, {"Content-Type": "application/json"})
+                    response = sender.getresponse()
+                    payload = response.read()
+                finally:
+                    sender.close()
+                if response.status != 200:
+                    return f"{mode}: {response.status} {payload[:200]!r}"
+                answer = np.array(json.loads(payload)["predictions"], np.float64)
+                if answer.shape != expected.shape or not np.allclose(answer, expected, rtol=1e-5):
+                    return f"{mode}: wrong pixel means"
+                return None
+
+            with ThreadPoolExecutor(concurrency) as pool:
+                failures += [f for f in pool.map(send, range(requests)) if f]
+            time.sleep(3.0)
+            memory[mode] = {
+                "idle_mb": round(idle, 1),
+                "peak_mb": round(_high_water_mb(server.pid), 1),
+                "after_mb": round(_rss_mb(server.pid), 1),
+            }
+        finally:
+            server.stop()
+    return {
+        "requests_sent": 2 * requests,
+        "request_mb": round(len(body) / 2**20, 1),
+        "failures": len(failures),
+        "failure_examples": failures[:5],
+        "memory": memory,
+        "server_memory_high_water_mb": memory["trimmed"]["peak_mb"],
+        "held_after_mb": {mode: round(m["after_mb"] - m["idle_mb"], 1) for mode, m in memory.items()},
         "seconds": round(time.monotonic() - started, 1),
     }
 
@@ -805,6 +881,7 @@ LONG = {
     "connections": {"idle": 500, "slow": 200},
     "training_killed": {},
     "disk_full": {},
+    "large_requests": {"requests": 20},
 }
 SHORT = {
     "fuzz": {"cases": 300, "derandomize": True},
@@ -814,6 +891,7 @@ SHORT = {
     "connections": {"idle": 200, "slow": 50, "requests": 50, "tolerance_s": 3.0},
     "training_killed": {"epochs": 2},
     "disk_full": {},
+    "large_requests": {"requests": 3},
 }
 SCENARIOS: dict[str, Callable[..., dict]] = {
     "fuzz": fuzz,
@@ -823,6 +901,7 @@ SCENARIOS: dict[str, Callable[..., dict]] = {
     "connections": connections,
     "training_killed": training_killed,
     "disk_full": disk_full,
+    "large_requests": large_requests,
 }
 
 
@@ -842,6 +921,12 @@ def markdown(results: dict) -> str:
             f"**{result['failures']}** | {result.get('swaps', '')} | {result.get('fuzz_cases', '')} | "
             f"{f'{memory:,.0f} MB' if memory else ''} | {result['seconds']} |"
         )
+    large = results["scenarios"].get("large_requests")
+    if large and "memory" in large:
+        lines += ["", f"Server memory around {large['request_mb']} MB REST requests (large_requests):", ""]
+        lines += ["| heap trimming | idle | peak | 3 s after the last request |", "|---|---|---|---|"]
+        for mode, m in large["memory"].items():
+            lines.append(f"| {mode} | {m['idle_mb']:,.0f} MB | {m['peak_mb']:,.0f} MB | {m['after_mb']:,.0f} MB |")
     machine = results["machine"]
     lines += [
         "",

@@ -151,6 +151,25 @@ def save_as_tf1_0_wrote_it(base: Path, version: int = 1) -> Path:
     return path
 
 
+class PixelMean(tf.Module):
+    """serving_default: images uint8 [N, 28, 28] -> mean float32 [N], the shape of a Fashion-MNIST request."""
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 28, 28], tf.uint8, name="images")])
+    def serve(self, images):
+        return {"mean": tf.reduce_mean(tf.cast(images, tf.float32), axis=[1, 2])}
+
+
+def save_pixel_mean(base: Path, version: int = 1) -> Path:
+    """Writes PixelMean as version `version` under `base` (atomically)."""
+    final = base / str(version)
+    base.mkdir(parents=True, exist_ok=True)
+    staging = base / f".tmp-{uuid.uuid4().hex}"
+    module = PixelMean()
+    tf.saved_model.save(module, str(staging), signatures={"serving_default": module.serve})
+    os.rename(staging, final)
+    return final
+
+
 class HalfPlus(tf.Module):
     """y = 0.5 * x + offset with x float [?, 1], as TF Serving's quick-start models declare it."""
 

@@ -222,8 +222,12 @@ def _read_field(proto: tensor_pb2.TensorProto, enum: int, shape: list[int]) -> n
         return parts.view(dtype).reshape(shape)
     if len(values) != count:
         return None
-    if enum == types_pb2.DT_HALF:
-        return np.array(values, dtype=np.uint16).view(np.float16).reshape(shape)
+    if field in ("int_val", "half_val") and dtype.itemsize < 4:
+        wide = np.array(values, dtype=np.int32)
+        info = np.iinfo(np.uint16 if enum == types_pb2.DT_HALF else dtype)
+        if wide.size and (wide.min() < info.min or wide.max() > info.max):
+            return None  # out of range for the dtype: TensorFlow's converter words the refusal
+        return wide.astype(info.dtype).view(dtype).reshape(shape)
     return np.array(values, dtype=dtype).reshape(shape)
 
 

@@ -86,3 +86,16 @@ def test_tensorboard_serves_every_runs_training_logs(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_the_demo_prints_a_few_rows_and_the_accuracy_over_its_whole_sample():
+    truth = ["Bag", "Coat", "Shirt", "Bag"] * 250
+    answered = ["Bag", "Coat", "T-shirt/top", "Bag"] * 250
+    probabilities = [[0.1, 0.9]] * 1000
+    lines = local.sample_lines(truth, answered, list(answered), probabilities)
+    assert len(lines) == 1 + local.DEMO_SHOWN + 1 and "every 100th image" in lines[0]
+    assert lines[1].split() == ["Bag", "Bag", "0.900", "ok"]
+    assert lines[-1].endswith(
+        "750 of 1000 test images spread over the test set answered right over gRPC (75.0%); REST gave the same answers"
+    )
+    assert "DIFFERENT" in local.sample_lines(truth, answered, truth, probabilities)[-1]

@@ -15,6 +15,7 @@ from serving.server import metrics, protos
 from serving.server.batching import BatchOptions
 from serving.server.grpc_api import make_grpc_server, make_management_server
 from serving.server.manager import ModelManager
+from serving.server.memory import HeapTrimmer
 from serving.server.request_log import RequestLogger
 from serving.server.rest import RestApi, make_rest_server
 from serving.server.service import ServingService
@@ -99,6 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=4096,
         help="Most rows (0th-dimension size) one predict request may carry, batching on or off "
         "(default 4096; 0: no limit). Bounds the memory one request can take.",
+    )
+    add(
+        "--heap_trim_threshold_bytes",
+        type=int,
+        default=1 << 20,
+        help="After a request of this many bytes (body or tensors) or more, give freed memory back to the "
+        "OS (glibc malloc_trim, at most once a second, off the request path; default 1 MiB; 0: never).",
     )
     add("--max_num_load_retries", type=int, default=5, help="Retries of a failed version load (default 5).")
     add(
@@ -374,6 +382,7 @@ class ModelServer:
             options.base_path_roots,
             request_logger=self.request_logger,
             request_log_roots=options.request_log_roots,
+            heap_trimmer=HeapTrimmer(args.heap_trim_threshold_bytes),
         )
         self._stop = threading.Event()
         self._config_text = None
@@ -476,5 +485,6 @@ class ModelServer:
         stopped.wait(grace_s)
         self.service.close()
         self.request_logger.close()  # what was sampled before the ports closed is written and published
+        self.service.heap_trimmer.close()
         self.manager.close()
         log.info("stopped", extra={"event": "stopped"})

@@ -21,6 +21,7 @@ from tensorflow_serving.apis import (
 from serving.protocol import SHADOW_LABEL, ServingError, invalid
 from serving.server import metrics
 from serving.server.manager import ModelManager, VersionState
+from serving.server.memory import HeapTrimmer
 from serving.server.request_log import RequestLogger
 from serving.server.servable import Servable
 
@@ -43,6 +44,7 @@ class ServingService:
         request_log_roots: Folders a reloaded config's request-log prefixes must lie under
             (empty: a reloaded config may not turn request logging on).
         shadow_queue_size: Shadow requests waiting or running at most; more are dropped and counted.
+        heap_trimmer: Gives memory back after large Predict calls (None: never).
     """
 
     def __init__(
@@ -54,6 +56,7 @@ class ServingService:
         request_logger: RequestLogger | None = None,
         request_log_roots: tuple[Path, ...] = (),
         shadow_queue_size: int = 100,
+        heap_trimmer: HeapTrimmer | None = None,
     ):
         self.manager = manager
         self.registry = registry
@@ -64,6 +67,7 @@ class ServingService:
         # One thread: a shadow answer must never take CPU from live requests beyond one core's worth.
         self._shadow_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shadow")
         self._shadow_slots = threading.BoundedSemaphore(shadow_queue_size)
+        self.heap_trimmer = heap_trimmer
 
     def reload_config(self, config) -> None:
         """HandleReloadConfigRequest: the whole config, its base paths inside the allowed roots.
@@ -139,6 +143,8 @@ class ServingService:
             requested: The (version, label) the request asked for, as the request log keeps them.
         """
         name, outputs = self._timed_predict(servable, signature, inputs, output_filter)
+        if self.heap_trimmer is not None:
+            self.heap_trimmer.note(sum(a.nbytes for a in (*inputs.values(), *outputs.values())))
         if self.request_logger is not None:
             sampled = self.request_logger.log_predict(servable, name, requested, inputs, outputs)
             if sampled and requested == (None, None):

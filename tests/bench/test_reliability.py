@@ -59,3 +59,10 @@ def test_full_and_read_only_disks_fail_clearly_and_change_nothing(workspace):
     if "skipped" in result:  # mounting a small tmpfs needs root with CAP_SYS_ADMIN
         pytest.skip(f"disk-full scenario not runnable here: {result['skipped']}")
     assert result["failures"] == 0, result
+
+
+def test_full_size_rest_batches_are_answered_and_the_servers_memory_is_measured(workspace):
+    result = _run("large_requests", workspace)
+    assert result["requests_sent"] == 2 * reliability.SHORT["large_requests"]["requests"]
+    for memory in result["memory"].values():
+        assert memory["peak_mb"] >= memory["after_mb"] > 0 and memory["peak_mb"] >= memory["idle_mb"]
