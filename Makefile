@@ -9,7 +9,7 @@ STAMP := $(VENV)/.requirements-installed
 DATA_DIR := /usr/share/datasets/fashion-mnist
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup data browser demo example airflow serving-start serving-stop tensorboard test lint format clean bench reliability tf-serving-suite
+.PHONY: setup data browser demo example airflow serving-start serving-stop tensorboard test lint format clean bench reliability tf-serving-suite docs
 
 setup: $(STAMP)
 
@@ -89,6 +89,10 @@ example: setup
 # the long versions, report in bench/results/reliability.{json,md}. make test runs the short ones.
 reliability: setup data
 	$(BIN)/python bench/reliability.py
+
+# the documentation site on http://127.0.0.1:8000 (docs/, mkdocs.yml)
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
 
 # TF Serving's own model-server tests (tensorflow_model_server_test.py) against the local server.
 # Needs a TF Serving source checkout: make tf-serving-suite TF_SERVING_SRC=~/src/serving

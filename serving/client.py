@@ -266,7 +266,10 @@ class TFServingClient:
         Args:
             model: Model name.
             examples: `tf.train.Example`s, or dicts of feature name -> value (float, int, str or a list of them).
-            version, label, signature, protocol: As `predict`.
+            version: A version number (as `predict`).
+            label: A version label (as `predict`).
+            signature: The signature name (as `predict`).
+            protocol: grpc or rest (as `predict`).
 
         Returns:
             Per example, its (class label, score) pairs.
@@ -399,7 +402,7 @@ class TFServingClient:
 
         return self._with_retries(fetch)
 
-    def reload_config(self, config) -> None:
+    def reload_config(self, config: Any) -> None:
         """Replaces the server's whole model config (gRPC ModelService only).
 
         Args:

@@ -21,6 +21,7 @@ TensorFlow's general converters.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 from tensorflow.core.framework import tensor_pb2, types_pb2
@@ -167,7 +168,7 @@ def _decode_string_list(content: bytes, count: int) -> list[bytes]:
     return values
 
 
-def to_tensor_proto(value, encoding: str = MAKE_TENSOR_PROTO) -> tensor_pb2.TensorProto:
+def to_tensor_proto(value: Any, encoding: str = MAKE_TENSOR_PROTO) -> tensor_pb2.TensorProto:
     """Returns a TensorProto holding `value` (an array or anything `np.asarray` takes).
 
     Args:

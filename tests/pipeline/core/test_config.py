@@ -158,15 +158,3 @@ def test_force_needs_a_reason_for_the_audit_log():
     with pytest.raises(ConfigError, match="force needs a force_reason"):
         PipelineConfig(force=True).validate()
     assert PipelineConfig(force=True, force_reason="relabelled data").validate().force
-
-
-def test_the_readme_configuration_table_lists_every_option():
-    import re
-
-    from pipeline.core.config import field_names
-    from tests.support import REPO_ROOT
-
-    readme = (REPO_ROOT / "README.md").read_text()
-    documented = re.findall(r"^\| `([a-z_]+)` \| `--([a-z-]+)` \|", readme, re.MULTILINE)
-    assert sorted(name for name, _ in documented) == sorted(field_names())  # every option, once
-    assert all(flag == name.replace("_", "-") for name, flag in documented)
