@@ -69,9 +69,9 @@ CONTENT = "content"
 MAKE_TENSOR_PROTO = "make_tensor_proto"
 ENCODINGS = (FIELD, CONTENT, MAKE_TENSOR_PROTO)
 
-# TensorProto field numbers (tensorflow/core/framework/tensor.proto) of the fixed-width typed
-# fields, whose packed wire form is the little-endian array itself.
-_PACKED_FIELD_NUMBER = {"float_val": 5, "double_val": 6, "scomplex_val": 9, "dcomplex_val": 12}
+# The fixed-width typed fields, whose packed wire form is the little-endian array itself; the
+# others are packed varints.
+_PACKED_FIXED_WIDTH = ("float_val", "double_val", "scomplex_val", "dcomplex_val")
 # The typed field AsProtoField fills for each dtype; int8/16 and uint8/16 widen to int_val and
 # half to its bit pattern in half_val, as TensorFlow does.
 _FIELD_BY_ENUM = {
@@ -123,18 +123,31 @@ def _add_shape(proto: tensor_pb2.TensorProto, shape: tuple[int, ...]) -> None:
         proto.tensor_shape.dim.add(size=size)
 
 
+def _packed_varints(values: np.ndarray) -> bytes:
+    """Protobuf's packed varint encoding of integers, vectorised: each value as 7-bit groups, low
+    first, the high bit set on all but its last; negative values as their 64-bit two's complement."""
+    unsigned = values.astype(np.int64).view(np.uint64) if values.dtype.kind == "i" else values.astype(np.uint64)
+    groups = np.empty((unsigned.size, 10), np.uint8)
+    lengths = np.ones(unsigned.size, np.int64)
+    for index in range(10):
+        shifted = unsigned >> np.uint64(7 * index)
+        groups[:, index] = (shifted & np.uint64(0x7F)).astype(np.uint8)
+        if index:
+            lengths += shifted > 0
+    groups[np.arange(10) < (lengths - 1)[:, None]] |= 0x80
+    return groups[np.arange(10) < lengths[:, None]].tobytes()
+
+
 def _fill_field(proto: tensor_pb2.TensorProto, array: np.ndarray, enum: int) -> None:
     field = _FIELD_BY_ENUM[enum]
     flat = np.ascontiguousarray(array, dtype=_DTYPE_BY_ENUM[enum]).ravel()
-    number = _PACKED_FIELD_NUMBER.get(field)
-    if number is not None:
-        if flat.size:
-            raw = flat.tobytes()
-            proto.MergeFromString(_varint(number << 3 | 2) + _varint(len(raw)) + raw)
-    elif enum == types_pb2.DT_HALF:
-        proto.half_val.extend(flat.view(np.uint16).tolist())
-    else:
-        getattr(proto, field).extend(flat.tolist())
+    if not flat.size:
+        return
+    if enum == types_pb2.DT_HALF:
+        flat = flat.view(np.uint16)
+    raw = flat.tobytes() if field in _PACKED_FIXED_WIDTH else _packed_varints(flat)
+    number = tensor_pb2.TensorProto.DESCRIPTOR.fields_by_name[field].number
+    proto.MergeFromString(_varint(number << 3 | 2) + _varint(len(raw)) + raw)
 
 
 def _encode_string_list(values: list[bytes]) -> bytes:

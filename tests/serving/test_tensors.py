@@ -121,3 +121,21 @@ def test_strings_as_tensor_content_use_tensorflows_string_list_encoding():
 def test_an_unknown_encoding_is_refused():
     with pytest.raises(ValueError, match="encoding must be one of"):
         tensors.to_tensor_proto(np.ones(2), "json")
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.int16, np.int32, np.int64, np.uint32, np.uint64, np.uint8, np.bool_])
+def test_packed_varints_hold_negatives_and_extremes_as_protobuf_encodes_them(dtype):
+    if dtype is np.bool_:
+        array = np.array([True, False, True])
+    else:
+        info = np.iinfo(dtype)
+        values = [info.min, -1, 0, 1, 127, 128, 300, 2**31, 2**40, info.max]
+        array = np.array([v for v in values if info.min <= v <= info.max], dtype=dtype)
+    proto = tensors.to_tensor_proto(array, tensors.FIELD)
+    reference = tensors.to_tensor_proto(array[:0], tensors.FIELD)  # dtype and an empty field
+    reference.tensor_shape.dim[0].size = array.size
+    field = tensors._FIELD_BY_ENUM[proto.dtype]
+    getattr(reference, field).extend(array.tolist())  # protobuf's own encoder
+    assert proto.SerializeToString() == reference.SerializeToString()
+    np.testing.assert_array_equal(tf.make_ndarray(proto), array)
+    np.testing.assert_array_equal(tensors.to_array(proto), array)
