@@ -123,21 +123,6 @@ def _add_shape(proto: tensor_pb2.TensorProto, shape: tuple[int, ...]) -> None:
         proto.tensor_shape.dim.add(size=size)
 
 
-def _packed_varints(values: np.ndarray) -> bytes:
-    """Protobuf's packed varint encoding of integers, vectorised: each value as 7-bit groups, low
-    first, the high bit set on all but its last; negative values as their 64-bit two's complement."""
-    unsigned = values.astype(np.int64).view(np.uint64) if values.dtype.kind == "i" else values.astype(np.uint64)
-    groups = np.empty((unsigned.size, 10), np.uint8)
-    lengths = np.ones(unsigned.size, np.int64)
-    for index in range(10):
-        shifted = unsigned >> np.uint64(7 * index)
-        groups[:, index] = (shifted & np.uint64(0x7F)).astype(np.uint8)
-        if index:
-            lengths += shifted > 0
-    groups[np.arange(10) < (lengths - 1)[:, None]] |= 0x80
-    return groups[np.arange(10) < lengths[:, None]].tobytes()
-
-
 def _fill_field(proto: tensor_pb2.TensorProto, array: np.ndarray, enum: int) -> None:
     field = _FIELD_BY_ENUM[enum]
     flat = np.ascontiguousarray(array, dtype=_DTYPE_BY_ENUM[enum]).ravel()
@@ -145,7 +130,13 @@ def _fill_field(proto: tensor_pb2.TensorProto, array: np.ndarray, enum: int) -> 
         return
     if enum == types_pb2.DT_HALF:
         flat = flat.view(np.uint16)
-    raw = flat.tobytes() if field in _PACKED_FIXED_WIDTH else _packed_varints(flat)
+    if field in _PACKED_FIXED_WIDTH:
+        raw = flat.tobytes()
+    elif flat.min() >= 0 and flat.max() < 128:
+        raw = flat.astype(np.uint8).tobytes()  # class ids, flags, small counts: one varint byte each
+    else:
+        getattr(proto, field).extend(flat.tolist())  # protobuf's own varint encoder
+        return
     number = tensor_pb2.TensorProto.DESCRIPTOR.fields_by_name[field].number
     proto.MergeFromString(_varint(number << 3 | 2) + _varint(len(raw)) + raw)
 
