@@ -199,13 +199,7 @@ def test_classify_regress_and_multi_inference_answer_in_their_result_fields(stan
     )
     assert stub.Regress(request, timeout=30) == regressed
 
-    multi = inference_pb2.MultiInferenceRequest(input=_examples(1.0))
-    for method, signature in (
-        ("tensorflow/serving/classify", "classify_x"),
-        ("tensorflow/serving/regress", "regress_x"),
-    ):
-        task = multi.tasks.add(method_name=method)
-        task.model_spec.name, task.model_spec.signature_name = "examples", signature
+    multi = _classify_and_regress(1.0)
     low, high = _scores_at(1.0)
     expected = text_format.Parse(
         f"results {{ {spec('classify_x')} classification_result {{ classifications {{ "
@@ -300,6 +294,18 @@ def _examples(*values: float) -> input_pb2.Input:
     return model_input
 
 
+def _classify_and_regress(*values: float):
+    """A MultiInferenceRequest running the examples model's classify_x and regress_x on `values`."""
+    multi = inference_pb2.MultiInferenceRequest(input=_examples(*values))
+    for method, signature in (
+        ("tensorflow/serving/classify", "classify_x"),
+        ("tensorflow/serving/regress", "regress_x"),
+    ):
+        task = multi.tasks.add(method_name=method)
+        task.model_spec.name, task.model_spec.signature_name = "examples", signature
+    return multi
+
+
 def test_grpc_classify_regress_and_multi_inference(standard_config):
     stub = grpc_stub(standard_config)
     request = classification_pb2.ClassificationRequest(input=_examples(0.0, 2.0))
@@ -313,13 +319,7 @@ def test_grpc_classify_regress_and_multi_inference(standard_config):
     request.model_spec.name, request.model_spec.signature_name = "examples", "regress_x"
     assert [r.value for r in stub.Regress(request, timeout=30).result.regressions] == [2.5, 4.0]
 
-    multi = inference_pb2.MultiInferenceRequest(input=_examples(2.0))
-    for method, signature in (
-        ("tensorflow/serving/classify", "classify_x"),
-        ("tensorflow/serving/regress", "regress_x"),
-    ):
-        task = multi.tasks.add(method_name=method)
-        task.model_spec.name, task.model_spec.signature_name = "examples", signature
+    multi = _classify_and_regress(2.0)
     results = stub.MultiInference(multi, timeout=30).results
     assert results[0].classification_result.classifications[0].classes[0].label == "low"
     assert results[1].regression_result.regressions[0].value == pytest.approx(3.0)
