@@ -118,9 +118,10 @@ def _scenario_dir(work: Workspace, name: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=f"{name}-", dir=work.root))
 
 
-def _high_water_mb(pid: int) -> float:
+def _memory_mb(pid: int, field: str) -> float:
+    """A process's memory figure from /proc/<pid>/status: VmHWM (its peak) or VmRSS (resident now)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return 0.0
 
@@ -335,7 +336,7 @@ def fuzz(work: Workspace, cases: int, derandomize: bool = False) -> dict:
         alive = server.process.poll() is None
     finally:
         channel.close()
-        high_water = _high_water_mb(server.pid)
+        high_water = _memory_mb(server.pid, "VmHWM")
         server.stop()
     return {
         "fuzz_cases": sum(counts.values()),
@@ -348,13 +349,6 @@ def fuzz(work: Workspace, cases: int, derandomize: bool = False) -> dict:
 
 
 # --- memory after large requests --------------------------------------------------------------------
-
-
-def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def large_requests(work: Workspace, requests: int, concurrency: int = 4, rows: int = 4096) -> dict:
@@ -382,7 +376,7 @@ def large_requests(work: Workspace, requests: int, concurrency: int = 4, rows: i
             connection.request("POST", "/v1/models/pixels:predict", one, {"Content-Type": "application/json"})
             connection.getresponse().read()
             time.sleep(1.5)
-            idle = _rss_mb(server.pid)
+            idle = _memory_mb(server.pid, "VmRSS")
             connection.close()
 
             def send(_: int, port: int = server.rest_port, mode: str = mode) -> str | None:
@@ -405,8 +399,8 @@ def large_requests(work: Workspace, requests: int, concurrency: int = 4, rows: i
             time.sleep(3.0)
             memory[mode] = {
                 "idle_mb": round(idle, 1),
-                "peak_mb": round(_high_water_mb(server.pid), 1),
-                "after_mb": round(_rss_mb(server.pid), 1),
+                "peak_mb": round(_memory_mb(server.pid, "VmHWM"), 1),
+                "after_mb": round(_memory_mb(server.pid, "VmRSS"), 1),
             }
         finally:
             server.stop()

@@ -14,18 +14,24 @@ from serving.client import TFServingClient
 from tests.support import export_candidate, start_test_server, wait_for
 
 
-@pytest.fixture(scope="module")
-def logged_server(trained_run, tmp_path_factory):
-    """The stable model served with request logging at 100%, its logs rotated every second."""
-    root = tmp_path_factory.mktemp("drift")
-    config = trained_run["config"].replace(
+def _logging_every_request(config, root, **changes):
+    """`config` publishing under `root` with every request logged there (no serving server to push to)."""
+    return config.replace(
         model_base_path=str(root / "models"),
         serving_config_file=str(root / "serving" / "models.config"),
         serving_grpc_target=None,
         request_log_sampling_rate=1.0,
         request_log_dir=str(root / "request_logs"),
         drift_min_requests=100,
+        **changes,
     )
+
+
+@pytest.fixture(scope="module")
+def logged_server(trained_run, tmp_path_factory):
+    """The stable model served with request logging at 100%, its logs rotated every second."""
+    root = tmp_path_factory.mktemp("drift")
+    config = _logging_every_request(trained_run["config"], root)
     export_candidate(trained_run, config)
     apply_state(config, ServingState(stable=1, canary=1))  # writes the config file, logging_config included
     assert "sampling_rate: 1.0" in (root / "serving" / "models.config").read_text()
@@ -78,16 +84,7 @@ def test_test_images_do_not_drift_and_inverted_images_do(logged_server, fashion_
 def test_a_table_models_requests_are_judged_per_feature_and_the_planted_drift_is_found(table_run, tmp_path):
     """Named features in the request logs: the training rows do not drift; shifted incomes and a new state do."""
     run = table_run("binary")
-    config = run["config"].replace(
-        model_base_path=str(tmp_path / "models"),
-        serving_config_file=str(tmp_path / "serving" / "models.config"),
-        serving_grpc_target=None,
-        request_log_sampling_rate=1.0,
-        request_log_dir=str(tmp_path / "request_logs"),
-        drift_min_requests=100,
-        workdir=run["config"].workdir,
-        model_name="loans_drift",
-    )
+    config = _logging_every_request(run["config"], tmp_path, model_name="loans_drift")
     export_candidate(run, config)
     apply_state(config, ServingState(stable=1, canary=1))
     server = start_test_server(
