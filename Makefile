@@ -79,6 +79,7 @@ bench: setup data
 	$(BIN)/python bench/drift.py
 	$(BIN)/python bench/serving_latency.py
 	$(BIN)/python bench/tensor_encoding.py
+	$(BIN)/python bench/data_scale.py
 
 # The example project of the README's "Bring your own problem": the Palmer penguins table and its own model.
 example: setup

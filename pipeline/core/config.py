@@ -95,6 +95,12 @@ class PipelineConfig:
         "Colour mode of image-folder images: 'L' (grayscale), 'RGB', or 'auto' (all images must share one).",
         choices=IMAGE_MODES,
     )
+    ingest_memory_budget_mb: int = _field(
+        64,
+        "Serialized examples ingest holds in memory per split before it spills them to disk (MiB); the "
+        "snapshot is the same whatever the budget.",
+        minimum=1,
+    )
     tfds_data_dir: str | None = _field(None, "TFDS data_dir for 'tfds:' sources (TFDS's default when unset).")
     allow_download: bool = _field(False, "Let a 'tfds:' source download and prepare data (needs network).")
     class_names: list[str] | None = _field(
@@ -183,7 +189,15 @@ class PipelineConfig:
         minimum=0,
         maximum=0.5,
     )
-    cache: bool = _field(True, "Cache decoded examples in memory after the first epoch.")
+    cache: bool = _field(
+        True, "Cache decoded examples in memory after the first epoch, when the split fits `cache_max_mb`."
+    )
+    cache_max_mb: int = _field(
+        2048,
+        "Largest split (its stored, decoded size in MiB) that training caches in memory; bigger splits are "
+        "streamed from the snapshot's shards every epoch.",
+        minimum=0,
+    )
 
     # Features inside the model
     max_vocabulary: int = _field(

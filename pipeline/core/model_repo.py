@@ -95,9 +95,20 @@ def predict_saved_model(
         Every output of the signature over all rows (e.g. `probabilities`, `class_ids`,
         `class_names` for classification, `predictions` for regression).
     """
+    return call_signature(load_signature(version_dir), inputs, batch_size)
+
+
+def load_signature(version_dir: str | Path):
+    """A published SavedModel's serving signature, loaded in-process (call it with `call_signature`)."""
     import tensorflow as tf
 
-    serve = tf.saved_model.load(str(version_dir)).signatures[SIGNATURE]
+    return tf.saved_model.load(str(version_dir)).signatures[SIGNATURE]
+
+
+def call_signature(serve, inputs: dict[str, np.ndarray], batch_size: int = 1024) -> dict[str, np.ndarray]:
+    """Calls a loaded serving signature over all rows, `batch_size` rows per call."""
+    import tensorflow as tf
+
     rows = len(next(iter(inputs.values())))
     batches = [
         serve(**{name: tf.constant(values[start : start + batch_size]) for name, values in inputs.items()})

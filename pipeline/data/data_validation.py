@@ -66,15 +66,57 @@ SCHEMA_VOCABULARY_LIMIT = 10_000  # a categorical with more distinct values gets
 SCHEMA_SPLIT = "train"
 
 
-def image_statistics(images: np.ndarray) -> dict[str, Any]:
-    """Shape, dtype, pixel moments and pixel histogram of uint8 images [N, H, W, C]."""
-    return statistics.image_summary(images)
+class SplitStatistics:
+    """One split's statistics, accumulated batch by batch and mergeable across parts of the split.
+
+    Args:
+        problem: The problem spec (which features, which label).
+    """
+
+    def __init__(self, problem: ProblemSpec):
+        self.problem = problem
+        self.count = 0
+        self.label_histogram = np.zeros(problem.num_classes if problem.is_classification else 0, np.int64)
+        self.label = statistics.NumericAccumulator()
+        self.features = {f.key: statistics.accumulator(f.kind) for f in problem.features}
+
+    def add(self, features: dict[str, np.ndarray], labels: np.ndarray) -> SplitStatistics:
+        """Adds one batch: {feature key: values} and its labels."""
+        self.count += int(labels.shape[0])
+        if self.problem.is_classification:
+            self.label_histogram += np.bincount(labels, minlength=self.problem.num_classes)[: self.problem.num_classes]
+        else:
+            self.label.add(labels)
+        for key, accumulated in self.features.items():
+            accumulated.add(features[key])
+        return self
+
+    def merge(self, other: SplitStatistics) -> SplitStatistics:
+        """Folds in the statistics of another part of the split."""
+        self.count += other.count
+        self.label_histogram += other.label_histogram
+        self.label.merge(other.label)
+        for key, accumulated in self.features.items():
+            accumulated.merge(other.features[key])
+        return self
+
+    def summary(self, dropped: int = 0) -> dict[str, Any]:
+        """The statistics document of the split (see `split_statistics`)."""
+        stats: dict[str, Any] = {"count": self.count, "dropped_missing_label": int(dropped)}
+        if self.problem.is_classification:
+            stats["label_histogram"] = self.label_histogram.astype(int).tolist()
+        else:
+            stats["label"] = self.label.summary()
+        stats["features"] = {key: accumulated.summary() for key, accumulated in self.features.items()}
+        if self.problem.single_image:
+            stats.update(stats["features"][self.problem.single_image.key])
+        return stats
 
 
 def split_statistics(
     problem: ProblemSpec, features: dict[str, np.ndarray], labels: np.ndarray, dropped: int = 0
 ) -> dict[str, Any]:
-    """Computes the statistics of one split.
+    """Computes the statistics of one split held in memory.
 
     Args:
         problem: The problem spec.
@@ -87,28 +129,26 @@ def split_statistics(
         summary, regression), features {key: summary}; for a single-image problem also that
         image's statistics at the top level (image_shape, dtype, pixel_mean, pixel_std, ...).
     """
-    stats: dict[str, Any] = {"count": int(labels.shape[0]), "dropped_missing_label": int(dropped)}
-    if problem.is_classification:
-        stats["label_histogram"] = np.bincount(labels, minlength=problem.num_classes).astype(int).tolist()
-    else:
-        stats["label"] = statistics.numeric_summary(labels)
-    stats["features"] = {f.key: statistics.summarize(f.kind, features[f.key]) for f in problem.features}
-    if problem.single_image:
-        stats.update(stats["features"][problem.single_image.key])
-    return stats
+    return SplitStatistics(problem).add(features, labels).summary(dropped)
 
 
-def feature_constraints(feature: FeatureSpec, values: np.ndarray, summary: dict[str, Any]) -> dict[str, Any]:
-    """What later snapshots of a feature must keep: inferred from the schema split's values."""
-    count = max(summary.get("count", len(values)), 1)
+def snapshot_split_statistics(snapshot: Snapshot, split: str) -> SplitStatistics:
+    """Reads a snapshot's split once, batch by batch, into its statistics."""
+    accumulated = SplitStatistics(snapshot.problem)
+    for features, labels in snapshot.iter_batches(split):
+        accumulated.add(features, labels)
+    return accumulated
+
+
+def feature_constraints(feature: FeatureSpec, accumulated, summary: dict[str, Any]) -> dict[str, Any]:
+    """What later snapshots of a feature must keep: inferred from the schema split's accumulated statistics."""
+    count = max(summary.get("count", 0), 1)
     if feature.kind == NUMERIC:
         return {"min": summary["min"], "max": summary["max"], "missing_rate": summary["missing"] / count}
     if feature.kind == CATEGORICAL:
-        vocabulary = sorted({v if isinstance(v, str) else int(v) for v in values.tolist()}, key=str)
-        return {
-            "vocabulary": vocabulary if len(vocabulary) <= SCHEMA_VOCABULARY_LIMIT else None,
-            "missing_rate": summary["missing"] / count,
-        }
+        vocabulary = sorted((v if isinstance(v, str) else int(v) for v in accumulated.counts), key=str)
+        complete = not accumulated.overflow and len(vocabulary) <= SCHEMA_VOCABULARY_LIMIT
+        return {"vocabulary": vocabulary if complete else None, "missing_rate": summary["missing"] / count}
     if feature.kind == TEXT:
         return {"empty_rate": summary["empty"] / count}
     return {"shape": list(feature.shape)}
@@ -212,84 +252,122 @@ def check_schema(schema: dict[str, Any], statistics: dict[str, Any], problem: Pr
     _check(checks, "new_splits", None, not new_splits, WARNING, f"splits not in schema: {new_splits}")
 
 
-def _share(mask: np.ndarray) -> float:
-    return float(mask.mean()) if mask.size else 0.0
+@dataclasses.dataclass
+class _FeatureTally:
+    rows: int = 0
+    missing: int = 0
+    present: int = 0
+    outside: int = 0
+    outside_example: float | None = None
+    unseen: int = 0
+    unseen_examples: set = dataclasses.field(default_factory=set)
+    empty: int = 0
 
 
-def check_feature_constraints(
-    config: PipelineConfig, schema: dict[str, Any], problem: ProblemSpec, split: str, columns: dict, checks: list
-) -> None:
-    """Appends the checks of one split's feature values against the schema's constraints (see the module doc)."""
-    constraints = schema.get("features", {})
-    for feature in problem.features:
-        rule = constraints.get(feature.key)
-        if rule is None or feature.kind == IMAGE:  # images: the image_shape check
-            continue
-        values = columns[feature.key]
-        if feature.kind in (NUMERIC, CATEGORICAL):
-            missing = np.isnan(values.astype(np.float64)) if feature.dtype == FLOAT else values == ""
-            rate, allowed = _share(np.asarray(missing)), rule["missing_rate"] + config.max_missing_rate_increase
-            _check(
-                checks,
-                "missing_values",
-                split,
-                rate <= allowed,
-                ERROR,
-                f"{feature.key}: {rate:.2%} missing vs schema {rule['missing_rate']:.2%} "
-                f"(max_missing_rate_increase {config.max_missing_rate_increase})",
-                round(rate, 6),
-                round(allowed, 6),
-                feature.key,
-            )
-        if feature.kind == NUMERIC and rule["min"] is not None:
-            numbers = values.astype(np.float64)
-            present = numbers[~np.isnan(numbers)]
-            outside = (present < rule["min"]) | (present > rule["max"])
-            share = _share(outside)
-            _check(
-                checks,
-                "out_of_range",
-                split,
-                share <= config.max_out_of_range_share,
-                WARNING,
-                f"{feature.key}: {share:.2%} of values outside the schema's range [{rule['min']:.6g}, "
-                f"{rule['max']:.6g}]" + (f" (e.g. {present[outside][0]:.6g})" if outside.any() else ""),
-                round(share, 6),
-                config.max_out_of_range_share,
-                feature.key,
-            )
-        if feature.kind == CATEGORICAL and rule.get("vocabulary") is not None:
-            known = set(rule["vocabulary"])
-            unseen = np.fromiter((v not in known for v in values.tolist()), bool, len(values))
-            share = _share(unseen)
-            examples = sorted({str(v) for v in values[unseen][:1000].tolist()})[:5]
-            _check(
-                checks,
-                "unseen_categories",
-                split,
-                share <= config.max_unseen_share,
-                ERROR,
-                f"{feature.key}: {share:.2%} of values not in the schema's vocabulary"
-                + (f" (e.g. {examples})" if examples else ""),
-                round(share, 6),
-                config.max_unseen_share,
-                feature.key,
-            )
-        if feature.kind == TEXT:
-            rate = _share(np.asarray([not text for text in values], bool))
-            allowed = rule["empty_rate"] + config.max_empty_text_increase
-            _check(
-                checks,
-                "empty_text",
-                split,
-                rate <= allowed,
-                WARNING,
-                f"{feature.key}: {rate:.2%} empty vs schema {rule['empty_rate']:.2%} "
-                f"(max_empty_text_increase {config.max_empty_text_increase})",
-                round(rate, 6),
-                round(allowed, 6),
-                feature.key,
-            )
+def _rate(count: int, total: int) -> float:
+    return count / total if total else 0.0
+
+
+class ConstraintTally:
+    """Counts, batch by batch, how one split's feature values break the schema's constraints (see the module doc)."""
+
+    def __init__(self, schema: dict[str, Any], problem: ProblemSpec):
+        self.rules = schema.get("features", {})
+        self.features = [f for f in problem.features if f.key in self.rules and f.kind != IMAGE]
+        self.vocabularies = {
+            f.key: set(self.rules[f.key]["vocabulary"])
+            for f in self.features
+            if f.kind == CATEGORICAL and self.rules[f.key].get("vocabulary") is not None
+        }
+        self.tallies = {f.key: _FeatureTally() for f in self.features}
+
+    def add(self, columns: dict[str, np.ndarray]) -> None:
+        for feature in self.features:
+            rule, tally, values = self.rules[feature.key], self.tallies[feature.key], columns[feature.key]
+            tally.rows += len(values)
+            if feature.kind in (NUMERIC, CATEGORICAL):
+                missing = np.isnan(values.astype(np.float64)) if feature.dtype == FLOAT else values == ""
+                tally.missing += int(np.count_nonzero(missing))
+            if feature.kind == NUMERIC and rule["min"] is not None:
+                numbers = values.astype(np.float64)
+                present = numbers[~np.isnan(numbers)]
+                outside = (present < rule["min"]) | (present > rule["max"])
+                tally.present += len(present)
+                tally.outside += int(outside.sum())
+                if tally.outside_example is None and outside.any():
+                    tally.outside_example = float(present[outside][0])
+            if feature.key in self.vocabularies:
+                known = self.vocabularies[feature.key]
+                unseen = np.fromiter((v not in known for v in values.tolist()), bool, len(values))
+                tally.unseen += int(unseen.sum())
+                if len(tally.unseen_examples) < 1000:
+                    tally.unseen_examples.update(str(v) for v in values[unseen][:1000].tolist())
+            if feature.kind == TEXT:
+                tally.empty += sum(1 for text in values if not text)
+
+    def checks(self, config: PipelineConfig, split: str, checks: list) -> None:
+        """Appends the split's constraint checks."""
+        for feature in self.features:
+            rule, tally = self.rules[feature.key], self.tallies[feature.key]
+            if feature.kind in (NUMERIC, CATEGORICAL):
+                rate = _rate(tally.missing, tally.rows)
+                allowed = rule["missing_rate"] + config.max_missing_rate_increase
+                _check(
+                    checks,
+                    "missing_values",
+                    split,
+                    rate <= allowed,
+                    ERROR,
+                    f"{feature.key}: {rate:.2%} missing vs schema {rule['missing_rate']:.2%} "
+                    f"(max_missing_rate_increase {config.max_missing_rate_increase})",
+                    round(rate, 6),
+                    round(allowed, 6),
+                    feature.key,
+                )
+            if feature.kind == NUMERIC and rule["min"] is not None:
+                share = _rate(tally.outside, tally.present)
+                _check(
+                    checks,
+                    "out_of_range",
+                    split,
+                    share <= config.max_out_of_range_share,
+                    WARNING,
+                    f"{feature.key}: {share:.2%} of values outside the schema's range [{rule['min']:.6g}, "
+                    f"{rule['max']:.6g}]"
+                    + (f" (e.g. {tally.outside_example:.6g})" if tally.outside_example is not None else ""),
+                    round(share, 6),
+                    config.max_out_of_range_share,
+                    feature.key,
+                )
+            if feature.key in self.vocabularies:
+                share = _rate(tally.unseen, tally.rows)
+                examples = sorted(tally.unseen_examples)[:5]
+                _check(
+                    checks,
+                    "unseen_categories",
+                    split,
+                    share <= config.max_unseen_share,
+                    ERROR,
+                    f"{feature.key}: {share:.2%} of values not in the schema's vocabulary"
+                    + (f" (e.g. {examples})" if examples else ""),
+                    round(share, 6),
+                    config.max_unseen_share,
+                    feature.key,
+                )
+            if feature.kind == TEXT:
+                rate, allowed = _rate(tally.empty, tally.rows), rule["empty_rate"] + config.max_empty_text_increase
+                _check(
+                    checks,
+                    "empty_text",
+                    split,
+                    rate <= allowed,
+                    WARNING,
+                    f"{feature.key}: {rate:.2%} empty vs schema {rule['empty_rate']:.2%} "
+                    f"(max_empty_text_increase {config.max_empty_text_increase})",
+                    round(rate, 6),
+                    round(allowed, 6),
+                    feature.key,
+                )
 
 
 def drift_threshold(config: PipelineConfig, feature: FeatureSpec) -> float:
@@ -298,24 +376,82 @@ def drift_threshold(config: PipelineConfig, feature: FeatureSpec) -> float:
     return overrides.get(feature.key, overrides.get(feature.name, config.max_feature_drift))
 
 
+class DriftTally:
+    """Counts, batch by batch, one split's numbers and texts in the previous snapshot's histogram buckets."""
+
+    def __init__(self, problem: ProblemSpec, before: dict[str, Any]):
+        self.problem = problem
+        self.before = before
+        self.edges: dict[str, list[float]] = {}
+        for feature in problem.features:
+            reference = before.get("features", {}).get(feature.key)
+            if feature.kind in (NUMERIC, TEXT) and reference is not None and "histogram" in reference:
+                self.edges[feature.key] = reference["histogram"]["edges"]
+        if not problem.is_classification and "histogram" in before.get("label", {}):
+            self.edges[problem.label_key] = before["label"]["histogram"]["edges"]
+        self.counts = {key: np.zeros(len(edges) + 1, np.int64) for key, edges in self.edges.items()}
+
+    def add(self, columns: dict[str, np.ndarray], labels: np.ndarray) -> None:
+        for key, edges in self.edges.items():
+            if key == self.problem.label_key and key not in columns:
+                values = labels.astype(np.float64)
+            else:
+                kind = next(f.kind for f in self.problem.features if f.key == key)
+                values = statistics.words_per_value(columns[key]) if kind == TEXT else columns[key].astype(np.float64)
+            self.counts[key] += statistics.bucket_counts(values[~np.isnan(values)], edges)
+
+    def distances(self, current: dict[str, Any]) -> tuple[dict[str, tuple[str, float]], tuple[str, float] | None]:
+        """Each feature's (measure, distance) from the previous split, and the regression label's (or None)."""
+        found = {}
+        for feature in self.problem.features:
+            reference = self.before.get("features", {}).get(feature.key)
+            if reference is None or (feature.kind == IMAGE and "pixel_histogram" not in reference):
+                continue
+            if feature.kind == CATEGORICAL:
+                summary = current["features"][feature.key]
+                found[feature.key] = (
+                    statistics.L_INFINITY,
+                    statistics.l_infinity(
+                        statistics.shares(reference["top"], reference.get("other", 0)),
+                        statistics.shares(summary["top"], summary["other"]),
+                    ),
+                )
+            elif feature.kind == IMAGE:
+                now = current["features"][feature.key]["pixel_histogram"]
+                found[feature.key] = (
+                    statistics.JENSEN_SHANNON,
+                    statistics.jensen_shannon(reference["pixel_histogram"], now),
+                )
+            elif feature.key in self.counts:
+                found[feature.key] = (
+                    statistics.JENSEN_SHANNON,
+                    statistics.jensen_shannon(reference["histogram"]["counts"], self.counts[feature.key].tolist()),
+                )
+        label = None
+        if self.problem.label_key in self.counts and self.problem.label_key not in found:
+            label = (
+                statistics.JENSEN_SHANNON,
+                statistics.jensen_shannon(
+                    self.before["label"]["histogram"]["counts"], self.counts[self.problem.label_key].tolist()
+                ),
+            )
+        return found, label
+
+
 def check_feature_drift(
     config: PipelineConfig,
     problem: ProblemSpec,
     split: str,
-    columns: dict,
-    labels: np.ndarray,
-    before: dict[str, Any],
+    distances: dict[str, tuple[str, float]],
+    label_distance: tuple[str, float] | None,
     previous_name: str,
     checks: list,
 ) -> None:
     """Appends each feature's (and a regression label's) drift from the previous accepted snapshot's split."""
     for feature in problem.features:
-        reference = before.get("features", {}).get(feature.key)
-        if reference is None or (feature.kind == IMAGE and "pixel_histogram" not in reference):
+        if feature.key not in distances:
             continue
-        if feature.kind != IMAGE and "histogram" not in reference and feature.kind != CATEGORICAL:
-            continue
-        measure, value, _ = statistics.distance(feature.kind, reference, columns[feature.key])
+        measure, value = distances[feature.key]
         threshold = drift_threshold(config, feature)
         _check(
             checks,
@@ -329,8 +465,8 @@ def check_feature_drift(
             threshold,
             feature.key,
         )
-    if not problem.is_classification and "histogram" in before.get("label", {}):
-        measure, value, _ = statistics.distance(NUMERIC, before["label"], labels)
+    if label_distance is not None:
+        measure, value = label_distance
         _check(
             checks,
             "label_drift",
@@ -563,19 +699,28 @@ def validate(config: PipelineConfig, snapshot: Snapshot) -> ValidationResult:
     splits: dict[str, Any] = {}
     source_split = SCHEMA_SPLIT if SCHEMA_SPLIT in snapshot.splits else sorted(snapshot.splits)[0]
     constraints: dict[str, dict[str, Any]] = {}
-    for split in sorted(snapshot.splits):  # one split in memory at a time
-        columns, labels = snapshot.split_columns(split)
-        splits[split] = split_statistics(problem, columns, labels, snapshot.dropped_rows.get(split, 0))
-        if schema is not None:
-            check_feature_constraints(config, schema, problem, split, columns, checks)
+    for split in sorted(snapshot.splits):  # one pass over each split, a batch in memory at a time
+        accumulated = SplitStatistics(problem)
+        tally = ConstraintTally(schema, problem) if schema is not None else None
+        before = (previous or {}).get("splits", {}).get(split)
+        drift = DriftTally(problem, before) if before is not None else None
+        for columns, labels in snapshot.iter_batches(split):
+            accumulated.add(columns, labels)
+            if tally is not None:
+                tally.add(columns)
+            if drift is not None:
+                drift.add(columns, labels)
+        splits[split] = accumulated.summary(snapshot.dropped_rows.get(split, 0))
+        if tally is not None:
+            tally.checks(config, split, checks)
         elif split == source_split:
             constraints = {
-                f.key: feature_constraints(f, columns[f.key], splits[split]["features"][f.key])
+                f.key: feature_constraints(f, accumulated.features[f.key], splits[split]["features"][f.key])
                 for f in problem.features
             }
-        before = (previous or {}).get("splits", {}).get(split)
-        if before is not None:
-            check_feature_drift(config, problem, split, columns, labels, before, previous["snapshot"], checks)
+        if drift is not None:
+            distances, label_distance = drift.distances(splits[split])
+            check_feature_drift(config, problem, split, distances, label_distance, previous["snapshot"], checks)
     statistics_doc = {
         "snapshot": snapshot.path.name,
         "fingerprint": snapshot.fingerprint,

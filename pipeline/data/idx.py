@@ -98,6 +98,118 @@ def read_idx(path: str | Path, expected_magic: int) -> np.ndarray:
     return np.frombuffer(data, np.uint8, offset=header_size).reshape(shape)
 
 
+def _open(path: Path):
+    try:
+        return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+    except OSError as err:
+        raise DataSourceError(f"{path}: cannot read ({err.strerror or err})") from err
+
+
+def _read_chunk(handle, path: Path, size: int, offset: int) -> bytes:
+    """Reads up to `size` bytes at uncompressed `offset`, naming the file and the offset when it fails."""
+    try:
+        return handle.read(size)
+    except EOFError as err:
+        raise DataSourceError(f"{path}: gzip file is truncated (at byte {offset} of its content: {err})") from err
+    except (gzip.BadGzipFile, zlib.error) as err:
+        raise DataSourceError(f"{path}: corrupt gzip data (at byte {offset} of its content: {err})") from err
+    except OSError as err:
+        raise DataSourceError(f"{path}: cannot read at byte {offset} ({err.strerror or err})") from err
+
+
+def _header(handle, path: Path, expected_magic: int) -> tuple[int, ...]:
+    head = _read_chunk(handle, path, 4, 0)
+    if len(head) < 4:
+        raise DataSourceError(f"{path}: file too short for an IDX header ({len(head)} bytes)")
+    magic = int.from_bytes(head, "big")
+    if magic != expected_magic:
+        raise DataSourceError(f"{path}: wrong IDX magic number 0x{magic:08x}, expected 0x{expected_magic:08x}")
+    ndim = expected_magic & 0xFF
+    dims = _read_chunk(handle, path, 4 * ndim, 4)
+    if len(dims) < 4 * ndim:
+        raise DataSourceError(f"{path}: IDX header truncated ({4 + len(dims)} bytes)")
+    return tuple(int.from_bytes(dims[4 * i : 4 * i + 4], "big") for i in range(ndim))
+
+
+def iter_images(path: str | Path, rows: int):
+    """Reads an images IDX file `rows` images at a time, in bounded memory.
+
+    Args:
+        path: An images IDX file (gzip-compressed if its name ends in `.gz`).
+        rows: Images per chunk.
+
+    Yields:
+        uint8 arrays [n, H, W], n <= rows.
+
+    Raises:
+        DataSourceError: naming the file: a bad header, corrupt or truncated data (with the
+            byte offset), or content longer or shorter than the header declares.
+    """
+    path = Path(path)
+    with _open(path) as handle:
+        shape = _header(handle, path, IMAGES_MAGIC)
+        header_size = 4 + 4 * len(shape)
+        image_size = int(np.prod(shape[1:], dtype=np.int64))
+        offset = header_size
+        for start in range(0, shape[0], rows):
+            count = min(rows, shape[0] - start)
+            data = _read_chunk(handle, path, count * image_size, offset)
+            offset += len(data)
+            if len(data) < count * image_size:
+                raise DataSourceError(
+                    f"{path}: header declares shape {shape} ({header_size + shape[0] * image_size} bytes) "
+                    f"but the file holds {offset} bytes"
+                )
+            yield np.frombuffer(data, np.uint8).reshape(count, *shape[1:])
+        extra = len(_read_chunk(handle, path, 1 << 20, offset))
+        if extra:
+            raise DataSourceError(
+                f"{path}: header declares shape {shape} ({offset} bytes) but the file holds more "
+                f"({offset + extra} bytes or more)"
+            )
+
+
+def content_size(path: str | Path) -> int:
+    """The uncompressed size of a file, read through once in bounded memory."""
+    path = Path(path)
+    size = 0
+    with _open(path) as handle:
+        while chunk := _read_chunk(handle, path, 16 << 20, size):
+            size += len(chunk)
+    return size
+
+
+def check_split(files: IdxSplitFiles) -> tuple[int, tuple[int, ...]]:
+    """Checks a split's files without holding its images: headers, sizes and counts.
+
+    Returns:
+        (number of images, image shape (H, W)).
+
+    Raises:
+        DataSourceError: on any format problem or count mismatch, naming the file.
+    """
+    with _open(files.images) as handle:
+        shape = _header(handle, files.images, IMAGES_MAGIC)
+    with _open(files.labels) as handle:
+        (label_count,) = _header(handle, files.labels, LABELS_MAGIC)
+    size = content_size(files.images)
+    expected = 4 + 4 * len(shape) + int(np.prod(shape, dtype=np.int64))
+    if size != expected:
+        raise DataSourceError(
+            f"{files.images}: header declares shape {shape} ({expected} bytes) but the file holds {size} bytes"
+        )
+    if shape[0] != label_count:
+        raise DataSourceError(
+            f"split {files.split!r}: {files.images.name} has {shape[0]} images but "
+            f"{files.labels.name} has {label_count} labels"
+        )
+    if shape[0] == 0:
+        raise DataSourceError(f"split {files.split!r}: {files.images.name} holds no images")
+    if min(shape[1:]) == 0:
+        raise DataSourceError(f"{files.images}: image shape {shape[1:]} is empty")
+    return shape[0], tuple(shape[1:])
+
+
 def find_split_files(folder: str | Path) -> list[IdxSplitFiles]:
     """Finds the image/label file pairs in a folder.
 

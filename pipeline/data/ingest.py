@@ -13,18 +13,24 @@ is divided into train/validation/test by `split_fractions`: rows are ordered by 
 of their content and cut at those shares, so the split is deterministic, identical rows land
 in the same split, and rows added later leave most earlier rows where they were.
 
+The rows travel in chunks of `CHUNK_ROWS`: a first pass hashes the fingerprint column by
+column, and only if no snapshot of that fingerprint exists does a second pass write the shards
+(`shard_writer`, in bounded memory). IDX sources stream their images from the files; the other
+readers still hold a source in memory before it is chunked.
+
 The snapshot folder is named by a content fingerprint, so ingesting unchanged data again
 reuses the existing snapshot and changed data never overwrites an old one.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import json
 import logging
 import os
-import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +41,7 @@ from pipeline.core.errors import DataSourceError
 from pipeline.core.problem import ProblemSpec
 from pipeline.data import idx
 from pipeline.data.problem_inference import PreparedSplit, infer_problem, prepare_columns
+from pipeline.data.shard_writer import ChunkSource
 from pipeline.data.snapshot import SNAPSHOT_FILE, SNAPSHOT_FORMAT, TEST, TRAIN, VALIDATION, Snapshot
 from pipeline.data.source_data import SourceData
 
@@ -42,6 +49,7 @@ log = logging.getLogger(__name__)
 
 LABEL_COLUMN = "label"
 SINGLE_SPLIT = "data"
+CHUNK_ROWS = 4096
 
 
 def ingest(config: PipelineConfig) -> Snapshot:
@@ -60,17 +68,49 @@ def ingest(config: PipelineConfig) -> Snapshot:
     """
     source = read_source(config)
     problem = infer_problem(source, config)
-    prepared = prepare_columns(source, problem)
-    for split, part in prepared.items():
-        if part.dropped_missing_label:
-            log.warning(
-                "%s: %d rows of split %r have no label: left out", source.location, part.dropped_missing_label, split
-            )
-    splits = divide(prepared, config.split_fractions, config.seed) if set(prepared) == {SINGLE_SPLIT} else prepared
-    for split, part in splits.items():
-        if len(part.labels) == 0:
+    if source.stream is not None:
+        streams = streamed_splits(source, problem)
+    else:
+        prepared = prepare_columns(source, problem)
+        splits = divide(prepared, config.split_fractions, config.seed) if set(prepared) == {SINGLE_SPLIT} else prepared
+        streams = {split: in_chunks(part) for split, part in splits.items()}
+    digest, rows, dropped = fingerprint(problem, streams)
+    for split, count in rows.items():
+        if dropped[split]:
+            log.warning("%s: %d rows of split %r have no label: left out", source.location, dropped[split], split)
+        if count == 0:
             raise DataSourceError(f"{source.location}: split {split!r} has no rows with a label")
-    return write_snapshot(config, source, problem, splits)
+    return write_snapshot(config, source, problem, streams, digest, rows, dropped)
+
+
+def in_chunks(part: PreparedSplit, rows: int = CHUNK_ROWS) -> ChunkSource:
+    """A split held in memory, read as chunks of `rows` rows (the dropped-row count with the first)."""
+
+    def chunks() -> Iterator[PreparedSplit]:
+        total = len(part.labels)
+        for start in range(0, max(total, 1), rows):
+            end = min(start + rows, total)
+            yield PreparedSplit(
+                {key: values[start:end] for key, values in part.features.items()},
+                part.labels[start:end],
+                part.dropped_missing_label if start == 0 else 0,
+            )
+
+    return chunks
+
+
+def streamed_splits(source: SourceData, problem: ProblemSpec) -> dict[str, ChunkSource]:
+    """Each split of a streamed source as chunks brought to the problem spec."""
+
+    def split_chunks(split: str) -> ChunkSource:
+        def chunks() -> Iterator[PreparedSplit]:
+            for columns in source.stream(split):
+                one = dataclasses.replace(source, splits={split: columns}, stream=None)
+                yield prepare_columns(one, problem)[split]
+
+        return chunks
+
+    return {split: split_chunks(split) for split in sorted(source.splits)}
 
 
 def read_source(config: PipelineConfig) -> SourceData:
@@ -105,37 +145,55 @@ def _without(source: SourceData, exclude: list[str]) -> SourceData:
 
 
 def read_idx_source(folder: Path, configured_names: list[str] | None) -> SourceData:
-    """An IDX folder as an 'images' column (uint8 [N,H,W,1]) and a 'label' column of class ids.
+    """An IDX folder as an 'images' column (uint8 [N,H,W,1]) and a 'label' column of class ids, streamed.
+
+    The labels (a byte per image) are read whole; the images are read `CHUNK_ROWS` at a time
+    whenever the split is streamed. For inference, `splits` holds every label and, in place of
+    the images, a read-only view repeating the first image (inference needs only their shape).
 
     Raises:
         DataSourceError: for broken files, splits of different image shapes, or labels outside the classes.
     """
     from pipeline.core.problem import IMAGE_KEY
 
-    split_files = idx.find_split_files(folder)
-    arrays = {files.split: idx.read_split(files) for files in split_files}
-    class_names = idx.resolve_class_names(folder, [labels for _, labels in arrays.values()], configured_names)
-    shapes = {images.shape[1:] for images, _ in arrays.values()}
+    split_files = {files.split: files for files in idx.find_split_files(folder)}
+    headers = {split: idx.check_split(files) for split, files in split_files.items()}
+    labels = {split: idx.read_idx(files.labels, idx.LABELS_MAGIC) for split, files in split_files.items()}
+    class_names = idx.resolve_class_names(folder, list(labels.values()), configured_names)
+    shapes = {shape for _, shape in headers.values()}
     if len(shapes) != 1:
         raise DataSourceError(f"{folder}: splits have different image shapes {sorted(shapes)}")
-    for split, (_, labels) in arrays.items():
-        if labels.size and int(labels.max()) >= len(class_names):
-            files = next(f for f in split_files if f.split == split)
-            bad = int(np.argmax(labels >= len(class_names)))
+    (image_shape,) = shapes
+    for split, values in labels.items():
+        if values.size and int(values.max()) >= len(class_names):
+            bad = int(np.argmax(values >= len(class_names)))
             raise DataSourceError(
-                f"{files.labels}: label {int(labels[bad])} at index {bad} is outside the class "
+                f"{split_files[split].labels}: label {int(values[bad])} at index {bad} is outside the class "
                 f"range 0..{len(class_names) - 1} ({len(class_names)} class names)"
             )
+    first_images = {split: next(idx.iter_images(files.images, 1)) for split, files in split_files.items()}
+
+    def stream(split: str) -> Iterator[dict[str, np.ndarray]]:
+        start = 0
+        for images in idx.iter_images(split_files[split].images, CHUNK_ROWS):
+            end = start + len(images)
+            yield {IMAGE_KEY: images[..., np.newaxis], LABEL_COLUMN: labels[split][start:end].astype(np.int64)}
+            start = end
+
     return SourceData(
         name=folder.name or "idx",
         splits={
-            split: {IMAGE_KEY: images, LABEL_COLUMN: labels.astype(np.int64)}
-            for split, (images, labels) in arrays.items()
+            split: {
+                IMAGE_KEY: np.broadcast_to(first_images[split][..., np.newaxis], (len(values), *image_shape, 1)),
+                LABEL_COLUMN: values.astype(np.int64),
+            }
+            for split, values in labels.items()
         },
         columns=[IMAGE_KEY, LABEL_COLUMN],
         class_names={LABEL_COLUMN: class_names},
         label_hint=LABEL_COLUMN,
         location=f"idx:{folder}",
+        stream=stream,
     )
 
 
@@ -190,18 +248,32 @@ def _hash_values(hasher, values: np.ndarray) -> None:
         hasher.update(np.ascontiguousarray(values).tobytes())
 
 
-def fingerprint(problem: ProblemSpec, splits: dict[str, PreparedSplit]) -> str:
-    """SHA-256 of the snapshot format, the problem spec and every split's rows."""
+def fingerprint(problem: ProblemSpec, splits: dict[str, ChunkSource]) -> tuple[str, dict[str, int], dict[str, int]]:
+    """Reads every split once and hashes it: SHA-256 of the snapshot format, the problem spec and the rows.
+
+    Each column of a split is hashed on its own as its chunks go by, so the digest does not
+    depend on how a split is cut into chunks.
+
+    Returns:
+        (the hex digest, rows per split, rows dropped for lack of a label per split).
+    """
     hasher = hashlib.sha256(f"snapshot-format={SNAPSHOT_FORMAT};".encode())
     hasher.update(json.dumps(problem.to_dict(), sort_keys=True).encode())
-    for split, part in sorted(splits.items()):
-        hasher.update(f"split={split};rows={len(part.labels)};dropped={part.dropped_missing_label};".encode())
-        for key in sorted(part.features):
-            values = part.features[key]
-            hasher.update(f"{key}:{values.dtype}:{list(values.shape[1:])};".encode())
-            _hash_values(hasher, values)
-        _hash_values(hasher, part.labels)
-    return hasher.hexdigest()
+    keys = sorted(f.key for f in problem.features)
+    rows, dropped = {}, {}
+    for split in sorted(splits):
+        columns = {key: hashlib.sha256() for key in [*keys, problem.label_key]}
+        rows[split] = dropped[split] = 0
+        for chunk in splits[split]():
+            rows[split] += len(chunk.labels)
+            dropped[split] += chunk.dropped_missing_label
+            for key in keys:
+                _hash_values(columns[key], chunk.features[key])
+            _hash_values(columns[problem.label_key], chunk.labels)
+        hasher.update(f"split={split};rows={rows[split]};dropped={dropped[split]};".encode())
+        for key, column in columns.items():
+            hasher.update(f"{key}:{column.hexdigest()};".encode())
+    return hasher.hexdigest(), rows, dropped
 
 
 def _snapshot_root(config: PipelineConfig) -> Path:
@@ -231,45 +303,42 @@ def _publish(staging: Path, final: Path, snapshot: Snapshot) -> Snapshot:
 
 
 def write_snapshot(
-    config: PipelineConfig, source: SourceData, problem: ProblemSpec, splits: dict[str, PreparedSplit]
+    config: PipelineConfig,
+    source: SourceData,
+    problem: ProblemSpec,
+    splits: dict[str, ChunkSource],
+    digest: str,
+    rows: dict[str, int],
+    dropped: dict[str, int],
 ) -> Snapshot:
     """Publishes the splits as a TFDS-format snapshot named by their fingerprint (or reuses it)."""
-    import tensorflow_datasets as tfds
+    from pipeline.data.shard_writer import write_dataset
 
-    from pipeline.data.snapshot_builder import ColumnsDataset
-    from pipeline.data.tfds_source import progress_bars_on_terminals_only
-
-    digest = fingerprint(problem, splits)
     safe_name = "".join(c if c.isalnum() or c in "-_." else "_" for c in source.name) or "data"
     final = _snapshot_root(config) / f"{safe_name}-{digest[:12]}"
     if found := _existing(final):
         return found
     with staging_dir(_snapshot_root(config), safe_name) as staging:
-        builder = ColumnsDataset(
-            problem=problem,
-            splits={split: (part.features, part.labels) for split, part in splits.items()},
-            description=f"{source.location}: {problem.task} of {problem.label!r}",
-            data_dir=str(staging / "tfds"),
-        )
-        log.info("preparing TFDS dataset from %s", source.location)
-        progress_bars_on_terminals_only()
+        log.info("writing the snapshot of %s", source.location)
         try:
-            builder.download_and_prepare(
-                download_dir=str(staging / "downloads"),
-                download_config=tfds.download.DownloadConfig(try_download_gcs=False),
+            dataset_dir = write_dataset(
+                staging / "tfds",
+                problem,
+                splits,
+                description=f"{source.location}: {problem.task} of {problem.label!r}",
+                memory_budget_bytes=config.ingest_memory_budget_mb << 20,
             )
         except OSError as err:
             raise DataSourceError(f"writing the snapshot under {staging.parent} failed: {err.strerror or err}") from err
-        shutil.rmtree(staging / "downloads", ignore_errors=True)
         snapshot = Snapshot(
             path=final,
             name=source.name if source.location.startswith("tfds:") else safe_name,
             source=config.data_source,
             fingerprint=digest,
-            splits={split: len(part.labels) for split, part in sorted(splits.items())},
+            splits=dict(sorted(rows.items())),
             problem=problem,
-            dropped_rows={split: part.dropped_missing_label for split, part in sorted(splits.items())},
-            tfds_dir=str(Path(builder.data_dir).relative_to(staging)),
+            dropped_rows=dict(sorted(dropped.items())),
+            tfds_dir=str(dataset_dir.relative_to(staging)),
             created_at=utc_now(),
         )
         return _publish(staging, final, snapshot)

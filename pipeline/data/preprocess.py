@@ -2,14 +2,16 @@
 
 Features stay raw (uint8 pixels, numbers with NaN for missing, strings); every transformation
 that serving needs too (normalisation, vocabularies, imputation) is a layer of the model, so
-training and serving see the same one. The pipeline only casts images to float32, caches,
-shuffles, batches, augments images and shapes the labels for the task's loss.
+training and serving see the same one. The pipeline only caches (a split that fits `cache_max_mb`,
+else it streams from the snapshot's shards each epoch), casts images to float32, shuffles,
+batches, augments images and shapes the labels for the task's loss.
 """
 
 from __future__ import annotations
 
 import os
 
+import numpy as np
 import tensorflow as tf
 
 from pipeline.core.config import PipelineConfig
@@ -62,7 +64,8 @@ def make_dataset(
     Args:
         snapshot: The data snapshot.
         split: A TFDS split expression (resolved, not 'auto').
-        config: Uses `batch_size`, `shuffle_buffer`, `cache`, `augment`, `augment_shift` and `seed`.
+        config: Uses `batch_size`, `shuffle_buffer`, `cache`, `cache_max_mb`, `augment`, `augment_shift`
+            and `seed`. A split larger than `cache_max_mb` decoded is read from the shards every epoch.
         training: Shuffle (seeded, reshuffled every epoch) and augment images if enabled.
         one_hot_classes: Multiclass: give labels one-hot over this many classes (for a label-smoothed loss).
 
@@ -70,9 +73,10 @@ def make_dataset(
         Batches of ({key: values [B, ...]} with images float32 in 0-255, labels for the task's loss), prefetched.
     """
     problem = snapshot.problem
-    dataset = snapshot.load_split(split).map(_cast_images(problem), num_parallel_calls=MAP_PARALLELISM)
-    if config.cache:
-        dataset = dataset.cache()
+    dataset = snapshot.load_split(split)
+    if config.cache and decoded_size(snapshot, split) <= config.cache_max_mb << 20:
+        dataset = dataset.cache()  # uint8 pixels, before the float32 cast: a quarter of the memory
+    dataset = dataset.map(_cast_images(problem), num_parallel_calls=MAP_PARALLELISM)
     if training:
         dataset = dataset.shuffle(config.shuffle_buffer, seed=config.seed, reshuffle_each_iteration=True)
     dataset = dataset.batch(config.batch_size)
@@ -98,6 +102,17 @@ def without_autotuning() -> tf.data.Options:
     options = tf.data.Options()
     options.autotune.enabled = False
     return options
+
+
+def decoded_size(snapshot: Snapshot, split: str) -> int:
+    """About how many bytes a split takes decoded in memory: its images' pixels, 8 bytes per other
+    value, and its serialized size where that is larger (text)."""
+    rows = split_size(snapshot, split)
+    base = split.split("[", 1)[0].split("+", 1)[0]
+    info = snapshot.builder().info.splits[base]
+    serialized = info.num_bytes * rows // max(info.num_examples, 1)
+    per_row = 8 + sum(int(np.prod(f.shape)) if f.kind == IMAGE else 8 for f in snapshot.problem.features)
+    return max(rows * per_row, serialized)
 
 
 def split_size(snapshot: Snapshot, split: str) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -146,31 +147,45 @@ class Snapshot:
         label_key = self.problem.label_key
         return self._as_dataset(split).map(lambda example: ({k: example[k] for k in keys}, example[label_key]))
 
-    def split_columns(self, split: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """Reads a whole split into memory: ({feature key: values}, labels).
+    def iter_batches(self, split: str, batch_size: int = 4096) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
+        """Reads a split batch by batch, in file order, holding one batch at a time.
 
-        Text comes as object arrays of `str`, images as uint8 [N,H,W,C], labels as int64
-        class ids or float32 values.
+        Args:
+            split: A TFDS split expression.
+            batch_size: Rows per batch.
+
+        Yields:
+            ({feature key: values}, labels): text as object arrays of `str`, images as uint8
+            [N,H,W,C], labels as int64 class ids or float32 values.
         """
         import tensorflow_datasets as tfds
 
+        label_dtype = np.int64 if self.problem.is_classification else np.float32
+        strings = [f.key for f in self.problem.features if f.dtype == STRING]
+        for features, labels in tfds.as_numpy(self.load_split(split).batch(batch_size)):
+            for key in strings:
+                decoded = np.empty(len(features[key]), dtype=object)
+                decoded[:] = [v.decode("utf-8") if isinstance(v, bytes) else v for v in features[key]]
+                features[key] = decoded
+            yield features, labels.astype(label_dtype)
+
+    def split_columns(self, split: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Reads a whole split into memory: ({feature key: values}, labels), as `iter_batches` gives them.
+
+        Only for splits known to be small (a bounded sample, request rows); stages stream with `iter_batches`.
+        """
         parts: dict[str, list[np.ndarray]] = {f.key: [] for f in self.problem.features}
         labels = []
-        for features, batch_labels in tfds.as_numpy(self.load_split(split).batch(4096)):
+        for features, batch_labels in self.iter_batches(split):
             for key, values in features.items():
                 parts[key].append(values)
             labels.append(batch_labels)
         columns = {}
         for feature in self.problem.features:
             if parts[feature.key]:
-                values = np.concatenate(parts[feature.key])
+                columns[feature.key] = np.concatenate(parts[feature.key])
             else:
-                values = np.zeros((0, *feature.shape), np.uint8 if feature.kind == IMAGE else np.float32)
-            if feature.dtype == STRING:
-                decoded = np.empty(len(values), dtype=object)
-                decoded[:] = [v.decode("utf-8") if isinstance(v, bytes) else v for v in values]
-                values = decoded
-            columns[feature.key] = values
+                columns[feature.key] = np.zeros((0, *feature.shape), np.uint8 if feature.kind == IMAGE else np.float32)
         label_dtype = np.int64 if self.problem.is_classification else np.float32
         return columns, (np.concatenate(labels) if labels else np.zeros(0)).astype(label_dtype)
 

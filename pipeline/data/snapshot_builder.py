@@ -1,10 +1,10 @@
-"""A TFDS dataset builder over columns already in memory, with features described by a problem spec.
+"""The TFDS features of a snapshot, described by its problem spec.
 
-Every source (tables, image folders, TFDS, IDX) is written through `ColumnsDataset`, so the
-snapshot is always a prepared TFDS dataset with one feature per spec feature (its key) and
-the label: `tfds.features.Image` for images, `Text` for categorical and text values,
-scalar `Tensor`s for numbers, `ClassLabel` (classification) or a float32 `Tensor` (regression)
-for the label.
+Every source (tables, image folders, TFDS, IDX) is written with these features
+(`shard_writer.write_dataset`), so the snapshot is always a prepared TFDS dataset with one
+feature per spec feature (its key) and the label: `tfds.features.Image` for images, `Text`
+for categorical and text values, scalar `Tensor`s for numbers, `ClassLabel` (classification)
+or a float32 `Tensor` (regression) for the label.
 """
 
 from __future__ import annotations
@@ -32,49 +32,3 @@ def features_dict(problem: ProblemSpec):
     else:
         features[problem.label_key] = tfds.features.Tensor(shape=(), dtype=np.float32)
     return tfds.features.FeaturesDict(features)
-
-
-class ColumnsDataset(tfds.core.GeneratorBasedBuilder):
-    """TFDS builder over in-memory columns (no download step).
-
-    Args:
-        problem: The problem spec: feature keys, dtypes, the label.
-        splits: {split: ({feature key: values}, labels)}.
-        description: Where the data came from.
-    """
-
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Columns of a data source, typed by the pipeline's problem spec."}
-
-    def __init__(
-        self,
-        *,
-        problem: ProblemSpec,
-        splits: dict[str, tuple[dict[str, np.ndarray], np.ndarray]],
-        description: str = "",
-        **kwargs,
-    ):
-        self._problem = problem
-        self._splits = splits
-        self._description = description
-        super().__init__(**kwargs)
-
-    def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description=self._description,
-            features=features_dict(self._problem),
-        )
-
-    def _split_generators(self, dl_manager):
-        del dl_manager  # Already in memory: nothing to download.
-        return {split: self._generate_examples(split) for split in self._splits}
-
-    def _generate_examples(self, split: str):
-        features, labels = self._splits[split]
-        label_key = self._problem.label_key
-        keys = list(features)
-        for index in range(len(labels)):
-            example = {key: features[key][index] for key in keys}
-            example[label_key] = labels[index]
-            yield index, example

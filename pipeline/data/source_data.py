@@ -14,6 +14,7 @@ know where the data came from:
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -31,6 +32,9 @@ class SourceData:
         class_names: {column: names} for class-id columns whose names the source knows.
         label_hint: The column the source itself calls its label (TFDS supervised key, 'label'), if any.
         location: What was read (a path, glob or TFDS name), for messages.
+        stream: For a source too big to hold: a function giving one split's columns in chunks.
+            `splits` then holds what problem inference needs (see the reader), and ingest
+            reads the rows through `stream`.
     """
 
     name: str
@@ -39,6 +43,7 @@ class SourceData:
     class_names: dict[str, list[str]] = dataclasses.field(default_factory=dict)
     label_hint: str | None = None
     location: str = ""
+    stream: Callable[[str], Iterator[dict[str, np.ndarray]]] | None = None
 
     def column(self, name: str) -> list[np.ndarray]:
         """The column's values in every split (sorted by split name)."""

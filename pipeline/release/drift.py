@@ -34,7 +34,7 @@ from pipeline.core.config import PipelineConfig
 from pipeline.core.errors import PipelineError
 from pipeline.core.problem import IMAGE, NUMERIC, STRING, FeatureSpec, ProblemSpec, image_classification
 from pipeline.data import statistics
-from pipeline.data.data_validation import distribution, drift_threshold, split_statistics
+from pipeline.data.data_validation import distribution, drift_threshold, snapshot_split_statistics
 from pipeline.data.snapshot import TRAIN, Snapshot
 
 
@@ -197,8 +197,7 @@ def training_statistics(config: PipelineConfig, card: dict[str, Any]) -> dict[st
         raise PipelineError(f"the stable model's training snapshot {snapshot_dir} is gone: cannot compare")
     snapshot = Snapshot.load(snapshot_dir)
     split = snapshot.resolve_split(card.get("config", {}).get("train_split", "auto"), TRAIN)
-    columns, labels = snapshot.split_columns(split)
-    statistics_doc = split_statistics(snapshot.problem, columns, labels)
+    statistics_doc = snapshot_split_statistics(snapshot, split).summary()
     atomic_write_json(cache, statistics_doc)
     return statistics_doc
 

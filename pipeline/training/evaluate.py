@@ -265,8 +265,20 @@ def serving_outputs(problem: ProblemSpec, raw: np.ndarray) -> dict[str, np.ndarr
     return {"probabilities": raw}
 
 
+EVALUATION_BATCH = 512
+
+
+def _keras_inputs(problem: ProblemSpec, features: dict[str, np.ndarray]) -> dict:
+    import tensorflow as tf
+
+    return {
+        f.key: tf.constant(features[f.key].astype(np.float32) if f.kind == IMAGE else _tensor_values(features[f.key]))
+        for f in problem.features
+    }
+
+
 def predict_keras(model_path: Path, problem: ProblemSpec, features: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """A saved Keras model's answers for raw features, as the serving signature gives them."""
+    """A saved Keras model's answers for raw features held in memory, as the serving signature gives them."""
     import tensorflow as tf
 
     from pipeline.training.models import load_model
@@ -276,7 +288,7 @@ def predict_keras(model_path: Path, problem: ProblemSpec, features: dict[str, np
         f.key: features[f.key].astype(np.float32) if f.kind == IMAGE else _tensor_values(features[f.key])
         for f in problem.features
     }
-    dataset = tf.data.Dataset.from_tensor_slices(inputs).batch(512)
+    dataset = tf.data.Dataset.from_tensor_slices(inputs).batch(EVALUATION_BATCH)
     return serving_outputs(problem, model.predict(dataset, verbose=0))
 
 
@@ -326,15 +338,15 @@ def _request_inputs(problem: ProblemSpec, features: dict[str, np.ndarray]) -> di
     return {f.key: _tensor_values(features[f.key]) for f in problem.features}
 
 
-def _baseline(
-    config: PipelineConfig, problem: ProblemSpec, features, labels, notes: list[str], serving: int | None
-) -> tuple[Baseline | None, dict[str, np.ndarray] | None]:
-    """Evaluates the published baseline: (its figures, its answers), or (None, None) with a note saying why."""
+def _baseline_version(
+    config: PipelineConfig, problem: ProblemSpec, notes: list[str], serving: int | None
+) -> int | None:
+    """The published version to compare with, or None with a note saying why there is none."""
     versions = model_repo.published_versions(config.model_dir)
     if config.baseline_version is not None:
         if config.baseline_version not in versions:
             notes.append(f"baseline version {config.baseline_version} is not published: no baseline")
-            return None, None
+            return None
         version = config.baseline_version
     elif serving in versions:
         # What serves, not the newest version: that may be a canary that was rolled back or rejected.
@@ -343,22 +355,86 @@ def _baseline(
         version = versions[-1]
     else:
         notes.append("no published model: no baseline comparison (first run)")
-        return None, None
-    version_dir = config.model_dir / str(version)
+        return None
     try:
-        why_not = _comparable(version_dir, problem)
-        if why_not:
-            notes.append(f"baseline version {version} is not comparable: {why_not}")
-            return None, None
-        outputs = model_repo.predict_saved_model(version_dir, _request_inputs(problem, features))
+        why_not = _comparable(config.model_dir / str(version), problem)
     except Exception as err:  # A broken published model must not block a good candidate.
-        notes.append(f"baseline version {version} could not be evaluated ({err}): no baseline")
-        log.warning("baseline %s failed to evaluate: %s", version_dir, err)
-        return None, None
-    metrics = task_metrics(problem, labels, outputs, config.decision_threshold)
+        why_not = f"its model card cannot be read ({err})"
+    if why_not:
+        notes.append(f"baseline version {version} is not comparable: {why_not}")
+        return None
+    return version
+
+
+@dataclasses.dataclass
+class SplitPredictions:
+    """A split's labels, the candidate's and the baseline's answers, and the slice features' values."""
+
+    labels: np.ndarray
+    outputs: dict[str, np.ndarray]
+    baseline_outputs: dict[str, np.ndarray] | None
+    slice_columns: dict[str, np.ndarray]
+
+
+def _concatenate(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]} if parts else {}
+
+
+def predict_split(
+    snapshot: Snapshot,
+    split: str,
+    model_path: Path,
+    baseline_dir: Path | None,
+    slice_keys: list[str],
+    notes: list[str],
+) -> SplitPredictions:
+    """Streams a split once, a batch at a time: the candidate's and the baseline's answers.
+
+    Only the answers, the labels and the slice features' values are kept, not the features.
+    A baseline that fails to answer is dropped with a note (a broken published model must
+    not block a good candidate).
+    """
+    from pipeline.training.models import load_model
+
+    problem = snapshot.problem
+    model = load_model(model_path)
+    baseline = None
+    if baseline_dir is not None:
+        try:
+            baseline = model_repo.load_signature(baseline_dir)
+        except Exception as err:
+            notes.append(f"baseline version {baseline_dir.name} could not be evaluated ({err}): no baseline")
+            log.warning("baseline %s failed to load: %s", baseline_dir, err)
+    labels, outputs, baseline_outputs = [], [], []
+    slices: dict[str, list[np.ndarray]] = {key: [] for key in slice_keys}
+    for features, batch_labels in snapshot.iter_batches(split, EVALUATION_BATCH):
+        labels.append(batch_labels)
+        outputs.append(serving_outputs(problem, model.predict_on_batch(_keras_inputs(problem, features))))
+        if baseline is not None:
+            try:
+                baseline_outputs.append(model_repo.call_signature(baseline, _request_inputs(problem, features)))
+            except Exception as err:
+                notes.append(f"baseline version {baseline_dir.name} could not be evaluated ({err}): no baseline")
+                log.warning("baseline %s failed to evaluate: %s", baseline_dir, err)
+                baseline, baseline_outputs = None, []
+        for key in slice_keys:
+            slices[key].append(features[key])
+    return SplitPredictions(
+        labels=np.concatenate(labels) if labels else np.zeros(0),
+        outputs=_concatenate(outputs),
+        baseline_outputs=_concatenate(baseline_outputs) if baseline is not None else None,
+        slice_columns={key: np.concatenate(values) for key, values in slices.items() if values},
+    )
+
+
+def baseline_figures(
+    problem: ProblemSpec, version: int, labels: np.ndarray, outputs: dict[str, np.ndarray], threshold: float
+) -> Baseline:
+    """The baseline's metrics and per-class recall on the test rows."""
+    metrics = task_metrics(problem, labels, outputs, threshold)
     recall = {name: values["recall"] for name, values in metrics.get("per_class", {}).items()}
     scores = {name: metrics[name] for name, (_, tasks) in METRICS.items() if problem.task in tasks}
-    return Baseline(version, scores, recall), outputs
+    return Baseline(version, scores, recall)
 
 
 def _check(rule: str, what: str, value: float, bound: float, bound_text: str, higher_better: bool) -> RuleCheck:
@@ -582,12 +658,18 @@ def evaluate(
     metric = gate_metric(config, problem)
     out = stage_dir(config, "evaluate")
     split = snapshot.resolve_split(config.test_split, TEST)
-    features, labels = snapshot.split_columns(split)
-    outputs = predict_keras(Path(model_path), problem, features)
-    metrics = task_metrics(problem, labels, outputs, config.decision_threshold)
     notes: list[str] = []
-    baseline, baseline_outputs = _baseline(config, problem, features, labels, notes, serving)
-    slices = slice_results(config, problem, features, labels, outputs, baseline_outputs)
+    version = _baseline_version(config, problem, notes, serving)
+    keys = {f.name: f.key for f in problem.features}
+    slice_keys = [keys.get(name, name) for name in config.slice_features or ()]
+    baseline_dir = config.model_dir / str(version) if version is not None else None
+    predicted = predict_split(snapshot, split, Path(model_path), baseline_dir, slice_keys, notes)
+    labels, outputs = predicted.labels, predicted.outputs
+    metrics = task_metrics(problem, labels, outputs, config.decision_threshold)
+    baseline, baseline_outputs = None, predicted.baseline_outputs
+    if baseline_outputs is not None:
+        baseline = baseline_figures(problem, version, labels, baseline_outputs, config.decision_threshold)
+    slices = slice_results(config, problem, predicted.slice_columns, labels, outputs, baseline_outputs)
     rules = gate_rules(metrics, baseline, config, problem) + slice_rules(slices, config, metric)
     blessed = all(check.passed for check in rules)
     # The failing rules first: they are what a person reads in a one-line summary.

@@ -158,3 +158,15 @@ def test_read_idx_reads_uncompressed_files(tmp_path):
     assert np.array_equal(
         read_idx(write_idx(tmp_path / "x-images-idx3-ubyte", array, IMAGES_MAGIC), IMAGES_MAGIC), array
     )
+
+
+def test_snapshot_does_not_depend_on_chunk_size_or_memory_budget(make_config, tmp_path, monkeypatch):
+    import pipeline.data.ingest as ingest_module
+
+    first = ingest(make_config())
+    monkeypatch.setattr(ingest_module, "CHUNK_ROWS", 333)
+    second = ingest(make_config(workdir=str(tmp_path / "other"), ingest_memory_budget_mb=1))
+    assert second.fingerprint == first.fingerprint and second.splits == first.splits
+    for split in first.splits:
+        a, b = first.split_columns(split), second.split_columns(split)
+        assert np.array_equal(a[0]["images"], b[0]["images"]) and np.array_equal(a[1], b[1])
