@@ -135,6 +135,31 @@ def run_step(name: str, state: dict | None = None) -> dict | None:
     return outcome.state
 
 
+def plan_validation(state: dict) -> list[dict]:
+    """The parts of the snapshot that validation measures, one mapped task each."""
+    from pipeline import runner
+
+    return fail_on_pipeline_error(runner.validation_parts, current_config(), state)
+
+
+def measure_validation_part(state: dict, part: dict) -> str:
+    """Measures one part (a shard file of a split); returns its file's path."""
+    from pipeline import runner
+    from pipeline.core.native_logs import native_stderr_to_logging
+
+    get_current_context()["part_name"] = f"{part['split']} shard {part['shard'] + 1} of {part['shards']}"
+
+    with native_stderr_to_logging(logging.getLogger("tensorflow.native")):
+        return fail_on_pipeline_error(runner.measure_validation_part, current_config(), state, part)
+
+
+def validate_from_parts(state: dict, part_files: list[str]) -> dict | None:
+    """The validate step, merging the part files the mapped tasks wrote."""
+    from pipeline import runner
+
+    return run_step("validate", {**state, runner.VALIDATION_PARTS: {"files": list(part_files)}})
+
+
 def run_report() -> dict:
     """Writes the run's report page and says what the run did; the summary becomes the run's note."""
     from pipeline import runner

@@ -1,6 +1,7 @@
 """Train, gate, validate and promote each model of the deployment: one DAG per model, `<model>_training`.
 
-ingest -> validate -> check_changes -> train -> evaluate -> gate -> export
+ingest -> validation_parts -> measure_part (mapped: one per shard file) -> validate -> check_changes
+-> train -> evaluate -> gate -> export
 -> infra_validate -> promote_canary -> smoke_test -> watch_canary [-> approve] -> mark_stable -> report
 
 Each task runs one step of `pipeline.runner` (the same sequence `python -m pipeline run`
@@ -37,11 +38,14 @@ from dag_helpers import (
     default_task_args,
     drift_detected,
     log_failure,
+    measure_validation_part,
     outcome_extra,
+    plan_validation,
     run_report,
     run_step,
     stable_model,
     trigger_params,
+    validate_from_parts,
 )
 from mlops_timetables import UpcomingCronTimetable
 
@@ -86,9 +90,19 @@ def _tasks(model: ModelSettings, stable) -> None:
     def ingest() -> dict:
         return run_step("ingest")
 
+    # Validation fans out over the snapshot's shard files (dynamic task mapping: Celery or
+    # Kubernetes workers share the reading); `validate` merges the parts in shard order.
     @task
-    def validate(state: dict) -> dict:
-        return run_step("validate", state)
+    def validation_parts(state: dict) -> list[dict]:
+        return plan_validation(state)
+
+    @task(map_index_template="{{ part_name }}")
+    def measure_part(state: dict, part: dict) -> str:
+        return measure_validation_part(state, part)
+
+    @task
+    def validate(state: dict, part_files: list[str]) -> dict:
+        return validate_from_parts(state, part_files)
 
     # A short-circuit skips the tasks after it but not `report` (trigger rule none_failed).
     @task.short_circuit(ignore_downstream_trigger_rules=False)
@@ -139,7 +153,9 @@ def _tasks(model: ModelSettings, stable) -> None:
         return run_report()
 
     state = ingest()
-    for step in (validate, check_changes, train, evaluate, gate, export, infra_validate, promote_canary, smoke_test):
+    part_files = measure_part.partial(state=state).expand(part=validation_parts(state))
+    state = validate(state, part_files)
+    for step in (check_changes, train, evaluate, gate, export, infra_validate, promote_canary, smoke_test):
         state = step(state)
     state = CanaryWatchOperator(task_id="watch_canary", state=state).output
     if model.approval_required:

@@ -87,11 +87,31 @@ def ingest(config: PipelineConfig, state: State, by: str) -> dict[str, Any]:
     }
 
 
+# The state key under which the DAG hands validate the part files its mapped tasks wrote.
+VALIDATION_PARTS = "validation_parts"
+
+
+def validation_parts(config: PipelineConfig, state: State) -> list[dict[str, Any]]:
+    """The parts (split, shard file) validation measures: one mapped task each in the DAG."""
+    from pipeline.data.data_validation import validation_parts as parts_of
+
+    return [dataclasses.asdict(part) for part in parts_of(_snapshot(state))]
+
+
+def measure_validation_part(config: PipelineConfig, state: State, part: dict[str, Any]) -> str:
+    """Measures one part of the snapshot for validate; returns the part file's path."""
+    from pipeline.data.data_validation import ValidationPart, write_part
+
+    return write_part(config, _snapshot(state), ValidationPart(**part))
+
+
 def validate(config: PipelineConfig, state: State, by: str) -> dict[str, Any]:
-    """Validates the snapshot; raises DataValidationError if a severe anomaly is found."""
+    """Validates the snapshot (merging the parts' files when mapped tasks measured them); raises
+    DataValidationError if a severe anomaly is found."""
     from pipeline.data.data_validation import validate as validate_snapshot
 
-    return validate_snapshot(config, _snapshot(state)).to_dict()
+    files = state.get(VALIDATION_PARTS, {}).get("files")
+    return validate_snapshot(config, _snapshot(state), files).to_dict()
 
 
 def check_changes(config: PipelineConfig, state: State, by: str) -> dict[str, Any]:

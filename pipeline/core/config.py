@@ -101,6 +101,12 @@ class PipelineConfig:
         "snapshot is the same whatever the budget.",
         minimum=1,
     )
+    snapshot_shards: int | None = _field(
+        None,
+        "Shard files per split of a new snapshot (unset: TFDS's rule, 64 MiB to 1 GiB each). More shards "
+        "let more workers read their own part; an existing snapshot of the same data keeps its shards.",
+        minimum=1,
+    )
     tfds_data_dir: str | None = _field(None, "TFDS data_dir for 'tfds:' sources (TFDS's default when unset).")
     allow_download: bool = _field(False, "Let a 'tfds:' source download and prepare data (needs network).")
     class_names: list[str] | None = _field(

@@ -100,6 +100,24 @@ class SplitStatistics:
             accumulated.merge(other.features[key])
         return self
 
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "count": self.count,
+            "label_histogram": self.label_histogram.tolist(),
+            "label": self.label.to_dict(),
+            "features": {key: accumulated.to_dict() for key, accumulated in self.features.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, problem: ProblemSpec, state: dict[str, Any]) -> SplitStatistics:
+        restored = cls(problem)
+        restored.count = state["count"]
+        restored.label_histogram = np.asarray(state["label_histogram"], np.int64)
+        restored.label = statistics.NumericAccumulator.from_dict(state["label"])
+        kinds = {f.key: f.kind for f in problem.features}
+        restored.features = {key: statistics.accumulator(kinds[key], value) for key, value in state["features"].items()}
+        return restored
+
     def summary(self, dropped: int = 0) -> dict[str, Any]:
         """The statistics document of the split (see `split_statistics`)."""
         stats: dict[str, Any] = {"count": self.count, "dropped_missing_label": int(dropped)}
@@ -305,6 +323,28 @@ class ConstraintTally:
             if feature.kind == TEXT:
                 tally.empty += sum(1 for text in values if not text)
 
+    def merge(self, other: ConstraintTally) -> ConstraintTally:
+        for key, tally in self.tallies.items():
+            theirs = other.tallies[key]
+            for name in ("rows", "missing", "present", "outside", "unseen", "empty"):
+                setattr(tally, name, getattr(tally, name) + getattr(theirs, name))
+            if tally.outside_example is None:
+                tally.outside_example = theirs.outside_example
+            if len(tally.unseen_examples) < 1000:
+                tally.unseen_examples.update(sorted(theirs.unseen_examples)[: 1000 - len(tally.unseen_examples)])
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            key: {**dataclasses.asdict(tally), "unseen_examples": sorted(tally.unseen_examples)}
+            for key, tally in self.tallies.items()
+        }
+
+    def restore(self, state: dict[str, Any]) -> ConstraintTally:
+        for key, values in state.items():
+            self.tallies[key] = _FeatureTally(**{**values, "unseen_examples": set(values["unseen_examples"])})
+        return self
+
     def checks(self, config: PipelineConfig, split: str, checks: list) -> None:
         """Appends the split's constraint checks."""
         for feature in self.features:
@@ -370,6 +410,164 @@ class ConstraintTally:
                 )
 
 
+@dataclasses.dataclass
+class SplitMeasure:
+    """Everything validation measures of (a part of) a split in its one pass: statistics and tallies."""
+
+    statistics: SplitStatistics
+    constraints: ConstraintTally | None
+    drift: DriftTally | None
+
+    @classmethod
+    def empty(cls, problem: ProblemSpec, schema: dict[str, Any] | None, before: dict[str, Any] | None) -> SplitMeasure:
+        return cls(
+            SplitStatistics(problem),
+            ConstraintTally(schema, problem) if schema is not None else None,
+            DriftTally(problem, before) if before is not None else None,
+        )
+
+    def add(self, columns: dict[str, np.ndarray], labels: np.ndarray) -> None:
+        self.statistics.add(columns, labels)
+        if self.constraints is not None:
+            self.constraints.add(columns)
+        if self.drift is not None:
+            self.drift.add(columns, labels)
+
+    def merge(self, other: SplitMeasure) -> SplitMeasure:
+        self.statistics.merge(other.statistics)
+        if self.constraints is not None:
+            self.constraints.merge(other.constraints)
+        if self.drift is not None:
+            self.drift.merge(other.drift)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "statistics": self.statistics.to_dict(),
+            "constraints": self.constraints.to_dict() if self.constraints is not None else None,
+            "drift": self.drift.to_dict() if self.drift is not None else None,
+        }
+
+    @classmethod
+    def from_dict(
+        cls, problem: ProblemSpec, schema: dict[str, Any] | None, before: dict[str, Any] | None, state: dict[str, Any]
+    ) -> SplitMeasure:
+        measure = cls.empty(problem, schema, before)
+        measure.statistics = SplitStatistics.from_dict(problem, state["statistics"])
+        if measure.constraints is not None:
+            measure.constraints.restore(state["constraints"])
+        if measure.drift is not None:
+            measure.drift.restore(state["drift"])
+        return measure
+
+
+@dataclasses.dataclass(frozen=True)
+class ValidationPart:
+    """One shard file of one split: the unit validation measures, in one process or one mapped task each."""
+
+    split: str
+    shard: int
+    shards: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.split}-{self.shard:05d}-of-{self.shards:05d}"
+
+
+def validation_parts(snapshot: Snapshot) -> list[ValidationPart]:
+    """Every (split, shard file) of a snapshot, splits in name order, shards in file order."""
+    parts = []
+    for split in sorted(snapshot.splits):
+        shards = snapshot.shard_count(split)
+        parts += [ValidationPart(split, shard, shards) for shard in range(shards)]
+    return parts
+
+
+def _references(config: PipelineConfig, snapshot: Snapshot) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """(the stored schema, or None when this run infers it; the last accepted statistics, or None)."""
+    state = validation_state_dir(config, snapshot)
+    schema = None if config.update_schema else _stored_schema(state / "schema.json")
+    reference_path = state / "latest_statistics.json"
+    return schema, read_json(reference_path) if reference_path.exists() else None
+
+
+def _reference_key(schema: dict[str, Any] | None, previous: dict[str, Any] | None) -> str:
+    """Which schema and reference statistics a part was measured against."""
+    return f"{(schema or {}).get('inferred_from')}|{(previous or {}).get('fingerprint')}"
+
+
+def measure_part(config: PipelineConfig, snapshot: Snapshot, part: ValidationPart) -> SplitMeasure:
+    """Reads one shard file of a split once, batch by batch, into its `SplitMeasure`."""
+    schema, previous = _references(config, snapshot)
+    before = (previous or {}).get("splits", {}).get(part.split)
+    measure = SplitMeasure.empty(snapshot.problem, schema, before)
+    for columns, labels in snapshot.iter_batches(part.split, shard=(part.shard, part.shards)):
+        measure.add(columns, labels)
+    return measure
+
+
+def write_part(config: PipelineConfig, snapshot: Snapshot, part: ValidationPart) -> str:
+    """Measures one part and writes it under the run's validate/parts folder (atomically).
+
+    A part already written for this snapshot and these references is reused, so a retried
+    or re-run task does not read its shard again.
+
+    Returns:
+        The part file's path.
+    """
+    path = stage_dir(config, "validate") / "parts" / f"{part.name}.json"
+    schema, previous = _references(config, snapshot)
+    key = _reference_key(schema, previous)
+    if path.exists():
+        found = read_json(path)
+        if found.get("fingerprint") == snapshot.fingerprint and found.get("references") == key:
+            log.info("validation part %s already measured: reusing it", part.name)
+            return str(path)
+    measure = measure_part(config, snapshot, part)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(
+        path,
+        {
+            "fingerprint": snapshot.fingerprint,
+            "references": key,
+            "split": part.split,
+            "shard": part.shard,
+            "measure": measure.to_dict(),
+        },
+    )
+    return str(path)
+
+
+def _split_measures(
+    config: PipelineConfig,
+    snapshot: Snapshot,
+    schema: dict[str, Any] | None,
+    previous: dict[str, Any] | None,
+    part_files: list[str] | None,
+) -> dict[str, SplitMeasure]:
+    """Each split's measure: the parts merged in shard order, read from `part_files` or measured here."""
+    written = {}
+    key = _reference_key(schema, previous)
+    for path in part_files or ():
+        found = read_json(path)
+        if found["fingerprint"] != snapshot.fingerprint or found["references"] != key:
+            raise DataValidationError(
+                f"validation part {path} was measured for another snapshot or schema: validate again"
+            )
+        written[(found["split"], found["shard"])] = found["measure"]
+    measures = {}
+    for part in validation_parts(snapshot):
+        before = (previous or {}).get("splits", {}).get(part.split)
+        if part_files is not None:
+            if (part.split, part.shard) not in written:
+                raise DataValidationError(f"validation part {part.name} is missing: validate again")
+            measure = SplitMeasure.from_dict(snapshot.problem, schema, before, written[(part.split, part.shard)])
+        else:
+            measure = measure_part(config, snapshot, part)
+        measures[part.split] = measures[part.split].merge(measure) if part.split in measures else measure
+    return measures
+
+
 def drift_threshold(config: PipelineConfig, feature: FeatureSpec) -> float:
     """The feature's drift threshold: `feature_drift_thresholds` by key or column name, else `max_feature_drift`."""
     overrides = config.feature_drift_thresholds or {}
@@ -399,6 +597,18 @@ class DriftTally:
                 kind = next(f.kind for f in self.problem.features if f.key == key)
                 values = statistics.words_per_value(columns[key]) if kind == TEXT else columns[key].astype(np.float64)
             self.counts[key] += statistics.bucket_counts(values[~np.isnan(values)], edges)
+
+    def merge(self, other: DriftTally) -> DriftTally:
+        for key in self.counts:
+            self.counts[key] += other.counts[key]
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return {key: counts.tolist() for key, counts in self.counts.items()}
+
+    def restore(self, state: dict[str, Any]) -> DriftTally:
+        self.counts = {key: np.asarray(counts, np.int64) for key, counts in state.items()}
+        return self
 
     def distances(self, current: dict[str, Any]) -> tuple[dict[str, tuple[str, float]], tuple[str, float] | None]:
         """Each feature's (measure, distance) from the previous split, and the regression label's (or None)."""
@@ -671,19 +881,26 @@ def _stored_schema(schema_path: Path) -> dict[str, Any] | None:
     return stored
 
 
-def validate(config: PipelineConfig, snapshot: Snapshot) -> ValidationResult:
+def validate(config: PipelineConfig, snapshot: Snapshot, part_files: list[str] | None = None) -> ValidationResult:
     """Runs the validate stage.
+
+    Each split is read once, shard file by shard file (`validation_parts`); each part's
+    measure merges into the split's in shard order, so the outcome is the same whether the
+    parts were measured here or by mapped tasks (`write_part`) whose files are given.
 
     Args:
         config: The pipeline config (thresholds, `update_schema`, run folder).
         snapshot: The snapshot to check.
+        part_files: The parts' files written by `write_part`, one per `validation_parts`
+            entry; None to measure every part here, one after the other.
 
     Returns:
         Where the report, statistics and schema are, and what was found.
 
     Raises:
         DataValidationError: naming each severe check and its numbers; the report is
-            written first, and the snapshot is not accepted as the new reference.
+            written first, and the snapshot is not accepted as the new reference. Also when a
+            part file is missing or was measured against another snapshot or schema.
         ConfigError: if `feature_drift_thresholds` names features the data does not have.
     """
     problem = snapshot.problem
@@ -692,34 +909,25 @@ def validate(config: PipelineConfig, snapshot: Snapshot) -> ValidationResult:
     state = validation_state_dir(config, snapshot)
     schema_path = state / "schema.json"
     reference_path = state / "latest_statistics.json"
-    schema = None if config.update_schema else _stored_schema(schema_path)
-    previous = read_json(reference_path) if reference_path.exists() else None
+    schema, previous = _references(config, snapshot)
 
     checks: list[dict[str, Any]] = []
     splits: dict[str, Any] = {}
     source_split = SCHEMA_SPLIT if SCHEMA_SPLIT in snapshot.splits else sorted(snapshot.splits)[0]
     constraints: dict[str, dict[str, Any]] = {}
-    for split in sorted(snapshot.splits):  # one pass over each split, a batch in memory at a time
-        accumulated = SplitStatistics(problem)
-        tally = ConstraintTally(schema, problem) if schema is not None else None
-        before = (previous or {}).get("splits", {}).get(split)
-        drift = DriftTally(problem, before) if before is not None else None
-        for columns, labels in snapshot.iter_batches(split):
-            accumulated.add(columns, labels)
-            if tally is not None:
-                tally.add(columns)
-            if drift is not None:
-                drift.add(columns, labels)
-        splits[split] = accumulated.summary(snapshot.dropped_rows.get(split, 0))
-        if tally is not None:
-            tally.checks(config, split, checks)
+    measures = _split_measures(config, snapshot, schema, previous, part_files)
+    for split in sorted(snapshot.splits):
+        measure = measures[split]
+        splits[split] = measure.statistics.summary(snapshot.dropped_rows.get(split, 0))
+        if measure.constraints is not None:
+            measure.constraints.checks(config, split, checks)
         elif split == source_split:
             constraints = {
-                f.key: feature_constraints(f, accumulated.features[f.key], splits[split]["features"][f.key])
+                f.key: feature_constraints(f, measure.statistics.features[f.key], splits[split]["features"][f.key])
                 for f in problem.features
             }
-        if drift is not None:
-            distances, label_distance = drift.distances(splits[split])
+        if measure.drift is not None:
+            distances, label_distance = measure.drift.distances(splits[split])
             check_feature_drift(config, problem, split, distances, label_distance, previous["snapshot"], checks)
     statistics_doc = {
         "snapshot": snapshot.path.name,

@@ -327,6 +327,7 @@ def write_snapshot(
                 splits,
                 description=f"{source.location}: {problem.task} of {problem.label!r}",
                 memory_budget_bytes=config.ingest_memory_budget_mb << 20,
+                shards=config.snapshot_shards,
             )
         except OSError as err:
             raise DataSourceError(f"writing the snapshot under {staging.parent} failed: {err.strerror or err}") from err

@@ -9,6 +9,7 @@ batches, augments images and shapes the labels for the task's loss.
 
 from __future__ import annotations
 
+import logging
 import os
 
 import numpy as np
@@ -17,6 +18,8 @@ import tensorflow as tf
 from pipeline.core.config import PipelineConfig
 from pipeline.core.problem import BINARY, IMAGE, REGRESSION, ProblemSpec
 from pipeline.data.snapshot import Snapshot
+
+log = logging.getLogger(__name__)
 
 # Fixed parallelism and buffers instead of tf.data's autotuning: measured on 2 CPU cores, the
 # autotuner's own thread and the threads it adds took cores from the training step (epochs of
@@ -57,7 +60,14 @@ def _label_for_loss(problem: ProblemSpec, one_hot_classes: int | None):
 
 
 def make_dataset(
-    snapshot: Snapshot, split: str, config: PipelineConfig, *, training: bool, one_hot_classes: int | None = None
+    snapshot: Snapshot,
+    split: str,
+    config: PipelineConfig,
+    *,
+    training: bool,
+    one_hot_classes: int | None = None,
+    workers: int = 1,
+    worker_index: int = 0,
 ) -> tf.data.Dataset:
     """Builds the input pipeline for one split.
 
@@ -68,12 +78,23 @@ def make_dataset(
             and `seed`. A split larger than `cache_max_mb` decoded is read from the shards every epoch.
         training: Shuffle (seeded, reshuffled every epoch) and augment images if enabled.
         one_hot_classes: Multiclass: give labels one-hot over this many classes (for a label-smoothed loss).
+        workers: Training processes sharing the split (MultiWorkerMirroredStrategy): `shard_policy`.
+        worker_index: This process's index among them.
 
     Returns:
         Batches of ({key: values [B, ...]} with images float32 in 0-255, labels for the task's loss), prefetched.
     """
     problem = snapshot.problem
-    dataset = snapshot.load_split(split)
+    by_file = shard_policy(snapshot, split, workers) == tf.data.experimental.AutoShardPolicy.FILE
+    if by_file:
+        # Each worker reads its own shard files. Every worker must run the same number of steps
+        # (a collective step waits for all), so each takes as many rows as the smallest part holds.
+        context = tf.distribute.InputContext(workers, worker_index, 1)
+        rows = _rows_per_worker(snapshot, split, workers)
+        log.info("split %r: worker %d of %d reads its own shard files (%d rows)", split, worker_index, workers, rows)
+        dataset = snapshot.load_split(split, input_context=context).take(rows)
+    else:
+        dataset = snapshot.load_split(split)
     if config.cache and decoded_size(snapshot, split) <= config.cache_max_mb << 20:
         dataset = dataset.cache()  # uint8 pixels, before the float32 cast: a quarter of the memory
     dataset = dataset.map(_cast_images(problem), num_parallel_calls=MAP_PARALLELISM)
@@ -92,9 +113,31 @@ def make_dataset(
         )
     dataset = dataset.map(_label_for_loss(problem, one_hot_classes))
     options = without_autotuning()
-    # Multi-worker training: each worker takes every n-th batch (TFDS files are too few to shard by file).
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    # Multi-worker: sharded by file above, else each worker keeps every n-th batch of the whole split.
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.OFF if by_file else tf.data.experimental.AutoShardPolicy.DATA
+    )
     return dataset.prefetch(PREFETCH_BATCHES).with_options(options)
+
+
+def _rows_per_worker(snapshot: Snapshot, split: str, workers: int) -> int:
+    lengths = snapshot.builder().info.splits[split].shard_lengths
+    return min(sum(lengths[index::workers]) for index in range(workers))
+
+
+def shard_policy(snapshot: Snapshot, split: str, workers: int) -> tf.data.experimental.AutoShardPolicy:
+    """How multi-worker training divides a split: by file when every worker gets a shard file of its own.
+
+    FILE: each worker reads only its own shard files (about 1/n of the data; `make_dataset`
+    applies it through TFDS's `input_context`, as tf.data's own file rewrite read the same files
+    on every worker of a TFDS dataset). DATA, when the split has fewer shard files than workers
+    or is a slice such as 'train[:90%]': every worker reads everything and keeps every n-th batch.
+    """
+    base = split.split("[", 1)[0].split("+", 1)[0]
+    whole_split = split == base
+    if workers > 1 and whole_split and len(snapshot.builder().info.splits[base].shard_lengths) >= workers:
+        return tf.data.experimental.AutoShardPolicy.FILE
+    return tf.data.experimental.AutoShardPolicy.DATA
 
 
 def without_autotuning() -> tf.data.Options:

@@ -128,6 +128,7 @@ def write_dataset(
     *,
     description: str = "",
     memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES,
+    shards: int | None = None,
 ) -> Path:
     """Writes every split as TFRecord shards plus TFDS metadata.
 
@@ -137,6 +138,7 @@ def write_dataset(
         splits: {split: a function returning that split's row chunks}.
         description: Where the data came from (stored in dataset_info.json).
         memory_budget_bytes: Serialized examples held in memory per split before spilling.
+        shards: Shard files per split (at most one per row); None: TFDS's rule.
 
     Returns:
         The dataset's version folder.
@@ -167,8 +169,9 @@ def write_dataset(
                 index += 1
         lengths = []
         if records.count:
-            shards = shard_utils.ShardConfig.calculate_number_shards(records.total_bytes, records.count)
-            bounds = [0, *shard_utils.get_shard_boundaries(records.count, shards)]
+            count = min(shards, records.count) if shards else None
+            count = count or shard_utils.ShardConfig.calculate_number_shards(records.total_bytes, records.count)
+            bounds = [0, *shard_utils.get_shard_boundaries(records.count, count)]
             lengths = [end - start for start, end in zip(bounds, bounds[1:], strict=False)]
         split_template = template.replace(split=split)
         ordered = iter(records)

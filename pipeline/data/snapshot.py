@@ -120,18 +120,21 @@ class Snapshot:
             )
         return resolved
 
-    def _as_dataset(self, split: str):
+    def _as_dataset(self, split: str, input_context=None):
+        import tensorflow_datasets as tfds
+
         base = split.split("[", 1)[0].split("+", 1)[0]
         if base not in self.splits:
             raise ConfigError(
                 f"split {split!r} is not in snapshot {self.name} (splits: {', '.join(sorted(self.splits))})"
             )
+        read_config = tfds.ReadConfig(input_context=input_context) if input_context is not None else None
         try:
-            return self.builder().as_dataset(split=split, shuffle_files=False)
+            return self.builder().as_dataset(split=split, shuffle_files=False, read_config=read_config)
         except (ValueError, AssertionError) as err:
             raise ConfigError(f"bad split expression {split!r}: {err}") from err
 
-    def load_split(self, split: str):
+    def load_split(self, split: str, input_context=None):
         """Returns a `tf.data.Dataset` of ({feature key: value}, label) in file order.
 
         Labels are int64 class ids (classification) or float32 values (regression); strings are
@@ -139,20 +142,31 @@ class Snapshot:
 
         Args:
             split: A TFDS split expression such as 'train', 'train[:90%]' or 'test[:500]'.
+            input_context: A `tf.distribute.InputContext`: read only this input pipeline's shard
+                files (file i goes to pipeline i mod n).
 
         Raises:
             ConfigError: if the split expression does not name a split of this snapshot.
         """
         keys = [f.key for f in self.problem.features]
         label_key = self.problem.label_key
-        return self._as_dataset(split).map(lambda example: ({k: example[k] for k in keys}, example[label_key]))
+        dataset = self._as_dataset(split, input_context)
+        return dataset.map(lambda example: ({k: example[k] for k in keys}, example[label_key]))
 
-    def iter_batches(self, split: str, batch_size: int = 4096) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
+    def shard_count(self, split: str) -> int:
+        """How many shard files a (whole) split is stored in."""
+        return len(self.builder().info.splits[split].shard_lengths)
+
+    def iter_batches(
+        self, split: str, batch_size: int = 4096, shard: tuple[int, int] | None = None
+    ) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
         """Reads a split batch by batch, in file order, holding one batch at a time.
 
         Args:
             split: A TFDS split expression.
             batch_size: Rows per batch.
+            shard: (index, count): read only shard file `index` of a whole split stored in
+                `count` files (`shard_count`).
 
         Yields:
             ({feature key: values}, labels): text as object arrays of `str`, images as uint8
@@ -162,7 +176,13 @@ class Snapshot:
 
         label_dtype = np.int64 if self.problem.is_classification else np.float32
         strings = [f.key for f in self.problem.features if f.dtype == STRING]
-        for features, labels in tfds.as_numpy(self.load_split(split).batch(batch_size)):
+        context = None
+        if shard is not None:
+            import tensorflow as tf
+
+            index, count = shard
+            context = tf.distribute.InputContext(num_input_pipelines=count, input_pipeline_id=index)
+        for features, labels in tfds.as_numpy(self.load_split(split, input_context=context).batch(batch_size)):
             for key in strings:
                 decoded = np.empty(len(features[key]), dtype=object)
                 decoded[:] = [v.decode("utf-8") if isinstance(v, bytes) else v for v in features[key]]

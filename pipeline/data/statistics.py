@@ -166,6 +166,29 @@ class NumericAccumulator:
             counts[int(np.searchsorted(bounds, value, side="left"))] += weight
         return counts
 
+    def to_dict(self) -> dict[str, Any]:
+        """The accumulator's state as JSON (to merge it in another process)."""
+        return {
+            "count": self.count,
+            "missing": self.missing,
+            "present": self.present,
+            "mean": self.mean,
+            "m2": self.m2,
+            "low": self.low,
+            "high": self.high,
+            "values": sorted(self.values.items()) if self.values is not None else None,
+            "sketch": sorted(self.sketch.items()),
+        }
+
+    @classmethod
+    def from_dict(cls, state: dict[str, Any]) -> NumericAccumulator:
+        accumulated = cls()
+        for name in ("count", "missing", "present", "mean", "m2", "low", "high"):
+            setattr(accumulated, name, state[name])
+        accumulated.values = {float(v): int(c) for v, c in state["values"]} if state["values"] is not None else None
+        accumulated.sketch = {int(k): int(c) for k, c in state["sketch"]}
+        return accumulated
+
     def summary(self) -> dict[str, Any]:
         edges = self.edges()
         std = math.sqrt(max(self.m2 / self.present, 0.0)) if self.present else None
@@ -206,6 +229,16 @@ class CategoricalAccumulator:
                 self.overflow += count
         return self
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"count": self.count, "counts": list(self.counts.items()), "overflow": self.overflow}
+
+    @classmethod
+    def from_dict(cls, state: dict[str, Any]) -> CategoricalAccumulator:
+        accumulated = cls()
+        accumulated.count, accumulated.overflow = state["count"], state["overflow"]
+        accumulated.counts = {value: count for value, count in state["counts"]}
+        return accumulated
+
     def summary(self) -> dict[str, Any]:
         top = sorted(self.counts.items(), key=lambda item: (-item[1], str(item[0])))
         kept = top[:TOP_VALUES]
@@ -244,6 +277,22 @@ class TextAccumulator:
         self.words.merge(other.words)
         return self
 
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "count": self.count,
+            "empty": self.empty,
+            "total_words": self.total_words,
+            "words": self.words.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, state: dict[str, Any]) -> TextAccumulator:
+        accumulated = cls()
+        accumulated.count, accumulated.empty = state["count"], state["empty"]
+        accumulated.total_words = state["total_words"]
+        accumulated.words = NumericAccumulator.from_dict(state["words"])
+        return accumulated
+
     def summary(self) -> dict[str, Any]:
         edges = self.words.edges()
         return {
@@ -272,6 +321,16 @@ class ImageAccumulator:
         self.pixels += other.pixels
         return self
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"shape": self.shape, "pixels": self.pixels.tolist()}
+
+    @classmethod
+    def from_dict(cls, state: dict[str, Any]) -> ImageAccumulator:
+        accumulated = cls()
+        accumulated.shape = state["shape"]
+        accumulated.pixels = np.asarray(state["pixels"], np.int64)
+        return accumulated
+
     def summary(self) -> dict[str, Any]:
         total = int(self.pixels.sum())
         levels = np.arange(256, dtype=np.float64)
@@ -297,9 +356,9 @@ ACCUMULATORS = {
 }
 
 
-def accumulator(kind: str):
-    """A new, empty accumulator for a feature kind."""
-    return ACCUMULATORS[kind]()
+def accumulator(kind: str, state: dict[str, Any] | None = None):
+    """A new, empty accumulator for a feature kind, or one restored from its `to_dict()`."""
+    return ACCUMULATORS[kind]() if state is None else ACCUMULATORS[kind].from_dict(state)
 
 
 def bucket_counts(values: np.ndarray, edges: list[float]) -> list[int]:

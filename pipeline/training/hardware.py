@@ -29,6 +29,7 @@ class HardwarePlan:
         task: This process's task in a multi-worker cluster, e.g. 'worker/1' ('chief/0' alone).
         workers: Number of training processes taking part (1 unless multi_worker).
         is_chief: Whether this process writes the model, checkpoints and logs.
+        input_pipeline: This process's index among the workers (the chief is 0), for reading its part.
     """
 
     strategy: object
@@ -39,6 +40,7 @@ class HardwarePlan:
     task: str = "chief/0"
     workers: int = 1
     is_chief: bool = True
+    input_pipeline: int = 0
 
     def describe(self) -> dict[str, object]:
         return {
@@ -61,6 +63,7 @@ class ClusterTask:
     task_index: int
     workers: int
     is_chief: bool
+    input_pipeline: int = 0
 
 
 def multi_worker_task(resolver) -> ClusterTask:
@@ -83,7 +86,9 @@ def multi_worker_task(resolver) -> ClusterTask:
         raise ConfigError(f"strategy 'multi_worker' trains in 'chief' and 'worker' tasks; TF_CONFIG says {task_type!r}")
     workers = sum(len(cluster.get(kind, ())) for kind in ("chief", "worker"))
     is_chief = task_type == "chief" or ("chief" not in cluster and task_index == 0)
-    return ClusterTask(task_type, task_index, workers, is_chief)
+    has_chief = "chief" in cluster
+    input_pipeline = 0 if task_type == "chief" else task_index + (1 if has_chief else 0)
+    return ClusterTask(task_type, task_index, workers, is_chief, input_pipeline)
 
 
 def _multi_worker_strategy(tf):
@@ -165,6 +170,7 @@ def plan_hardware(config: PipelineConfig) -> HardwarePlan:
         task=f"{task.task_type}/{task.task_index}",
         workers=task.workers,
         is_chief=task.is_chief,
+        input_pipeline=task.input_pipeline,
     )
     log.info("hardware plan: %s", plan.describe())
     return plan

@@ -229,7 +229,7 @@ def resolve_splits(config: PipelineConfig, snapshot: Snapshot) -> dict[str, str]
     }
 
 
-def prepare_data(config: PipelineConfig, snapshot: Snapshot) -> TrainingData:
+def prepare_data(config: PipelineConfig, snapshot: Snapshot, workers: int = 1, worker_index: int = 0) -> TrainingData:
     """Builds the training and validation pipelines and the training split's statistics.
 
     Raises:
@@ -255,9 +255,23 @@ def prepare_data(config: PipelineConfig, snapshot: Snapshot) -> TrainingData:
     # Keras smooths one-hot labels only.
     one_hot = snapshot.num_classes if problem.task == MULTICLASS and config.label_smoothing > 0 else None
     return TrainingData(
-        train=preprocess.make_dataset(snapshot, splits[TRAIN], config, training=True, one_hot_classes=one_hot),
+        train=preprocess.make_dataset(
+            snapshot,
+            splits[TRAIN],
+            config,
+            training=True,
+            one_hot_classes=one_hot,
+            workers=workers,
+            worker_index=worker_index,
+        ),
         validation=preprocess.make_dataset(
-            snapshot, splits[VALIDATION], config, training=False, one_hot_classes=one_hot
+            snapshot,
+            splits[VALIDATION],
+            config,
+            training=False,
+            one_hot_classes=one_hot,
+            workers=workers,
+            worker_index=worker_index,
         ),
         train_size=train_size,
         splits=splits,
@@ -412,7 +426,7 @@ def train(
             (out / stale).unlink(missing_ok=True)
         shutil.rmtree(out / "tensorboard", ignore_errors=True)
     keras.utils.set_random_seed(config.seed)
-    data = prepare_data(config, snapshot)
+    data = prepare_data(config, snapshot, hardware.workers, hardware.input_pipeline)
     log.info("training as %s of %d worker(s)", hardware.task, hardware.workers)
     name, model, task = fit(config, snapshot, data, out, list(extra_callbacks or []), hardware)
     if not hardware.is_chief:

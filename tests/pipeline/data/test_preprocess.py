@@ -1,7 +1,10 @@
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from pipeline.core.errors import ConfigError
+from pipeline.data import preprocess
+from pipeline.data.ingest import ingest
 from pipeline.data.preprocess import make_dataset, pixel_moments, split_size
 
 
@@ -72,3 +75,33 @@ def test_pixel_moments(snapshot, trained_run):
     images = snapshot.split_columns("test")[0]["images"]
     assert mean == pytest.approx(images.mean(), rel=1e-6)
     assert variance == pytest.approx(images.astype(np.float64).var(), rel=1e-6)
+
+
+def _images(dataset) -> set[bytes]:
+    return {
+        image.astype(np.uint8).tobytes() for features, _ in dataset.as_numpy_iterator() for image in features["images"]
+    }
+
+
+def test_with_a_shard_file_per_worker_each_worker_reads_only_its_own_files(make_config):
+    config = make_config(snapshot_shards=3, batch_size=100)
+    snapshot = ingest(config)
+    assert snapshot.builder().info.splits["train"].shard_lengths == [667, 666, 667]
+    assert preprocess.shard_policy(snapshot, "train", 2) == tf.data.experimental.AutoShardPolicy.FILE
+    # Fewer files than workers, or a slice of the split: every worker reads all and keeps its part.
+    assert preprocess.shard_policy(snapshot, "train", 4) == tf.data.experimental.AutoShardPolicy.DATA
+    assert preprocess.shard_policy(snapshot, "train[:90%]", 2) == tf.data.experimental.AutoShardPolicy.DATA
+
+    first, second = (
+        preprocess.make_dataset(snapshot, "train", config, training=False, workers=2, worker_index=index)
+        for index in range(2)
+    )
+    for dataset in (first, second):
+        assert dataset.options().experimental_distribute.auto_shard_policy == tf.data.experimental.AutoShardPolicy.OFF
+    files = [
+        _images(snapshot.load_split(f"train[{a}:{b}]").batch(700)) for a, b in ((0, 667), (667, 1333), (1333, 2000))
+    ]
+    # Worker 0 reads files 0 and 2, worker 1 file 1; both run the same number of steps (666 rows each).
+    assert _images(first) < files[0] | files[2] and len(_images(first)) == 666
+    assert _images(second) == files[1]
+    assert len(list(first)) == len(list(second)) == 7

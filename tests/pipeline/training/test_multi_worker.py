@@ -69,12 +69,18 @@ def _train_command(config, index: int) -> list[str]:
         "512",
         "--strategy",
         "multi_worker",
+        # Whole splits of two shard files: each worker reads its own file.
+        "--train-split",
+        "train",
+        "--validation-split",
+        "test",
     ]
 
 
 def test_two_workers_train_one_model_and_only_the_chief_writes_it(make_config, tmp_path):
-    config = make_config(run_id="multi-worker")
+    config = make_config(run_id="multi-worker", snapshot_shards=2)
     snapshot = ingest(config)
+    assert snapshot.builder().info.splits["train"].shard_lengths == [1000, 1000]
     record_stage(config, "ingest", {"snapshot": str(snapshot.path)})  # As `python -m pipeline ingest` does.
     cluster = {"worker": [f"localhost:{free_port()}", f"localhost:{free_port()}"]}
     workers = []
@@ -109,6 +115,7 @@ def test_two_workers_train_one_model_and_only_the_chief_writes_it(make_config, t
         assert result["hardware"]["task"] == f"worker/{index}" and result["hardware"]["workers"] == 2
         assert result["hardware"]["replicas"] == 2  # One CPU replica on each worker, in sync.
         assert f"training as worker/{index} of 2 worker(s)" in log
+        assert f"split 'train': worker {index} of 2 reads its own shard files (1000 rows)" in log
         assert "Epoch 2/2" in log and "step - accuracy" in log  # Each worker logged its steps.
         assert result["epochs_run"] == 2
     assert chief["is_chief"] and not other["is_chief"]
