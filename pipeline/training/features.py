@@ -1,6 +1,6 @@
 """Preprocessing inside the model: Keras inputs and encoding layers built from the problem spec.
 
-`feature_statistics` reads the training split once and returns what the layers need (mean and
+`streamed_feature_statistics` reads the training split once and returns what the layers need (mean and
 variance of each number and whether it has gaps, the vocabulary of each categorical, the
 pixel moments of each image); `model_inputs` and `encode_features` then build one Keras
 input per feature and its encoding, so the exported SavedModel takes raw features:
@@ -16,7 +16,6 @@ input per feature and its encoding, so the exported SavedModel takes raw feature
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import math
 from typing import Any
@@ -90,52 +89,78 @@ class FeatureStatistics:
         return values
 
 
-def _numeric_statistics(feature: FeatureSpec, values: np.ndarray) -> FeatureStatistics:
-    values = values.astype(np.float64)
-    present = values[~np.isnan(values)]
-    return FeatureStatistics(
-        feature.key,
-        feature.kind,
-        count=len(values),
-        missing=int(len(values) - len(present)),
-        mean=float(present.mean()) if present.size else 0.0,
-        variance=float(present.var()) if present.size > 1 else 1.0,
-    )
+TEXT_ADAPT_ROWS = 200_000  # text vocabularies are adapted on at most this many training texts
 
 
-def _categorical_statistics(feature: FeatureSpec, values: np.ndarray, max_vocabulary: int) -> FeatureStatistics:
-    counts = collections.Counter(values.tolist())
-    # Most frequent first; ties broken by value so the vocabulary is deterministic.
-    ranked = sorted(counts.items(), key=lambda item: (-item[1], str(item[0])))
-    vocabulary = [value for value, _ in ranked[:max_vocabulary]]
-    missing = counts.get("", 0) if feature.dtype == STRING else 0
-    return FeatureStatistics(feature.key, feature.kind, count=len(values), missing=missing, vocabulary=vocabulary)
+def streamed_feature_statistics(
+    problem: ProblemSpec, batches, rows: int, config: PipelineConfig
+) -> tuple[dict[str, FeatureStatistics], tuple[float, float]]:
+    """What the encoding layers need, from the training split read batch by batch, in bounded memory.
 
-
-def feature_statistics(
-    problem: ProblemSpec, columns: dict[str, np.ndarray], config: PipelineConfig
-) -> dict[str, FeatureStatistics]:
-    """The statistics of every non-image feature of the training split.
+    Numbers and categories are accumulated in one pass (`pipeline.data.statistics`); texts are
+    kept for `TextVectorization.adapt` on an evenly spaced sample of at most `TEXT_ADAPT_ROWS`.
 
     Args:
         problem: The problem spec.
-        columns: {feature key: training values} (`Snapshot.split_columns`); image features may be absent.
+        batches: ({feature key: values}, labels) batches of the training split.
+        rows: How many rows the split has (to space the text sample).
         config: Uses `max_vocabulary`.
 
     Returns:
-        {feature key: statistics} for the numeric, categorical and text features.
+        ({feature key: statistics} for the numeric, categorical and text features, (mean, std)
+        of the labels).
     """
-    statistics = {}
+    from pipeline.data import statistics as accumulators
+
+    kinds = {f.key: f.kind for f in problem.features if f.kind != IMAGE}
+    accumulated = {key: accumulators.accumulator(kind) for key, kind in kinds.items() if kind != TEXT}
+    texts: dict[str, list] = {key: [] for key, kind in kinds.items() if kind == TEXT}
+    empty = dict.fromkeys(texts, 0)
+    counts = dict.fromkeys(texts, 0)
+    labels = accumulators.NumericAccumulator()
+    stride = max(1, math.ceil(rows / TEXT_ADAPT_ROWS))
+    seen = 0
+    for columns, batch_labels in batches:
+        for key, values in accumulated.items():
+            values.add(columns[key])
+        for key in texts:
+            values = columns[key]
+            empty[key] += sum(1 for text in values if not text)
+            counts[key] += len(values)
+            texts[key].extend(values[(-seen) % stride :: stride].tolist())
+        labels.add(batch_labels)
+        seen += len(batch_labels)
+    result = {}
     for feature in problem.features:
-        values = columns.get(feature.key)
         if feature.kind == NUMERIC:
-            statistics[feature.key] = _numeric_statistics(feature, values)
+            numbers = accumulated[feature.key]
+            result[feature.key] = FeatureStatistics(
+                feature.key,
+                feature.kind,
+                count=numbers.count,
+                missing=numbers.missing,
+                mean=float(numbers.mean) if numbers.present else 0.0,
+                variance=float(numbers.m2 / numbers.present) if numbers.present > 1 else 1.0,
+            )
         elif feature.kind == CATEGORICAL:
-            statistics[feature.key] = _categorical_statistics(feature, values, config.max_vocabulary)
+            categories = accumulated[feature.key]
+            ranked = sorted(categories.counts.items(), key=lambda item: (-item[1], str(item[0])))
+            missing = categories.counts.get("", 0) if feature.dtype == STRING else 0
+            result[feature.key] = FeatureStatistics(
+                feature.key,
+                feature.kind,
+                count=categories.count,
+                missing=missing,
+                vocabulary=[value for value, _ in ranked[: config.max_vocabulary]],
+            )
         elif feature.kind == TEXT:
-            empty = int(sum(1 for v in values if not v))
-            statistics[feature.key] = FeatureStatistics(feature.key, TEXT, len(values), empty, texts=values)
-    return statistics
+            sample = np.empty(len(texts[feature.key]), dtype=object)
+            sample[:] = texts[feature.key]
+            result[feature.key] = FeatureStatistics(
+                feature.key, TEXT, counts[feature.key], empty[feature.key], texts=sample
+            )
+    label_std = math.sqrt(labels.m2 / labels.present) if labels.present else 0.0
+    return result, (float(labels.mean), float(max(label_std, 1e-6)))
 
 
 def model_inputs(problem: ProblemSpec) -> dict[str, keras.KerasTensor]:

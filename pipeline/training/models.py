@@ -316,7 +316,7 @@ def build_model(
     Args:
         config: `model` names the builder; `test_time_flip` wraps it.
         problem: The problem spec.
-        statistics: The training split's `feature_statistics`.
+        statistics: The training split's `streamed_feature_statistics`.
         image_moments: {image key: (pixel mean, pixel variance)} of the training split.
         label_moments: Regression: (mean, std) of the training labels.
 

@@ -39,7 +39,7 @@ from pipeline.core.errors import TrainingError
 from pipeline.core.problem import BINARY, MULTICLASS, REGRESSION, ProblemSpec
 from pipeline.data import preprocess
 from pipeline.data.snapshot import TEST, TRAIN, VALIDATION, Snapshot
-from pipeline.training.features import FeatureStatistics, feature_statistics
+from pipeline.training.features import FeatureStatistics, streamed_feature_statistics
 from pipeline.training.hardware import HardwarePlan, plan_hardware
 from pipeline.training.models import build_model, load_model
 
@@ -248,10 +248,11 @@ def prepare_data(config: PipelineConfig, snapshot: Snapshot, workers: int = 1, w
         image_moments = {f.key: preprocess.pixel_moments(plain, f.key) for f in problem.image_features}
     statistics, label_moments = {}, None
     if len(problem.image_features) < len(problem.features) or problem.task == REGRESSION:
-        columns, labels = snapshot.split_columns(splits[TRAIN])
-        statistics = feature_statistics(problem, columns, config)
+        statistics, moments = streamed_feature_statistics(
+            problem, snapshot.iter_batches(splits[TRAIN]), train_size, config
+        )
         if problem.task == REGRESSION:
-            label_moments = (float(labels.mean()), float(max(labels.std(), 1e-6)))
+            label_moments = moments
     # Keras smooths one-hot labels only.
     one_hot = snapshot.num_classes if problem.task == MULTICLASS and config.label_smoothing > 0 else None
     return TrainingData(
