@@ -10,7 +10,7 @@ input per feature and its encoding, so the exported SavedModel takes raw feature
     categorical  StringLookup / IntegerLookup over the `max_vocabulary` most frequent values (one
                  unknown slot for the rest): one-hot, or an embedding for large vocabularies
     text         TextVectorization (lower case, punctuation stripped, words), TF-IDF over
-                 `text_max_tokens` words, adapted on the training texts
+                 `text_max_tokens` words, adapted on the training texts (an even sample of at most 200,000)
     image        Normalization by the training pixels' mean and variance
 """
 

@@ -170,3 +170,32 @@ def test_snapshot_does_not_depend_on_chunk_size_or_memory_budget(make_config, tm
     for split in first.splits:
         a, b = first.split_columns(split), second.split_columns(split)
         assert np.array_equal(a[0]["images"], b[0]["images"]) and np.array_equal(a[1], b[1])
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MiB tmpfs: a disk that fills up (mounting needs root with CAP_SYS_ADMIN)."""
+    import subprocess
+
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_while_writing_shards_publishes_nothing_and_keeps_what_was_published(
+    make_config, small_disk, tmp_path
+):
+    published = ingest(make_config(workdir=str(small_disk)))
+    noise = np.random.default_rng(0).integers(0, 256, (12_000, 28, 28), dtype=np.uint8)  # PNG cannot shrink it
+    big = write_idx_folder(
+        tmp_path / "big", {"train": (noise, np.arange(12_000) % 10), "t10k": (noise[:10], np.arange(10))}
+    )
+    with pytest.raises(DataSourceError, match=r"writing the snapshot under .* failed: No space left on device"):
+        ingest(make_config(workdir=str(small_disk), data_source=f"idx:{big}", ingest_memory_budget_mb=1))
+    left = sorted(p.name for p in (small_disk / "snapshots").iterdir() if p.name != ".staging.lock")
+    assert left == [published.path.name]  # no .tmp-* staging folder left behind
+    assert Snapshot.load(published.path).split_columns("test")[1].shape == (500,)
