@@ -228,3 +228,50 @@ def test_parts_measured_apart_and_merged_give_the_single_process_result(tmp_path
 
     with pytest.raises(DataValidationError, match="is missing: validate again"):
         validate(config("incomplete"), snapshot, part_files=files[1:])
+
+
+def test_a_worker_killed_while_measuring_parts_is_retried_and_the_result_equals_a_clean_run(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from pipeline.core.config import PipelineConfig
+    from pipeline.data.data_validation import validation_parts, write_part
+    from tests.support import REPO_ROOT, TABLE_LABELS, table_rows, write_table
+
+    source = write_table(tmp_path / "table.csv", table_rows("binary", rows=3000))
+
+    def config(run_id):
+        options = {"label": TABLE_LABELS["binary"], "workdir": str(tmp_path / "work"), "snapshot_shards": 4}
+        return PipelineConfig(data_source=f"csv:{source}", run_id=run_id, **options).validate()
+
+    snapshot = ingest(config("first"))
+    validate(config("first"), snapshot)
+    parts = validation_parts(snapshot)
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys\n"
+            "from pipeline.core.config import PipelineConfig\n"
+            "from pipeline.data.data_validation import validation_parts, write_part\n"
+            "from pipeline.data.snapshot import Snapshot\n"
+            f"config = PipelineConfig(**{config('killed').to_dict()!r})\n"
+            f"snapshot = Snapshot.load({str(snapshot.path)!r})\n"
+            "for part in validation_parts(snapshot):\n"
+            "    print(write_part(config, snapshot, part), flush=True)\n",
+        ],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    first = worker.stdout.readline().strip()  # one part written, the next one under way
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    assert first.endswith(f"{parts[0].name}.json")
+
+    retried = [write_part(config("killed"), snapshot, part) for part in parts]  # Airflow's retry
+    merged = validate(config("killed"), snapshot, part_files=retried)
+    clean = validate(config("clean"), snapshot)
+    a, b = (json.loads(result.statistics_path.read_text()) for result in (merged, clean))
+    assert _without_times(a) == _without_times(b)
