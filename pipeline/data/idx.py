@@ -50,20 +50,6 @@ class IdxSplitFiles:
     labels: Path
 
 
-def _read_bytes(path: Path) -> bytes:
-    try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as handle:
-                return handle.read()
-        return path.read_bytes()
-    except EOFError as err:
-        raise DataSourceError(f"{path}: gzip file is truncated ({err})") from err
-    except (gzip.BadGzipFile, zlib.error) as err:
-        raise DataSourceError(f"{path}: corrupt gzip data ({err})") from err
-    except OSError as err:
-        raise DataSourceError(f"{path}: cannot read ({err.strerror or err})") from err
-
-
 def read_idx(path: str | Path, expected_magic: int) -> np.ndarray:
     """Reads one IDX file of unsigned bytes, checking its header against its size.
 
@@ -105,16 +91,23 @@ def _open(path: Path):
         raise DataSourceError(f"{path}: cannot read ({err.strerror or err})") from err
 
 
-def _read_chunk(handle, path: Path, size: int, offset: int) -> bytes:
-    """Reads up to `size` bytes at uncompressed `offset`, naming the file and the offset when it fails."""
+def _read_chunk(handle, path: Path, size: int, offset: int | None) -> bytes:
+    """Reads up to `size` bytes (all with -1) at uncompressed `offset`, naming the file (and the
+    offset, when given) when it fails."""
+    where = f"at byte {offset} of its content: " if offset is not None else ""
     try:
         return handle.read(size)
     except EOFError as err:
-        raise DataSourceError(f"{path}: gzip file is truncated (at byte {offset} of its content: {err})") from err
+        raise DataSourceError(f"{path}: gzip file is truncated ({where}{err})") from err
     except (gzip.BadGzipFile, zlib.error) as err:
-        raise DataSourceError(f"{path}: corrupt gzip data (at byte {offset} of its content: {err})") from err
+        raise DataSourceError(f"{path}: corrupt gzip data ({where}{err})") from err
     except OSError as err:
-        raise DataSourceError(f"{path}: cannot read at byte {offset} ({err.strerror or err})") from err
+        raise DataSourceError(f"{path}: cannot read ({where}{err.strerror or err})") from err
+
+
+def _read_bytes(path: Path) -> bytes:
+    with _open(path) as handle:
+        return _read_chunk(handle, path, -1, None)
 
 
 def _header(handle, path: Path, expected_magic: int) -> tuple[int, ...]:
