@@ -219,9 +219,12 @@ class CanaryWatchOperator(BaseOperator):
         from mlops_triggers import CanaryWatchTrigger
 
         from pipeline import runner
+        from pipeline.core.native_logs import native_stderr_to_logging
 
         config = current_config()
-        plan = fail_on_pipeline_error(runner.begin_canary_watch, config, self.state, who())
+        # Opening the watch loads the candidate's answers (TensorFlow): its native lines are not errors.
+        with native_stderr_to_logging(logging.getLogger("tensorflow.native")):
+            plan = fail_on_pipeline_error(runner.begin_canary_watch, config, self.state, who())
         if "skipped" in plan:
             log.info("no canary watch: %s", plan["skipped"])
             return {**self.state, "watch_canary": plan}

@@ -45,11 +45,14 @@ def airflow_db():
     return AIRFLOW_HOME
 
 
-def _serving_flags(config_file: Path) -> list[str]:
+def _serving_flags(config_file: Path, model_roots: Path) -> list[str]:
     # As in production: a restart reads the labels promotion wrote, before any version is loaded.
     # Promotion turns request logging on (request_log_sampling_rate) under the request log folder.
+    # The model roots are explicit, as a deployment sets them: otherwise a restart would allow only
+    # the models its config file names then, and a model added later would be refused.
     return [
         f"--model_config_file={config_file}",
+        f"--model_base_path_roots={model_roots}",
         "--allow_version_labels_for_unavailable_models",
         f"--request_log_roots={config_file.parent / 'request_logs'}",
         "--request_log_rotate_seconds=1",
@@ -67,8 +70,15 @@ def serving_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("serving")
     config_file = root / "models.config"
     config_file.write_text("model_config_list {\n}\n")
-    local = start_test_server(root, root / "server.log", *_serving_flags(config_file))
-    server = {"config_file": config_file, "rest_url": local.rest_url, "grpc_target": local.grpc_target, "local": local}
+    model_roots = tmp_path_factory.getbasetemp()  # every test's pipeline folder is under it
+    local = start_test_server(root, root / "server.log", *_serving_flags(config_file, model_roots))
+    server = {
+        "config_file": config_file,
+        "rest_url": local.rest_url,
+        "grpc_target": local.grpc_target,
+        "local": local,
+        "model_roots": model_roots,
+    }
     yield server
     server["local"].stop()
 
@@ -77,7 +87,10 @@ def restart_serving(server: dict) -> None:
     """Starts the serving server again on the same ports and config file."""
     old = server["local"]
     server["local"] = start_test_server(
-        old.log_path.parent, old.log_path, *_serving_flags(server["config_file"]), ports=(old.grpc_port, old.rest_port)
+        old.log_path.parent,
+        old.log_path,
+        *_serving_flags(server["config_file"], server["model_roots"]),
+        ports=(old.grpc_port, old.rest_port),
     )
 
 
