@@ -132,9 +132,8 @@ def shard_policy(snapshot: Snapshot, split: str, workers: int) -> tf.data.experi
     on every worker of a TFDS dataset). DATA, when the split has fewer shard files than workers
     or is a slice such as 'train[:90%]': every worker reads everything and keeps every n-th batch.
     """
-    base = split.split("[", 1)[0].split("+", 1)[0]
-    whole_split = split == base
-    if workers > 1 and whole_split and len(snapshot.builder().info.splits[base].shard_lengths) >= workers:
+    whole_split = split == snapshot.base_split(split)
+    if workers > 1 and whole_split and snapshot.shard_count(split) >= workers:
         return tf.data.experimental.AutoShardPolicy.FILE
     return tf.data.experimental.AutoShardPolicy.DATA
 
@@ -150,8 +149,7 @@ def decoded_size(snapshot: Snapshot, split: str) -> int:
     """About how many bytes a split takes decoded in memory: its images' pixels, 8 bytes per other
     value, and its serialized size where that is larger (text)."""
     rows = split_size(snapshot, split)
-    base = split.split("[", 1)[0].split("+", 1)[0]
-    info = snapshot.builder().info.splits[base]
+    info = snapshot.builder().info.splits[snapshot.base_split(split)]
     serialized = info.num_bytes * rows // max(info.num_examples, 1)
     per_row = 8 + sum(int(np.prod(f.shape)) if f.kind == IMAGE else 8 for f in snapshot.problem.features)
     return max(rows * per_row, serialized)

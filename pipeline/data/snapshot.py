@@ -120,10 +120,15 @@ class Snapshot:
             )
         return resolved
 
+    @staticmethod
+    def base_split(split: str) -> str:
+        """The stored split a split expression reads first ('train[:90%]' and 'train+test' -> 'train')."""
+        return split.split("[", 1)[0].split("+", 1)[0]
+
     def _as_dataset(self, split: str, input_context=None):
         import tensorflow_datasets as tfds
 
-        base = split.split("[", 1)[0].split("+", 1)[0]
+        base = self.base_split(split)
         if base not in self.splits:
             raise ConfigError(
                 f"split {split!r} is not in snapshot {self.name} (splits: {', '.join(sorted(self.splits))})"
