@@ -15,8 +15,9 @@ in the same split, and rows added later leave most earlier rows where they were.
 
 The rows travel in chunks of `CHUNK_ROWS`: a first pass hashes the fingerprint column by
 column, and only if no snapshot of that fingerprint exists does a second pass write the shards
-(`shard_writer`, in bounded memory). IDX sources stream their images from the files; the other
-readers still hold a source in memory before it is chunked.
+(`shard_writer`, in bounded memory). Tables (record batch by record batch) and IDX images
+stream from their files; image folders and `tfds:` sources are still held in memory before
+they are chunked. Dividing a one-split source keeps 8 bytes a row, on disk (`divide`).
 
 The snapshot folder is named by a content fingerprint, so ingesting unchanged data again
 reuses the existing snapshot and changed data never overwrites an old one.
@@ -24,12 +25,14 @@ reuses the existing snapshot and changed data never overwrites an old one.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import hashlib
 import json
 import logging
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -50,6 +53,8 @@ log = logging.getLogger(__name__)
 LABEL_COLUMN = "label"
 SINGLE_SPLIT = "data"
 CHUNK_ROWS = 4096
+DIGEST_BUCKET_BITS = 16
+DIGEST_READ_ROWS = 1 << 20
 
 
 def ingest(config: PipelineConfig) -> Snapshot:
@@ -68,19 +73,34 @@ def ingest(config: PipelineConfig) -> Snapshot:
     """
     source = read_source(config)
     problem = infer_problem(source, config)
+    splits = prepared_splits(source, problem)
+    with _scratch(config) as scratch:
+        if set(splits) == {SINGLE_SPLIT}:
+            splits = divide(splits[SINGLE_SPLIT], config.split_fractions, config.seed, scratch)
+        digest, rows, dropped = fingerprint(problem, splits)
+        for split, count in rows.items():
+            if dropped[split]:
+                log.warning("%s: %d rows of split %r have no label: left out", source.location, dropped[split], split)
+            if count == 0:
+                raise DataSourceError(f"{source.location}: split {split!r} has no rows with a label")
+        return write_snapshot(config, source, problem, splits, digest, rows, dropped)
+
+
+@contextlib.contextmanager
+def _scratch(config: PipelineConfig) -> Iterator[Path]:
+    """A private folder beside the snapshots for ingest's passes, removed afterwards."""
+    with staging_dir(_snapshot_root(config), "ingest") as folder:
+        try:
+            yield folder
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def prepared_splits(source: SourceData, problem: ProblemSpec) -> dict[str, ChunkSource]:
+    """Each split of the source brought to the problem spec, as chunks."""
     if source.stream is not None:
-        streams = streamed_splits(source, problem)
-    else:
-        prepared = prepare_columns(source, problem)
-        splits = divide(prepared, config.split_fractions, config.seed) if set(prepared) == {SINGLE_SPLIT} else prepared
-        streams = {split: in_chunks(part) for split, part in splits.items()}
-    digest, rows, dropped = fingerprint(problem, streams)
-    for split, count in rows.items():
-        if dropped[split]:
-            log.warning("%s: %d rows of split %r have no label: left out", source.location, dropped[split], split)
-        if count == 0:
-            raise DataSourceError(f"{source.location}: split {split!r} has no rows with a label")
-    return write_snapshot(config, source, problem, streams, digest, rows, dropped)
+        return streamed_splits(source, problem)
+    return {split: in_chunks(part) for split, part in prepare_columns(source, problem).items()}
 
 
 def in_chunks(part: PreparedSplit, rows: int = CHUNK_ROWS) -> ChunkSource:
@@ -198,45 +218,117 @@ def read_idx_source(folder: Path, configured_names: list[str] | None) -> SourceD
 
 
 def _row_digests(part: PreparedSplit, seed: int) -> np.ndarray:
-    """A seeded 64-bit hash of each row's content (features and label)."""
+    """A seeded 64-bit hash of each row's content: its features (in key order) and label, as bytes.
+
+    Numbers hash as their native bytes, text as UTF-8 and a NUL. A row's bytes are joined and
+    hashed once (the same digest as feeding them one by one).
+    """
     key = seed.to_bytes(8, "little", signed=True)
-    columns = [part.features[k] for k in sorted(part.features)] + [part.labels]
-    digests = np.empty(len(part.labels), np.uint64)
-    for row in range(len(part.labels)):
-        hasher = hashlib.blake2b(key=key, digest_size=8)
-        for values in columns:
-            value = values[row]
-            hasher.update(value.encode() + b"\x00" if isinstance(value, str) else np.asarray(value).tobytes())
-        digests[row] = int.from_bytes(hasher.digest(), "little")
-    return digests
+    count = len(part.labels)
+    columns = [_row_bytes(part.features[k], count) for k in sorted(part.features)]
+    columns.append(_row_bytes(part.labels, count))
+    blake2b = hashlib.blake2b
+    return np.fromiter(
+        (
+            int.from_bytes(blake2b(b"".join(row), key=key, digest_size=8).digest(), "little")
+            for row in zip(*columns, strict=True)
+        ),
+        np.uint64,
+        count,
+    )
 
 
-def divide(prepared: dict[str, PreparedSplit], fractions: list[float], seed: int) -> dict[str, PreparedSplit]:
-    """Divides a one-split source into train/validation/test (see the module doc).
+def _row_bytes(values: np.ndarray, count: int) -> list[bytes]:
+    """Each row's value as the bytes the row hash takes."""
+    if values.dtype == object:
+        return [value.encode() + b"\x00" for value in values]
+    flat = np.ascontiguousarray(values).tobytes()
+    width = len(flat) // count if count else 0
+    return [flat[start : start + width] for start in range(0, len(flat), width)] if width else []
+
+
+def divide(rows: ChunkSource, fractions: list[float], seed: int, scratch: Path) -> dict[str, ChunkSource]:
+    """Divides a one-split source into train/validation/test (see the module doc), in bounded memory.
+
+    Rows are ranked by (seeded content hash, position), and the ranks are cut at the shares.
+    A first pass writes each row's hash to a file in `scratch` (8 bytes a row) and counts them
+    by their top 16 bits; the row at each cut is then found among the rows of one bucket. Each
+    split is then the rows whose (hash, position) falls between its cuts, read in source order.
 
     Args:
-        prepared: {'data': the rows}.
+        rows: The source's one split, as chunks.
         fractions: Shares of train, validation and test (summing to 1).
         seed: Seeds the row hash.
+        scratch: A private folder that outlives the returned chunk sources' use.
 
     Returns:
         {'train', 'validation', 'test'}, each in source order; the dropped-row count stays with 'train'.
     """
-    (part,) = prepared.values()
-    count = len(part.labels)
-    order = np.argsort(_row_digests(part, seed), kind="stable")
+    digest_file = scratch / "row-digests.u64"
+    buckets = np.zeros(1 << DIGEST_BUCKET_BITS, np.int64)
+    count = 0
+    with open(digest_file, "wb") as out:
+        for chunk in rows():
+            digests = _row_digests(chunk, seed)
+            digests.tofile(out)
+            top_bits = (digests >> np.uint64(64 - DIGEST_BUCKET_BITS)).astype(np.int64)
+            buckets += np.bincount(top_bits, minlength=len(buckets))
+            count += len(digests)
     train_end = round(count * fractions[0])
     validation_end = train_end + round(count * fractions[1])
-    bounds = {TRAIN: (0, train_end), VALIDATION: (train_end, validation_end), TEST: (validation_end, count)}
-    divided = {}
-    for split, (start, end) in bounds.items():
-        rows = np.sort(order[start:end])
-        divided[split] = PreparedSplit(
-            {key: values[rows] for key, values in part.features.items()},
-            part.labels[rows],
-            part.dropped_missing_label if split == TRAIN else 0,
-        )
-    return divided
+    cuts = [_row_at_rank(digest_file, buckets, rank) for rank in (train_end, validation_end)]
+
+    def split_chunks(which: int) -> ChunkSource:
+        def chunks() -> Iterator[PreparedSplit]:
+            start = 0
+            for chunk in rows():
+                size = len(chunk.labels)
+                digests = np.fromfile(digest_file, np.uint64, count=size, offset=start * 8)
+                keep = np.flatnonzero(_split_of(digests, np.arange(start, start + size), cuts) == which)
+                start += size
+                yield PreparedSplit(
+                    {key: values[keep] for key, values in chunk.features.items()},
+                    chunk.labels[keep],
+                    chunk.dropped_missing_label if which == 0 else 0,
+                )
+
+        return chunks
+
+    return {TRAIN: split_chunks(0), VALIDATION: split_chunks(1), TEST: split_chunks(2)}
+
+
+def _row_at_rank(digest_file: Path, buckets: np.ndarray, rank: int) -> tuple[int, int] | None:
+    """(hash, position) of the row at `rank` in (hash, position) order; None past the last row."""
+    ends = np.cumsum(buckets)
+    if rank >= ends[-1]:
+        return None
+    bucket = int(np.searchsorted(ends, rank, side="right"))
+    below = int(ends[bucket] - buckets[bucket])
+    shift = np.uint64(64 - DIGEST_BUCKET_BITS)
+    found_digests, found_rows = [], []
+    start = 0
+    with open(digest_file, "rb") as digests_in:
+        while len(digests := np.fromfile(digests_in, np.uint64, count=DIGEST_READ_ROWS)):
+            (inside,) = np.nonzero((digests >> shift) == bucket)
+            found_digests.append(digests[inside])
+            found_rows.append(inside + start)
+            start += len(digests)
+    digests, positions = np.concatenate(found_digests), np.concatenate(found_rows)
+    order = np.lexsort((positions, digests))
+    at = order[rank - below]
+    return int(digests[at]), int(positions[at])
+
+
+def _split_of(digests: np.ndarray, positions: np.ndarray, cuts: list[tuple[int, int] | None]) -> np.ndarray:
+    """0 (train), 1 (validation) or 2 (test) for each row: how many cuts its (hash, position) reaches."""
+    split = np.zeros(len(digests), np.int8)
+    for cut in cuts:
+        if cut is None:
+            continue
+        digest, position = np.uint64(cut[0]), cut[1]
+        reached = (digests > digest) | ((digests == digest) & (positions >= position))
+        split += reached.astype(np.int8)
+    return split
 
 
 def _hash_values(hasher, values: np.ndarray) -> None:

@@ -12,6 +12,9 @@ Rules (each overridable: `label`, `task`, `feature_types`, `exclude_columns`, `c
   A text column whose values are mostly numbers is refused as mixed types.
 - Class names: the source's, or `class_names` (in that order), or the label's values sorted.
 
+The rules read only each column's `ColumnSummary` (one bounded pass over the values), so a
+source streamed from files bigger than memory is inferred exactly as one held in memory.
+
 `prepare_columns` then brings every split to the spec: feature columns converted to their
 dtype (missing numbers NaN, missing text ''), labels as class ids (classification) or float32,
 and rows without a label dropped and counted.
@@ -20,7 +23,6 @@ and rows without a label dropped and counted.
 from __future__ import annotations
 
 import dataclasses
-import re
 
 import numpy as np
 
@@ -42,25 +44,17 @@ from pipeline.core.problem import (
     ProblemSpec,
     signature_key,
 )
-from pipeline.data.source_data import SourceData, is_image_column, missing_mask
+from pipeline.data.column_summary import IMAGE as IMAGE_VALUES
+from pipeline.data.column_summary import INTEGER as INTEGER_VALUES
+from pipeline.data.column_summary import MAX_TRACKED_VALUES, ColumnSummary, summarize_columns
+from pipeline.data.column_summary import TEXT as TEXT_VALUES
+from pipeline.data.source_data import SourceData, missing_mask
 
 MAX_INTEGER_CLASSES = 20
 TEXT_MIN_WORDS = 3.0
 TEXT_MIN_DISTINCT_SHARE = 0.5
 MIXED_TYPES_SHARE = 0.5  # a text column with at least this share of numbers is a broken numeric column
 _LABEL_NAMES = ("label", "target")
-_WORD = re.compile(r"\w+")
-
-
-def _number(text: str) -> float | None:
-    try:
-        return float(text)
-    except ValueError:
-        return None
-
-
-def _present(values: np.ndarray) -> np.ndarray:
-    return values[~missing_mask(values)]
 
 
 def choose_label(source: SourceData, config: PipelineConfig) -> str:
@@ -87,88 +81,95 @@ def choose_label(source: SourceData, config: PipelineConfig) -> str:
     )
 
 
-def _is_whole(values: np.ndarray) -> bool:
-    return values.dtype.kind in "iu" or bool(np.all(np.mod(values, 1) == 0))
+def _distinct_labels(label: ColumnSummary, location: str) -> list:
+    try:
+        return label.sorted_values()
+    except ValueError:
+        raise DataSourceError(
+            f"{location}: label column {label.name!r} has more than {MAX_TRACKED_VALUES} distinct values: "
+            "too many classes (set task=regression if it holds amounts)"
+        ) from None
 
 
-def infer_task(source: SourceData, label: str, configured: str) -> str:
-    """The task: the configured one, or inferred from the label's values (see the module doc).
+def infer_task(source: SourceData, label: ColumnSummary, configured: str) -> str:
+    """The task: the configured one, or inferred from the label's summary (see the module doc).
 
     Raises:
         DataSourceError: if the label has no values, a single value, or values the task cannot learn.
     """
-    values = np.concatenate(source.column(label))
-    if is_image_column(values):
-        raise DataSourceError(f"{source.location}: label column {label!r} holds images")
-    present = _present(values)
-    if present.size == 0:
-        raise DataSourceError(f"{source.location}: label column {label!r} has no values")
-    distinct = np.unique(present)
-    if len(distinct) == 1:
+    location, name = source.location, label.name
+    if label.kind == IMAGE_VALUES:
+        raise DataSourceError(f"{location}: label column {name!r} holds images")
+    if label.present == 0:
+        raise DataSourceError(f"{location}: label column {name!r} has no values")
+    if label.distinct_count() == 1 and label.distinct is not None:
+        (value,) = label.distinct
         raise DataSourceError(
-            f"{source.location}: label column {label!r} has a single value "
-            f"({distinct[0]!r} in all {present.size} rows): nothing to learn"
+            f"{location}: label column {name!r} has a single value ({value!r} in all {label.present} rows): "
+            "nothing to learn"
         )
-    numeric = values.dtype != object and label not in source.class_names
+    numeric = label.kind != TEXT_VALUES and name not in source.class_names
     if configured == REGRESSION:
         if not numeric:
-            sample = next(v for v in present if _number(v) is None) if values.dtype == object else None
-            if sample is not None or label in source.class_names:
+            sample = label.first_non_number[1] if label.first_non_number else None
+            if sample is not None or name in source.class_names:
                 raise DataSourceError(
-                    f"{source.location}: label column {label!r} holds classes"
+                    f"{location}: label column {name!r} holds classes"
                     + (f" (e.g. {sample!r})" if sample is not None else "")
                     + ", not numbers: a regression task needs numbers"
                 )
         return REGRESSION
-    count = len(source.class_names.get(label, distinct))
+    few_whole_numbers = label.whole and label.distinct is not None and len(label.distinct) <= MAX_INTEGER_CLASSES
+    if configured == AUTO and numeric and not few_whole_numbers:
+        return REGRESSION
+    count = len(source.class_names[name]) if name in source.class_names else len(_distinct_labels(label, location))
     if configured == AUTO:
-        if numeric and not (_is_whole(present) and len(distinct) <= MAX_INTEGER_CLASSES):
-            return REGRESSION
         return BINARY if count == 2 else MULTICLASS
     if configured == BINARY and count != 2:
         raise DataSourceError(
-            f"{source.location}: label column {label!r} has {count} distinct values: a binary task needs exactly 2"
+            f"{location}: label column {name!r} has {count} distinct values: a binary task needs exactly 2"
         )
     return configured
 
 
-def _text_kind(values: np.ndarray, name: str, location: str) -> str:
-    present = _present(values)
-    if present.size == 0:
+def _text_kind(summary: ColumnSummary, location: str) -> str:
+    name, present = summary.name, summary.present
+    if present == 0:
         raise DataSourceError(f"{location}: column {name!r} has no values at all: exclude it (exclude_columns)")
-    numbers = sum(_number(v) is not None for v in present)
-    if numbers and numbers < present.size and numbers / present.size >= MIXED_TYPES_SHARE:
-        index = next(i for i, v in enumerate(values) if v is not None and _number(v) is None)
+    numbers = summary.numbers
+    if numbers and numbers < present and numbers / present >= MIXED_TYPES_SHARE:
+        row, value = summary.first_non_number
         raise DataSourceError(
-            f"{location}: column {name!r} mixes numbers and text ({numbers} of {present.size} values are numbers; "
-            f"row {index} is {values[index]!r}): fix the data, or set feature_types {name}=categorical"
+            f"{location}: column {name!r} mixes numbers and text ({numbers} of {present} values are numbers; "
+            f"row {row} is {value!r}): fix the data, or set feature_types {name}=categorical"
         )
-    sample = present[:: max(1, present.size // 2000)]
-    words = np.mean([len(_WORD.findall(v)) for v in sample])
-    distinct_share = len(set(sample)) / len(sample)
+    words = summary.words / present
+    distinct_share = summary.distinct_count() / present
     return TEXT if words >= TEXT_MIN_WORDS and distinct_share >= TEXT_MIN_DISTINCT_SHARE else CATEGORICAL
 
 
-def _feature(name: str, values: np.ndarray, kind: str | None, source: SourceData) -> FeatureSpec:
+def _feature(summary: ColumnSummary, kind: str | None, location: str) -> FeatureSpec:
+    name = summary.name
     key = signature_key(name)
-    location = source.location
-    if is_image_column(values):
+    if summary.kind == IMAGE_VALUES:
         if kind not in (None, IMAGE):
             raise DataSourceError(f"{location}: column {name!r} holds images; it cannot be {kind}")
-        return FeatureSpec(name, key, IMAGE, UINT8, tuple(int(d) for d in values.shape[1:]))
+        return FeatureSpec(name, key, IMAGE, UINT8, summary.image_shape)
     if kind == IMAGE:
         raise DataSourceError(f"{location}: column {name!r} holds no images (feature_types says image)")
-    if values.dtype == object:
-        kind = kind or _text_kind(values, name, location)
+    if summary.present == 0:
+        raise DataSourceError(f"{location}: column {name!r} has no values at all: exclude it (exclude_columns)")
+    if summary.kind == TEXT_VALUES:
+        kind = kind or _text_kind(summary, location)
         if kind == NUMERIC:
-            bad = next((v for v in _present(values) if _number(v) is None), None)
-            if bad is not None:
+            if summary.first_non_number is not None:
                 raise DataSourceError(
-                    f"{location}: column {name!r} is declared numeric but holds {bad!r}, which is not a number"
+                    f"{location}: column {name!r} is declared numeric but holds {summary.first_non_number[1]!r}, "
+                    "which is not a number"
                 )
             return FeatureSpec(name, key, NUMERIC, FLOAT)
         return FeatureSpec(name, key, kind, STRING)
-    whole_and_complete = values.dtype.kind in "iu"
+    whole_and_complete = summary.kind == INTEGER_VALUES
     if kind in (None, NUMERIC):
         return FeatureSpec(name, key, NUMERIC, INT if whole_and_complete else FLOAT)
     if kind == CATEGORICAL and whole_and_complete:
@@ -176,27 +177,24 @@ def _feature(name: str, values: np.ndarray, kind: str | None, source: SourceData
     return FeatureSpec(name, key, kind, STRING)
 
 
-def _class_names(source: SourceData, label: str, config: PipelineConfig) -> list[str]:
+def _class_names(source: SourceData, label: ColumnSummary, config: PipelineConfig) -> list[str]:
     """The class names in class-id order: the source's, the configured order, or the sorted values."""
-    if label in source.class_names:
-        known = source.class_names[label]
+    if label.name in source.class_names:
+        known = source.class_names[label.name]
         if config.class_names:
             if len(config.class_names) != len(known):
                 raise DataSourceError(
-                    f"class_names has {len(config.class_names)} names but label {label!r} has {len(known)} classes"
+                    f"class_names has {len(config.class_names)} names but label {label.name!r} has {len(known)} classes"
                 )
             return list(config.class_names)
         return list(known)
-    values = _present(np.concatenate(source.column(label)))
-    if values.dtype == object:
-        distinct = sorted(set(values.tolist()))
-    else:
-        distinct = [_format_number(v) for v in np.unique(values)]
+    values = _distinct_labels(label, source.location)
+    distinct = values if label.kind == TEXT_VALUES else [_format_number(v) for v in values]
     if config.class_names:
         missing = sorted(set(distinct) - set(config.class_names))
         if missing:
             raise DataSourceError(
-                f"label {label!r} has values that class_names does not list: {missing[:10]}"
+                f"label {label.name!r} has values that class_names does not list: {missing[:10]}"
                 + (" ..." if len(missing) > 10 else "")
             )
         return list(config.class_names)
@@ -205,6 +203,13 @@ def _class_names(source: SourceData, label: str, config: PipelineConfig) -> list
 
 def _format_number(value) -> str:
     return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def source_summaries(source: SourceData) -> dict[str, ColumnSummary]:
+    """The summary of every column: the reader's own (a streamed source), else from the columns in memory."""
+    if source.summaries is not None:
+        return source.summaries
+    return summarize_columns(source.splits, source.columns, source.location)
 
 
 def infer_problem(source: SourceData, config: PipelineConfig) -> ProblemSpec:
@@ -221,13 +226,12 @@ def infer_problem(source: SourceData, config: PipelineConfig) -> ProblemSpec:
         raise DataSourceError(f"feature_types names columns that {source.location} does not have: {unknown}")
     if label in overrides:
         raise DataSourceError(f"feature_types names the label column {label!r}; it is not a feature")
-    task = infer_task(source, label, config.task)
+    summaries = source_summaries(source)
+    task = infer_task(source, summaries[label], config.task)
     features = tuple(
-        _feature(name, np.concatenate(source.column(name)), overrides.get(name), source)
-        for name in source.columns
-        if name != label
+        _feature(summaries[name], overrides.get(name), source.location) for name in source.columns if name != label
     )
-    class_names = tuple(_class_names(source, label, config)) if task != REGRESSION else ()
+    class_names = tuple(_class_names(source, summaries[label], config)) if task != REGRESSION else ()
     try:
         return ProblemSpec(task, label, signature_key(label), features, class_names)
     except Exception as err:  # ConfigError from the spec's own checks: a data problem here

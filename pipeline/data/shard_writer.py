@@ -5,7 +5,8 @@ spills. This writer takes
 each split as a stream of row chunks and keeps at most `memory_budget_bytes` of serialized
 examples in memory; past that, it spills them to bucket files on disk, as TFDS's shuffler does.
 
-What it writes is what TFDS writes: the same features (`snapshot_builder.features_dict`), the
+What it writes is what TFDS writes: the same features (`snapshot_builder.features_dict`;
+rows of scalars are serialized column by column by `example_encoder`, to the same protos), the
 same example order (rows ordered by TFDS's salted MD5 hash of their index, the split's name
 being the salt), shards counted by TFDS's own rule (`ShardConfig.calculate_number_shards`:
 64 MiB to 1 GiB each) and named by its file template, and the metadata
@@ -25,6 +26,7 @@ from typing import Protocol
 import numpy as np
 
 from pipeline.core.problem import ProblemSpec
+from pipeline.data.example_encoder import can_encode, serialize_chunk
 
 DATASET_NAME = "columns_dataset"
 DATASET_VERSION = "1.0.0"
@@ -113,12 +115,15 @@ def _read_bucket(path: Path) -> Iterator[tuple[int, bytes]]:
             yield int.from_bytes(hkey, "big"), handle.read(length)
 
 
-def _example_rows(problem: ProblemSpec, chunk: RowChunk) -> Iterator[dict]:
+def _serialized(problem: ProblemSpec, features, chunk: RowChunk) -> Iterable[bytes]:
+    """A chunk's records: column by column for scalars (`example_encoder`), else TFDS's serializer row by row."""
+    if can_encode(problem):
+        return serialize_chunk(problem, chunk.features, chunk.labels)
     keys = list(chunk.features)
-    for row in range(len(chunk.labels)):
-        example = {key: chunk.features[key][row] for key in keys}
-        example[problem.label_key] = chunk.labels[row]
-        yield example
+    return (
+        features.serialize_example({key: chunk.features[key][row] for key in keys} | {problem.label_key: label})
+        for row, label in enumerate(chunk.labels)
+    )
 
 
 def write_dataset(
@@ -164,8 +169,8 @@ def write_dataset(
         records = HashOrderedRecords(out / ".spill", split, memory_budget_bytes)
         index = 0
         for chunk in chunks():
-            for example in _example_rows(problem, chunk):
-                records.add(index, features.serialize_example(example))
+            for record in _serialized(problem, features, chunk):
+                records.add(index, record)
                 index += 1
         lengths = []
         if records.count:

@@ -133,7 +133,9 @@ class Snapshot:
             raise ConfigError(
                 f"split {split!r} is not in snapshot {self.name} (splits: {', '.join(sorted(self.splits))})"
             )
-        read_config = tfds.ReadConfig(input_context=input_context) if input_context is not None else None
+        # TFDS would cache a split under ~250 MiB in memory on its own; what stays in memory is
+        # training's decision (`cache_max_mb`), so every stage reads from the files.
+        read_config = tfds.ReadConfig(input_context=input_context, try_autocache=False)
         try:
             return self.builder().as_dataset(split=split, shuffle_files=False, read_config=read_config)
         except (ValueError, AssertionError) as err:

@@ -33,8 +33,10 @@ class SourceData:
         label_hint: The column the source itself calls its label (TFDS supervised key, 'label'), if any.
         location: What was read (a path, glob or TFDS name), for messages.
         stream: For a source too big to hold: a function giving one split's columns in chunks.
-            `splits` then holds what problem inference needs (see the reader), and ingest
-            reads the rows through `stream`.
+            Ingest then reads the rows through `stream`, and `splits` holds only what the
+            reader chooses to keep (the split names, at least, as keys).
+        summaries: {column: `ColumnSummary`} over every row, for a streamed source whose
+            `splits` do not hold every value (problem inference reads them instead).
     """
 
     name: str
@@ -44,13 +46,7 @@ class SourceData:
     label_hint: str | None = None
     location: str = ""
     stream: Callable[[str], Iterator[dict[str, np.ndarray]]] | None = None
-
-    def column(self, name: str) -> list[np.ndarray]:
-        """The column's values in every split (sorted by split name)."""
-        return [columns[name] for _, columns in sorted(self.splits.items())]
-
-    def rows(self) -> int:
-        return sum(len(next(iter(columns.values()))) for columns in self.splits.values() if columns)
+    summaries: dict | None = None
 
 
 def is_image_column(values: np.ndarray) -> bool:
@@ -86,10 +82,3 @@ def text_column(values: list, column: str, location: str) -> np.ndarray:
         else:
             out[index] = str(value)
     return out
-
-
-def concat_splits(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Concatenates several {column: values} of the same columns (e.g. one per file of a glob)."""
-    if len(parts) == 1:
-        return parts[0]
-    return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}

@@ -1,20 +1,26 @@
-"""`csv:` and `parquet:` sources: a file or a glob of files read with pyarrow.
+"""`csv:` and `parquet:` sources: a file or a glob of files streamed with pyarrow.
 
-All files of a glob must have the same columns; their types are unified (whole numbers in one
-file and decimals in another become decimals). Text values that mean "missing" in CSV files
+Tables are never held whole: a first pass settles the column types and summarizes each
+column for problem inference (`scan_table`), and ingest then streams the rows a record batch
+at a time. All files of a glob must have the same columns; their types are unified (whole
+numbers in one file and decimals in another become decimals). Text values that mean "missing" in CSV files
 (`MISSING_MARKERS`: '', 'NA', 'null', '?', ...) are missing values, in text columns too.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import glob as globbing
 import logging
+import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.core.errors import DataSourceError
-from pipeline.data.source_data import SourceData, text_column
+from pipeline.data.column_summary import ColumnSummary
+from pipeline.data.source_data import SourceData
 
 log = logging.getLogger(__name__)
 
@@ -69,26 +75,109 @@ def resolve_files(pattern: str, kind: str) -> list[Path]:
     return files
 
 
-def _read_arrow(path: Path, kind: str):
+CSV_BLOCK_BYTES = 1 << 20
+PARQUET_BATCH_ROWS = 8192
+# How a CSV column's type widens when a later block holds a value its type cannot: pyarrow
+# infers a streamed CSV's types from the first block only, and these are its inference steps.
+_WIDER_TYPE = {"null": "int64", "int64": "double", "bool": "string"}
+_CONVERSION_ERROR = re.compile(r"In CSV column #(\d+): .*CSV conversion error to (\w+)")
+
+
+class _WidenColumn(Exception):
+    def __init__(self, column: str, to):
+        super().__init__(column)
+        self.column, self.to = column, to
+
+
+def _convert_options(keep: list[str], types: dict):
+    import pyarrow.csv as pa_csv
+
+    return pa_csv.ConvertOptions(
+        include_columns=keep,
+        column_types=types,
+        null_values=list(MISSING_MARKERS),
+        strings_can_be_null=True,
+        quoted_strings_can_be_null=True,
+    )
+
+
+def _read_error(path: Path, kind: str, err: Exception, rows_before: int) -> DataSourceError:
+    first = str(err).splitlines()[0] if str(err) else type(err).__name__
+    where = f" (in the rows after row {rows_before})" if rows_before else ""
+    return DataSourceError(f"{path}: cannot read as {kind.upper()}: {first}{where}")
+
+
+def _column_names(path: Path, kind: str) -> list[str]:
     import pyarrow as pa
     import pyarrow.csv as pa_csv
     import pyarrow.parquet as pq
 
     try:
         if kind == "parquet":
-            return pq.read_table(path)
-        return pa_csv.read_csv(
+            return pq.read_schema(path).names
+        with pa_csv.open_csv(path, read_options=pa_csv.ReadOptions(block_size=CSV_BLOCK_BYTES)) as reader:
+            return reader.schema.names
+    except (pa.ArrowInvalid, pa.ArrowException, OSError) as err:
+        raise _read_error(path, kind, err, 0) from None
+
+
+def _csv_batches(path: Path, keep: list[str], types: dict):
+    """A CSV file's record batches, with `types` settled for every column as the first block shows them."""
+    import pyarrow as pa
+    import pyarrow.csv as pa_csv
+
+    rows = 0
+    try:
+        reader = pa_csv.open_csv(
             path,
-            convert_options=pa_csv.ConvertOptions(
-                null_values=list(MISSING_MARKERS), strings_can_be_null=True, quoted_strings_can_be_null=True
-            ),
+            read_options=pa_csv.ReadOptions(block_size=CSV_BLOCK_BYTES),
+            convert_options=_convert_options(keep, types),
         )
     except (pa.ArrowInvalid, pa.ArrowException, OSError) as err:
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise DataSourceError(f"{path}: cannot read as {kind.upper()}: {first}") from None
+        _raise_or_widen(path, err, rows, types)
+    with reader:
+        for field in reader.schema:
+            types.setdefault(field.name, field.type)
+        while True:
+            try:
+                batch = reader.read_next_batch()
+            except StopIteration:
+                return
+            except (pa.ArrowInvalid, pa.ArrowException, OSError) as err:
+                _raise_or_widen(path, err, rows, types)
+            rows += batch.num_rows
+            yield batch
 
 
-def _numpy_column(column, name: str, path: Path) -> np.ndarray:
+def _raise_or_widen(path: Path, err: Exception, rows: int, types: dict) -> None:
+    """Raises `_WidenColumn` for a value its column's type cannot hold, else a `DataSourceError`."""
+    import pyarrow as pa
+
+    found = _CONVERSION_ERROR.search(str(err))
+    if found:
+        names = _column_names(path, "csv")
+        index = int(found.group(1))
+        column = names[index] if index < len(names) else None
+        current = str(types.get(column, "string"))
+        if current != "string":
+            raise _WidenColumn(column, pa.type_for_alias(_WIDER_TYPE.get(current, "string")))
+    raise _read_error(path, "csv", err, rows) from None
+
+
+def _parquet_batches(path: Path, keep: list[str], schema):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = 0
+    try:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=keep):
+            rows += batch.num_rows
+            yield batch.cast(schema) if schema is not None else batch
+    except (pa.ArrowInvalid, pa.ArrowException, OSError) as err:
+        raise _read_error(path, "parquet", err, rows) from None
+
+
+def _numpy_column(column, name: str, path) -> np.ndarray:
     """One Arrow column in the `SourceData` convention."""
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -101,10 +190,13 @@ def _numpy_column(column, name: str, path: Path) -> np.ndarray:
         if pa.types.is_integer(kind) and column.null_count == 0:
             return column.to_numpy().astype(np.int64)
         return np.asarray(pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False), np.float64)
-    if pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_boolean(kind):
-        return text_column(column.to_pylist(), name, str(path))
-    if pa.types.is_null(kind):
-        raise DataSourceError(f"{path}: column {name!r} has no values at all: exclude it (exclude_columns)")
+    if pa.types.is_boolean(kind):
+        column = pc.cast(column, pa.string())  # 'false' / 'true'
+        kind = column.type
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        return np.asarray(column.to_numpy(zero_copy_only=False), dtype=object)  # str, None where missing
+    if pa.types.is_null(kind):  # every value of this batch is missing; problem inference refuses an empty column
+        return np.full(len(column), np.nan)
     if pa.types.is_temporal(kind):
         raise DataSourceError(
             f"{path}: column {name!r} holds {kind} values: dates and times are not a feature kind; exclude it "
@@ -116,8 +208,80 @@ def _numpy_column(column, name: str, path: Path) -> np.ndarray:
     )
 
 
+@dataclasses.dataclass
+class TableFiles:
+    """The files of a `csv:` / `parquet:` source and the column types every file is read with.
+
+    Attributes:
+        kind: 'csv' or 'parquet'.
+        files: The files, in order.
+        columns: The columns read (the first file's order, excluded ones left out).
+        types: {column: Arrow type}: for CSV, settled while scanning (first block, then widened
+            where a later block needs it); for Parquet, the files' schemas unified.
+        where: What messages name for a column's values (the file, or the glob).
+    """
+
+    kind: str
+    files: list[Path]
+    columns: list[str]
+    types: dict
+    where: Path
+
+    def record_batches(self) -> Iterator:
+        """Every file's record batches in order, read with the settled types."""
+        import pyarrow as pa
+
+        schema = pa.schema([(name, self.types[name]) for name in self.columns]) if self.kind == "parquet" else None
+        for path in self.files:
+            if self.kind == "parquet":
+                yield from _parquet_batches(path, self.columns, schema)
+            else:
+                yield from _csv_batches(path, self.columns, self.types)
+
+    def chunks(self) -> Iterator[dict[str, np.ndarray]]:
+        """The rows as {column: values} in the `SourceData` convention, a record batch at a time."""
+        for batch in self.record_batches():
+            if batch.num_rows:
+                yield {name: _numpy_column(batch.column(name), name, self.where) for name in self.columns}
+
+
+def _parquet_types(files: list[Path], columns: list[str], pattern: str) -> dict:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        schema = pa.unify_schemas([pq.read_schema(path) for path in files], promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
+        raise DataSourceError(f"parquet:{pattern}: the files' column types do not agree: {err}") from None
+    return {name: schema.field(name).type for name in columns}
+
+
+def scan_table(table: TableFiles, location: str) -> dict[str, ColumnSummary]:
+    """Reads the whole table once, settling CSV column types, and summarizes every column.
+
+    A CSV column whose later values do not fit the type of its first block is widened (whole
+    numbers to decimals, then to text) and the scan starts over: at most a few times per column.
+
+    Returns:
+        {column: summary over every row}.
+    """
+    while True:
+        summaries = {name: ColumnSummary(name) for name in table.columns}
+        try:
+            for chunk in table.chunks():
+                for name, values in chunk.items():
+                    summaries[name].add(values, location)
+            return summaries
+        except _WidenColumn as widen:
+            log.info("%s: column %r holds wider values further on: reading it as %s", location, widen.column, widen.to)
+            table.types[widen.column] = widen.to
+
+
 def read_table_source(kind: str, pattern: str, exclude: list[str]) -> SourceData:
-    """Reads a `csv:` or `parquet:` source into one split called 'data'.
+    """Reads a `csv:` or `parquet:` source as one split called 'data', streamed a record batch at a time.
+
+    The table is read once here to settle its column types and summarize its columns for
+    problem inference; ingest then streams the rows again (`SourceData.stream`).
 
     Args:
         kind: 'csv' or 'parquet'.
@@ -125,25 +289,18 @@ def read_table_source(kind: str, pattern: str, exclude: list[str]) -> SourceData
         exclude: Columns to leave out (they are not converted, so any type is fine).
 
     Returns:
-        The columns, in the first file's order.
+        The source, its columns in the first file's order.
 
     Raises:
         DataSourceError: naming the file: unreadable, corrupt, empty, columns that differ
             between files, or a column of a type that is not a feature.
     """
-    import pyarrow as pa
-
     files = resolve_files(pattern, kind)
-    tables = []
-    for path in files:
-        table = _read_arrow(path, kind)
-        if tables and table.column_names != tables[0][1].column_names:
-            raise DataSourceError(
-                f"{path}: columns {table.column_names} differ from those of {tables[0][0]} "
-                f"({tables[0][1].column_names})"
-            )
-        tables.append((path, table))
-    columns = tables[0][1].column_names
+    columns = _column_names(files[0], kind)
+    for path in files[1:]:
+        other = _column_names(path, kind)
+        if other != columns:
+            raise DataSourceError(f"{path}: columns {other} differ from those of {files[0]} ({columns})")
     if len(set(columns)) != len(columns):
         duplicated = sorted({c for c in columns if columns.count(c) > 1})
         raise DataSourceError(f"{files[0]}: column names repeat: {duplicated}")
@@ -151,14 +308,20 @@ def read_table_source(kind: str, pattern: str, exclude: list[str]) -> SourceData
     if unknown:
         raise DataSourceError(f"exclude_columns names columns that {files[0]} does not have: {unknown}")
     keep = [c for c in columns if c not in exclude]
-    try:
-        table = pa.concat_tables([t.select(keep) for _, t in tables], promote_options="permissive")
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
-        raise DataSourceError(f"{kind}:{pattern}: the files' column types do not agree: {err}") from None
-    if table.num_rows == 0:
-        raise DataSourceError(f"{kind}:{pattern}: the table has no rows ({', '.join(map(str, files))})")
-    where = files[0] if len(files) == 1 else Path(pattern)
-    data = {name: _numpy_column(table.column(name), name, where) for name in keep}
-    log.info("read %d rows x %d columns from %d %s file(s)", table.num_rows, len(keep), len(files), kind)
+    types = _parquet_types(files, keep, pattern) if kind == "parquet" else {}
+    table = TableFiles(kind, files, keep, types, files[0] if len(files) == 1 else Path(pattern))
+    location = f"{kind}:{pattern}"
+    summaries = scan_table(table, location)
+    rows = summaries[keep[0]].rows if keep else 0
+    if rows == 0:
+        raise DataSourceError(f"{location}: the table has no rows ({', '.join(map(str, files))})")
+    log.info("read %d rows x %d columns from %d %s file(s)", rows, len(keep), len(files), kind)
     name = Path(files[0]).stem if len(files) == 1 else Path(pattern).parent.name or kind
-    return SourceData(name=name, splits={"data": data}, columns=keep, location=f"{kind}:{pattern}")
+    return SourceData(
+        name=name,
+        splits={"data": {}},
+        columns=keep,
+        location=location,
+        stream=lambda split: table.chunks(),
+        summaries=summaries,
+    )

@@ -172,6 +172,31 @@ def test_snapshot_does_not_depend_on_chunk_size_or_memory_budget(make_config, tm
         assert np.array_equal(a[0]["images"], b[0]["images"]) and np.array_equal(a[1], b[1])
 
 
+def test_a_one_split_source_is_divided_by_rank_of_its_row_hashes_in_bounded_memory(tmp_path, monkeypatch):
+    import pipeline.data.ingest as ingest_module
+    from pipeline.data.problem_inference import PreparedSplit
+
+    monkeypatch.setattr(ingest_module, "DIGEST_BUCKET_BITS", 2)  # few buckets: each cut is found among many rows
+    monkeypatch.setattr(ingest_module, "DIGEST_READ_ROWS", 100)
+    rng = np.random.default_rng(0)
+    size = 2000
+    numbers = rng.integers(0, 30, size).astype(np.float32)  # many identical rows: equal hashes
+    texts = np.asarray([str(v) for v in rng.integers(0, 3, size)], dtype=object)
+    rows = PreparedSplit({"x": numbers, "t": texts}, rng.integers(0, 2, size), 9)
+    divided = ingest_module.divide(ingest_module.in_chunks(rows, 97), [0.7, 0.2, 0.1], 5, tmp_path)
+
+    # The reference: a stable sort of all hashes in memory, cut at the shares, each part in source order.
+    order = np.argsort(ingest_module._row_digests(rows, 5), kind="stable")
+    bounds = {"train": (0, 1400), "validation": (1400, 1800), "test": (1800, 2000)}
+    for split, (start, end) in bounds.items():
+        expected = np.sort(order[start:end])
+        chunks = list(divided[split]())
+        assert np.array_equal(np.concatenate([c.features["x"] for c in chunks]), numbers[expected])
+        assert np.concatenate([c.features["t"] for c in chunks]).tolist() == texts[expected].tolist()
+        assert np.array_equal(np.concatenate([c.labels for c in chunks]), rows.labels[expected])
+        assert sum(c.dropped_missing_label for c in chunks) == (9 if split == "train" else 0)
+
+
 @pytest.fixture
 def small_disk(tmp_path):
     """A 4 MiB tmpfs: a disk that fills up (mounting needs root with CAP_SYS_ADMIN)."""

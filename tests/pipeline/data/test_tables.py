@@ -207,3 +207,52 @@ def test_files_of_a_glob_must_share_their_columns(make_config, tmp_path):
     write_table(tmp_path / "parts" / "b.csv", {"x": [1, 2], "z": ["p", "q"]})
     with pytest.raises(DataSourceError, match=r"b.csv: columns \['x', 'z'\] differ from those of .*a.csv"):
         ingest(make_config(data_source=f"csv:{tmp_path}/parts/*.csv", label="y"))
+
+
+def _widening_csv(path, rows=600):
+    """A CSV whose later rows need wider types than its first rows show, and a class seen only at the end."""
+    lines = ["amount,late,rooms,district,y"]
+    for i in range(rows):
+        amount = str(i) if i < rows // 2 else f"{i}.25"  # whole numbers, then decimals
+        late = "" if i < rows // 2 else str(i % 7)  # missing, then whole numbers
+        label = "r" if i >= rows - 30 else ("p" if i % 3 else "q")
+        lines.append(f"{amount},{late},{i % 5 + 1},{['north', 'south'][i % 2]},{label}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_a_csv_streamed_in_small_blocks_is_the_snapshot_of_the_file_read_whole(make_config, tmp_path, monkeypatch):
+    import pyarrow.csv
+
+    from pipeline.data import tables
+
+    path = _widening_csv(tmp_path / "rooms.csv")
+    whole = ingest(make_config(data_source=f"csv:{path}", label="y"))  # one block: pyarrow sees every row at once
+    monkeypatch.setattr(tables, "CSV_BLOCK_BYTES", 256)  # ~40 rows a block: types change between blocks
+    streamed = ingest(make_config(data_source=f"csv:{path}", label="y", workdir=str(tmp_path / "streamed")))
+    assert streamed.fingerprint == whole.fingerprint and streamed.problem == whole.problem
+    assert streamed.splits == whole.splits and streamed.problem.class_names == ("p", "q", "r")
+    assert [(f.name, f.dtype) for f in streamed.problem.features] == [
+        ("amount", "float32"),
+        ("late", "float32"),
+        ("rooms", "int64"),
+        ("district", "string"),
+    ]
+    read_whole = pyarrow.csv.read_csv(path).schema
+    assert [str(read_whole.field(name).type) for name in ("amount", "late", "rooms")] == ["double", "int64", "int64"]
+    for split in whole.splits:
+        a, b = whole.split_columns(split), streamed.split_columns(split)
+        assert all(np.array_equal(a[0][k], b[0][k], equal_nan=a[0][k].dtype.kind == "f") for k in a[0])
+        assert np.array_equal(a[1], b[1])
+
+
+def test_a_row_that_breaks_deep_in_a_streamed_csv_is_named_with_its_file_and_place(make_config, tmp_path, monkeypatch):
+    from pipeline.data import tables
+
+    monkeypatch.setattr(tables, "CSV_BLOCK_BYTES", 256)
+    lines = ["x,y"] + [f"{i},{'p' if i % 2 else 'q'}" for i in range(500)] + ["1,p,surplus"] + ["2,q"] * 50
+    path = _broken(tmp_path, "deep.csv", "\n".join(lines) + "\n")
+    config = make_config(data_source=f"csv:{path}", label="y")
+    with pytest.raises(DataSourceError, match=r"deep.csv: cannot read as CSV: CSV parse error.* after row (\d+)\)"):
+        ingest(config)
+    assert _published(config) == []
