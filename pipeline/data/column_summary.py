@@ -83,14 +83,19 @@ class ColumnSummary:
         if kind == IMAGE:
             self.present += len(values)
             return
-        present = values[~missing_mask(values)]
+        present_rows = np.flatnonzero(~missing_mask(values))
+        present = values[present_rows]
         self.present += len(present)
+        if not present.size:
+            return
         if kind == TEXT:
-            self._add_texts(present, values, offset)
-        elif kind == DECIMAL and self.whole and present.size:
-            self.whole = bool(np.all(np.mod(present, 1) == 0))
-        if self.distinct is not None and present.size:
-            self._track(np.unique(present).tolist())
+            distinct = self._add_texts(present, present_rows + offset)
+        else:
+            distinct = np.unique(present) if self.distinct is not None else None
+            if kind == DECIMAL and self.whole:
+                self.whole = bool(np.all(np.mod(present, 1) == 0))
+        if self.distinct is not None:
+            self._track(distinct.tolist())
 
     def _settle_kind(self, kind: str, values: np.ndarray, location: str) -> None:
         if self.kind is None or self.kind == kind:
@@ -110,17 +115,17 @@ class ColumnSummary:
             f"{location}: column {self.name!r} holds {self.kind} values first and {kind} values later"
         )
 
-    def _add_texts(self, present: np.ndarray, values: np.ndarray, offset: int) -> None:
-        numbers = 0
-        for value in present:
-            if as_number(value) is not None:
-                numbers += 1
-            elif self.first_non_number is None:
-                row = next(i for i, v in enumerate(values) if v is value)
-                self.first_non_number = (offset + row, value)
-        self.numbers += numbers
-        self.words += sum(len(_WORD.findall(v)) for v in present)
-        self.sketch = np.union1d(self.sketch, _value_hashes(present))[:SKETCH_SIZE]
+    def _add_texts(self, present: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Counts numbers and words once per distinct value (weighted by its count); returns the distinct values."""
+        distinct, first, counts = np.unique(present, return_index=True, return_counts=True)
+        numbers = np.fromiter((as_number(v) is not None for v in distinct), bool, len(distinct))
+        self.numbers += int(counts[numbers].sum())
+        if self.first_non_number is None and not numbers.all():
+            earliest = int(first[~numbers].min())
+            self.first_non_number = (int(rows[earliest]), present[earliest])
+        self.words += sum(len(_WORD.findall(value)) * int(count) for value, count in zip(distinct, counts, strict=True))
+        self.sketch = np.union1d(self.sketch, _value_hashes(distinct))[:SKETCH_SIZE]
+        return distinct
 
     def _track(self, values: list) -> None:
         self.distinct.update(values)

@@ -3,19 +3,22 @@
 Two layouts: `DIR/<class>/*` (one split, divided by `split_fractions` at ingest) and
 `DIR/<split>/<class>/*` when every top-level folder is a split name (train, validation,
 test, ...). Images are resized to one size (`image_size`, default the most common) and must
-share one colour mode unless `image_mode` converts them all ('L' or 'RGB').
+share one colour mode unless `image_mode` converts them all ('L' or 'RGB'). The images are
+streamed: decoded a chunk (about 16 MiB of pixels) at a time, never held all at once.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.core.errors import DataSourceError
 from pipeline.core.problem import IMAGE_KEY
+from pipeline.data import source_data
 from pipeline.data.source_data import SourceData, text_column
 
 log = logging.getLogger(__name__)
@@ -106,7 +109,12 @@ def _load(path: Path, mode: str, size: tuple[int, int]) -> np.ndarray:
 
 
 def read_image_folder(folder: str | Path, image_mode: str, image_size: list[int] | None) -> SourceData:
-    """Reads an image folder into an 'images' column (uint8 [N,H,W,C]) and a 'label' column of class names.
+    """An image folder as an 'images' column (uint8 [N,H,W,C]) and a 'label' column of class names, streamed.
+
+    Only the file list and the labels are held; the images are decoded a chunk at a time
+    whenever a split is streamed (`SourceData.stream`). For inference, `splits` holds every
+    label and, in place of the images, a read-only view repeating the first image (inference
+    needs only their shape).
 
     Args:
         folder: The folder.
@@ -118,29 +126,40 @@ def read_image_folder(folder: str | Path, image_mode: str, image_size: list[int]
 
     Raises:
         DataSourceError: naming the file or folder: missing, empty, a corrupt image, or
-            mixed colour modes with image_mode 'auto'.
+            mixed colour modes with image_mode 'auto'. A corrupt image is found when the
+            headers are read, or else when its chunk is decoded.
     """
     folder = Path(folder)
     layout = find_images(folder)
     every = [path for classes in layout.values() for files in classes.values() for path in files]
     mode, size = _target_mode_and_size(every, image_mode, image_size)
-    splits = {}
-    class_names: set[str] = set()
-    for split, classes in layout.items():
-        images, labels = [], []
-        for class_name, files in classes.items():
-            class_names.add(class_name)
-            images.extend(_load(path, mode, size) for path in files)
-            labels.extend([class_name] * len(files))
-        splits[split] = {
-            IMAGE_KEY: np.stack(images),
-            LABEL_COLUMN: text_column(labels, LABEL_COLUMN, str(folder)),
-        }
-    log.info("read %d images (%s, %dx%d) from %s", len(every), mode, size[0], size[1], folder)
+    first = _load(every[0], mode, size)
+    rows = source_data.chunk_rows(first.nbytes)
+    files = {
+        split: [(path, class_name) for class_name, paths in classes.items() for path in paths]
+        for split, classes in layout.items()
+    }
+
+    def stream(split: str) -> Iterator[dict[str, np.ndarray]]:
+        for start in range(0, len(files[split]), rows):
+            part = files[split][start : start + rows]
+            yield {
+                IMAGE_KEY: np.stack([_load(path, mode, size) for path, _ in part]),
+                LABEL_COLUMN: text_column([name for _, name in part], LABEL_COLUMN, str(folder)),
+            }
+
+    log.info("found %d images (%s, %dx%d) in %s", len(every), mode, size[0], size[1], folder)
     return SourceData(
         name=folder.name or "images",
-        splits=splits,
+        splits={
+            split: {
+                IMAGE_KEY: np.broadcast_to(first, (len(pairs), *first.shape)),
+                LABEL_COLUMN: text_column([name for _, name in pairs], LABEL_COLUMN, str(folder)),
+            }
+            for split, pairs in files.items()
+        },
         columns=[IMAGE_KEY, LABEL_COLUMN],
         label_hint=LABEL_COLUMN,
         location=f"images:{folder}",
+        stream=stream,
     )

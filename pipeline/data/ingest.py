@@ -15,9 +15,11 @@ in the same split, and rows added later leave most earlier rows where they were.
 
 The rows travel in chunks of `CHUNK_ROWS`: a first pass hashes the fingerprint column by
 column, and only if no snapshot of that fingerprint exists does a second pass write the shards
-(`shard_writer`, in bounded memory). Tables (record batch by record batch) and IDX images
-stream from their files; image folders and `tfds:` sources are still held in memory before
-they are chunked. Dividing a one-split source keeps 8 bytes a row, on disk (`divide`).
+(`shard_writer`, in bounded memory). Every reader streams: tables a record batch at a time,
+image folders and IDX files a chunk of images at a time, `tfds:` a batch at a time; what they
+hold whole is at most a label (or a file name) per row. Problem inference reads column
+summaries gathered in one pass (`column_summary`). Dividing a one-split source keeps 8 bytes
+a row, on disk (`divide`).
 
 The snapshot folder is named by a content fingerprint, so ingesting unchanged data again
 reuses the existing snapshot and changed data never overwrites an old one.

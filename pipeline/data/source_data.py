@@ -49,6 +49,15 @@ class SourceData:
     summaries: dict | None = None
 
 
+CHUNK_BYTES = 16 << 20
+MAX_CHUNK_ROWS = 4096
+
+
+def chunk_rows(row_bytes: int) -> int:
+    """Rows a streamed chunk holds: about `CHUNK_BYTES` of values, at most `MAX_CHUNK_ROWS`."""
+    return int(max(1, min(MAX_CHUNK_ROWS, CHUNK_BYTES // max(1, int(row_bytes)))))
+
+
 def is_image_column(values: np.ndarray) -> bool:
     return values.dtype == np.uint8 and values.ndim == 4
 

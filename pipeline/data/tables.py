@@ -3,8 +3,9 @@
 Tables are never held whole: a first pass settles the column types and summarizes each
 column for problem inference (`scan_table`), and ingest then streams the rows a record batch
 at a time. All files of a glob must have the same columns; their types are unified (whole
-numbers in one file and decimals in another become decimals). Text values that mean "missing" in CSV files
-(`MISSING_MARKERS`: '', 'NA', 'null', '?', ...) are missing values, in text columns too.
+numbers in one file and decimals in another become decimals). Text values that mean
+"missing" in CSV files (`MISSING_MARKERS`: '', 'NA', 'null', '?', ...) are missing values, in
+text columns too.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import logging
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 
@@ -149,7 +151,7 @@ def _csv_batches(path: Path, keep: list[str], types: dict):
             yield batch
 
 
-def _raise_or_widen(path: Path, err: Exception, rows: int, types: dict) -> None:
+def _raise_or_widen(path: Path, err: Exception, rows: int, types: dict) -> NoReturn:
     """Raises `_WidenColumn` for a value its column's type cannot hold, else a `DataSourceError`."""
     import pyarrow as pa
 

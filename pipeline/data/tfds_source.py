@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Iterator
 
 import numpy as np
 
 from pipeline.core.config import PipelineConfig
 from pipeline.core.errors import DataSourceError
-from pipeline.data.source_data import SourceData, text_column
+from pipeline.data.column_summary import ColumnSummary
+from pipeline.data.source_data import SourceData, chunk_rows, text_column
 
 log = logging.getLogger(__name__)
 
@@ -80,28 +82,33 @@ def _column_kind(name: str, feature, dataset: str) -> str:
     )
 
 
-def _convert(kind: str, values: list[np.ndarray], name: str, dataset: str, names: list[str] | None) -> np.ndarray:
-    array = np.concatenate(values) if values else np.zeros(0)
+def _convert(kind: str, array: np.ndarray, name: str, dataset: str) -> np.ndarray:
+    """One batch of a feature in the `SourceData` convention."""
     if kind == "image":
         return array.astype(np.uint8)
-    if kind == "text":
-        return text_column(list(array), name, dataset)
     if kind == "class":
         return array.astype(np.int64)
     if array.dtype == np.bool_:
         return text_column(array.tolist(), name, dataset)
-    if array.dtype.kind in "iu":
+    if kind != "text" and array.dtype.kind in "iu":
         return array.astype(np.int64)
-    if array.dtype.kind == "f":
+    if kind != "text" and array.dtype.kind == "f":
         return array.astype(np.float64)
     return text_column(list(array), name, dataset)
 
 
-def read_tfds_source(config: PipelineConfig, name: str) -> SourceData:
-    """Reads every split of a prepared TFDS dataset into columns.
+def _row_bytes(features, kinds: dict[str, str]) -> int:
+    """A row's bytes as far as they are known (images dominate); for the chunk size."""
+    return sum(int(np.prod(features[key].shape)) if kind == "image" else 8 for key, kind in kinds.items())
 
-    Class-label features that are not the label become categorical text columns of their
-    names; the label keeps its class ids and names.
+
+def read_tfds_source(config: PipelineConfig, name: str) -> SourceData:
+    """A prepared TFDS dataset as columns, streamed a batch at a time.
+
+    Every split is read once here to summarize the columns for problem inference; ingest
+    then streams the splits again (`SourceData.stream`). Class-label features that are not
+    the label become categorical text columns of their names; the label keeps its class ids
+    and names.
 
     Raises:
         DataSourceError: naming the dataset and feature, for unknown names, unprepared data,
@@ -119,35 +126,38 @@ def read_tfds_source(config: PipelineConfig, name: str) -> SourceData:
     label_hint = keys[1] if keys and len(keys) == 2 and isinstance(keys[1], str) else None
     label = config.label or label_hint
     kinds = {key: _column_kind(key, feature, name) for key, feature in features.items() if key not in exclude}
-    splits: dict[str, dict[str, np.ndarray]] = {}
-    keys = list(kinds)
-    for split in sorted(builder.info.splits):
-        dataset = builder.as_dataset(split=split, shuffle_files=False).map(lambda ex: {k: ex[k] for k in keys})
-        collected: dict[str, list[np.ndarray]] = {key: [] for key in kinds}
-        for batch in tfds.as_numpy(dataset.batch(4096)):
-            for key in kinds:
-                collected[key].append(batch[key])
-        if not collected or not any(len(part) for part in next(iter(collected.values()))):
-            raise DataSourceError(f"TFDS dataset {name!r}: split {split!r} is empty")
-        splits[split] = {
-            key: _convert(kind, collected[key], key, name, getattr(features[key], "names", None))
-            for key, kind in kinds.items()
-        }
-    class_names = {}
-    for key, kind in kinds.items():
-        if kind != "class":
-            continue
-        names = list(features[key].names)
-        if key == label:
-            class_names[key] = names
-        else:  # a class-label input is a categorical feature of its names
-            for columns in splits.values():
+    if not kinds:
+        raise DataSourceError(f"TFDS dataset {name!r}: exclude_columns leaves no feature")
+    class_inputs = {key: list(features[key].names) for key, kind in kinds.items() if kind == "class" and key != label}
+    rows = chunk_rows(_row_bytes(features, kinds))
+    selected = list(kinds)
+
+    def stream(split: str) -> Iterator[dict[str, np.ndarray]]:
+        dataset = builder.as_dataset(
+            split=split, shuffle_files=False, read_config=tfds.ReadConfig(try_autocache=False)
+        ).map(lambda example: {key: example[key] for key in selected})
+        for batch in tfds.as_numpy(dataset.batch(rows)):
+            columns = {key: _convert(kind, batch[key], key, name) for key, kind in kinds.items()}
+            for key, names in class_inputs.items():  # a class-label input is a categorical feature of its names
                 columns[key] = text_column([names[i] for i in columns[key]], key, name)
+            yield columns
+
+    location = f"tfds:{name}"
+    summaries = {key: ColumnSummary(key) for key in kinds}
+    for split in sorted(builder.info.splits):
+        before = summaries[selected[0]].rows
+        for columns in stream(split):
+            for key, values in columns.items():
+                summaries[key].add(values, location)
+        if summaries[selected[0]].rows == before:
+            raise DataSourceError(f"TFDS dataset {name!r}: split {split!r} is empty")
     return SourceData(
         name=builder.info.full_name,
-        splits=splits,
-        columns=list(kinds),
-        class_names=class_names,
+        splits={split: {} for split in sorted(builder.info.splits)},
+        columns=selected,
+        class_names={label: list(features[label].names)} if kinds.get(label) == "class" else {},
         label_hint=label_hint,
-        location=f"tfds:{name}",
+        location=location,
+        stream=stream,
+        summaries=summaries,
     )

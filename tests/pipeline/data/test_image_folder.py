@@ -67,6 +67,24 @@ def test_mixed_modes_need_a_mode_and_a_corrupt_image_is_named(make_config, tmp_p
         ingest(config.replace(image_mode="L", run_id="broken"))
 
 
+def test_images_stream_in_chunks_and_a_picture_broken_after_its_header_is_named(make_config, tmp_path, monkeypatch):
+    from pipeline.data import source_data
+
+    folder = _folder(tmp_path / "animals", 12)
+    whole = ingest(make_config(data_source=f"images:{folder}"))
+    monkeypatch.setattr(source_data, "CHUNK_BYTES", 5 * 120)  # five 10x12 images a chunk
+    chunked = ingest(make_config(data_source=f"images:{folder}", workdir=str(tmp_path / "chunked")))
+    assert chunked.fingerprint == whole.fingerprint and chunked.splits == whole.splits
+    assert np.array_equal(chunked.split_columns("test")[0]["images"], whole.split_columns("test")[0]["images"])
+
+    good = (folder / "owls" / "005.png").read_bytes()
+    (folder / "owls" / "005.png").write_bytes(good[: len(good) // 2])  # the header reads, the pixels do not
+    config = make_config(data_source=f"images:{folder}", workdir=str(tmp_path / "broken"))
+    with pytest.raises(DataSourceError, match=r"owls/005.png: cannot decode the image"):
+        ingest(config)
+    assert not [p for p in (tmp_path / "broken" / "snapshots").iterdir() if not p.name.startswith(".")]
+
+
 @pytest.mark.parametrize(
     "layout, message",
     [

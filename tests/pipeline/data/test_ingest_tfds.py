@@ -55,6 +55,17 @@ def test_tfds_source_prepares_when_allowed_then_reads_offline(make_config, tmp_p
     assert [(f.key, f.kind) for f in offline.problem.features] == [("image", "image")]
 
 
+def test_a_tfds_source_streams_in_chunks_to_the_same_snapshot(make_config, tmp_path, monkeypatch):
+    from pipeline.data import source_data
+
+    config = make_config(data_source="tfds:tiny_shapes", tfds_data_dir=str(tmp_path / "tfds"), allow_download=True)
+    whole = ingest(config)
+    monkeypatch.setattr(source_data, "CHUNK_BYTES", 7 * 28 * 28)  # seven images a chunk
+    chunked = ingest(config.replace(workdir=str(tmp_path / "chunked")))
+    assert chunked.fingerprint == whole.fingerprint and chunked.splits == whole.splits
+    assert np.array_equal(chunked.split_columns("train")[1], whole.split_columns("train")[1])
+
+
 def test_unknown_tfds_name(make_config, tmp_path):
     config = make_config(data_source="tfds:no_such_dataset_xyz", tfds_data_dir=str(tmp_path))
     with pytest.raises(DataSourceError, match="unknown TFDS dataset 'no_such_dataset_xyz'"):
