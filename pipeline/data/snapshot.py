@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -178,6 +179,9 @@ class Snapshot:
         Yields:
             ({feature key: values}, labels): text as object arrays of `str`, images as uint8
             [N,H,W,C], labels as int64 class ids or float32 values.
+
+        Raises:
+            DataSourceError: naming the shard file and byte offset, if a shard file is corrupt.
         """
         import tensorflow_datasets as tfds
 
@@ -189,12 +193,38 @@ class Snapshot:
 
             index, count = shard
             context = tf.distribute.InputContext(num_input_pipelines=count, input_pipeline_id=index)
-        for features, labels in tfds.as_numpy(self.load_split(split, input_context=context).batch(batch_size)):
-            for key in strings:
-                decoded = np.empty(len(features[key]), dtype=object)
-                decoded[:] = [v.decode("utf-8") if isinstance(v, bytes) else v for v in features[key]]
-                features[key] = decoded
-            yield features, labels.astype(label_dtype)
+        import tensorflow as tf
+
+        batches = tfds.as_numpy(self.load_split(split, input_context=context).batch(batch_size))
+        try:
+            for features, labels in batches:
+                for key in strings:
+                    decoded = np.empty(len(features[key]), dtype=object)
+                    decoded[:] = [v.decode("utf-8") if isinstance(v, bytes) else v for v in features[key]]
+                    features[key] = decoded
+                yield features, labels.astype(label_dtype)
+        except tf.errors.DataLossError as err:
+            raise DataSourceError(self.corrupt_shard_message(err, [self.base_split(split)])) from None
+
+    def corrupt_shard_message(self, err: Exception, splits: list[str] | None = None) -> str:
+        """Names the first shard file that does not read back, and where it breaks.
+
+        TensorFlow reports a corrupt record's byte offset but not its file, so each file (of
+        `splits`, else of every split) is read again until one fails.
+        """
+        import tensorflow as tf
+
+        infos = self.builder().info.splits
+        for path in [path for split in splits or sorted(self.splits) for path in infos[split].filepaths]:
+            try:
+                for _ in tf.data.TFRecordDataset(str(path)):
+                    pass
+            except tf.errors.DataLossError as found:
+                offset = re.search(r"corrupted record at (\d+)", str(found))
+                where = f" at byte {offset.group(1)}" if offset else ""
+                return f"snapshot {self.path}: shard file {path} is corrupt{where}; ingest the data again"
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        return f"snapshot {self.path} does not read back ({first}); ingest the data again"
 
     def split_columns(self, split: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """Reads a whole split into memory: ({feature key: values}, labels), as `iter_batches` gives them.

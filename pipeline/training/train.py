@@ -35,7 +35,7 @@ import keras
 
 from pipeline.core.artifacts import StageResult, atomic_output, atomic_write_json, stage_dir
 from pipeline.core.config import AUTO, PipelineConfig
-from pipeline.core.errors import TrainingError
+from pipeline.core.errors import DataSourceError, TrainingError
 from pipeline.core.problem import BINARY, MULTICLASS, REGRESSION, ProblemSpec
 from pipeline.data import preprocess
 from pipeline.data.snapshot import TEST, TRAIN, VALIDATION, Snapshot
@@ -318,7 +318,13 @@ def learning_rate_schedule(config: PipelineConfig, train_size: int) -> keras.opt
 def fit(
     config: PipelineConfig, snapshot: Snapshot, data: TrainingData, out: Path, callbacks: list, hardware: HardwarePlan
 ) -> tuple[str, keras.Model, TaskTraining]:
-    """Trains under the strategy and precision of the hardware plan; returns (builder name, model, task setup)."""
+    """Trains under the strategy and precision of the hardware plan; returns (builder name, model, task setup).
+
+    Raises:
+        DataSourceError: naming the shard file, if a shard of the snapshot is corrupt.
+    """
+    import tensorflow as tf
+
     with dtype_policy(hardware.dtype_policy), hardware.strategy.scope():
         name, model, task = build_compiled_model(config, snapshot, data, hardware)
         log.info(
@@ -330,14 +336,17 @@ def fit(
             task.monitor,
             " (resuming)" if (out / "backup").exists() else "",
         )
-        model.fit(
-            data.train,
-            validation_data=data.validation,
-            epochs=config.epochs,
-            callbacks=_callbacks(out, config, task) + callbacks,
-            shuffle=False,  # The tf.data pipeline shuffles, seeded.
-            verbose=2,
-        )
+        try:
+            model.fit(
+                data.train,
+                validation_data=data.validation,
+                epochs=config.epochs,
+                callbacks=_callbacks(out, config, task) + callbacks,
+                shuffle=False,  # The tf.data pipeline shuffles, seeded.
+                verbose=2,
+            )
+        except tf.errors.DataLossError as err:
+            raise DataSourceError(snapshot.corrupt_shard_message(err)) from None
     return name, model, task
 
 

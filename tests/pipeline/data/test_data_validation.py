@@ -275,3 +275,42 @@ def test_a_worker_killed_while_measuring_parts_is_retried_and_the_result_equals_
     clean = validate(config("clean"), snapshot)
     a, b = (json.loads(result.statistics_path.read_text()) for result in (merged, clean))
     assert _without_times(a) == _without_times(b)
+
+
+def test_a_corrupt_shard_file_is_named_with_its_byte_offset_by_every_reader(tmp_path):
+    import shutil
+
+    from pipeline.core.config import PipelineConfig
+    from pipeline.core.errors import DataSourceError
+    from pipeline.data.data_validation import ValidationPart, measure_part
+    from pipeline.data.snapshot import Snapshot
+    from tests.support import table_rows, write_table
+
+    source = write_table(tmp_path / "table.csv", table_rows("binary", rows=900))
+    config = PipelineConfig(
+        data_source=f"csv:{source}", label="approved?", workdir=str(tmp_path / "work"), snapshot_shards=2
+    ).validate()
+    published = ingest(config)
+
+    def corrupt_copy(name, split):
+        copy = Snapshot.load(shutil.copytree(published.path, tmp_path / name))
+        shard = sorted((copy.path / copy.tfds_dir).glob(f"*-{split}.tfrecord-00001-of-00002"))[0]
+        content = bytearray(shard.read_bytes())
+        content[len(content) // 2] ^= 0xFF
+        shard.write_bytes(bytes(content))
+        return copy, shard
+
+    broken, shard = corrupt_copy("broken", "train")
+    message = rf"shard file .*{shard.name} is corrupt at byte \d+; ingest the data again"
+    with pytest.raises(DataSourceError, match=message):
+        list(broken.iter_batches("train"))
+    with pytest.raises(DataSourceError, match=message):
+        measure_part(config, broken, ValidationPart("train", 1, 2))
+    from pipeline.training.train import train
+
+    with pytest.raises(DataSourceError, match=message):
+        train(config.replace(epochs=1, run_id="on-broken"), broken)
+    validation_broken, validation_shard = corrupt_copy("validation-broken", "validation")  # read by fit only
+    with pytest.raises(DataSourceError, match=rf"shard file .*{validation_shard.name} is corrupt at byte"):
+        train(config.replace(epochs=1, run_id="on-broken-validation"), validation_broken)
+    assert sum(len(labels) for _, labels in published.iter_batches("train")) == published.splits["train"]
