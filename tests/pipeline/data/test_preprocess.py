@@ -105,3 +105,14 @@ def test_with_a_shard_file_per_worker_each_worker_reads_only_its_own_files(make_
     assert _images(first) < files[0] | files[2] and len(_images(first)) == 666
     assert _images(second) == files[1]
     assert len(list(first)) == len(list(second)) == 7
+
+
+def test_the_cache_decision_counts_what_tf_data_holds_per_cached_tensor(make_config, tmp_path):
+    """A table's cached rows cost ~160 bytes a tensor, not 8 bytes a value: a 1 GB cache for a '50 MB' split."""
+    from tests.support import table_rows, write_table
+
+    source = write_table(tmp_path / "loans.csv", table_rows("binary", 500))
+    table = ingest(make_config(data_source=f"csv:{source}", label="approved?"))
+    rows = split_size(table, "train")
+    tensors = len(table.problem.features) + 1
+    assert preprocess.decoded_size(table, "train") >= rows * tensors * (8 + preprocess.CACHED_TENSOR_BYTES)
