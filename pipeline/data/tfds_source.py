@@ -97,7 +97,7 @@ def _convert(kind: str, array: np.ndarray, name: str, dataset: str) -> np.ndarra
     return text_column(list(array), name, dataset)
 
 
-def _row_bytes(features, kinds: dict[str, str]) -> int:
+def _row_size(features, kinds: dict[str, str]) -> int:
     """A row's bytes as far as they are known (images dominate); for the chunk size."""
     return sum(int(np.prod(features[key].shape)) if kind == "image" else 8 for key, kind in kinds.items())
 
@@ -129,7 +129,7 @@ def read_tfds_source(config: PipelineConfig, name: str) -> SourceData:
     if not kinds:
         raise DataSourceError(f"TFDS dataset {name!r}: exclude_columns leaves no feature")
     class_inputs = {key: list(features[key].names) for key, kind in kinds.items() if kind == "class" and key != label}
-    rows = chunk_rows(_row_bytes(features, kinds))
+    rows = chunk_rows(_row_size(features, kinds))
     selected = list(kinds)
 
     def stream(split: str) -> Iterator[dict[str, np.ndarray]]:
