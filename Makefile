@@ -80,6 +80,7 @@ bench: setup data
 	$(BIN)/python bench/serving_latency.py
 	$(BIN)/python bench/tensor_encoding.py
 	$(BIN)/python bench/data_scale.py
+	$(BIN)/python bench/sharded_ingest.py
 
 # The example project of the README's "Bring your own problem": the Palmer penguins table and its own model.
 example: setup

@@ -17,7 +17,7 @@ The goals (issue 23): the 10x peak at most 1.25x the 1x peak for every step; ing
 0.5x pyarrow's own reading rate.
 
     .venv/bin/python bench/data_scale.py [--scale 10] [--data-dir /usr/share/datasets/fashion-mnist]
-        [--kind images|table|both] [--table-rows 1000000]
+        [--kind images|table|both] [--table-rows 1000000] [--steps ingest --note "why"]
 """
 
 from __future__ import annotations
@@ -189,10 +189,10 @@ def run_step(step: str, data_source: str, workdir: str) -> dict:
     return {"step": step, "rows": rows, "seconds": round(seconds, 1), "peak_rss_mb": round(_peak_rss_mb(), 1)}
 
 
-def measure(data_source: str, workdir: Path) -> list[dict]:
-    """Every step on one data source, each in a fresh process."""
+def measure(data_source: str, workdir: Path, steps: tuple[str, ...] = STEPS) -> list[dict]:
+    """The steps on one data source, each in a fresh process (a step needs those before it in STEPS)."""
     results = []
-    for step in STEPS:
+    for step in steps:
         output = subprocess.run(
             [sys.executable, __file__, "--step", step, "--data-source", data_source, "--workdir", str(workdir)],
             check=True,
@@ -238,7 +238,22 @@ def markdown(results: dict) -> str:
         )
     if "throughput" in results:
         lines += ["", *throughput_lines(results["throughput"])]
+    for note in results.get("notes", []):
+        lines += ["", note]
     return "\n".join(lines) + "\n"
+
+
+def merged(earlier: dict, rerun: dict, steps: tuple[str, ...], note: str) -> dict:
+    """An earlier report with the figures of `steps` replaced by a rerun's, and a note saying so."""
+    results = dict(earlier)
+    for scale in ("1x", "scaled"):
+        new = {entry["step"]: entry for entry in rerun[scale]}
+        results[scale] = [new.get(entry["step"], entry) for entry in earlier[scale]]
+    if "throughput" in rerun:
+        results["throughput"] = rerun["throughput"]
+    steps_text = ", ".join(steps)
+    results["notes"] = [*earlier.get("notes", []), f"Rerun on {rerun['date']}: {steps_text}. {note}".strip()]
+    return results
 
 
 def throughput(path: Path, rows: int, ingest_seconds: float, pyarrow_seconds: float) -> dict:
@@ -276,8 +291,8 @@ def machine() -> str:
 def images_figures(args, scratch: Path) -> dict:
     one = write_scaled(Path(args.data_dir), scratch / "1x", 1, args.limit)
     scaled = write_scaled(Path(args.data_dir), scratch / f"{args.scale}x", args.scale, args.limit)
-    small = measure(f"idx:{one}", scratch / "work-1x")
-    big = measure(f"idx:{scaled}", scratch / f"work-{args.scale}x")
+    small = measure(f"idx:{one}", scratch / "work-1x", args.steps)
+    big = measure(f"idx:{scaled}", scratch / f"work-{args.scale}x", args.steps)
     return {
         "kind": "images",
         "machine": machine(),
@@ -293,8 +308,8 @@ def images_figures(args, scratch: Path) -> dict:
 def table_figures(args, scratch: Path) -> dict:
     one = write_table(scratch / "1x" / "loans.csv", args.table_rows)
     scaled = write_table(scratch / f"{args.scale}x" / "loans.csv", args.table_rows * args.scale)
-    small = measure(f"csv:{one}", scratch / "work-1x")
-    big = measure(f"csv:{scaled}", scratch / f"work-{args.scale}x")
+    small = measure(f"csv:{one}", scratch / "work-1x", args.steps)
+    big = measure(f"csv:{scaled}", scratch / f"work-{args.scale}x", args.steps)
     pyarrow_seconds = pyarrow_read_seconds(scaled)
     return {
         "kind": "table",
@@ -317,6 +332,14 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="Images per split taken from the source (smoke runs).")
     parser.add_argument("--table-rows", type=int, default=1_000_000, help="Rows of the 1x table.")
     parser.add_argument("--out-dir", default=str(ROOT / "bench" / "results"))
+    parser.add_argument(
+        "--steps",
+        type=lambda text: tuple(text.split(",")),
+        default=STEPS,
+        help="Rerun only these steps (comma-separated, from the first: 'ingest', 'ingest,validate'); "
+        "the report keeps the other steps' earlier figures and notes the rerun.",
+    )
+    parser.add_argument("--note", default="", help="Why the steps were rerun (goes into the report).")
     parser.add_argument("--step", choices=STEPS, help=argparse.SUPPRESS)
     parser.add_argument("--data-source", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
@@ -328,6 +351,9 @@ def main() -> None:
         if args.kind in (kind, "both"):
             with tempfile.TemporaryDirectory(prefix=f"data-scale-{kind}-") as scratch:
                 results = figures(args, Path(scratch))
+            if args.steps != STEPS:
+                earlier = json.loads((Path(args.out_dir) / f"{report}.json").read_text())
+                results = merged(earlier, results, args.steps, args.note)
             write_report(Path(args.out_dir), report, results, markdown(results))
 
 

@@ -135,6 +135,28 @@ def run_step(name: str, state: dict | None = None) -> dict | None:
     return outcome.state
 
 
+def plan_ingest() -> list[dict]:
+    """The parts ingest writes, one mapped task each."""
+    from pipeline import runner
+
+    return fail_on_pipeline_error(runner.ingest_parts, current_config())
+
+
+def write_ingest_part(part: dict) -> str:
+    """Writes one part of the ingest plan; returns its folder."""
+    from pipeline import runner
+
+    get_current_context()["part_name"] = f"part {part['index'] + 1} of {part['parts']} ({part['split']})"
+    return fail_on_pipeline_error(runner.write_ingest_part, current_config(), part)
+
+
+def ingest_from_parts(parts: list[dict], part_folders: list[str]) -> dict | None:
+    """The ingest step, merging the parts the mapped tasks wrote into the snapshot."""
+    from pipeline import runner
+
+    return run_step("ingest", {runner.INGEST_PLAN: {"folder": parts[0]["plan"], "parts": list(part_folders)}})
+
+
 def plan_validation(state: dict) -> list[dict]:
     """The parts of the snapshot that validation measures, one mapped task each."""
     from pipeline import runner

@@ -1,6 +1,7 @@
 """Train, gate, validate and promote each model of the deployment: one DAG per model, `<model>_training`.
 
-ingest -> validation_parts -> measure_part (mapped: one per shard file) -> validate -> check_changes
+ingest_plan -> ingest_part (mapped: one per part of the source) -> ingest
+-> validation_parts -> measure_part (mapped: one per shard file) -> validate -> check_changes
 -> train -> evaluate -> gate -> export
 -> infra_validate -> promote_canary -> smoke_test -> watch_canary [-> approve] -> mark_stable -> report
 
@@ -37,15 +38,18 @@ from dag_helpers import (
     CandidateApprovalOperator,
     default_task_args,
     drift_detected,
+    ingest_from_parts,
     log_failure,
     measure_validation_part,
     outcome_extra,
+    plan_ingest,
     plan_validation,
     run_report,
     run_step,
     stable_model,
     trigger_params,
     validate_from_parts,
+    write_ingest_part,
 )
 from mlops_timetables import UpcomingCronTimetable
 
@@ -86,9 +90,20 @@ def training_dag(model: ModelSettings):
 
 
 def _tasks(model: ModelSettings, stable) -> None:
+    # Ingest fans out over parts of the source (dynamic task mapping: Celery or Kubernetes
+    # workers share the reading and writing); `ingest` merges the parts into the snapshot. A
+    # retried part that was written is kept, and a rerun of unchanged data reuses the plan.
     @task
-    def ingest() -> dict:
-        return run_step("ingest")
+    def ingest_plan() -> list[dict]:
+        return plan_ingest()
+
+    @task(map_index_template="{{ part_name }}")
+    def ingest_part(part: dict) -> str:
+        return write_ingest_part(part)
+
+    @task
+    def ingest(parts: list[dict], part_folders: list[str]) -> dict:
+        return ingest_from_parts(parts, part_folders)
 
     # Validation fans out over the snapshot's shard files (dynamic task mapping: Celery or
     # Kubernetes workers share the reading); `validate` merges the parts in shard order.
@@ -152,7 +167,8 @@ def _tasks(model: ModelSettings, stable) -> None:
     def report() -> dict:
         return run_report()
 
-    state = ingest()
+    parts = ingest_plan()
+    state = ingest(parts, ingest_part.expand(part=parts))
     part_files = measure_part.partial(state=state).expand(part=validation_parts(state))
     state = validate(state, part_files)
     for step in (check_changes, train, evaluate, gate, export, infra_validate, promote_canary, smoke_test):

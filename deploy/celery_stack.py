@@ -96,12 +96,15 @@ def service_commands(airflow: str, queues: list[str]) -> dict[str, tuple[list[st
 
     Args:
         airflow: Path of the `airflow` executable.
-        queues: One Celery worker per queue, in this order.
+        queues: One Celery worker per entry, in this order; a queue named twice gets two
+            workers (`worker-<queue>`, `worker-<queue>-2`), which share its tasks.
     """
     services = {name: ([airflow, name], {}) for name in CORE_SERVICES}
     for index, queue in enumerate(queues):
-        services[f"worker-{queue}"] = (
-            [airflow, "celery", "worker", "--queues", queue, "--celery-hostname", f"{queue}@%h"],
+        number = queues[: index + 1].count(queue)
+        name = queue if number == 1 else f"{queue}-{number}"
+        services[f"worker-{name}"] = (
+            [airflow, "celery", "worker", "--queues", queue, "--celery-hostname", f"{name}@%h"],
             # Workers on one machine each serve their task logs on a port of their own.
             {"AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(FIRST_LOG_SERVER_PORT + index)},
         )

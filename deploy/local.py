@@ -233,8 +233,8 @@ def _tail(path: Path, chars: int = 2000) -> str:
     return path.read_text(errors="replace")[-chars:] if path.exists() else ""
 
 
-def airflow_celery(database_url: str, broker_url: str) -> None:
-    """Airflow on the CeleryExecutor: PostgreSQL, Redis, a default worker and a training-queue worker."""
+def airflow_celery(database_url: str, broker_url: str, default_workers: int = 1) -> None:
+    """Airflow on the CeleryExecutor: PostgreSQL, Redis, default-queue workers and a training-queue worker."""
     from sqlalchemy.engine import make_url
 
     database = make_url(database_url)
@@ -251,7 +251,7 @@ def airflow_celery(database_url: str, broker_url: str) -> None:
     )
     airflow_prepare(env)
     serving_start()
-    queues = [celery_stack.DEFAULT_QUEUE, _settings().queue]
+    queues = [celery_stack.DEFAULT_QUEUE] * default_workers + [_settings().queue]
     stack = celery_stack.Stack(AIRFLOW_HOME / "logs" / "services")
     stack.start(celery_stack.service_commands(str(VENV_BIN / "airflow"), queues), env, cwd=ROOT)
     port = env["AIRFLOW__API__PORT"]
@@ -388,9 +388,15 @@ def main() -> None:
     )
     parser.add_argument("--database-url", default=CELERY_DATABASE_URL, help="celery: the metadata DB.")
     parser.add_argument("--broker-url", default=CELERY_BROKER_URL, help="celery: the Celery broker.")
+    parser.add_argument(
+        "--default-workers",
+        type=int,
+        default=1,
+        help="celery: workers on the default queue (they share ingest's and validation's mapped parts).",
+    )
     args = parser.parse_args()
     if args.command == "airflow" and args.executor == "celery":
-        airflow_celery(args.database_url, args.broker_url)
+        airflow_celery(args.database_url, args.broker_url, args.default_workers)
         return
     commands = {
         "serving-start": serving_start,

@@ -65,11 +65,31 @@ def _snapshot(state: State) -> Snapshot:
     return Snapshot.load(needed(state, "ingest", "snapshot"))
 
 
+# The state key under which the DAG hands ingest the plan its mapped tasks wrote the parts of.
+INGEST_PLAN = "ingest_plan"
+
+
+def ingest_parts(config: PipelineConfig) -> list[dict[str, Any]]:
+    """Plans ingest; returns its parts (one mapped task each in the DAG)."""
+    from pipeline.data.ingest import plan_ingest
+
+    return [dataclasses.asdict(part) for part in plan_ingest(config).parts]
+
+
+def write_ingest_part(config: PipelineConfig, part: dict[str, Any]) -> str:
+    """Writes one part of the ingest plan; returns the part's folder."""
+    from pipeline.data.ingest import IngestPart, write_part
+
+    return write_part(config, IngestPart(**part))
+
+
 def ingest(config: PipelineConfig, state: State, by: str) -> dict[str, Any]:
     """Snapshots the data source; returns the snapshot path, fingerprint and split sizes."""
+    from pipeline.data.ingest import finish_ingest
     from pipeline.data.ingest import ingest as ingest_source
 
-    snapshot = ingest_source(config)
+    plan = state.get(INGEST_PLAN, {}).get("folder")
+    snapshot = finish_ingest(config, plan) if plan else ingest_source(config)
     problem = snapshot.problem
     try:
         config.check_for(problem)  # options naming features or metrics: refused before anything trains

@@ -101,6 +101,13 @@ class PipelineConfig:
         "snapshot is the same whatever the budget.",
         minimum=1,
     )
+    ingest_part_mb: float = _field(
+        256.0,
+        "Source values per ingest part (MiB): the training DAG writes each part in its own mapped task "
+        "(`ingest_part`), so more parts spread ingest over more workers; the snapshot is the same "
+        "whatever the size.",
+        exclusive_minimum=0,
+    )
     snapshot_shards: int | None = _field(
         None,
         "Shard files per split of a new snapshot (unset: TFDS's rule, 64 MiB to 1 GiB each). More shards "

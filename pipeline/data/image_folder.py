@@ -140,8 +140,8 @@ def read_image_folder(folder: str | Path, image_mode: str, image_size: list[int]
         for split, classes in layout.items()
     }
 
-    def stream(split: str) -> Iterator[dict[str, np.ndarray]]:
-        for start in range(0, len(files[split]), rows):
+    def stream(split: str, first_chunk: int = 0) -> Iterator[dict[str, np.ndarray]]:
+        for start in range(first_chunk * rows, len(files[split]), rows):
             part = files[split][start : start + rows]
             yield {
                 IMAGE_KEY: np.stack([_load(path, mode, size) for path, _ in part]),
@@ -162,4 +162,5 @@ def read_image_folder(folder: str | Path, image_mode: str, image_size: list[int]
         label_hint=LABEL_COLUMN,
         location=f"images:{folder}",
         stream=stream,
+        reopen={},
     )

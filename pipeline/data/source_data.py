@@ -32,11 +32,15 @@ class SourceData:
         class_names: {column: names} for class-id columns whose names the source knows.
         label_hint: The column the source itself calls its label (TFDS supervised key, 'label'), if any.
         location: What was read (a path, glob or TFDS name), for messages.
-        stream: For a source too big to hold: a function giving one split's columns in chunks.
-            Ingest then reads the rows through `stream`, and `splits` holds only what the
-            reader chooses to keep (the split names, at least, as keys).
+        stream: For a source too big to hold: `stream(split, first_chunk=0)` gives one split's
+            columns in chunks, from chunk `first_chunk` on (chunks are cut the same way on
+            every read). Ingest then reads the rows through `stream`, and `splits` holds only
+            what the reader chooses to keep (the split names, at least, as keys).
         summaries: {column: `ColumnSummary`} over every row, for a streamed source whose
             `splits` do not hold every value (problem inference reads them instead).
+        reopen: What the reader settled while reading (CSV column types, say), as JSON, for
+            `ingest.read_source(config, reopen)` to open the same stream again without reading
+            the source first (ingest's parts do); None for a reader that cannot.
     """
 
     name: str
@@ -45,8 +49,9 @@ class SourceData:
     class_names: dict[str, list[str]] = dataclasses.field(default_factory=dict)
     label_hint: str | None = None
     location: str = ""
-    stream: Callable[[str], Iterator[dict[str, np.ndarray]]] | None = None
+    stream: Callable[..., Iterator[dict[str, np.ndarray]]] | None = None
     summaries: dict | None = None
+    reopen: dict | None = None
 
 
 CHUNK_BYTES = 16 << 20

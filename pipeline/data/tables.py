@@ -240,11 +240,26 @@ class TableFiles:
             else:
                 yield from _csv_batches(path, self.columns, self.types)
 
-    def chunks(self) -> Iterator[dict[str, np.ndarray]]:
-        """The rows as {column: values} in the `SourceData` convention, a record batch at a time."""
+    def chunks(self, first_chunk: int = 0) -> Iterator[dict[str, np.ndarray]]:
+        """The rows as {column: values} in the `SourceData` convention, a record batch at a time.
+
+        Args:
+            first_chunk: Record batches (with rows) to pass over first: parsed, not converted.
+        """
+        passed = 0
         for batch in self.record_batches():
-            if batch.num_rows:
-                yield {name: _numpy_column(batch.column(name), name, self.where) for name in self.columns}
+            if not batch.num_rows:
+                continue
+            if passed < first_chunk:
+                passed += 1
+                continue
+            yield {name: _numpy_column(batch.column(name), name, self.where) for name in self.columns}
+
+    def settled_types(self) -> dict[str, str]:
+        """A CSV's column types settled while scanning, by name (`SourceData.reopen`); none for Parquet."""
+        if self.kind != "csv":
+            return {}
+        return {name: str(arrow_type) for name, arrow_type in self.types.items()}
 
 
 def _parquet_types(files: list[Path], columns: list[str], pattern: str) -> dict:
@@ -279,7 +294,7 @@ def scan_table(table: TableFiles, location: str) -> dict[str, ColumnSummary]:
             table.types[widen.column] = widen.to
 
 
-def read_table_source(kind: str, pattern: str, exclude: list[str]) -> SourceData:
+def read_table_source(kind: str, pattern: str, exclude: list[str], reopen: dict | None = None) -> SourceData:
     """Reads a `csv:` or `parquet:` source as one split called 'data', streamed a record batch at a time.
 
     The table is read once here to settle its column types and summarize its columns for
@@ -289,6 +304,8 @@ def read_table_source(kind: str, pattern: str, exclude: list[str]) -> SourceData
         kind: 'csv' or 'parquet'.
         pattern: A file path or a glob.
         exclude: Columns to leave out (they are not converted, so any type is fine).
+        reopen: `SourceData.reopen` of an earlier read of the same files: the column types
+            are taken from it and the table is not scanned (no summaries).
 
     Returns:
         The source, its columns in the first file's order.
@@ -313,17 +330,25 @@ def read_table_source(kind: str, pattern: str, exclude: list[str]) -> SourceData
     types = _parquet_types(files, keep, pattern) if kind == "parquet" else {}
     table = TableFiles(kind, files, keep, types, files[0] if len(files) == 1 else Path(pattern))
     location = f"{kind}:{pattern}"
-    summaries = scan_table(table, location)
-    rows = summaries[keep[0]].rows if keep else 0
-    if rows == 0:
-        raise DataSourceError(f"{location}: the table has no rows ({', '.join(map(str, files))})")
-    log.info("read %d rows x %d columns from %d %s file(s)", rows, len(keep), len(files), kind)
     name = Path(files[0]).stem if len(files) == 1 else Path(pattern).parent.name or kind
+    summaries = None
+    if reopen is not None:
+        import pyarrow as pa
+
+        if kind == "csv":  # a Parquet file's types come from its schema, as above
+            table.types = {column: pa.type_for_alias(alias) for column, alias in reopen["types"].items()}
+    else:
+        summaries = scan_table(table, location)
+        rows = summaries[keep[0]].rows if keep else 0
+        if rows == 0:
+            raise DataSourceError(f"{location}: the table has no rows ({', '.join(map(str, files))})")
+        log.info("read %d rows x %d columns from %d %s file(s)", rows, len(keep), len(files), kind)
     return SourceData(
         name=name,
         splits={"data": {}},
         columns=keep,
         location=location,
-        stream=lambda split: table.chunks(),
+        stream=lambda split, first_chunk=0: table.chunks(first_chunk),
         summaries=summaries,
+        reopen={"types": table.settled_types()},
     )

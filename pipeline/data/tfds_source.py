@@ -102,13 +102,13 @@ def _row_size(features, kinds: dict[str, str]) -> int:
     return sum(int(np.prod(features[key].shape)) if kind == "image" else 8 for key, kind in kinds.items())
 
 
-def read_tfds_source(config: PipelineConfig, name: str) -> SourceData:
+def read_tfds_source(config: PipelineConfig, name: str, summarize: bool = True) -> SourceData:
     """A prepared TFDS dataset as columns, streamed a batch at a time.
 
     Every split is read once here to summarize the columns for problem inference; ingest
     then streams the splits again (`SourceData.stream`). Class-label features that are not
     the label become categorical text columns of their names; the label keeps its class ids
-    and names.
+    and names. With `summarize` False the splits are not read here (no summaries).
 
     Raises:
         DataSourceError: naming the dataset and feature, for unknown names, unprepared data,
@@ -132,9 +132,11 @@ def read_tfds_source(config: PipelineConfig, name: str) -> SourceData:
     rows = chunk_rows(_row_size(features, kinds))
     selected = list(kinds)
 
-    def stream(split: str) -> Iterator[dict[str, np.ndarray]]:
+    def stream(split: str, first_chunk: int = 0) -> Iterator[dict[str, np.ndarray]]:
         dataset = builder.as_dataset(
-            split=split, shuffle_files=False, read_config=tfds.ReadConfig(try_autocache=False)
+            split=f"{split}[{first_chunk * rows}:]" if first_chunk else split,
+            shuffle_files=False,
+            read_config=tfds.ReadConfig(try_autocache=False),
         ).map(lambda example: {key: example[key] for key in selected})
         for batch in tfds.as_numpy(dataset.batch(rows)):
             columns = {key: _convert(kind, batch[key], key, name) for key, kind in kinds.items()}
@@ -144,7 +146,7 @@ def read_tfds_source(config: PipelineConfig, name: str) -> SourceData:
 
     location = f"tfds:{name}"
     summaries = {key: ColumnSummary(key) for key in kinds}
-    for split in sorted(builder.info.splits):
+    for split in sorted(builder.info.splits) if summarize else ():
         before = summaries[selected[0]].rows
         for columns in stream(split):
             for key, values in columns.items():
@@ -159,5 +161,6 @@ def read_tfds_source(config: PipelineConfig, name: str) -> SourceData:
         label_hint=label_hint,
         location=location,
         stream=stream,
-        summaries=summaries,
+        summaries=summaries if summarize else None,
+        reopen={},
     )

@@ -50,3 +50,18 @@ def test_the_generated_table_is_ingested_and_its_throughput_reported_beside_pyar
         }
     )
     assert "| pyarrow alone |" in report and "goal met:" in report
+
+
+def test_a_rerun_of_some_steps_keeps_the_others_figures_and_says_so():
+    def rows(seconds):
+        return [
+            {"step": step, "rows": 10, "seconds": seconds, "peak_rss_mb": seconds * 10} for step in data_scale.STEPS
+        ]
+
+    earlier = {"machine": "test", "scale": 10, "rows": {"1x": 10, "scaled": 100}, "1x": rows(1), "scaled": rows(2)}
+    rerun = {"date": "2026-12-04", "1x": [rows(3)[0]], "scaled": [rows(4)[0]]}
+    results = data_scale.merged(earlier, rerun, ("ingest",), "ingest now writes in parts.")
+    assert [entry["seconds"] for entry in results["1x"]] == [3, 1, 1, 1, 1]
+    assert [entry["seconds"] for entry in results["scaled"]] == [4, 2, 2, 2, 2]
+    assert results["notes"] == ["Rerun on 2026-12-04: ingest. ingest now writes in parts."]
+    assert data_scale.markdown(results).rstrip().endswith("ingest now writes in parts.")

@@ -1,7 +1,8 @@
-"""Airflow distributed for real: CeleryExecutor, PostgreSQL metadata DB, Redis broker, two Celery workers.
+"""Airflow distributed for real: CeleryExecutor, PostgreSQL metadata DB, Redis broker, three Celery workers.
 
-The stack is deploy/celery_stack.py, as `make airflow EXECUTOR=celery` runs it: api-server,
-scheduler, dag-processor, triggerer, one worker on the default queue and one on the training
+The stack is deploy/celery_stack.py, as `make airflow EXECUTOR=celery` runs it (with
+`--default-workers 2`): api-server, scheduler, dag-processor, triggerer, two workers on the
+default queue, which share the mapped ingest and validation parts, and one on the training
 queue. Queue names are unique to this test, so no other worker on the same Redis takes its tasks.
 """
 
@@ -39,7 +40,9 @@ def celery_airflow(tmp_path_factory, dag_settings, serving_server, postgres_url,
     suffix = uuid.uuid4().hex[:8]
     queues = {"default": f"default_{suffix}", "train": f"train_{suffix}"}
     home = tmp_path_factory.mktemp("celery-home")
-    write_dags(home / "dags", {**dag_settings, "queue": queues["train"]})
+    # Ingest in parts (one per split here): the mapped `ingest_part` tasks go to both default workers.
+    pipeline_options = {**dag_settings["pipeline"], "ingest_part_mb": 0.5}
+    write_dags(home / "dags", {**dag_settings, "queue": queues["train"], "pipeline": pipeline_options})
     port = free_port()
     base_env = {
         **os.environ,
@@ -59,7 +62,8 @@ def celery_airflow(tmp_path_factory, dag_settings, serving_server, postgres_url,
     )
     prepare_database(env, dag_settings["pool"])
     stack = celery_stack.Stack(home / "logs-stack")
-    stack.start(celery_stack.service_commands(AIRFLOW, list(queues.values())), env, cwd=home)
+    workers = [queues["default"], queues["default"], queues["train"]]
+    stack.start(celery_stack.service_commands(AIRFLOW, workers), env, cwd=home)
     base = f"http://localhost:{port}"
     try:
 
@@ -92,7 +96,12 @@ def _tasks_run_by(worker_log: str, run_id: str) -> set[str]:
     return executed
 
 
-def test_train_runs_on_the_training_queue_worker_and_the_rest_on_the_default_worker(
+def _mapped_instances(airflow: dict, run_id: str, task_id: str) -> list[dict]:
+    url = f"{airflow['base']}/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{task_id}/listMapped"
+    return request(url, token=airflow["token"])[1]["task_instances"]
+
+
+def test_train_runs_on_the_training_queue_worker_and_the_rest_on_the_default_workers(
     celery_airflow, serving_server, dag_settings, fashion_subset
 ):
     from tests.dags.test_training_dag import _serving_labels
@@ -120,9 +129,13 @@ def test_train_runs_on_the_training_queue_worker_and_the_rest_on_the_default_wor
     assert instances["train"]["queue"] == queues["train"]
     assert {ti["queue"] for task, ti in instances.items() if task != "train"} == {queues["default"]}
     on_train_worker = _tasks_run_by(stack.log(f"worker-{queues['train']}"), run_id)
-    on_default_worker = _tasks_run_by(stack.log(f"worker-{queues['default']}"), run_id)
+    on_default_workers = [
+        _tasks_run_by(stack.log(f"worker-{name}"), run_id) for name in (queues["default"], f"{queues['default']}-2")
+    ]
     assert on_train_worker == {"train"}
-    assert on_default_worker == set(instances) - {"train"}
+    assert set().union(*on_default_workers) == set(instances) - {"train"}
+    parts = _mapped_instances(celery_airflow, run_id, "ingest_part")
+    assert len(parts) == 2 and {ti["state"] for ti in parts} == {"success"}  # train and test, one part each
 
     stable = _serving_labels(serving_server["config_file"])["stable"]
     assert stable > before

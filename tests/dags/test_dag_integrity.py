@@ -30,14 +30,17 @@ def test_dag_files_import_without_errors_or_tensorflow(dag_settings):
 
 def test_training_dag_shape(dag_bag):
     dag = dag_bag.get_dag("fashion_mnist_training")
-    # The runner's sequence, then the report; validate's reading fans out over the shard files.
-    tasks = ["ingest", "validation_parts", "measure_part", *STEP_NAMES[1:], "report"]
+    # The runner's sequence, then the report; ingest fans out over parts of the source, validate's
+    # reading over the shard files.
+    tasks = ["ingest_plan", "ingest_part", "ingest", "validation_parts", "measure_part", *STEP_NAMES[1:], "report"]
     assert [t.task_id for t in dag.topological_sort()] == tasks
-    fan_out = {"validation_parts": {"ingest"}, "measure_part": {"ingest", "validation_parts"}}
+    fan_out = {"ingest_part": {"ingest_plan"}, "ingest": {"ingest_plan", "ingest_part"}}
+    fan_out |= {"validation_parts": {"ingest"}, "measure_part": {"ingest", "validation_parts"}}
     fan_out["validate"] = {"ingest", "measure_part"}
     for upstream, downstream in zip(tasks, tasks[1:], strict=False):  # else a straight line, no extra edges
         assert dag.get_task(downstream).upstream_task_ids == fan_out.get(downstream, {upstream})
     assert type(dag.get_task("measure_part")).__name__ == "DecoratedMappedOperator"
+    assert type(dag.get_task("ingest_part")).__name__ == "DecoratedMappedOperator"
     for short_circuit in ("check_changes", "gate"):  # skips what follows, but not the report
         assert dag.get_task(short_circuit).ignore_downstream_trigger_rules is False
     assert dag.get_task("report").trigger_rule == "none_failed"

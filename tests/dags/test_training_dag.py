@@ -283,11 +283,11 @@ def test_ingest_failure_stops_the_run_with_the_stage_message(dag_bag, caplog, ru
     with caplog.at_level(logging.ERROR):
         run = dag.test(run_conf=run_conf(data_source="idx:/no/such/folder", force=True, force_reason="failure test"))
     states = _states(run)
-    assert states["ingest"] == "failed"
-    assert {states[t] for t in states if t != "ingest"} == {"upstream_failed"}
+    assert states["ingest_plan"] == "failed"
+    assert {states[t] for t in states if t != "ingest_plan"} == {"upstream_failed"}
     assert "IDX data folder /no/such/folder does not exist" in caplog.text
-    assert "task=ingest (attempt 1, not retried" in caplog.text  # settings say retries 1: not for data errors
-    assert _note(run).startswith("failed at ingest (attempt 1, not retried") and "/no/such/folder" in _note(run)
+    assert "task=ingest_plan (attempt 1, not retried" in caplog.text  # settings say retries 1: not for data errors
+    assert _note(run).startswith("failed at ingest_plan (attempt 1, not retried") and "/no/such/folder" in _note(run)
 
 
 def test_serving_down_during_promotion_retries_and_keeps_stable(dag_bag, serving_server, run_conf, images):

@@ -302,16 +302,16 @@ def test_a_pipeline_error_fails_its_task_with_the_message_and_no_traceback(stand
     assert status == 200, reply
     run_id = reply["dag_run_id"]
     assert wait_for_run(standalone, run_id) == "failed"
-    ingest = task_instances(standalone, run_id)["ingest"]
+    ingest = task_instances(standalone, run_id)["ingest_plan"]
     assert (ingest["state"], ingest["try_number"]) == ("failed", 1)  # settings allow a retry; data errors get none
-    problems = _task_log_problems(standalone["home"], run_id)["task_id=ingest"]
+    problems = _task_log_problems(standalone["home"], run_id)["task_id=ingest_plan"]
     assert any("IDX data folder /no/such/folder does not exist" in line for line in problems)
     assert any("attempt 1, not retried" in line for line in problems)  # the truthful failure line
-    log_file = next((standalone["home"] / "logs").rglob(f"run_id={run_id}/task_id=ingest/attempt=1.log"))
+    log_file = next((standalone["home"] / "logs").rglob(f"run_id={run_id}/task_id=ingest_plan/attempt=1.log"))
     details = [json.loads(line).get("error_detail") for line in log_file.read_text().splitlines()]
     errors = [error for detail in details if detail for error in detail]
     assert [error["exc_type"] for error in errors] == ["AirflowFailException"]  # the pipeline's traceback is not there
-    assert wait_for(lambda: _run(standalone, run_id)["note"], 30, "the run note").startswith("failed at ingest")
+    assert wait_for(lambda: _run(standalone, run_id)["note"], 30, "the run note").startswith("failed at ingest_plan")
 
 
 def test_browser_triggers_the_dag_through_the_params_form(standalone, serving_server):

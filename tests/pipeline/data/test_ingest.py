@@ -173,28 +173,39 @@ def test_snapshot_does_not_depend_on_chunk_size_or_memory_budget(make_config, tm
 
 
 def test_a_one_split_source_is_divided_by_rank_of_its_row_hashes_in_bounded_memory(tmp_path, monkeypatch):
+    import pipeline.data.division as division
     import pipeline.data.ingest as ingest_module
     from pipeline.data.problem_inference import PreparedSplit
 
-    monkeypatch.setattr(ingest_module, "DIGEST_BUCKET_BITS", 2)  # few buckets: each cut is found among many rows
-    monkeypatch.setattr(ingest_module, "DIGEST_READ_ROWS", 100)
+    monkeypatch.setattr(division, "DIGEST_BUCKET_BITS", 2)  # few buckets: each cut is found among many rows
+    monkeypatch.setattr(division, "DIGEST_READ_ROWS", 100)
     rng = np.random.default_rng(0)
     size = 2000
     numbers = rng.integers(0, 30, size).astype(np.float32)  # many identical rows: equal hashes
     texts = np.asarray([str(v) for v in rng.integers(0, 3, size)], dtype=object)
     rows = PreparedSplit({"x": numbers, "t": texts}, rng.integers(0, 2, size), 9)
-    divided = ingest_module.divide(ingest_module.in_chunks(rows, 97), [0.7, 0.2, 0.1], 5, tmp_path)
+    chunks = [
+        PreparedSplit({k: v[start : start + 97] for k, v in rows.features.items()}, rows.labels[start : start + 97], 0)
+        for start in range(0, size, 97)
+    ]
+    digest_file = tmp_path / "digests"
+    cuts = division.divide(chunks, [0.7, 0.2, 0.1], 5, digest_file)
+    routed = ingest_module._routed(rows, "data", cuts, digest_file, 0)
 
     # The reference: a stable sort of all hashes in memory, cut at the shares, each part in source order.
-    order = np.argsort(ingest_module._row_digests(rows, 5), kind="stable")
+    order = np.argsort(division.row_digests(rows, 5), kind="stable")
     bounds = {"train": (0, 1400), "validation": (1400, 1800), "test": (1800, 2000)}
     for split, (start, end) in bounds.items():
         expected = np.sort(order[start:end])
-        chunks = list(divided[split]())
-        assert np.array_equal(np.concatenate([c.features["x"] for c in chunks]), numbers[expected])
-        assert np.concatenate([c.features["t"] for c in chunks]).tolist() == texts[expected].tolist()
-        assert np.array_equal(np.concatenate([c.labels for c in chunks]), rows.labels[expected])
-        assert sum(c.dropped_missing_label for c in chunks) == (9 if split == "train" else 0)
+        assert np.array_equal(routed[split].features["x"], numbers[expected])
+        assert routed[split].features["t"].tolist() == texts[expected].tolist()
+        assert np.array_equal(routed[split].labels, rows.labels[expected])
+        assert routed[split].dropped_missing_label == (9 if split == "train" else 0)
+    # Routing a later chunk reads that chunk's row hashes: the same answer as routing all rows at once.
+    later = ingest_module._routed(chunks[3], "data", cuts, digest_file, 3 * 97)
+    for split in bounds:
+        in_all = division.split_of(digest_file, 0, size, cuts)[3 * 97 : 4 * 97] == list(bounds).index(split)
+        assert np.array_equal(later[split].features["x"], chunks[3].features["x"][in_all])
 
 
 @pytest.fixture

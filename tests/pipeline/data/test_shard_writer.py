@@ -17,7 +17,7 @@ from pipeline.core.problem import (
     ProblemSpec,
 )
 from pipeline.data.problem_inference import PreparedSplit
-from pipeline.data.shard_writer import DATASET_NAME, HashOrderedRecords, write_dataset
+from pipeline.data.shard_writer import DATASET_NAME, SpilledRecords, merged_records, write_dataset
 from pipeline.data.snapshot_builder import features_dict
 
 
@@ -123,12 +123,20 @@ def test_a_tiny_memory_budget_spills_to_disk_and_writes_the_same_files(tmp_path)
     assert not (spilled / ".spill").exists()
 
 
-def test_hash_order_does_not_depend_on_when_records_spill(tmp_path):
-    kept = HashOrderedRecords(tmp_path / "a", "train", memory_budget_bytes=1 << 30)
-    spilled = HashOrderedRecords(tmp_path / "b", "train", memory_budget_bytes=10)
+def test_hash_order_does_not_depend_on_when_records_spill_nor_on_how_they_are_parted(tmp_path):
+    kept = SpilledRecords(tmp_path / "a", "train", memory_budget_bytes=1 << 30)
+    spilled = SpilledRecords(tmp_path / "b", "train", memory_budget_bytes=10)
+    parts = [SpilledRecords(tmp_path / f"part-{n}", "train", memory_budget_bytes=100) for n in range(3)]
     for index in range(1000):
         kept.add(index, f"record {index}".encode())
         spilled.add(index, f"record {index}".encode())
-    assert list(kept) == list(spilled)
-    assert sorted(kept) == sorted(f"record {i}".encode() for i in range(1000))
-    assert list(kept) != [f"record {i}".encode() for i in range(1000)]  # shuffled, not source order
+        parts[index * 3 // 1000].add(index, f"record {index}".encode())  # three ranges of the split, written apart
+    assert kept.close() == {"rows": 1000, "bytes": sum(len(f"record {i}") for i in range(1000))}
+    spilled.close()
+    for part in parts:
+        part.close()
+    in_order = list(merged_records([kept.directory]))
+    assert in_order == list(merged_records([spilled.directory]))
+    assert in_order == list(merged_records([part.directory for part in reversed(parts)]))
+    assert sorted(in_order) == sorted(f"record {i}".encode() for i in range(1000))
+    assert in_order != [f"record {i}".encode() for i in range(1000)]  # shuffled, not source order
