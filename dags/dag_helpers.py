@@ -88,6 +88,11 @@ def log_failure(context) -> None:
     exception = context.get("exception")
     attempts = describe_attempts(ti.try_number, ti.max_tries, exception)
     log.error("FAILED dag=%s run=%s task=%s (%s): %s", ti.dag_id, ti.run_id, ti.task_id, attempts, exception)
+    if "reason" in context:
+        # The DAG-level callback runs in the DAG processor, which cannot write XComs: its push is
+        # never answered and stalls parsing until the DAGs are deactivated as stale. The failed
+        # task's own callback has left the note.
+        return
     with contextlib.suppress(Exception):  # The note is a courtesy; the failure is what matters.
         ti.xcom_push(key=RUN_NOTE_KEY, value=f"failed at {ti.task_id} ({attempts}): {exception}"[:990])
 

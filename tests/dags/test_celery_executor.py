@@ -41,7 +41,8 @@ def celery_airflow(tmp_path_factory, dag_settings, serving_server, postgres_url,
     queues = {"default": f"default_{suffix}", "train": f"train_{suffix}"}
     home = tmp_path_factory.mktemp("celery-home")
     # Ingest in parts (one per split here): the mapped `ingest_part` tasks go to both default workers.
-    pipeline_options = {**dag_settings["pipeline"], "ingest_part_mb": 0.5}
+    # Its own workdir: the data has no snapshot there yet, so the parts are written.
+    pipeline_options = {**dag_settings["pipeline"], "ingest_part_mb": 0.5, "workdir": str(home / "artifacts")}
     write_dags(home / "dags", {**dag_settings, "queue": queues["train"], "pipeline": pipeline_options})
     port = free_port()
     base_env = {
