@@ -82,23 +82,14 @@ def _dag_folder(folder: Path, settings: dict) -> None:
     (folder / "settings.yaml").write_text(yaml.safe_dump(settings))
 
 
-def _create_database(name: str) -> None:
+def _admin_sql(statement: str) -> None:
+    """Runs one statement on the PostgreSQL server as its admin (CREATE / DROP DATABASE)."""
     import psycopg2
 
     admin = psycopg2.connect(POSTGRES_ADMIN_DSN, connect_timeout=5)
     admin.autocommit = True
     with admin.cursor() as cursor:
-        cursor.execute(f"CREATE DATABASE {name}")
-    admin.close()
-
-
-def _drop_database(name: str) -> None:
-    import psycopg2
-
-    admin = psycopg2.connect(POSTGRES_ADMIN_DSN, connect_timeout=5)
-    admin.autocommit = True
-    with admin.cursor() as cursor:
-        cursor.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        cursor.execute(statement)
     admin.close()
 
 
@@ -155,7 +146,7 @@ def celery_path(data_source: str, scratch: Path, pipeline_options: dict, workers
     }
     _dag_folder(home / "dags", settings)
     database = f"airflow_bench_{suffix}"
-    _create_database(database)
+    _admin_sql(f"CREATE DATABASE {database}")
     port = str(_free_port())
     base_env = {
         **os.environ,
@@ -216,7 +207,7 @@ def celery_path(data_source: str, scratch: Path, pipeline_options: dict, workers
     finally:
         stack.stop()
         _forget_queues(suffix)
-        _drop_database(database)
+        _admin_sql(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
     return _celery_figures(instances, ran, names, work)
 
 
