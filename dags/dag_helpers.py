@@ -156,10 +156,14 @@ def write_ingest_part(part: dict) -> str:
 
 
 def ingest_from_parts(parts: list[dict], part_folders: list[str]) -> dict | None:
-    """The ingest step, merging the parts the mapped tasks wrote into the snapshot."""
+    """The ingest step, merging the parts the mapped tasks wrote into the snapshot.
+
+    `part_folders` (the mapped tasks' results) are the plan's own part folders: the task takes
+    them so that it runs after every part.
+    """
     from pipeline import runner
 
-    return run_step("ingest", {runner.INGEST_PLAN: {"folder": parts[0]["plan"], "parts": list(part_folders)}})
+    return run_step("ingest", {runner.INGEST_PLAN: {"folder": parts[0]["plan"]}})
 
 
 def plan_validation(state: dict) -> list[dict]:

@@ -155,7 +155,7 @@ class IngestPlan:
 def ingest(config: PipelineConfig) -> Snapshot:
     """Runs the ingest stage in this process: plans, writes every part in turn, and publishes.
 
-    The plan lives in a private folder, removed afterwards whatever happens.
+    The plan lives in a private staging folder, removed afterwards whatever happens.
 
     Args:
         config: The pipeline config; `data_source` says what to read, `label`, `task`,
@@ -169,14 +169,11 @@ def ingest(config: PipelineConfig) -> Snapshot:
             its label cannot be learnt, or the snapshot cannot be written; the message names
             the file, column or feature.
     """
-    with staging_dir(_snapshot_root(config), "ingest") as folder:
-        try:
-            plan = plan_ingest(config, folder)
-            for part in plan.parts:
-                write_part(config, part)
-            return finish_ingest(config, folder)
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
+    with staging_dir(_snapshot_root(config), "ingest") as folder:  # removed on leaving, whatever happens
+        plan = plan_ingest(config, folder)
+        for part in plan.parts:
+            write_part(config, part)
+        return finish_ingest(config, folder)
 
 
 def plan_ingest(config: PipelineConfig, folder: Path | None = None) -> IngestPlan:
@@ -197,18 +194,19 @@ def plan_ingest(config: PipelineConfig, folder: Path | None = None) -> IngestPla
     problem = infer_problem(source, config)
     plans = _snapshot_root(config) / PLANS_FOLDER
     with staging_dir(_snapshot_root(config), "plan") as scratch:
-        target = Path(folder) if folder is not None else scratch
+        work = Path(folder) if folder is not None else scratch  # renamed to the named plan folder at the end
         cuts = None
         if set(source.splits) == {SINGLE_SPLIT}:
             chunks = source_chunks(source, problem, SINGLE_SPLIT)
-            cuts = divide(chunks, config.split_fractions, config.seed, target / DIGEST_FILE)
-        digest, rows, dropped, chunk_rows, chunk_bytes = _measure(source, problem, cuts, target / DIGEST_FILE)
+            cuts = divide(chunks, config.split_fractions, config.seed, work / DIGEST_FILE)
+        digest, rows, dropped, chunk_rows, chunk_bytes = _measure(source, problem, cuts, work / DIGEST_FILE)
         for split, count in rows.items():
             if dropped[split]:
                 log.warning("%s: %d rows of split %r have no label: left out", source.location, dropped[split], split)
             if count == 0:
                 raise DataSourceError(f"{source.location}: split {split!r} has no rows with a label")
         safe_name = "".join(c if c.isalnum() or c in "-_." else "_" for c in source.name) or "data"
+        target = work
         if folder is None:
             target = plans / f"{safe_name}-{digest[:12]}-{_options_digest(config)}"
             if (target / PLAN_FILE).is_file():
@@ -230,9 +228,8 @@ def plan_ingest(config: PipelineConfig, folder: Path | None = None) -> IngestPla
         )
         if (_snapshot_path(config, plan) / SNAPSHOT_FILE).is_file():  # nothing to write: one empty part
             plan = dataclasses.replace(plan, parts=[IngestPart(str(target), 0, 1, min(chunk_rows), 0, 0)])
-        atomic_write_json(scratch / PLAN_FILE, plan.to_dict())
+        atomic_write_json(work / PLAN_FILE, plan.to_dict())
         if folder is not None:
-            os.replace(scratch / PLAN_FILE, target / PLAN_FILE)
             return plan
         plans.mkdir(exist_ok=True)
         _remove_old_plans(plans)
@@ -450,9 +447,7 @@ def write_part(config: PipelineConfig, part: IngestPart) -> str:
         except OSError as err:
             if err.errno in (errno.ENOTEMPTY, errno.EEXIST) and (part.folder / PART_FILE).is_file():
                 return str(part.folder)  # written concurrently by another try
-            raise DataSourceError(
-                f"writing the snapshot under {part.folder.parent} failed: {err.strerror or err}"
-            ) from err
+            raise _write_failed(part.folder.parent, err) from err
     log.info("wrote ingest part %d of %d (%s, %d chunks)", part.index + 1, part.parts, part.split, part.chunks)
     return str(part.folder)
 
@@ -496,37 +491,35 @@ def finish_ingest(config: PipelineConfig, plan_folder: str | Path) -> Snapshot:
             )
             for split in plan.rows
         }
-        found = _write_snapshot(
-            config,
-            plan,
-            final,
-            lambda data_dir: write_merged(
-                data_dir, plan.problem, splits, description=plan.description, shards=config.snapshot_shards
-            ),
-        )
+        with staging_dir(_snapshot_root(config), plan.folder_name) as staging:
+            log.info("writing the snapshot %s", final.name)
+            try:
+                dataset_dir = write_merged(
+                    staging / "tfds", plan.problem, splits, description=plan.description, shards=config.snapshot_shards
+                )
+            except OSError as err:
+                raise _write_failed(staging.parent, err) from err
+            found = _publish(staging, final, _snapshot_of(config, plan, final, dataset_dir.relative_to(staging)))
     shutil.rmtree(plan.folder, ignore_errors=True)
     return found
 
 
-def _write_snapshot(config: PipelineConfig, plan: IngestPlan, final: Path, write) -> Snapshot:
-    with staging_dir(_snapshot_root(config), plan.folder_name) as staging:
-        log.info("writing the snapshot %s", final.name)
-        try:
-            dataset_dir = write(staging / "tfds")
-        except OSError as err:
-            raise DataSourceError(f"writing the snapshot under {staging.parent} failed: {err.strerror or err}") from err
-        snapshot = Snapshot(
-            path=final,
-            name=plan.name,
-            source=config.data_source,
-            fingerprint=plan.fingerprint,
-            splits=dict(sorted(plan.rows.items())),
-            problem=plan.problem,
-            dropped_rows=dict(sorted(plan.dropped.items())),
-            tfds_dir=str(dataset_dir.relative_to(staging)),
-            created_at=utc_now(),
-        )
-        return _publish(staging, final, snapshot)
+def _write_failed(where: Path, err: OSError) -> DataSourceError:
+    return DataSourceError(f"writing the snapshot under {where} failed: {err.strerror or err}")
+
+
+def _snapshot_of(config: PipelineConfig, plan: IngestPlan, final: Path, tfds_dir: Path) -> Snapshot:
+    return Snapshot(
+        path=final,
+        name=plan.name,
+        source=config.data_source,
+        fingerprint=plan.fingerprint,
+        splits=dict(sorted(plan.rows.items())),
+        problem=plan.problem,
+        dropped_rows=dict(sorted(plan.dropped.items())),
+        tfds_dir=str(tfds_dir),
+        created_at=utc_now(),
+    )
 
 
 def _snapshot_root(config: PipelineConfig) -> Path:
