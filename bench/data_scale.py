@@ -70,10 +70,10 @@ def write_scaled(source: Path, out: Path, scale: int, limit: int | None = None) 
 
 
 def write_table(path: Path, rows: int, seed: int = 0, block_rows: int = 500_000) -> Path:
-    """Writes a generated loans table as CSV (about 110 bytes a row), a block of rows at a time.
+    """Writes a generated loans table as CSV (about 104 bytes a row), a block of rows at a time.
 
-    Columns: ten decimal measurements, a whole-number age, a state, and `approved` (yes / no),
-    which depends on three of them; one value in 50 of `debt_ratio` is missing.
+    Columns: ten decimal measurements, a whole-number age and income, a state, and `approved`
+    (yes / no), which depends on three of them; one value in 50 of `debt_ratio` is missing.
     """
     import pyarrow as pa
     import pyarrow.csv as pa_csv
@@ -86,12 +86,14 @@ def write_table(path: Path, rows: int, seed: int = 0, block_rows: int = 500_000)
             columns = {f"m{i}": np.round(rng.normal(100 * i, 10 + i, size), 3) for i in range(10)}
             debt = np.round(rng.uniform(0, 1, size), 3)
             age = rng.integers(18, 90, size)
+            income = rng.integers(20_000, 250_000, size)
             state = np.asarray(STATES)[rng.integers(0, len(STATES), size)]
             score = (columns["m1"] - 100) / 11 - 3 * (debt - 0.5) + 0.02 * (age - 50) + rng.normal(0, 0.5, size)
             batch = {
                 **columns,
                 "debt_ratio": pa.array(debt, mask=rng.random(size) < 0.02),
                 "age": age,
+                "income": income,
                 "state": state,
                 TABLE_LABEL: np.where(score > 0, "yes", "no"),
             }
@@ -103,7 +105,8 @@ def _table_schema():
     import pyarrow as pa
 
     fields = [(f"m{i}", pa.float64()) for i in range(10)]
-    fields += [("debt_ratio", pa.float64()), ("age", pa.int64()), ("state", pa.string()), (TABLE_LABEL, pa.string())]
+    fields += [("debt_ratio", pa.float64()), ("age", pa.int64()), ("income", pa.int64())]
+    fields += [("state", pa.string()), (TABLE_LABEL, pa.string())]
     return pa.schema(fields)
 
 

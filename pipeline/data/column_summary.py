@@ -117,7 +117,7 @@ class ColumnSummary:
 
     def _add_texts(self, present: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Counts numbers and words once per distinct value (weighted by its count); returns the distinct values."""
-        distinct, first, counts = np.unique(present, return_index=True, return_counts=True)
+        distinct, first, counts = _distinct_texts(present)
         numbers = np.fromiter((as_number(v) is not None for v in distinct), bool, len(distinct))
         self.numbers += int(counts[numbers].sum())
         if self.first_non_number is None and not numbers.all():
@@ -149,6 +149,17 @@ class ColumnSummary:
         if self.distinct is None:
             raise ValueError(f"column {self.name!r} has more than {MAX_TRACKED_VALUES} distinct values")
         return sorted(self.distinct)
+
+
+def _distinct_texts(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The distinct texts (in order of first appearance), where each first appears, and how often."""
+    import pyarrow as pa
+
+    encoded = pa.array(values, pa.string()).dictionary_encode()
+    indices = encoded.indices.to_numpy()
+    _, first = np.unique(indices, return_index=True)
+    counts = np.bincount(indices, minlength=len(encoded.dictionary))
+    return encoded.dictionary.to_numpy(zero_copy_only=False), first, counts
 
 
 def _kind(values: np.ndarray) -> str:

@@ -52,6 +52,7 @@ from pipeline.core.config import PipelineConfig
 from pipeline.core.errors import DataSourceError
 from pipeline.core.problem import ProblemSpec
 from pipeline.data import idx
+from pipeline.data.byte_columns import Ragged, join_rows, utf8
 from pipeline.data.division import Cut, divide, split_of
 from pipeline.data.problem_inference import PreparedSplit, infer_problem, prepare_columns
 from pipeline.data.snapshot import SNAPSHOT_FILE, SNAPSHOT_FORMAT, TEST, TRAIN, VALIDATION, Snapshot
@@ -197,9 +198,10 @@ def plan_ingest(config: PipelineConfig, folder: Path | None = None) -> IngestPla
         work = Path(folder) if folder is not None else scratch  # renamed to the named plan folder at the end
         cuts = None
         if set(source.splits) == {SINGLE_SPLIT}:
-            chunks = source_chunks(source, problem, SINGLE_SPLIT)
-            cuts = divide(chunks, config.split_fractions, config.seed, work / DIGEST_FILE)
-        digest, rows, dropped, chunk_rows, chunk_bytes = _measure(source, problem, cuts, work / DIGEST_FILE)
+            cuts, measured = _divide_and_measure(source, problem, config, work / DIGEST_FILE)
+        else:
+            measured = _measure(source, problem)
+        digest, rows, dropped, chunk_rows, chunk_bytes = measured
         for split, count in rows.items():
             if dropped[split]:
                 log.warning("%s: %d rows of split %r have no label: left out", source.location, dropped[split], split)
@@ -328,8 +330,9 @@ class _Fingerprint:
             _hash_values(columns[key], values)
         _hash_values(columns[self._problem.label_key], chunk.labels)
 
-    def hexdigest(self) -> str:
-        hasher = hashlib.sha256(f"snapshot-format={SNAPSHOT_FORMAT};".encode())
+    def hexdigest(self, extra: str = "") -> str:
+        """The digest; `extra` is hashed with it (what else decides the snapshot's content)."""
+        hasher = hashlib.sha256(f"snapshot-format={SNAPSHOT_FORMAT};{extra}".encode())
         hasher.update(json.dumps(self._problem.to_dict(), sort_keys=True).encode())
         for split in sorted(self._columns):
             hasher.update(f"split={split};rows={self.rows[split]};dropped={self.dropped[split]};".encode())
@@ -339,41 +342,70 @@ class _Fingerprint:
 
 
 def _hash_values(hasher, values: np.ndarray) -> None:
-    if values.dtype == object:
-        for value in values:
-            encoded = value.encode("utf-8")
-            hasher.update(len(encoded).to_bytes(8, "little") + encoded)
+    if values.dtype == object:  # each value's UTF-8 length (8 bytes) and bytes
+        text = utf8(values)
+        prefixed = join_rows([Ragged.fixed(text.lengths.astype("<i8").view(np.uint8).reshape(-1, 8)), text])
+        hasher.update(prefixed.data.tobytes())
     else:
         hasher.update(np.ascontiguousarray(values).tobytes())
 
 
-def _measure(source: SourceData, problem: ProblemSpec, cuts: list[Cut] | None, digest_file: Path):
-    """Reads every split once: the fingerprint, rows and dropped rows per snapshot split, and per chunk
-    its rows per snapshot split and its size in bytes."""
+def _measure(source: SourceData, problem: ProblemSpec):
+    """Reads every split once: the fingerprint, rows and dropped rows per split, and per chunk its
+    rows and its size in bytes."""
     fingerprint = _Fingerprint(problem)
     chunk_rows: dict[str, list[dict[str, int]]] = {}
     chunk_bytes: dict[str, list[int]] = {}
-    no_rows = PreparedSplit({}, np.zeros(0), 0)
     for split in sorted(source.splits):
-        for target in DIVIDED_SPLITS if cuts is not None else (split,):  # a split without rows is still counted
-            fingerprint.add(target, no_rows)
+        fingerprint.add(split, _NO_ROWS)  # a split without rows is still counted
         chunk_rows[split], chunk_bytes[split] = [], []
-        first_row = 0
         for chunk in source_chunks(source, problem, split):
-            routed = _routed(chunk, split, cuts, digest_file, first_row)
-            first_row += len(chunk.labels)
-            for target, rows in routed.items():
-                fingerprint.add(target, rows)
-            chunk_rows[split].append({target: len(rows.labels) for target, rows in routed.items()})
+            fingerprint.add(split, chunk)
+            chunk_rows[split].append({split: len(chunk.labels)})
             chunk_bytes[split].append(_values_bytes(chunk))
     return fingerprint.hexdigest(), fingerprint.rows, fingerprint.dropped, chunk_rows, chunk_bytes
+
+
+def _divide_and_measure(source: SourceData, problem: ProblemSpec, config: PipelineConfig, digest_file: Path):
+    """`_measure` for a one-split source, in the same pass as the division (`division.divide`).
+
+    The fingerprint hashes the source's rows and the division (its shares, seed and cuts), which
+    together decide every snapshot split's rows; each chunk's rows per snapshot split are then
+    read from the row hashes on disk.
+    """
+    fingerprint = _Fingerprint(problem)
+    fingerprint.add(SINGLE_SPLIT, _NO_ROWS)
+    sizes, chunk_bytes = [], []
+
+    def observed(chunks: Iterator[PreparedSplit]) -> Iterator[PreparedSplit]:
+        for chunk in chunks:
+            fingerprint.add(SINGLE_SPLIT, chunk)
+            sizes.append(len(chunk.labels))
+            chunk_bytes.append(_values_bytes(chunk))
+            yield chunk
+
+    chunks = observed(source_chunks(source, problem, SINGLE_SPLIT))
+    cuts = divide(chunks, config.split_fractions, config.seed, digest_file)
+    chunk_rows, first_row = [], 0
+    for size in sizes:
+        which = np.bincount(split_of(digest_file, first_row, size, cuts), minlength=len(DIVIDED_SPLITS))
+        chunk_rows.append({split: int(count) for split, count in zip(DIVIDED_SPLITS, which, strict=True)})
+        first_row += size
+    rows = {split: sum(counts[split] for counts in chunk_rows) for split in DIVIDED_SPLITS}
+    dropped = {split: fingerprint.dropped[SINGLE_SPLIT] if split == TRAIN else 0 for split in DIVIDED_SPLITS}
+    division = json.dumps({"fractions": config.split_fractions, "seed": config.seed, "cuts": cuts})
+    digest = fingerprint.hexdigest(extra=f"division={division};")
+    return cuts, (digest, rows, dropped, {SINGLE_SPLIT: chunk_rows}, {SINGLE_SPLIT: chunk_bytes})
+
+
+_NO_ROWS = PreparedSplit({}, np.zeros(0), 0)
 
 
 def _values_bytes(chunk: PreparedSplit) -> int:
     """About how many bytes a chunk's values take (text by its characters)."""
     total = chunk.labels.nbytes
     for values in chunk.features.values():
-        total += sum(map(len, values)) + 8 * len(values) if values.dtype == object else values.nbytes
+        total += len(utf8(values).data) + 8 * len(values) if values.dtype == object else values.nbytes
     return total
 
 
@@ -435,9 +467,8 @@ def write_part(config: PipelineConfig, part: IngestPart) -> str:
                 if {split: len(rows.labels) for split, rows in routed.items()} != planned:
                     raise _changed(source, part)
                 for split, rows in routed.items():
-                    for record in serialized_records(plan.problem, features, rows):
-                        records[split].add(next_index[split], record)
-                        next_index[split] += 1
+                    records[split].add_many(next_index[split], serialized_records(plan.problem, features, rows))
+                    next_index[split] += len(rows.labels)
                 read += 1
             if read != part.chunks:
                 raise _changed(source, part)

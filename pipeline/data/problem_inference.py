@@ -257,7 +257,9 @@ def _feature_values(feature: FeatureSpec, values: np.ndarray) -> np.ndarray:
     if feature.dtype == INT:
         return values.astype(np.int64)
     if values.dtype == object:
-        return np.asarray(["" if v is None else v for v in values], dtype=object)
+        texts = values.copy()
+        texts[np.equal(values, None)] = ""
+        return texts
     texts = np.empty(len(values), dtype=object)
     texts[:] = ["" if v != v else _format_number(v) for v in values.tolist()]  # NaN != NaN: missing
     return texts
@@ -270,9 +272,15 @@ def _labels(problem: ProblemSpec, values: np.ndarray, source: SourceData) -> np.
         )
     if problem.label in source.class_names:
         return values.astype(np.int64)
-    index = {name: i for i, name in enumerate(problem.class_names)}
-    names = values.tolist() if values.dtype == object else [_format_number(v) for v in values]
-    return np.asarray([index[name] for name in names], np.int64)
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    names = values if values.dtype == object else np.asarray([_format_number(v) for v in values], dtype=object)
+    ids = pc.index_in(pa.array(names, pa.string()), value_set=pa.array(problem.class_names, pa.string()))
+    if ids.null_count:  # inference saw every label, so only a spec applied to other data gets here
+        unknown = names[np.flatnonzero(ids.is_null().to_numpy(zero_copy_only=False))[0]]
+        raise KeyError(unknown)
+    return ids.to_numpy().astype(np.int64)
 
 
 def prepare_columns(source: SourceData, problem: ProblemSpec) -> dict[str, PreparedSplit]:

@@ -19,22 +19,25 @@ being the salt), shards counted by TFDS's own rule (`ShardConfig.calculate_numbe
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import shutil
 import struct
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Protocol
 
+import crc32c
 import numpy as np
 
 from pipeline.core.problem import ProblemSpec
+from pipeline.data.byte_columns import Ragged, join_rows, take
 from pipeline.data.example_encoder import can_encode, serialize_chunk
 
 DATASET_NAME = "columns_dataset"
 DATASET_VERSION = "1.0.0"
 DEFAULT_MEMORY_BUDGET_BYTES = 64 << 20
 SPILL_BUCKETS = 256
-_ENTRY_HEADER = struct.Struct("<16sQ")  # 128-bit hash key, record length
+_BLOCK_HEADER = struct.Struct("<Q")  # records in a block of a bucket file
 
 
 class RowChunk(Protocol):
@@ -53,7 +56,9 @@ class SpilledRecords:
     What TFDS's shuffler does, split so that parts written apart (by different processes) can
     be merged: each record goes to the bucket file of the top 8 bits of its 128-bit hash key;
     `merged_records` reads bucket i of every part, sorts it and moves on. Up to
-    `memory_budget_bytes` of records are held in memory between writes to the files.
+    `memory_budget_bytes` of records are held in memory between writes to the files, which
+    get a block per write: the block's record count, its hash keys, its record lengths and the
+    records.
 
     Args:
         directory: The bucket files' folder (created on the first write).
@@ -62,22 +67,27 @@ class SpilledRecords:
     """
 
     def __init__(self, directory: Path, salt: str, memory_budget_bytes: int):
-        from tensorflow_datasets.core import hashing
-
-        self._hasher = hashing.Hasher(salt)
+        self._salted = hashlib.md5(salt.replace("\\", "/").encode("utf-8"))  # tfds.core.hashing.Hasher(salt)
         self.directory = Path(directory)
         self._budget = memory_budget_bytes
-        self._buffer: list[tuple[int, bytes]] = []
+        self._keys = bytearray()  # 16 bytes a record
+        self._records: list[bytes] = []
         self._buffered_bytes = 0
         self.count = 0
         self.total_bytes = 0
 
     def add(self, key: int, record: bytes) -> None:
         """Adds one serialized example under its key (the example's index in its split, unique)."""
-        self._buffer.append((self._hasher.hash_key(key), record))
-        self._buffered_bytes += len(record)
-        self.count += 1
-        self.total_bytes += len(record)
+        self.add_many(key, [record])
+
+    def add_many(self, first_key: int, records: list[bytes]) -> None:
+        """Adds serialized examples under consecutive keys, from `first_key` on."""
+        self._keys += _hash_keys(self._salted, first_key, len(records))
+        self._records.extend(records)
+        size = sum(map(len, records))
+        self._buffered_bytes += size
+        self.count += len(records)
+        self.total_bytes += size
         if self._buffered_bytes > self._budget:
             self._spill()
 
@@ -87,52 +97,116 @@ class SpilledRecords:
         return {"rows": self.count, "bytes": self.total_bytes}
 
     def _spill(self) -> None:
-        if not self._buffer:
+        if not self._records:
             return
         self.directory.mkdir(parents=True, exist_ok=True)
-        by_bucket: dict[int, list[tuple[int, bytes]]] = {}
-        for hkey, record in self._buffer:
-            by_bucket.setdefault(hkey >> 120, []).append((hkey, record))  # the top 8 of 128 bits
-        for bucket, entries in by_bucket.items():
+        keys = np.frombuffer(bytes(self._keys), np.uint8).reshape(-1, 16)
+        lengths = np.fromiter(map(len, self._records), np.int64, len(self._records))
+        buckets = keys[:, 0]  # the top 8 of 128 bits
+        order = np.argsort(buckets, kind="stable")
+        bounds = np.searchsorted(buckets[order], np.arange(SPILL_BUCKETS + 1))
+        for bucket in np.flatnonzero(np.diff(bounds)).tolist():
+            rows = order[bounds[bucket] : bounds[bucket + 1]]
             with open(self.directory / _bucket_name(bucket), "ab") as handle:
-                for hkey, record in entries:
-                    handle.write(_ENTRY_HEADER.pack(hkey.to_bytes(16, "big"), len(record)))
-                    handle.write(record)
-        self._buffer, self._buffered_bytes = [], 0
+                handle.write(_BLOCK_HEADER.pack(len(rows)))
+                handle.write(keys[rows].tobytes())
+                handle.write(lengths[rows].astype("<i8").tobytes())
+                handle.write(b"".join([self._records[row] for row in rows.tolist()]))
+        self._keys, self._records, self._buffered_bytes = bytearray(), [], 0
+
+
+def _hash_keys(salted, first_key: int, count: int) -> bytes:
+    """TFDS's 128-bit hash of each key (`hashing.Hasher.hash_key`), big-endian, 16 bytes each."""
+    out = bytearray()
+    for key in range(first_key, first_key + count):
+        md5 = salted.copy()
+        md5.update(b"%d" % key)
+        out += md5.digest()
+    return bytes(out)
 
 
 def _bucket_name(bucket: int) -> str:
     return f"bucket-{bucket:03d}"
 
 
-def _read_bucket(path: Path) -> Iterator[tuple[int, bytes]]:
-    if not path.exists():
-        return
-    with open(path, "rb") as handle:
-        while header := handle.read(_ENTRY_HEADER.size):
-            hkey, length = _ENTRY_HEADER.unpack(header)
-            yield int.from_bytes(hkey, "big"), handle.read(length)
+def _read_bucket(path: Path) -> tuple[np.ndarray, Ragged]:
+    """A bucket file's hash keys ([n, 16] uint8) and records, in the order written."""
+    raw = np.fromfile(path, np.uint8) if path.exists() else np.zeros(0, np.uint8)
+    keys, lengths, data = [], [], []
+    at = 0
+    while at < len(raw):
+        (count,) = _BLOCK_HEADER.unpack(raw[at : at + _BLOCK_HEADER.size].tobytes())
+        at += _BLOCK_HEADER.size
+        keys.append(raw[at : at + 16 * count].reshape(count, 16))
+        at += 16 * count
+        lengths.append(raw[at : at + 8 * count].view("<i8").astype(np.int64))
+        at += 8 * count
+        size = int(lengths[-1].sum())
+        data.append(raw[at : at + size])
+        at += size
+    if not keys:
+        return np.zeros((0, 16), np.uint8), Ragged.empty()
+    return np.concatenate(keys), Ragged(np.concatenate(data), np.concatenate(lengths))
+
+
+def _merged_buckets(directories: Iterable[Path]) -> Iterator[Ragged]:
+    """Each bucket's records of every folder, sorted by hash key: together, TFDS's example order."""
+    directories = list(directories)
+    for bucket in range(SPILL_BUCKETS):
+        read = [_read_bucket(folder / _bucket_name(bucket)) for folder in directories]
+        keys = np.concatenate([found[0] for found in read])
+        if not len(keys):
+            continue
+        records = Ragged(
+            np.concatenate([found[1].data for found in read]), np.concatenate([found[1].lengths for found in read])
+        )
+        high, low = np.ascontiguousarray(keys).view(">u8").T
+        yield take(records, np.lexsort((low, high)))
 
 
 def merged_records(directories: Iterable[Path]) -> Iterator[bytes]:
     """Every record the `SpilledRecords` of these folders hold, in hash-key order (TFDS's example order)."""
-    directories = list(directories)
-    for bucket in range(SPILL_BUCKETS):
-        entries = [entry for folder in directories for entry in _read_bucket(folder / _bucket_name(bucket))]
-        entries.sort(key=lambda entry: entry[0])
-        for _, record in entries:
-            yield record
+    for records in _merged_buckets(directories):
+        yield from records.to_list()
 
 
-def serialized_records(problem: ProblemSpec, features, chunk: RowChunk) -> Iterable[bytes]:
+def tfrecord_frames(records: Ragged) -> bytes:
+    """The records framed as a TFRecord file frames them (what `tf.io.TFRecordWriter` writes).
+
+    Each record: its length (uint64), the length's masked CRC-32C, the record, and the
+    record's masked CRC-32C (all little-endian).
+    """
+    count = len(records.lengths)
+    if not count:
+        return b""
+    data = memoryview(records.data)
+    ends = np.cumsum(records.lengths)
+    bounds = zip((ends - records.lengths).tolist(), ends.tolist(), strict=True)
+    record_crcs = np.fromiter((crc32c.crc32c(data[start:end]) for start, end in bounds), np.uint32, count)
+    lengths, which = np.unique(records.lengths, return_inverse=True)
+    length_crcs = np.asarray([crc32c.crc32c(int(n).to_bytes(8, "little")) for n in lengths.tolist()], np.uint32)
+    headers = np.empty((count, 12), np.uint8)
+    headers[:, :8] = records.lengths.astype("<u8").view(np.uint8).reshape(count, 8)
+    headers[:, 8:] = _masked(length_crcs[which.reshape(-1)]).view(np.uint8).reshape(count, 4)
+    footers = _masked(record_crcs).view(np.uint8).reshape(count, 4)
+    return join_rows([Ragged.fixed(headers), records, Ragged.fixed(footers)]).data.tobytes()
+
+
+def _masked(crcs: np.ndarray) -> np.ndarray:
+    """TFRecord's masked CRC: rotated right by 15 bits plus a constant (little-endian uint32)."""
+    crcs = crcs.astype(np.uint32)
+    return (((crcs >> np.uint32(15)) | (crcs << np.uint32(17))) + np.uint32(0xA282EAD8)).astype("<u4")
+
+
+def serialized_records(problem: ProblemSpec, features, chunk: RowChunk) -> list[bytes]:
     """A chunk's records: column by column for scalars (`example_encoder`), else TFDS's serializer row by row."""
     if can_encode(problem):
         return serialize_chunk(problem, chunk.features, chunk.labels)
     keys = list(chunk.features)
-    return (
+    return [
         features.serialize_example({key: chunk.features[key][row] for key in keys} | {problem.label_key: label})
         for row, label in enumerate(chunk.labels)
-    )
+    ]
 
 
 def write_dataset(
@@ -171,8 +245,7 @@ def write_dataset(
     for split, chunks in splits.items():
         records = SpilledRecords(spill / split, split, memory_budget_bytes)
         for chunk in chunks():
-            for record in serialized_records(problem, features, chunk):
-                records.add(records.count, record)
+            records.add_many(records.count, serialized_records(problem, features, chunk))
         parts[split] = SplitParts([records.directory], **records.close())
     out = write_merged(data_dir, problem, parts, description=description, shards=shards)
     shutil.rmtree(spill, ignore_errors=True)
@@ -206,7 +279,6 @@ def write_merged(
     Raises:
         OSError: if writing fails (a full disk, say); the caller discards the folder.
     """
-    import tensorflow as tf
     import tensorflow_datasets as tfds
     from tensorflow_datasets.core import naming
     from tensorflow_datasets.core.utils import shard_utils
@@ -227,12 +299,8 @@ def write_merged(
             bounds = [0, *shard_utils.get_shard_boundaries(parts.rows, count)]
             lengths = [end - start for start, end in zip(bounds, bounds[1:], strict=False)]
         split_template = template.replace(split=split)
-        ordered = merged_records(parts.folders)
-        for shard, length in enumerate(lengths):
-            path = split_template.sharded_filepath(shard_index=shard, num_shards=len(lengths))
-            with tf.io.TFRecordWriter(str(path)) as writer:
-                for record in _take(ordered, length):
-                    writer.write(record)
+        paths = [split_template.sharded_filepath(shard_index=n, num_shards=len(lengths)) for n in range(len(lengths))]
+        _write_shards(_merged_buckets(parts.folders), paths, lengths)
         split_infos.append(
             tfds.core.SplitInfo(
                 name=split, shard_lengths=lengths, num_bytes=parts.bytes, filename_template=split_template
@@ -249,6 +317,20 @@ def write_merged(
     return out
 
 
-def _take(records: Iterator[bytes], count: int) -> Iterator[bytes]:
-    for _ in range(count):
-        yield next(records)
+def _write_shards(ordered: Iterator[Ragged], paths: list[Path], lengths: list[int]) -> None:
+    """Writes the records, in order, as TFRecord files of the given lengths."""
+    pending = Ragged.empty()
+    for path, length in zip(paths, lengths, strict=True):
+        with open(path, "wb") as out:
+            while length:
+                if not len(pending.lengths):
+                    pending = next(ordered)
+                now = min(length, len(pending.lengths))
+                rows = np.arange(len(pending.lengths))
+                written, pending = (
+                    (pending, Ragged.empty())
+                    if now == len(rows)
+                    else (take(pending, rows[:now]), take(pending, rows[now:]))
+                )
+                out.write(tfrecord_frames(written))
+                length -= now

@@ -76,7 +76,7 @@ def missing_mask(values: np.ndarray) -> np.ndarray:
     if values.dtype.kind == "f":
         return np.isnan(values)
     if values.dtype == object:
-        return np.fromiter((v is None for v in values), bool, len(values))
+        return np.equal(values, None)  # elementwise `is None` on an object column
     return np.zeros(len(values), bool)
 
 

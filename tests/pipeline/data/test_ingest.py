@@ -235,3 +235,17 @@ def test_a_full_disk_while_writing_shards_publishes_nothing_and_keeps_what_was_p
     left = sorted(p.name for p in (small_disk / "snapshots").iterdir() if p.name != ".staging.lock")
     assert left == [published.path.name]  # no .tmp-* staging folder left behind
     assert Snapshot.load(published.path).split_columns("test")[1].shape == (500,)
+
+
+def test_the_fingerprint_hashes_each_text_as_its_length_and_utf8_bytes():
+    import hashlib
+
+    from pipeline.data.ingest import _hash_values
+
+    values = np.asarray(["", "a", "naïve ☃", "x" * 1000], dtype=object)
+    hasher, reference = hashlib.sha256(), hashlib.sha256()
+    _hash_values(hasher, values)
+    for value in values:
+        encoded = value.encode("utf-8")
+        reference.update(len(encoded).to_bytes(8, "little") + encoded)
+    assert hasher.hexdigest() == reference.hexdigest()

@@ -16,8 +16,15 @@ from pipeline.core.problem import (
     FeatureSpec,
     ProblemSpec,
 )
+from pipeline.data.byte_columns import Ragged
 from pipeline.data.problem_inference import PreparedSplit
-from pipeline.data.shard_writer import DATASET_NAME, SpilledRecords, merged_records, write_dataset
+from pipeline.data.shard_writer import (
+    DATASET_NAME,
+    SpilledRecords,
+    merged_records,
+    tfrecord_frames,
+    write_dataset,
+)
 from pipeline.data.snapshot_builder import features_dict
 
 
@@ -140,3 +147,22 @@ def test_hash_order_does_not_depend_on_when_records_spill_nor_on_how_they_are_pa
     assert in_order == list(merged_records([part.directory for part in reversed(parts)]))
     assert sorted(in_order) == sorted(f"record {i}".encode() for i in range(1000))
     assert in_order != [f"record {i}".encode() for i in range(1000)]  # shuffled, not source order
+
+
+def test_tfrecord_frames_are_the_bytes_tensorflows_writer_writes(tmp_path):
+    rng = np.random.default_rng(3)
+    records = [bytes(rng.integers(0, 256, n, dtype=np.uint8)) for n in [0, 1, 5, 127, 128, 300, 70_000, 5]]
+    with tf.io.TFRecordWriter(str(tmp_path / "tf.tfrecord")) as writer:
+        for record in records:
+            writer.write(record)
+    ragged = Ragged(np.frombuffer(b"".join(records), np.uint8), np.asarray([len(r) for r in records], np.int64))
+    assert tfrecord_frames(ragged) == (tmp_path / "tf.tfrecord").read_bytes()
+    assert tfrecord_frames(Ragged.empty()) == b""
+
+
+def test_shards_cut_inside_a_bucket_keep_every_record_once(tmp_path):
+    problem, part = _problem(images=False), _rows(700, images=False)
+    one = write_dataset(tmp_path / "one", problem, {"train": _chunked(part, 100)}, shards=1)
+    many = write_dataset(tmp_path / "many", problem, {"train": _chunked(part, 100)}, shards=7)
+    assert len(list(many.glob("*.tfrecord*"))) == 7
+    assert _records(one) == _records(many)
