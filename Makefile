@@ -113,7 +113,7 @@ format: setup
 
 # Two workers (this machine's cores); each test file stays on one worker, in order.
 test: setup data browser lint
-	$(BIN)/python -m pytest -n 2 --dist loadfile
+	$(BIN)/python -m pytest -n 2 --dist loadfile --durations=20
 
 clean: serving-stop
 	rm -rf artifacts airflow_home .pytest_cache .ruff_cache

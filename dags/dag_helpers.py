@@ -80,7 +80,7 @@ def describe_attempts(try_number: int, max_tries: int, exception: BaseException 
 
 
 def log_failure(context) -> None:
-    """Failure callback: one clear line naming the run, the task, the attempts and the error.
+    """A task's failure callback: one clear line naming the run, the task, the attempts and the error.
 
     Also leaves that line for the DAG run's note (the plugin copies it when the run fails).
     """
@@ -88,13 +88,24 @@ def log_failure(context) -> None:
     exception = context.get("exception")
     attempts = describe_attempts(ti.try_number, ti.max_tries, exception)
     log.error("FAILED dag=%s run=%s task=%s (%s): %s", ti.dag_id, ti.run_id, ti.task_id, attempts, exception)
-    if "reason" in context:
-        # The DAG-level callback runs in the DAG processor, which cannot write XComs: its push is
-        # never answered and stalls parsing until the DAGs are deactivated as stale. The failed
-        # task's own callback has left the note.
-        return
     with contextlib.suppress(Exception):  # The note is a courtesy; the failure is what matters.
         ti.xcom_push(key=RUN_NOTE_KEY, value=f"failed at {ti.task_id} ({attempts}): {exception}"[:990])
+
+
+def log_run_failure(context) -> None:
+    """The DAG's failure callback: one line naming the run and why it failed.
+
+    It runs in the DAG processor, which cannot write XComs (a push there is never answered and
+    stalls parsing until the DAGs are deactivated as stale); the failed task's own callback
+    (`log_failure`) has left the run's note.
+    """
+    run = context.get("dag_run")
+    log.error(
+        "FAILED dag=%s run=%s: %s",
+        getattr(run, "dag_id", None),
+        getattr(run, "run_id", None),
+        context.get("reason") or context.get("exception"),
+    )
 
 
 def current_config():

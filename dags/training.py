@@ -39,7 +39,7 @@ from dag_helpers import (
     default_task_args,
     drift_detected,
     ingest_from_parts,
-    log_failure,
+    log_run_failure,
     measure_validation_part,
     outcome_extra,
     plan_ingest,
@@ -80,7 +80,7 @@ def training_dag(model: ModelSettings):
         tags=["ml", "training", "serving", model.name],
         doc_md=__doc__,
         default_args=default_task_args(),
-        on_failure_callback=log_failure,
+        on_failure_callback=log_run_failure,
         params=trigger_params(model),
     )
     def training():

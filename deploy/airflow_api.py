@@ -59,7 +59,7 @@ def wait_until(condition: Callable[[], Any], timeout: float, what: str, interval
         if result:
             return result
         if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
         time.sleep(interval)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -56,23 +55,17 @@ def start_test_server(
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 60.0, what: str = "a condition", interval: float = 0.2):
-    """Polls `condition` until it returns something truthy, and returns that.
-
-    An OSError (a server not listening yet) counts as not yet.
+    """`deploy.airflow_api.wait_until` for tests: polls `condition` and returns its first truthy result.
 
     Raises:
-        AssertionError: naming `what`, after `timeout` seconds.
+        AssertionError: naming `what`, after `timeout` seconds (a test failure, not an error).
     """
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            result = condition()
-        except OSError:
-            result = None
-        if result:
-            return result
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+    from deploy.airflow_api import wait_until
+
+    try:
+        return wait_until(condition, timeout, what, interval)
+    except TimeoutError as err:
+        raise AssertionError(str(err)) from None
 
 
 def train_small_run(root: Path, data_source: str, run_id: str, **options) -> dict:

@@ -32,6 +32,18 @@ class Ragged:
         return cls(np.zeros(0, np.uint8), np.zeros(0, np.int64))
 
     @classmethod
+    def of(cls, rows: list[bytes]) -> Ragged:
+        """Rows given as `bytes`."""
+        return cls(np.frombuffer(b"".join(rows), np.uint8), np.fromiter(map(len, rows), np.int64, len(rows)))
+
+    @classmethod
+    def concat(cls, parts: list[Ragged]) -> Ragged:
+        """The rows of every part, one part after the other."""
+        if not parts:
+            return cls.empty()
+        return cls(np.concatenate([p.data for p in parts]), np.concatenate([p.lengths for p in parts]))
+
+    @classmethod
     def fixed(cls, table: np.ndarray) -> Ragged:
         """Rows of one width from a [rows, width] uint8 table."""
         rows, width = table.shape
@@ -102,7 +114,8 @@ def join_rows(columns: list[Ragged]) -> Ragged:
     """Each row's bytes of every column, one column after the other.
 
     Columns of one width each are stacked as a table (no index arithmetic); otherwise every
-    column's bytes are scattered to where its rows start in the output.
+    column's bytes are scattered to where its rows start in the output, `SLICE_BYTES` of
+    output at a time (the index arrays take 8 bytes per byte moved).
     """
     rows = len(columns[0].lengths)
     widths = [column.width() for column in columns]
@@ -111,23 +124,47 @@ def join_rows(columns: list[Ragged]) -> Ragged:
         return Ragged.fixed(np.hstack(tables))
     lengths = np.sum([column.lengths for column in columns], axis=0).astype(np.int64)
     out = np.empty(int(lengths.sum()), np.uint8)
-    place = np.cumsum(lengths) - lengths  # where each row's next column goes
-    for column, width in zip(columns, widths, strict=True):
-        if width is not None:
-            out[(place[:, np.newaxis] + np.arange(width)).reshape(-1)] = column.data
-        elif len(column.data):
-            shift = np.repeat(place - column.starts, column.lengths)
-            out[np.arange(len(column.data)) + shift] = column.data
-        place = place + column.lengths
+    row_starts = np.cumsum(lengths) - lengths
+    column_starts = [column.starts for column in columns]
+    for first, last in _row_slices(lengths):
+        place = row_starts[first:last]  # where each row's next column goes
+        for column, width, starts in zip(columns, widths, column_starts, strict=True):
+            if width is not None:
+                source = column.data[first * width : last * width]
+                out[(place[:, np.newaxis] + np.arange(width)).reshape(-1)] = source
+            else:
+                counts = column.lengths[first:last]
+                if first < last and counts.any():
+                    begin = starts[first]
+                    source = column.data[begin : starts[last - 1] + counts[-1]]
+                    out[np.arange(len(source)) + np.repeat(place - (starts[first:last] - begin), counts)] = source
+            place = place + column.lengths[first:last]
     return Ragged(out, lengths)
 
 
+SLICE_BYTES = 1 << 20
+
+
+def _row_slices(lengths: np.ndarray) -> list[tuple[int, int]]:
+    """Consecutive row ranges of about `SLICE_BYTES` each (a longer row is a range of its own)."""
+    ends = np.cumsum(lengths)
+    cuts = np.searchsorted(ends, np.arange(SLICE_BYTES, int(ends[-1]) if len(ends) else 0, SLICE_BYTES), side="left")
+    bounds = sorted({0, *(cuts + 1).tolist(), len(lengths)})
+    return [(first, last) for first, last in zip(bounds, bounds[1:], strict=False) if first < last]
+
+
 def take(rows: Ragged, order: np.ndarray) -> Ragged:
-    """The rows in the given order (a gather of their bytes)."""
+    """The rows in the given order (a gather of their bytes, `SLICE_BYTES` of output at a time)."""
     lengths = rows.lengths[order]
     if not len(lengths):
         return Ragged.empty()
     starts = rows.starts[order]
-    placed = np.cumsum(lengths) - lengths
-    source = np.arange(int(lengths.sum())) + np.repeat(starts - placed, lengths)
-    return Ragged(rows.data[source], lengths)
+    out_starts = np.cumsum(lengths) - lengths
+    out = np.empty(int(lengths.sum()), np.uint8)
+    for first, last in _row_slices(lengths):
+        counts = lengths[first:last]
+        size = int(counts.sum())
+        begin = out_starts[first]
+        source = np.arange(size) + np.repeat(starts[first:last] - (out_starts[first:last] - begin), counts)
+        out[begin : begin + size] = rows.data[source]
+    return Ragged(out, lengths)

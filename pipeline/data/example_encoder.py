@@ -126,10 +126,3 @@ def serialize_rows(problem: ProblemSpec, features: dict[str, np.ndarray], labels
         pieces += _float_pieces(label_key, labels)
     body = join_rows(pieces)
     return join_rows([Ragged.constant(b"\x0a", len(labels)), varints(body.lengths), body])
-
-
-def serialize_chunk(problem: ProblemSpec, features: dict[str, np.ndarray], labels: np.ndarray) -> list[bytes]:
-    """`serialize_rows` as one `bytes` per row."""
-    if not len(labels):
-        return []
-    return serialize_rows(problem, features, labels).to_list()

@@ -31,7 +31,7 @@ import numpy as np
 
 from pipeline.core.problem import ProblemSpec
 from pipeline.data.byte_columns import Ragged, join_rows, take
-from pipeline.data.example_encoder import can_encode, serialize_chunk
+from pipeline.data.example_encoder import can_encode, serialize_rows
 
 DATASET_NAME = "columns_dataset"
 DATASET_VERSION = "1.0.0"
@@ -71,22 +71,23 @@ class SpilledRecords:
         self.directory = Path(directory)
         self._budget = memory_budget_bytes
         self._keys = bytearray()  # 16 bytes a record
-        self._records: list[bytes] = []
+        self._blocks: list[Ragged] = []
         self._buffered_bytes = 0
         self.count = 0
         self.total_bytes = 0
 
     def add(self, key: int, record: bytes) -> None:
         """Adds one serialized example under its key (the example's index in its split, unique)."""
-        self.add_many(key, [record])
+        self.add_many(key, Ragged.of([record]))
 
-    def add_many(self, first_key: int, records: list[bytes]) -> None:
+    def add_many(self, first_key: int, records: Ragged) -> None:
         """Adds serialized examples under consecutive keys, from `first_key` on."""
-        self._keys += _hash_keys(self._salted, first_key, len(records))
-        self._records.extend(records)
-        size = sum(map(len, records))
+        count = len(records.lengths)
+        self._keys += _hash_keys(self._salted, first_key, count)
+        self._blocks.append(records)
+        size = len(records.data)
         self._buffered_bytes += size
-        self.count += len(records)
+        self.count += count
         self.total_bytes += size
         if self._buffered_bytes > self._budget:
             self._spill()
@@ -97,22 +98,26 @@ class SpilledRecords:
         return {"rows": self.count, "bytes": self.total_bytes}
 
     def _spill(self) -> None:
-        if not self._records:
+        if not self._blocks:
             return
         self.directory.mkdir(parents=True, exist_ok=True)
         keys = np.frombuffer(bytes(self._keys), np.uint8).reshape(-1, 16)
-        lengths = np.fromiter(map(len, self._records), np.int64, len(self._records))
         buckets = keys[:, 0]  # the top 8 of 128 bits
         order = np.argsort(buckets, kind="stable")
-        bounds = np.searchsorted(buckets[order], np.arange(SPILL_BUCKETS + 1))
+        held, self._blocks = Ragged.concat(self._blocks), []  # the blocks' memory goes before the copy in order
+        records = take(held, order)
+        del held
+        keys, buckets = keys[order], buckets[order]
+        bounds = np.searchsorted(buckets, np.arange(SPILL_BUCKETS + 1))
+        byte_bounds = np.concatenate([[0], np.cumsum(records.lengths)])[bounds]
         for bucket in np.flatnonzero(np.diff(bounds)).tolist():
-            rows = order[bounds[bucket] : bounds[bucket + 1]]
+            first, last = bounds[bucket], bounds[bucket + 1]
             with open(self.directory / _bucket_name(bucket), "ab") as handle:
-                handle.write(_BLOCK_HEADER.pack(len(rows)))
-                handle.write(keys[rows].tobytes())
-                handle.write(lengths[rows].astype("<i8").tobytes())
-                handle.write(b"".join([self._records[row] for row in rows.tolist()]))
-        self._keys, self._records, self._buffered_bytes = bytearray(), [], 0
+                handle.write(_BLOCK_HEADER.pack(last - first))
+                handle.write(keys[first:last].tobytes())
+                handle.write(records.lengths[first:last].astype("<i8").tobytes())
+                handle.write(records.data[byte_bounds[bucket] : byte_bounds[bucket + 1]].tobytes())
+        self._keys, self._buffered_bytes = bytearray(), 0
 
 
 def _hash_keys(salted, first_key: int, count: int) -> bytes:
@@ -198,15 +203,17 @@ def _masked(crcs: np.ndarray) -> np.ndarray:
     return (((crcs >> np.uint32(15)) | (crcs << np.uint32(17))) + np.uint32(0xA282EAD8)).astype("<u4")
 
 
-def serialized_records(problem: ProblemSpec, features, chunk: RowChunk) -> list[bytes]:
+def serialized_records(problem: ProblemSpec, features, chunk: RowChunk) -> Ragged:
     """A chunk's records: column by column for scalars (`example_encoder`), else TFDS's serializer row by row."""
     if can_encode(problem):
-        return serialize_chunk(problem, chunk.features, chunk.labels)
+        return serialize_rows(problem, chunk.features, chunk.labels)
     keys = list(chunk.features)
-    return [
-        features.serialize_example({key: chunk.features[key][row] for key in keys} | {problem.label_key: label})
-        for row, label in enumerate(chunk.labels)
-    ]
+    return Ragged.of(
+        [
+            features.serialize_example({key: chunk.features[key][row] for key in keys} | {problem.label_key: label})
+            for row, label in enumerate(chunk.labels)
+        ]
+    )
 
 
 def write_dataset(

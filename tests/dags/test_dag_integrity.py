@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import subprocess
 import sys
 
@@ -54,8 +55,24 @@ def test_training_dag_shape(dag_bag):
     assert (train.pool, train.queue) == ("gpu_training", "gpu")
     for task in dag.tasks:
         assert task.retries == 1 and task.retry_exponential_backoff
-        assert task.execution_timeout is not None and task.on_failure_callback
+        assert task.execution_timeout is not None and _callbacks(task.on_failure_callback) == ["log_failure"]
+    assert _callbacks(dag.on_failure_callback) == ["log_run_failure"]  # logs only: no XCom from the DAG processor
     assert [o.name for o in dag.get_task("mark_stable").outlets] == ["fashion_mnist_stable_model"]
+
+
+def _callbacks(callback) -> list[str]:
+    return [c.__name__ for c in (callback if isinstance(callback, list) else [callback])]
+
+
+def test_the_dag_level_failure_callback_names_the_run_and_the_reason(caplog):
+    from types import SimpleNamespace
+
+    from dags.dag_helpers import log_run_failure
+
+    run = SimpleNamespace(dag_id="fashion_mnist_training", run_id="manual__1")
+    with caplog.at_level(logging.ERROR):
+        log_run_failure({"dag_run": run, "reason": "task_failure"})
+    assert "FAILED dag=fashion_mnist_training run=manual__1: task_failure" in caplog.text
 
 
 def test_trigger_form_params_are_typed_and_bounded(dag_bag):

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from pipeline.data import byte_columns
 from pipeline.data.byte_columns import Ragged, compact, join_rows, take, utf8, varint_lengths, varints
 from pipeline.data.example_encoder import varint
 
@@ -25,8 +26,14 @@ def test_varints_match_protobufs_encoding_of_every_length():
     assert varint_lengths(values).tolist() == [len(varint(int(v) & (2**64 - 1))) for v in values.tolist()]
 
 
+@pytest.fixture(params=[1 << 20, 7], ids=["one-slice", "slices-of-7-bytes"])
+def slice_bytes(request, monkeypatch):
+    """The output is built a slice at a time; tiny slices (rows longer than a slice) build the same."""
+    monkeypatch.setattr(byte_columns, "SLICE_BYTES", request.param)
+
+
 @pytest.mark.parametrize("ragged_columns", [False, True], ids=["all-one-width", "ragged"])
-def test_join_rows_concatenates_each_rows_bytes_column_after_column(ragged_columns):
+def test_join_rows_concatenates_each_rows_bytes_column_after_column(ragged_columns, slice_bytes):
     rng = np.random.default_rng(0)
     rows = 257
     fixed = rng.integers(0, 256, (rows, 5), dtype=np.uint8)
@@ -36,6 +43,13 @@ def test_join_rows_concatenates_each_rows_bytes_column_after_column(ragged_colum
     expected = [b"\x0a" + fixed[i].tobytes() + texts[i] + texts[::-1][i] for i in range(rows)]
     assert joined.to_list() == expected
     assert joined.lengths.tolist() == [len(row) for row in expected]
+
+
+def test_take_gathers_rows_in_any_order(slice_bytes):
+    rng = np.random.default_rng(1)
+    texts = [bytes(rng.integers(0, 256, n, dtype=np.uint8)) for n in rng.integers(0, 30, 500)]
+    order = rng.permutation(500)
+    assert take(_ragged(texts), order).to_list() == [texts[i] for i in order]
 
 
 def test_compact_and_take():

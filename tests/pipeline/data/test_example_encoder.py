@@ -16,7 +16,7 @@ from pipeline.core.problem import (
     FeatureSpec,
     ProblemSpec,
 )
-from pipeline.data.example_encoder import serialize_chunk, varint
+from pipeline.data.example_encoder import serialize_rows, varint
 from pipeline.data.snapshot_builder import features_dict
 
 
@@ -49,7 +49,7 @@ def test_each_record_parses_to_the_example_tfds_builds(task):
     rng = np.random.default_rng(1)
     labels = rng.integers(0, 2, 300) if task == BINARY else rng.normal(0, 1, 300).astype(np.float32)
     tfds_features = features_dict(problem)
-    records = serialize_chunk(problem, features, labels)
+    records = serialize_rows(problem, features, labels).to_list()
     assert len(records) == 300
     for row, record in enumerate(records):
         example = {key: values[row] for key, values in features.items()} | {"y": labels[row]}
@@ -64,4 +64,4 @@ def test_varints_and_bad_class_ids():
     assert varint(0) == b"\x00" and varint(127) == b"\x7f" and varint(300) == b"\xac\x02"
     problem = _problem(BINARY)
     with pytest.raises(ValueError, match=r"class ids must be in 0..1"):
-        serialize_chunk(problem, _chunk(), np.asarray([0, 2, 1] * 100))
+        serialize_rows(problem, _chunk(), np.asarray([0, 2, 1] * 100))

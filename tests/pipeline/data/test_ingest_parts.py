@@ -117,7 +117,7 @@ def test_a_worker_killed_mid_part_is_retried_and_the_snapshot_equals_a_clean_run
             "    added(self, key, records)\n"
             "    if self.count > 256:  # mid-part: the first chunk on disk, the second in memory\n"
             "        self._spill()\n"
-            "        added(self, key + len(records), records[:1])\n"
+            "        added(self, key + len(records.lengths), shard_writer.Ragged.of([b'held in memory']))\n"
             "        print('killing', flush=True)\n"
             "        os.kill(os.getpid(), signal.SIGKILL)\n"
             "shard_writer.SpilledRecords.add_many = add_many\n"
