@@ -210,6 +210,10 @@ def test_parts_measured_apart_and_merged_give_the_single_process_result(tmp_path
 
     first = config("first")
     snapshot = ingest(first)
+    key = snapshot.problem.features[0].key
+    whole = [features[key] for features, _ in snapshot.iter_batches("train", batch_size=64)]
+    by_file = [f[key] for i in range(3) for f, _ in snapshot.iter_batches("train", batch_size=64, shard=(i, 3))]
+    np.testing.assert_array_equal(np.concatenate(whole), np.concatenate(by_file))  # the files in turn, in order
     parts = validation_parts(snapshot)
     assert [(p.split, p.shard) for p in parts] == [(s, i) for s in ("test", "train", "validation") for i in range(3)]
     validate(first, snapshot)  # stores the schema and the reference: the next runs check against both
