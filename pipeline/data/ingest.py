@@ -402,7 +402,7 @@ _NO_ROWS = PreparedSplit({}, np.zeros(0), 0)
 
 
 def _values_bytes(chunk: PreparedSplit) -> int:
-    """About how many bytes a chunk's values take (text by its characters)."""
+    """About how many bytes a chunk's values take (text by its UTF-8 bytes)."""
     total = chunk.labels.nbytes
     for values in chunk.features.values():
         total += len(utf8(values).data) + 8 * len(values) if values.dtype == object else values.nbytes
