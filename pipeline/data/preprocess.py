@@ -94,9 +94,12 @@ def make_dataset(
     by_file = shard_policy(snapshot, split, workers) == tf.data.experimental.AutoShardPolicy.FILE
     if by_file:
         # Each worker reads its own shard files. Every worker must run the same number of steps
-        # (a collective step waits for all), so each takes as many rows as the smallest part holds.
+        # (a collective step waits for all), so each takes as many rows as the smallest part holds,
+        # in whole batches: a last partial batch is cut into per-replica pieces, and a replica given
+        # an empty piece fails in BatchNormalization (tensorflow/tensorflow#52986).
         context = tf.distribute.InputContext(workers, worker_index, 1)
         rows = _rows_per_worker(snapshot, split, workers)
+        rows -= rows % config.batch_size if rows >= config.batch_size else 0
         log.info("split %r: worker %d of %d reads its own shard files (%d rows)", split, worker_index, workers, rows)
         dataset = snapshot.load_split(split, input_context=context).take(rows)
     else:
