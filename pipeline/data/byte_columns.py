@@ -153,12 +153,18 @@ def _row_slices(lengths: np.ndarray) -> list[tuple[int, int]]:
     return [(first, last) for first, last in zip(bounds, bounds[1:], strict=False) if first < last]
 
 
-def take(rows: Ragged, order: np.ndarray) -> Ragged:
-    """The rows in the given order (a gather of their bytes, `SLICE_BYTES` of output at a time)."""
+def take(rows: Ragged, order: np.ndarray, starts: np.ndarray | None = None) -> Ragged:
+    """The rows in the given order (a gather of their bytes, `SLICE_BYTES` of output at a time).
+
+    Args:
+        rows: The rows.
+        order: Which rows, in order (any may repeat or be left out).
+        starts: `rows.starts`, where the caller has it (taking several orders of the same rows).
+    """
     lengths = rows.lengths[order]
     if not len(lengths):
         return Ragged.empty()
-    starts = rows.starts[order]
+    starts = (rows.starts if starts is None else starts)[order]
     out_starts = np.cumsum(lengths) - lengths
     out = np.empty(int(lengths.sum()), np.uint8)
     for first, last in _row_slices(lengths):

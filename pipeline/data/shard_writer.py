@@ -60,6 +60,9 @@ class SpilledRecords:
     get a block per write: the block's record count, its hash keys, its record lengths and the
     records.
 
+    The records held are copied into one buffer as they come, and written out a bucket at a
+    time, so memory holds the budget (or the largest chunk, if larger) and one bucket's copy.
+
     Args:
         directory: The bucket files' folder (created on the first write).
         salt: The hash salt (TFDS uses the split's name).
@@ -71,8 +74,9 @@ class SpilledRecords:
         self.directory = Path(directory)
         self._budget = memory_budget_bytes
         self._keys = bytearray()  # 16 bytes a record
-        self._blocks: list[Ragged] = []
-        self._buffered_bytes = 0
+        self._buffer = np.zeros(0, np.uint8)  # the held records' bytes from the start, end to end
+        self._held_bytes = 0
+        self._lengths: list[np.ndarray] = []
         self.count = 0
         self.total_bytes = 0
 
@@ -82,42 +86,43 @@ class SpilledRecords:
 
     def add_many(self, first_key: int, records: Ragged) -> None:
         """Adds serialized examples under consecutive keys, from `first_key` on."""
+        size = len(records.data)
+        if self._held_bytes + size > len(self._buffer):
+            self._spill()
+            if size > len(self._buffer):  # allocated on first use: pages are taken as they are written
+                self._buffer = np.empty(max(self._budget, size), np.uint8)
+        self._buffer[self._held_bytes : self._held_bytes + size] = records.data
+        self._held_bytes += size
+        self._lengths.append(records.lengths)
         count = len(records.lengths)
         self._keys += _hash_keys(self._salted, first_key, count)
-        self._blocks.append(records)
-        size = len(records.data)
-        self._buffered_bytes += size
         self.count += count
         self.total_bytes += size
-        if self._buffered_bytes > self._budget:
-            self._spill()
 
     def close(self) -> dict[str, int]:
         """Writes what is held to the bucket files; returns {'rows', 'bytes'} written in all."""
         self._spill()
+        self._buffer = np.zeros(0, np.uint8)
         return {"rows": self.count, "bytes": self.total_bytes}
 
     def _spill(self) -> None:
-        if not self._blocks:
+        if not self._lengths:
             return
         self.directory.mkdir(parents=True, exist_ok=True)
         keys = np.frombuffer(bytes(self._keys), np.uint8).reshape(-1, 16)
-        buckets = keys[:, 0]  # the top 8 of 128 bits
-        order = np.argsort(buckets, kind="stable")
-        held, self._blocks = Ragged.concat(self._blocks), []  # the blocks' memory goes before the copy in order
-        records = take(held, order)
-        del held
-        keys, buckets = keys[order], buckets[order]
-        bounds = np.searchsorted(buckets, np.arange(SPILL_BUCKETS + 1))
-        byte_bounds = np.concatenate([[0], np.cumsum(records.lengths)])[bounds]
+        held = Ragged(self._buffer[: self._held_bytes], np.concatenate(self._lengths))
+        starts = held.starts
+        order = np.argsort(keys[:, 0], kind="stable")  # by bucket: the top 8 of 128 bits
+        bounds = np.searchsorted(keys[order, 0], np.arange(SPILL_BUCKETS + 1))
         for bucket in np.flatnonzero(np.diff(bounds)).tolist():
-            first, last = bounds[bucket], bounds[bucket + 1]
+            rows = order[bounds[bucket] : bounds[bucket + 1]]
+            records = take(held, rows, starts)
             with open(self.directory / _bucket_name(bucket), "ab") as handle:
-                handle.write(_BLOCK_HEADER.pack(last - first))
-                handle.write(keys[first:last].tobytes())
-                handle.write(records.lengths[first:last].astype("<i8").tobytes())
-                handle.write(records.data[byte_bounds[bucket] : byte_bounds[bucket + 1]].tobytes())
-        self._keys, self._buffered_bytes = bytearray(), 0
+                handle.write(_BLOCK_HEADER.pack(len(rows)))
+                handle.write(keys[rows].tobytes())
+                handle.write(records.lengths.astype("<i8").tobytes())
+                handle.write(records.data.tobytes())
+        self._keys, self._lengths, self._held_bytes = bytearray(), [], 0
 
 
 def _hash_keys(salted, first_key: int, count: int) -> bytes:

@@ -149,6 +149,30 @@ def test_hash_order_does_not_depend_on_when_records_spill_nor_on_how_they_are_pa
     assert in_order != [f"record {i}".encode() for i in range(1000)]  # shuffled, not source order
 
 
+def test_spilled_records_hold_about_their_budget_not_a_second_copy(tmp_path):
+    """Records are copied into one buffer as they come and written out a bucket at a time."""
+    import tracemalloc
+
+    budget, chunk = 1 << 20, 100_000
+    records = SpilledRecords(tmp_path / "spill", "train", memory_budget_bytes=budget)
+    rng = np.random.default_rng(0)
+    chunks = [rng.integers(0, 256, chunk, dtype=np.uint8) for _ in range(30)]  # ~3 budgets' worth
+    tracemalloc.start()
+    try:
+        for number, data in enumerate(chunks):
+            records.add_many(number * 100, Ragged(data, np.full(100, chunk // 100, np.int64)))
+        records.close()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # The buffer (the budget), one chunk's keys and lengths, one bucket's copy: well under two budgets.
+    assert budget < peak < 1.5 * budget
+    merged = b"".join(merged_records([records.directory]))
+    assert sorted(merged[i : i + 1000] for i in range(0, len(merged), 1000)) == sorted(
+        bytes(data[i : i + 1000]) for data in chunks for i in range(0, chunk, 1000)
+    )
+
+
 def test_tfrecord_frames_are_the_bytes_tensorflows_writer_writes(tmp_path):
     rng = np.random.default_rng(3)
     records = [bytes(rng.integers(0, 256, n, dtype=np.uint8)) for n in [0, 1, 5, 127, 128, 300, 70_000, 5]]
