@@ -209,13 +209,23 @@ def _masked(crcs: np.ndarray) -> np.ndarray:
 
 
 def serialized_records(problem: ProblemSpec, features, chunk: RowChunk) -> Ragged:
-    """A chunk's records: column by column for scalars (`example_encoder`), else TFDS's serializer row by row."""
+    """A chunk's records: column by column for scalars (`example_encoder`), else TFDS's serializer row by row.
+
+    TFDS's serializer is used with deterministic (key-sorted) map entries: its own bytes follow
+    the protobuf runtime's hash map, whose order changes from process to process, and the
+    snapshot must be byte for byte the same whichever processes wrote its parts.
+    """
     if can_encode(problem):
         return serialize_rows(problem, chunk.features, chunk.labels)
+    from tensorflow_datasets.core.example_serializer import ExampleSerializer
+
+    serializer = ExampleSerializer(features.get_serialized_info())
     keys = list(chunk.features)
     return Ragged.of(
         [
-            features.serialize_example({key: chunk.features[key][row] for key in keys} | {problem.label_key: label})
+            serializer.get_tf_example(
+                features.encode_example({key: chunk.features[key][row] for key in keys} | {problem.label_key: label})
+            ).SerializeToString(deterministic=True)
             for row, label in enumerate(chunk.labels)
         ]
     )
