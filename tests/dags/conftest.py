@@ -5,6 +5,7 @@ The environment is set when this file is imported, before anything imports Airfl
 
 from __future__ import annotations
 
+import datetime
 import os
 import shutil
 import tempfile
@@ -35,6 +36,16 @@ def write_dags(folder: Path, settings: dict) -> None:
     for dag_file in [*(REPO_ROOT / "dags").glob("*.py"), REPO_ROOT / "dags" / ".airflowignore"]:
         shutil.copy(dag_file, folder / dag_file.name)
     (folder / "settings.yaml").write_text(yaml.safe_dump(settings))
+
+
+def with_far_schedules(settings: dict) -> dict:
+    """The settings with the nightly and the drift slot 12 hours from now, for a live scheduler.
+
+    A slot that passes while a test's scheduler runs starts a run of its own beside the test's
+    (a CI run that crossed 02:00 UTC found the snapshot already ingested by the scheduled run).
+    """
+    hour = (datetime.datetime.now(datetime.UTC).hour + 12) % 24
+    return {**settings, "schedule": f"0 {hour} * * *", "drift_schedule": f"30 {hour} * * *"}
 
 
 @pytest.fixture(scope="session")

@@ -31,7 +31,7 @@ from tests.dags.airflow_api import (
     wait_for_dag,
     wait_for_run,
 )
-from tests.dags.conftest import write_dags
+from tests.dags.conftest import with_far_schedules, write_dags
 from tests.support import REPO_ROOT, Traffic
 
 
@@ -43,7 +43,9 @@ def celery_airflow(tmp_path_factory, dag_settings, serving_server, postgres_url,
     # Ingest in parts (one per split here): the mapped `ingest_part` tasks go to both default workers.
     # Its own workdir: the data has no snapshot there yet, so the parts are written.
     pipeline_options = {**dag_settings["pipeline"], "ingest_part_mb": 0.5, "workdir": str(home / "artifacts")}
-    write_dags(home / "dags", {**dag_settings, "queue": queues["train"], "pipeline": pipeline_options})
+    write_dags(
+        home / "dags", with_far_schedules({**dag_settings, "queue": queues["train"], "pipeline": pipeline_options})
+    )
     port = free_port()
     base_env = {
         **os.environ,

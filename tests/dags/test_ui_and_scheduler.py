@@ -30,7 +30,7 @@ from tests.dags.airflow_api import (
     wait_for_dag,
     wait_for_run,
 )
-from tests.dags.conftest import write_dags
+from tests.dags.conftest import with_far_schedules, write_dags
 from tests.support import REPO_ROOT, Traffic, table_rows, wait_for, write_table
 
 ARTIFACTS = REPO_ROOT / "test-artifacts"
@@ -51,9 +51,10 @@ def standalone(tmp_path_factory, dag_settings, serving_server, postgres_url):
             "pipeline": {"data_source": f"csv:{loans}", "label": "approved?", "canary_watch_seconds": 0, "epochs": 4},
         },
     ]
-    write_dags(
-        dags_folder, {**dag_settings, "approval_required": True, "approval_timeout_minutes": 15, "models": models}
+    settings = with_far_schedules(
+        {**dag_settings, "approval_required": True, "approval_timeout_minutes": 15, "models": models}
     )
+    write_dags(dags_folder, settings)
     port = free_port()
     venv_bin = Path(sys.executable).parent
     env = {
@@ -72,7 +73,7 @@ def standalone(tmp_path_factory, dag_settings, serving_server, postgres_url):
     }
     prepare_database(env, dag_settings["pool"])
     base = f"http://localhost:{port}"
-    airflow = {"base": base, "home": home, "env": env, "started": time.time()}
+    airflow = {"base": base, "home": home, "env": env, "started": time.time(), "schedule": settings["schedule"]}
     airflow["process"] = _start_standalone(env, home)
     try:
         airflow["token"], airflow["password"] = wait_and_log_in(base, home)
@@ -473,8 +474,11 @@ def test_a_restart_on_a_database_with_runs_starts_no_run_for_a_past_slot(standal
     assert [run["dag_run_id"] for run in runs if run["run_type"] == "scheduled"] == []
     dag = request(f"{standalone['base']}/api/v2/dags/{DAG_ID}", token=standalone["token"])[1]
     next_run = datetime.datetime.fromisoformat(dag["next_dagrun_run_after"])
-    assert next_run > datetime.datetime.now(datetime.UTC) and (next_run.hour, next_run.minute) == (2, 0)
-    assert dag["timetable_summary"].endswith("0 2 * * * (upcoming slots only)")  # "Asset or ...": drift too
+    minute, hour = (int(field) for field in standalone["schedule"].split()[:2])
+    assert next_run > datetime.datetime.now(datetime.UTC) and (next_run.hour, next_run.minute) == (hour, minute)
+    assert dag["timetable_summary"].endswith(
+        f"{standalone['schedule']} (upcoming slots only)"
+    )  # "Asset or ...": drift too
 
 
 def test_a_second_model_trains_and_serves_beside_the_first_without_touching_it(
