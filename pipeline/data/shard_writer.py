@@ -167,9 +167,7 @@ def _merged_buckets(directories: Iterable[Path]) -> Iterator[Ragged]:
         keys = np.concatenate([found[0] for found in read])
         if not len(keys):
             continue
-        records = Ragged(
-            np.concatenate([found[1].data for found in read]), np.concatenate([found[1].lengths for found in read])
-        )
+        records = Ragged.concat([found[1] for found in read])
         high, low = np.ascontiguousarray(keys).view(">u8").T
         yield take(records, np.lexsort((low, high)))
 
