@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 MAX_VARINT_BYTES = 10
 
@@ -64,6 +66,32 @@ class Ragged:
             return None
         return int(self.lengths[0])
 
+    def rows(self, first: int, last: int) -> Ragged:
+        """Rows `first` to `last` (exclusive), sharing this one's bytes."""
+        begin = int(self.lengths[:first].sum())
+        lengths = self.lengths[first:last]
+        return Ragged(self.data[begin : begin + int(lengths.sum())], lengths)
+
+    def to_arrow(self) -> pa.LargeBinaryArray:
+        """The rows as an Arrow binary array, sharing this one's bytes."""
+        offsets = np.zeros(len(self.lengths) + 1, np.int64)
+        np.cumsum(self.lengths, out=offsets[1:])
+        return pa.Array.from_buffers(
+            pa.large_binary(), len(self.lengths), [None, pa.py_buffer(offsets), pa.py_buffer(self.data)]
+        )
+
+    @classmethod
+    def from_arrow(cls, array: pa.Array) -> Ragged:
+        """An Arrow binary or string array's rows (nulls as empty rows), sharing its bytes where it can."""
+        if array.null_count:
+            array = pc.fill_null(array, b"" if pa.types.is_binary(array.type) else "")
+        if not pa.types.is_large_binary(array.type) and not pa.types.is_large_string(array.type):
+            array = array.cast(pa.large_binary())
+        offsets = np.frombuffer(array.buffers()[1], np.int64, len(array) + 1, array.offset * 8)
+        buffer = array.buffers()[2]
+        data = np.frombuffer(buffer, np.uint8) if buffer is not None else np.zeros(0, np.uint8)
+        return cls(data[offsets[0] : offsets[-1]], np.diff(offsets))
+
     def to_list(self) -> list[bytes]:
         """Each row as `bytes`."""
         flat = self.data.tobytes()
@@ -73,13 +101,7 @@ class Ragged:
 
 def utf8(values: np.ndarray) -> Ragged:
     """An object column of `str` (None counts as '') as UTF-8 bytes."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    encoded = pc.fill_null(pa.array(values, pa.large_string(), from_pandas=False), "")
-    offsets = np.frombuffer(encoded.buffers()[1], np.int64, len(encoded) + 1, encoded.offset * 8)
-    data = np.frombuffer(encoded.buffers()[2], np.uint8) if encoded.buffers()[2] is not None else np.zeros(0, np.uint8)
-    return Ragged(data[offsets[0] : offsets[-1]], np.diff(offsets))
+    return Ragged.from_arrow(pa.array(values, pa.large_string(), from_pandas=False))
 
 
 def varints(values: np.ndarray) -> Ragged:
@@ -153,24 +175,14 @@ def _row_slices(lengths: np.ndarray) -> list[tuple[int, int]]:
     return [(first, last) for first, last in zip(bounds, bounds[1:], strict=False) if first < last]
 
 
-def take(rows: Ragged, order: np.ndarray, starts: np.ndarray | None = None) -> Ragged:
-    """The rows in the given order (a gather of their bytes, `SLICE_BYTES` of output at a time).
+def take(rows: Ragged | pa.LargeBinaryArray, order: np.ndarray) -> Ragged:
+    """The rows in the given order (Arrow's gather of their bytes).
 
     Args:
-        rows: The rows.
+        rows: The rows, or their `Ragged.to_arrow()` (taking several orders of the same rows).
         order: Which rows, in order (any may repeat or be left out).
-        starts: `rows.starts`, where the caller has it (taking several orders of the same rows).
     """
-    lengths = rows.lengths[order]
-    if not len(lengths):
+    if not len(order):
         return Ragged.empty()
-    starts = (rows.starts if starts is None else starts)[order]
-    out_starts = np.cumsum(lengths) - lengths
-    out = np.empty(int(lengths.sum()), np.uint8)
-    for first, last in _row_slices(lengths):
-        counts = lengths[first:last]
-        size = int(counts.sum())
-        begin = out_starts[first]
-        source = np.arange(size) + np.repeat(starts[first:last] - (out_starts[first:last] - begin), counts)
-        out[begin : begin + size] = rows.data[source]
-    return Ragged(out, lengths)
+    arrow = rows.to_arrow() if isinstance(rows, Ragged) else rows
+    return Ragged.from_arrow(arrow.take(pa.array(np.asarray(order, np.int64))))

@@ -1,9 +1,9 @@
 """Writes a snapshot's splits as a prepared TFDS dataset in bounded memory.
 
 TFDS's own `GeneratorBasedBuilder` holds up to 1 GB of serialized examples in memory before it
-spills. Here the records of a split go to bucket files on disk as they are made
-(`SpilledRecords`, at most `memory_budget_bytes` held in memory), as TFDS's shuffler does when
-it spills; a split can be written in parts by different processes (ingest's mapped parts),
+spills. Here the records of a split go to spill files on disk, sorted into buckets, as they are
+made (`SpilledRecords`, at most `memory_budget_bytes` held in memory), as TFDS's shuffler does
+when it spills; a split can be written in parts by different processes (ingest's mapped parts),
 each keying its records by their index in the whole split, and the parts are then merged
 bucket by bucket into shards (`write_merged`). The snapshot is the same however many parts.
 
@@ -19,7 +19,6 @@ being the salt), shards counted by TFDS's own rule (`ShardConfig.calculate_numbe
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import shutil
 import struct
 from collections.abc import Callable, Iterable, Iterator
@@ -32,12 +31,13 @@ import numpy as np
 from pipeline.core.problem import ProblemSpec
 from pipeline.data.byte_columns import Ragged, join_rows, take
 from pipeline.data.example_encoder import can_encode, serialize_rows
+from pipeline.data.key_hashing import hash_keys
 
 DATASET_NAME = "columns_dataset"
 DATASET_VERSION = "1.0.0"
 DEFAULT_MEMORY_BUDGET_BYTES = 64 << 20
 SPILL_BUCKETS = 256
-_BLOCK_HEADER = struct.Struct("<Q")  # records in a block of a bucket file
+_BLOCK_HEADER = struct.Struct("<Q")  # records in a bucket's block of a spill file
 
 
 class RowChunk(Protocol):
@@ -51,32 +51,33 @@ ChunkSource = Callable[[], Iterable[RowChunk]]
 
 
 class SpilledRecords:
-    """Records of one split keyed by TFDS's hash of their index, in `SPILL_BUCKETS` files on disk.
+    """Records of one split keyed by TFDS's hash of their index, in `SPILL_BUCKETS` buckets on disk.
 
     What TFDS's shuffler does, split so that parts written apart (by different processes) can
-    be merged: each record goes to the bucket file of the top 8 bits of its 128-bit hash key;
+    be merged: each record goes to the bucket of the top 8 bits of its 128-bit hash key;
     `merged_records` reads bucket i of every part, sorts it and moves on. Up to
-    `memory_budget_bytes` of records are held in memory between writes to the files, which
-    get a block per write: the block's record count, its hash keys, its record lengths and the
-    records.
+    `memory_budget_bytes` of records are held in memory, then written as one spill file: a
+    block per bucket (the block's record count, its hash keys, its record lengths and the
+    records), then where each bucket's block starts and ends (`SPILL_BUCKETS + 1` int64).
 
     The records held are copied into one buffer as they come, and written out a bucket at a
     time, so memory holds the budget (or the largest chunk, if larger) and one bucket's copy.
 
     Args:
-        directory: The bucket files' folder (created on the first write).
+        directory: The spill files' folder (created on the first write).
         salt: The hash salt (TFDS uses the split's name).
         memory_budget_bytes: Serialized bytes held in memory before they are written out.
     """
 
     def __init__(self, directory: Path, salt: str, memory_budget_bytes: int):
-        self._salted = hashlib.md5(salt.replace("\\", "/").encode("utf-8"))  # tfds.core.hashing.Hasher(salt)
+        self._salt = salt
         self.directory = Path(directory)
         self._budget = memory_budget_bytes
-        self._keys = bytearray()  # 16 bytes a record
+        self._keys: list[np.ndarray] = []  # [n, 16] uint8 per block added
         self._buffer = np.zeros(0, np.uint8)  # the held records' bytes from the start, end to end
         self._held_bytes = 0
         self._lengths: list[np.ndarray] = []
+        self._spills = 0
         self.count = 0
         self.total_bytes = 0
 
@@ -95,78 +96,76 @@ class SpilledRecords:
         self._held_bytes += size
         self._lengths.append(records.lengths)
         count = len(records.lengths)
-        self._keys += _hash_keys(self._salted, first_key, count)
+        self._keys.append(hash_keys(self._salt, np.arange(first_key, first_key + count)))
         self.count += count
         self.total_bytes += size
 
     def close(self) -> dict[str, int]:
-        """Writes what is held to the bucket files; returns {'rows', 'bytes'} written in all."""
+        """Writes what is held to a spill file; returns {'rows', 'bytes'} written in all."""
         self._spill()
         self._buffer = np.zeros(0, np.uint8)
         return {"rows": self.count, "bytes": self.total_bytes}
 
     def _spill(self) -> None:
+        """Writes the held records as one spill file: each bucket's block in turn, then their offsets."""
         if not self._lengths:
             return
         self.directory.mkdir(parents=True, exist_ok=True)
-        keys = np.frombuffer(bytes(self._keys), np.uint8).reshape(-1, 16)
-        held = Ragged(self._buffer[: self._held_bytes], np.concatenate(self._lengths))
-        starts = held.starts
+        keys = np.concatenate(self._keys)
+        held = Ragged(self._buffer[: self._held_bytes], np.concatenate(self._lengths)).to_arrow()
         order = np.argsort(keys[:, 0], kind="stable")  # by bucket: the top 8 of 128 bits
         bounds = np.searchsorted(keys[order, 0], np.arange(SPILL_BUCKETS + 1))
-        for bucket in np.flatnonzero(np.diff(bounds)).tolist():
-            rows = order[bounds[bucket] : bounds[bucket + 1]]
-            records = take(held, rows, starts)
-            with open(self.directory / _bucket_name(bucket), "ab") as handle:
-                handle.write(_BLOCK_HEADER.pack(len(rows)))
-                handle.write(keys[rows].tobytes())
-                handle.write(records.lengths.astype("<i8").tobytes())
-                handle.write(records.data.tobytes())
-        self._keys, self._lengths, self._held_bytes = bytearray(), [], 0
+        offsets = np.zeros(SPILL_BUCKETS + 1, "<i8")
+        path = self.directory / f"{_SPILL_PREFIX}{self._spills:05d}"
+        with open(path, "wb") as handle:
+            for bucket in range(SPILL_BUCKETS):
+                rows = order[bounds[bucket] : bounds[bucket + 1]]
+                if len(rows):
+                    records = take(held, rows)
+                    handle.write(_BLOCK_HEADER.pack(len(rows)))
+                    handle.write(keys[rows].tobytes())
+                    handle.write(records.lengths.astype("<i8").tobytes())
+                    handle.write(records.data.tobytes())
+                offsets[bucket + 1] = handle.tell()
+            handle.write(offsets.tobytes())
+        self._spills += 1
+        self._keys, self._lengths, self._held_bytes = [], [], 0
 
 
-def _hash_keys(salted, first_key: int, count: int) -> bytes:
-    """TFDS's 128-bit hash of each key (`hashing.Hasher.hash_key`), big-endian, 16 bytes each."""
-    out = bytearray()
-    for key in range(first_key, first_key + count):
-        md5 = salted.copy()
-        md5.update(b"%d" % key)
-        out += md5.digest()
-    return bytes(out)
+_SPILL_PREFIX = "spill-"
 
 
-def _bucket_name(bucket: int) -> str:
-    return f"bucket-{bucket:03d}"
+class _SpillFile:
+    """One spill file of a `SpilledRecords` folder, read a bucket at a time."""
 
+    def __init__(self, path: Path):
+        self.path = path
+        with open(path, "rb") as handle:
+            handle.seek(-8 * (SPILL_BUCKETS + 1), 2)
+            self._offsets = np.frombuffer(handle.read(), "<i8").tolist()
 
-def _read_bucket(path: Path) -> tuple[np.ndarray, Ragged]:
-    """A bucket file's hash keys ([n, 16] uint8) and records, in the order written."""
-    raw = np.fromfile(path, np.uint8) if path.exists() else np.zeros(0, np.uint8)
-    keys, lengths, data = [], [], []
-    at = 0
-    while at < len(raw):
-        (count,) = _BLOCK_HEADER.unpack(raw[at : at + _BLOCK_HEADER.size].tobytes())
-        at += _BLOCK_HEADER.size
-        keys.append(raw[at : at + 16 * count].reshape(count, 16))
+    def bucket(self, bucket: int) -> tuple[np.ndarray, Ragged] | None:
+        """The bucket's hash keys ([n, 16] uint8) and records, or None if it has none here."""
+        start, end = self._offsets[bucket], self._offsets[bucket + 1]
+        if start == end:
+            return None
+        raw = np.fromfile(self.path, np.uint8, end - start, offset=start)
+        (count,) = _BLOCK_HEADER.unpack(raw[: _BLOCK_HEADER.size].tobytes())
+        at = _BLOCK_HEADER.size
+        keys = raw[at : at + 16 * count].reshape(count, 16)
         at += 16 * count
-        lengths.append(raw[at : at + 8 * count].view("<i8").astype(np.int64))
-        at += 8 * count
-        size = int(lengths[-1].sum())
-        data.append(raw[at : at + size])
-        at += size
-    if not keys:
-        return np.zeros((0, 16), np.uint8), Ragged.empty()
-    return np.concatenate(keys), Ragged(np.concatenate(data), np.concatenate(lengths))
+        lengths = raw[at : at + 8 * count].view("<i8").astype(np.int64)
+        return keys, Ragged(raw[at + 8 * count :], lengths)
 
 
 def _merged_buckets(directories: Iterable[Path]) -> Iterator[Ragged]:
     """Each bucket's records of every folder, sorted by hash key: together, TFDS's example order."""
-    directories = list(directories)
+    spills = [_SpillFile(path) for folder in directories for path in sorted(Path(folder).glob(f"{_SPILL_PREFIX}*"))]
     for bucket in range(SPILL_BUCKETS):
-        read = [_read_bucket(folder / _bucket_name(bucket)) for folder in directories]
-        keys = np.concatenate([found[0] for found in read])
-        if not len(keys):
+        read = [found for spill in spills if (found := spill.bucket(bucket)) is not None]
+        if not read:
             continue
+        keys = np.concatenate([found[0] for found in read])
         records = Ragged.concat([found[1] for found in read])
         high, low = np.ascontiguousarray(keys).view(">u8").T
         yield take(records, np.lexsort((low, high)))
@@ -187,10 +186,7 @@ def tfrecord_frames(records: Ragged) -> bytes:
     count = len(records.lengths)
     if not count:
         return b""
-    data = memoryview(records.data)
-    ends = np.cumsum(records.lengths)
-    bounds = zip((ends - records.lengths).tolist(), ends.tolist(), strict=True)
-    record_crcs = np.fromiter((crc32c.crc32c(data[start:end]) for start, end in bounds), np.uint32, count)
+    record_crcs = np.fromiter(map(crc32c.crc32c, records.to_arrow().to_pylist()), np.uint32, count)
     lengths, which = np.unique(records.lengths, return_inverse=True)
     length_crcs = np.asarray([crc32c.crc32c(int(n).to_bytes(8, "little")) for n in lengths.tolist()], np.uint32)
     headers = np.empty((count, 12), np.uint8)
@@ -346,11 +342,6 @@ def _write_shards(ordered: Iterator[Ragged], paths: list[Path], lengths: list[in
                 if not len(pending.lengths):
                     pending = next(ordered)
                 now = min(length, len(pending.lengths))
-                rows = np.arange(len(pending.lengths))
-                written, pending = (
-                    (pending, Ragged.empty())
-                    if now == len(rows)
-                    else (take(pending, rows[:now]), take(pending, rows[now:]))
-                )
+                written, pending = pending.rows(0, now), pending.rows(now, len(pending.lengths))
                 out.write(tfrecord_frames(written))
                 length -= now

@@ -45,7 +45,7 @@ def test_join_rows_concatenates_each_rows_bytes_column_after_column(ragged_colum
     assert joined.lengths.tolist() == [len(row) for row in expected]
 
 
-def test_take_gathers_rows_in_any_order(slice_bytes):
+def test_take_gathers_rows_in_any_order():
     rng = np.random.default_rng(1)
     texts = [bytes(rng.integers(0, 256, n, dtype=np.uint8)) for n in rng.integers(0, 30, 500)]
     order = rng.permutation(500)
@@ -58,3 +58,23 @@ def test_compact_and_take():
     rows = _ragged([b"ab", b"", b"cde", b"f"])
     assert take(rows, np.asarray([2, 0, 3, 1])).to_list() == [b"cde", b"ab", b"f", b""]
     assert take(rows, np.asarray([], np.int64)).to_list() == []
+
+
+def test_arrow_round_trip_shares_the_bytes_and_reads_nulls_as_empty_rows():
+    import pyarrow as pa
+
+    rows = _ragged([b"ab", b"", b"cde"])
+    arrow = rows.to_arrow()
+    assert arrow.to_pylist() == [b"ab", b"", b"cde"]
+    back = Ragged.from_arrow(arrow)
+    assert np.shares_memory(back.data, rows.data) and back.to_list() == rows.to_list()
+    sliced = Ragged.from_arrow(pa.array(["x", None, "yz", "w"], pa.string()).slice(1, 2))
+    assert sliced.to_list() == [b"", b"yz"]
+
+
+def test_rows_slices_without_copying_and_take_accepts_arrow_rows():
+    rows = _ragged([b"ab", b"", b"cde", b"f"])
+    assert rows.rows(1, 3).to_list() == [b"", b"cde"]
+    assert rows.rows(0, 0).to_list() == [] and rows.rows(3, 4).to_list() == [b"f"]
+    assert np.shares_memory(rows.rows(2, 4).data, rows.data)
+    assert take(rows.to_arrow(), np.asarray([3, 3, 0])).to_list() == [b"f", b"f", b"ab"]
