@@ -108,7 +108,12 @@ def make_dataset(
         dataset = dataset.cache()  # uint8 pixels, cast to float32 per batch below: a quarter of the memory
     if training:
         dataset = dataset.shuffle(config.shuffle_buffer, seed=config.seed, reshuffle_each_iteration=True)
-    dataset = dataset.batch(config.batch_size).map(_cast_images(problem), num_parallel_calls=MAP_PARALLELISM)
+    # Multi-worker, DATA: the strategy cuts every global batch into a piece per worker, so a last
+    # partial batch can leave a worker an empty piece (tensorflow/tensorflow#52986, as above):
+    # whole batches only, which also gives every worker the same number of steps.
+    whole_batches = workers > 1 and not by_file and split_size(snapshot, split) >= config.batch_size
+    dataset = dataset.batch(config.batch_size, drop_remainder=whole_batches)
+    dataset = dataset.map(_cast_images(problem), num_parallel_calls=MAP_PARALLELISM)
     images = [f.key for f in problem.features if f.kind == IMAGE]
     if training and config.augment and images:
         augment = _augmenter(config.seed, config.augment_shift)

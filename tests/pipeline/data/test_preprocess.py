@@ -108,6 +108,20 @@ def test_with_a_shard_file_per_worker_each_worker_reads_only_its_own_files(make_
     assert [len(labels) for _, labels in first] == [len(labels) for _, labels in second] == [100] * 6
 
 
+    # Read by DATA (a slice): every worker reads the whole slice, in whole batches only, since the
+    # strategy cuts each batch into a piece per worker; one worker alone keeps the partial batch.
+    sliced = [
+        [len(labels) for _, labels in preprocess.make_dataset(snapshot, "train[:90%]", config, training=False, **kw)]
+        for kw in ({"workers": 2, "worker_index": 1}, {})
+    ]
+    assert sliced == [[100] * 18, [100] * 18]
+    sliced = [
+        [len(labels) for _, labels in preprocess.make_dataset(snapshot, "train[:1950]", config, training=True, **kw)]
+        for kw in ({"workers": 2, "worker_index": 0}, {})
+    ]
+    assert sliced == [[100] * 19, [100] * 19 + [50]]
+
+
 def test_the_cache_decision_counts_what_tf_data_holds_per_cached_tensor(make_config, tmp_path):
     """A table's cached rows cost ~160 bytes a tensor, not 8 bytes a value: a 1 GB cache for a '50 MB' split."""
     from tests.support import table_rows, write_table
