@@ -18,6 +18,10 @@ class DataSourceError(PipelineError):
     """A data source cannot be read: missing, empty, corrupt or malformed."""
 
 
+class SourceChangedError(DataSourceError):
+    """A source file changed between two reads of one ingest (its size or modification time)."""
+
+
 class DataValidationError(PipelineError):
     """A snapshot failed a severe data-validation check."""
 

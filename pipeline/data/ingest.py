@@ -49,7 +49,7 @@ import numpy as np
 
 from pipeline.core.artifacts import atomic_write_json, fsync_tree, read_json, staging_dir, utc_now
 from pipeline.core.config import PipelineConfig
-from pipeline.core.errors import DataSourceError
+from pipeline.core.errors import DataSourceError, SourceChangedError
 from pipeline.core.problem import ProblemSpec
 from pipeline.data import idx
 from pipeline.data.byte_columns import Ragged, join_rows, utf8
@@ -461,15 +461,18 @@ def write_part(config: PipelineConfig, part: IngestPart) -> str:
             records = {split: SpilledRecords(staging / split, split, budget) for split in plan.rows}
             chunks = source_chunks(source, plan.problem, part.split, part.first_chunk)
             read = 0
-            for chunk, planned in zip(itertools.islice(chunks, part.chunks), expected, strict=False):
-                routed = _routed(chunk, part.split, plan.cuts, plan.folder / DIGEST_FILE, first_row)
-                first_row += len(chunk.labels)
-                if {split: len(rows.labels) for split, rows in routed.items()} != planned:
-                    raise _changed(source, part)
-                for split, rows in routed.items():
-                    records[split].add_many(next_index[split], serialized_records(plan.problem, features, rows))
-                    next_index[split] += len(rows.labels)
-                read += 1
+            try:
+                for chunk, planned in zip(itertools.islice(chunks, part.chunks), expected, strict=False):
+                    routed = _routed(chunk, part.split, plan.cuts, plan.folder / DIGEST_FILE, first_row)
+                    first_row += len(chunk.labels)
+                    if {split: len(rows.labels) for split, rows in routed.items()} != planned:
+                        raise _changed(source, part)
+                    for split, rows in routed.items():
+                        records[split].add_many(next_index[split], serialized_records(plan.problem, features, rows))
+                        next_index[split] += len(rows.labels)
+                    read += 1
+            except SourceChangedError as err:
+                raise _changed(source, part, err) from None
             if read != part.chunks:
                 raise _changed(source, part)
             atomic_write_json(staging / PART_FILE, {split: out.close() for split, out in records.items()})
@@ -483,10 +486,11 @@ def write_part(config: PipelineConfig, part: IngestPart) -> str:
     return str(part.folder)
 
 
-def _changed(source: SourceData, part: IngestPart) -> DataSourceError:
+def _changed(source: SourceData, part: IngestPart, cause: SourceChangedError | None = None) -> DataSourceError:
+    found = str(cause) if cause else "does not hold the rows planned"
     return DataSourceError(
         f"{source.location}: split {part.split!r} changed while it was ingested (part {part.index + 1} of "
-        f"{part.parts}, from chunk {part.first_chunk}, does not hold the rows planned): ingest it again"
+        f"{part.parts}, from chunk {part.first_chunk}: {found}): ingest it again"
     )
 
 

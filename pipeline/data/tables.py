@@ -20,7 +20,7 @@ from typing import NoReturn
 
 import numpy as np
 
-from pipeline.core.errors import DataSourceError
+from pipeline.core.errors import DataSourceError, SourceChangedError
 from pipeline.data.column_summary import ColumnSummary
 from pipeline.data.source_data import SourceData
 
@@ -103,9 +103,10 @@ def _convert_options(keep: list[str], types: dict):
     )
 
 
-def _read_error(path: Path, kind: str, err: Exception, rows_before: int) -> DataSourceError:
+def _read_error(path: Path, kind: str, err: Exception, rows_before: int = 0, byte_offset: int = 0) -> DataSourceError:
     first = str(err).splitlines()[0] if str(err) else type(err).__name__
     where = f" (in the rows after row {rows_before})" if rows_before else ""
+    where = f" (in the rows from byte {byte_offset})" if byte_offset else where
     return DataSourceError(f"{path}: cannot read as {kind.upper()}: {first}{where}")
 
 
@@ -117,41 +118,102 @@ def _column_names(path: Path, kind: str) -> list[str]:
     try:
         if kind == "parquet":
             return pq.read_schema(path).names
-        with pa_csv.open_csv(path, read_options=pa_csv.ReadOptions(block_size=CSV_BLOCK_BYTES)) as reader:
-            return reader.schema.names
+        with open(path, "rb") as handle:  # the header row alone: a part reading its rows reads nothing before them
+            header = handle.read(_csv_header_end(path))
+        return pa_csv.read_csv(pa.BufferReader(header)).schema.names
     except (pa.ArrowInvalid, pa.ArrowException, OSError) as err:
-        raise _read_error(path, kind, err, 0) from None
+        raise _read_error(path, kind, err) from None
 
 
-def _csv_batches(path: Path, keep: list[str], types: dict):
-    """A CSV file's record batches, with `types` settled for every column as the first block shows them."""
+def _file_version(path: Path) -> dict[str, int]:
+    stat = path.stat()
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def _row_end(data: bytes, last: bool) -> int:
+    """Where the first (or last) row of `data` ends: just after its line break; 0 if it has none.
+
+    A line break is a row's end, as in pyarrow's own CSV reader, which takes no line breaks
+    inside quoted values (`ParseOptions.newlines_in_values` off).
+    """
+    if last:
+        return max(data.rfind(b"\n"), data.rfind(b"\r")) + 1
+    found = [at for at in (data.find(b"\n"), data.find(b"\r")) if at >= 0]
+    if not found:
+        return 0
+    at = min(found)
+    return at + 2 if data[at : at + 2] == b"\r\n" else at + 1
+
+
+def _csv_header_end(path: Path) -> int:
+    """The byte offset just after the header row (the file's size if it has only a header)."""
+    with open(path, "rb") as handle:
+        head = b""
+        while block := handle.read(CSV_BLOCK_BYTES):
+            head += block
+            if end := _row_end(head[:-1] if len(head) > 1 else head, last=False):
+                return end  # the last byte is held back: a '\r' there may be followed by '\n'
+        return len(head)
+
+
+def _parse_csv(path: Path, data: bytes, names: list[str], keep: list[str], types: dict, **where):
+    """Rows of a CSV file (without its header) as an Arrow table, with `types` settled for every column."""
     import pyarrow as pa
     import pyarrow.csv as pa_csv
 
-    rows = 0
     try:
-        reader = pa_csv.open_csv(
-            path,
-            read_options=pa_csv.ReadOptions(block_size=CSV_BLOCK_BYTES),
+        table = pa_csv.read_csv(
+            pa.BufferReader(data),
+            read_options=pa_csv.ReadOptions(column_names=names, block_size=CSV_BLOCK_BYTES),
             convert_options=_convert_options(keep, types),
         )
     except (pa.ArrowInvalid, pa.ArrowException, OSError) as err:
-        _raise_or_widen(path, err, rows, types)
-    with reader:
-        for field in reader.schema:
-            types.setdefault(field.name, field.type)
+        _raise_or_widen(path, err, types, **where)
+    for field in table.schema:
+        types.setdefault(field.name, field.type)
+    return table
+
+
+def _csv_chunks_scanned(path: Path, keep: list[str], types: dict, ranges: list[list[int]]):
+    """A CSV file's rows, read in blocks of about `CSV_BLOCK_BYTES` cut at row ends.
+
+    Appends each block's byte range to `ranges` (those with rows), so that a later read can
+    start at any block (`_csv_chunks_indexed`) instead of parsing the file up to it.
+    """
+    names = _column_names(path, "csv")
+    start = _csv_header_end(path)
+    rows, pending = 0, b""
+    with open(path, "rb") as handle:
+        handle.seek(start)
         while True:
-            try:
-                batch = reader.read_next_batch()
-            except StopIteration:
+            block = handle.read(CSV_BLOCK_BYTES)
+            data = pending + block if pending else block
+            cut = _row_end(data, last=True) if block else len(data)
+            if not cut:
+                if not block:
+                    return
+                pending = data  # a row longer than a block: read on
+                continue
+            table = _parse_csv(path, data[:cut], names, keep, types, rows_before=rows)
+            if table.num_rows:
+                ranges.append([start, start + cut])
+                rows += table.num_rows
+                yield table
+            start, pending = start + cut, data[cut:]
+            if not block:
                 return
-            except (pa.ArrowInvalid, pa.ArrowException, OSError) as err:
-                _raise_or_widen(path, err, rows, types)
-            rows += batch.num_rows
-            yield batch
 
 
-def _raise_or_widen(path: Path, err: Exception, rows: int, types: dict) -> NoReturn:
+def _csv_chunks_indexed(path: Path, keep: list[str], types: dict, ranges: list[list[int]]):
+    """The CSV blocks at these byte ranges (found by `_csv_chunks_scanned`), each read and parsed on its own."""
+    names = _column_names(path, "csv")
+    with open(path, "rb") as handle:
+        for start, end in ranges:
+            handle.seek(start)
+            yield _parse_csv(path, handle.read(end - start), names, keep, types, byte_offset=start)
+
+
+def _raise_or_widen(path: Path, err: Exception, types: dict, **where) -> NoReturn:
     """Raises `_WidenColumn` for a value its column's type cannot hold, else a `DataSourceError`."""
     import pyarrow as pa
 
@@ -163,18 +225,39 @@ def _raise_or_widen(path: Path, err: Exception, rows: int, types: dict) -> NoRet
         current = str(types.get(column, "string"))
         if current != "string":
             raise _WidenColumn(column, pa.type_for_alias(_WIDER_TYPE.get(current, "string")))
-    raise _read_error(path, "csv", err, rows) from None
+    raise _read_error(path, "csv", err, **where) from None
 
 
-def _parquet_batches(path: Path, keep: list[str], schema):
+def _parquet_chunks(path: Path, keep: list[str], schema, counts: list[int], first_chunk: int | None = None):
+    """A Parquet file's record batches, row group by row group.
+
+    Scanning (`first_chunk` None), appends each row group's count of batches with rows to
+    `counts`; reading from `first_chunk` (of this file), takes the counts as given and starts
+    at that batch's row group.
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     rows = 0
     try:
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=keep):
-            rows += batch.num_rows
-            yield batch.cast(schema) if schema is not None else batch
+        parquet = pq.ParquetFile(path)
+        skip = first_chunk or 0
+        for group in range(parquet.num_row_groups):
+            if first_chunk is not None and skip >= counts[group]:
+                skip -= counts[group]
+                continue
+            found = 0
+            for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, row_groups=[group], columns=keep):
+                if not batch.num_rows:
+                    continue
+                found += 1
+                rows += batch.num_rows
+                if skip:
+                    skip -= 1
+                    continue
+                yield batch.cast(schema) if schema is not None else batch
+            if first_chunk is None:
+                counts.append(found)
     except (pa.ArrowInvalid, pa.ArrowException, OSError) as err:
         raise _read_error(path, "parquet", err, rows) from None
 
@@ -221,6 +304,9 @@ class TableFiles:
         types: {column: Arrow type}: for CSV, settled while scanning (first block, then widened
             where a later block needs it); for Parquet, the files' schemas unified.
         where: What messages name for a column's values (the file, or the glob).
+        index: Per file, once read (`arrow_chunks`): its size and modification time, and where
+            its chunks are (for CSV, each chunk's byte range; for Parquet, each row group's count
+            of chunks).
     """
 
     kind: str
@@ -228,32 +314,55 @@ class TableFiles:
     columns: list[str]
     types: dict
     where: Path
+    index: list[list] | None = None
 
-    def record_batches(self) -> Iterator:
-        """Every file's record batches in order, read with the settled types."""
+    def arrow_chunks(self, first_chunk: int = 0) -> Iterator:
+        """Every file's rows in order, as Arrow tables or record batches (chunks), read with the settled types.
+
+        The first read (`index` None) reads every file from its start and indexes the chunks
+        (CSV: their byte ranges; Parquet: the batches of each row group); later reads start at
+        `first_chunk` without reading the chunks before it.
+        """
         import pyarrow as pa
 
         schema = pa.schema([(name, self.types[name]) for name in self.columns]) if self.kind == "parquet" else None
-        for path in self.files:
-            if self.kind == "parquet":
-                yield from _parquet_batches(path, self.columns, schema)
+        if self.index is None:
+            if first_chunk:  # a plan written without an index: index the files first
+                for _ in self.arrow_chunks():
+                    pass
             else:
-                yield from _csv_batches(path, self.columns, self.types)
+                index: list[dict] = []
+                for path in self.files:
+                    index.append({**_file_version(path), "chunks": []})
+                    if self.kind == "parquet":
+                        yield from _parquet_chunks(path, self.columns, schema, index[-1]["chunks"])
+                    else:
+                        yield from _csv_chunks_scanned(path, self.columns, self.types, index[-1]["chunks"])
+                self.index = index
+                return
+        for path, found in zip(self.files, self.index, strict=True):
+            chunks = found["chunks"]
+            in_file = len(chunks) if self.kind == "csv" else sum(chunks)
+            if first_chunk >= in_file:
+                first_chunk -= in_file
+                continue
+            if _file_version(path) != {key: found[key] for key in ("size", "mtime_ns")}:
+                raise SourceChangedError(f"{path}: changed since it was first read (its size or modification time)")
+            if self.kind == "parquet":
+                yield from _parquet_chunks(path, self.columns, schema, chunks, first_chunk)
+            else:
+                yield from _csv_chunks_indexed(path, self.columns, self.types, chunks[first_chunk:])
+            first_chunk = 0
 
     def chunks(self, first_chunk: int = 0) -> Iterator[dict[str, np.ndarray]]:
-        """The rows as {column: values} in the `SourceData` convention, a record batch at a time.
+        """The rows as {column: values} in the `SourceData` convention, a chunk at a time.
 
         Args:
-            first_chunk: Record batches (with rows) to pass over first: parsed, not converted.
+            first_chunk: Chunks (with rows) to leave out first; once the files are indexed,
+                they are not read.
         """
-        passed = 0
-        for batch in self.record_batches():
-            if not batch.num_rows:
-                continue
-            if passed < first_chunk:
-                passed += 1
-                continue
-            yield {name: _numpy_column(batch.column(name), name, self.where) for name in self.columns}
+        for chunk in self.arrow_chunks(first_chunk):
+            yield {name: _numpy_column(chunk.column(name), name, self.where) for name in self.columns}
 
     def settled_types(self) -> dict[str, str]:
         """A CSV's column types settled while scanning, by name (`SourceData.reopen`); none for Parquet."""
@@ -337,6 +446,7 @@ def read_table_source(kind: str, pattern: str, exclude: list[str], reopen: dict 
 
         if kind == "csv":  # a Parquet file's types come from its schema, as above
             table.types = {column: pa.type_for_alias(alias) for column, alias in reopen["types"].items()}
+        table.index = reopen.get("chunks")
     else:
         summaries = scan_table(table, location)
         rows = summaries[keep[0]].rows if keep else 0
@@ -350,5 +460,5 @@ def read_table_source(kind: str, pattern: str, exclude: list[str], reopen: dict 
         location=location,
         stream=lambda split, first_chunk=0: table.chunks(first_chunk),
         summaries=summaries,
-        reopen={"types": table.settled_types()},
+        reopen={"types": table.settled_types(), "chunks": table.index},
     )

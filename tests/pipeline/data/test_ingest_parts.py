@@ -47,6 +47,20 @@ def _source_options(kind: str, csv_source: Path, tmp_path: Path, monkeypatch) ->
     monkeypatch.setattr(source_data, "CHUNK_BYTES", 16 * 28 * 28)  # images, tfds: 16 images a chunk
     if kind == "csv":
         return {"data_source": f"csv:{csv_source}", "label": TABLE_LABELS["binary"]}
+    if kind == "parquet":  # two files of several row groups, read in batches of 64 rows
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        import pipeline.data.tables as tables
+
+        monkeypatch.setattr(tables, "PARQUET_BATCH_ROWS", 64)
+        rows = pa.table(table_rows("binary", rows=1500))
+        for number, (start, end) in enumerate([(0, 700), (700, 1500)]):
+            (tmp_path / "parquet").mkdir(exist_ok=True)
+            pq.write_table(
+                rows.slice(start, end - start), tmp_path / "parquet" / f"{number}.parquet", row_group_size=150
+            )
+        return {"data_source": f"parquet:{tmp_path}/parquet/*.parquet", "label": TABLE_LABELS["binary"]}
     if kind == "images":
         from tests.pipeline.data.test_image_folder import _folder
 
@@ -58,14 +72,14 @@ def _source_options(kind: str, csv_source: Path, tmp_path: Path, monkeypatch) ->
     return {}
 
 
-@pytest.mark.parametrize("kind", ["csv", "idx", "images", "tfds"])
+@pytest.mark.parametrize("kind", ["csv", "parquet", "idx", "images", "tfds"])
 def test_parts_written_in_any_order_merge_into_the_snapshot_one_process_writes(
     kind, make_config, csv_source, tmp_path, monkeypatch
 ):
     options = _source_options(kind, csv_source, tmp_path, monkeypatch)
     whole = ingest(make_config(workdir=str(tmp_path / "whole"), **options))
 
-    part_mb = {"csv": 0.005, "idx": 0.4, "images": 0.02, "tfds": 0.02}[kind]
+    part_mb = {"csv": 0.005, "parquet": 0.005, "idx": 0.4, "images": 0.02, "tfds": 0.02}[kind]
     config = make_config(workdir=str(tmp_path / "parts"), ingest_part_mb=part_mb, ingest_memory_budget_mb=1, **options)
     plan = plan_ingest(config)
     assert len(plan.parts) >= 4 and {part.split for part in plan.parts} == set(plan.chunk_rows)
@@ -154,6 +168,33 @@ def test_a_source_that_changes_after_planning_is_refused_and_nothing_is_publishe
     with pytest.raises(DataSourceError, match=r"ingest parts \[.*\] of \d+ were not written"):
         finish_ingest(config, plan.folder)
     assert not [p for p in (config.workdir_path / "snapshots").iterdir() if not p.name.startswith(".")]
+
+
+def test_a_part_reads_only_its_own_rows_of_a_table(make_config, csv_source):
+    """A part seeks to its first CSV block (indexed when planning) instead of parsing the file up to it.
+
+    Shown by damaging the file's first rows after planning, in place (same size and time): the
+    last part does not read them, the first part does and names the file and byte offset.
+    """
+    import os
+
+    config = make_config(data_source=f"csv:{csv_source}", label=TABLE_LABELS["binary"], ingest_part_mb=0.005)
+    plan = plan_ingest(config)
+    assert len(plan.parts) >= 4
+    data, stat = csv_source.read_bytes(), csv_source.stat()
+    header_end = data.index(b"\n") + 1
+    second_row = data.index(b"\n", header_end) + 1
+    damaged = data[:header_end] + b"x" * (second_row - header_end - 1) + data[second_row - 1 :]
+    csv_source.write_bytes(damaged)
+    os.utime(csv_source, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+    write_part(config, plan.parts[-1])
+    assert (plan.parts[-1].folder / "part.json").is_file()
+    with pytest.raises(
+        DataSourceError, match=rf"loans.csv: cannot read as CSV: .* \(in the rows from byte {header_end}\)"
+    ):
+        write_part(config, plan.parts[0])
+    assert not plan.parts[0].folder.exists()
 
 
 def test_a_published_plan_is_gone_and_says_so(make_config):

@@ -107,7 +107,6 @@ def test_with_a_shard_file_per_worker_each_worker_reads_only_its_own_files(make_
     assert _images(second) < files[1] and len(_images(second)) == 600
     assert [len(labels) for _, labels in first] == [len(labels) for _, labels in second] == [100] * 6
 
-
     # Read by DATA (a slice): every worker reads the whole slice, in whole batches only, since the
     # strategy cuts each batch into a piece per worker; one worker alone keeps the partial batch.
     sliced = [
