@@ -98,7 +98,8 @@ class PipelineConfig:
     ingest_memory_budget_mb: int = _field(
         64,
         "Serialized examples an ingest part holds in memory before it spills them to disk (MiB, shared "
-        "by the splits it writes); the snapshot is the same whatever the budget.",
+        "by the splits it writes), and what the merge into shards may hold; the snapshot is the same "
+        "whatever the budget.",
         minimum=1,
     )
     ingest_part_mb: float = _field(

@@ -530,7 +530,12 @@ def finish_ingest(config: PipelineConfig, plan_folder: str | Path) -> Snapshot:
             log.info("writing the snapshot %s", final.name)
             try:
                 dataset_dir = write_merged(
-                    staging / "tfds", plan.problem, splits, description=plan.description, shards=config.snapshot_shards
+                    staging / "tfds",
+                    plan.problem,
+                    splits,
+                    description=plan.description,
+                    shards=config.snapshot_shards,
+                    memory_budget_bytes=config.ingest_memory_budget_mb << 20,
                 )
             except OSError as err:
                 raise _write_failed(staging.parent, err) from err

@@ -19,8 +19,10 @@ being the salt), shards counted by TFDS's own rule (`ShardConfig.calculate_numbe
 from __future__ import annotations
 
 import dataclasses
+import logging
 import shutil
 import struct
+import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Protocol
@@ -32,6 +34,8 @@ from pipeline.core.problem import ProblemSpec
 from pipeline.data.byte_columns import Ragged, join_rows, take
 from pipeline.data.example_encoder import can_encode, serialize_rows
 from pipeline.data.key_hashing import hash_keys
+
+log = logging.getLogger(__name__)
 
 DATASET_NAME = "columns_dataset"
 DATASET_VERSION = "1.0.0"
@@ -67,10 +71,13 @@ class SpilledRecords:
         directory: The spill files' folder (created on the first write).
         salt: The hash salt (TFDS uses the split's name).
         memory_budget_bytes: Serialized bytes held in memory before they are written out.
+        key_byte: Which byte of the hash key picks the bucket (the first; the merge spills a
+            bucket too big for memory again by the next one).
     """
 
-    def __init__(self, directory: Path, salt: str, memory_budget_bytes: int):
+    def __init__(self, directory: Path, salt: str, memory_budget_bytes: int, key_byte: int = 0):
         self._salt = salt
+        self._key_byte = key_byte
         self.directory = Path(directory)
         self._budget = memory_budget_bytes
         self._keys: list[np.ndarray] = []  # [n, 16] uint8 per block added
@@ -87,6 +94,10 @@ class SpilledRecords:
 
     def add_many(self, first_key: int, records: Ragged) -> None:
         """Adds serialized examples under consecutive keys, from `first_key` on."""
+        self.add_hashed(hash_keys(self._salt, np.arange(first_key, first_key + len(records.lengths))), records)
+
+    def add_hashed(self, hashed_keys: np.ndarray, records: Ragged) -> None:
+        """Adds serialized examples whose keys are hashed already ([n, 16] uint8, `hash_keys`)."""
         size = len(records.data)
         if self._held_bytes + size > len(self._buffer):
             self._spill()
@@ -95,9 +106,8 @@ class SpilledRecords:
         self._buffer[self._held_bytes : self._held_bytes + size] = records.data
         self._held_bytes += size
         self._lengths.append(records.lengths)
-        count = len(records.lengths)
-        self._keys.append(hash_keys(self._salt, np.arange(first_key, first_key + count)))
-        self.count += count
+        self._keys.append(hashed_keys)
+        self.count += len(records.lengths)
         self.total_bytes += size
 
     def close(self) -> dict[str, int]:
@@ -113,8 +123,8 @@ class SpilledRecords:
         self.directory.mkdir(parents=True, exist_ok=True)
         keys = np.concatenate(self._keys)
         held = Ragged(self._buffer[: self._held_bytes], np.concatenate(self._lengths)).to_arrow()
-        order = np.argsort(keys[:, 0], kind="stable")  # by bucket: the top 8 of 128 bits
-        bounds = np.searchsorted(keys[order, 0], np.arange(SPILL_BUCKETS + 1))
+        order = np.argsort(keys[:, self._key_byte], kind="stable")  # by bucket: 8 of the 128 bits
+        bounds = np.searchsorted(keys[order, self._key_byte], np.arange(SPILL_BUCKETS + 1))
         offsets = np.zeros(SPILL_BUCKETS + 1, "<i8")
         path = self.directory / f"{_SPILL_PREFIX}{self._spills:05d}"
         with open(path, "wb") as handle:
@@ -144,6 +154,10 @@ class _SpillFile:
             handle.seek(-8 * (SPILL_BUCKETS + 1), 2)
             self._offsets = np.frombuffer(handle.read(), "<i8").tolist()
 
+    def bucket_bytes(self, bucket: int) -> int:
+        """The size of the bucket's block in the file (its keys, lengths and records)."""
+        return self._offsets[bucket + 1] - self._offsets[bucket]
+
     def bucket(self, bucket: int) -> tuple[np.ndarray, Ragged] | None:
         """The bucket's hash keys ([n, 16] uint8) and records, or None if it has none here."""
         start, end = self._offsets[bucket], self._offsets[bucket + 1]
@@ -158,23 +172,53 @@ class _SpillFile:
         return keys, Ragged(raw[at + 8 * count :], lengths)
 
 
-def _merged_buckets(directories: Iterable[Path]) -> Iterator[Ragged]:
-    """Each bucket's records of every folder, sorted by hash key: together, TFDS's example order."""
+def _merged_buckets(
+    directories: Iterable[Path], memory_budget_bytes: int, scratch: Path, key_byte: int = 0
+) -> Iterator[Ragged]:
+    """Each bucket's records of every folder, sorted by hash key: together, TFDS's example order.
+
+    A bucket is sorted in memory when its blocks take at most half the budget (it is held about
+    twice, read and sorted); a bigger one (a split of more than 128 budgets) is spilled again
+    under `scratch`, bucketed by the next byte of the keys, and merged likewise.
+    """
     spills = [_SpillFile(path) for folder in directories for path in sorted(Path(folder).glob(f"{_SPILL_PREFIX}*"))]
     for bucket in range(SPILL_BUCKETS):
-        read = [found for spill in spills if (found := spill.bucket(bucket)) is not None]
-        if not read:
+        size = sum(spill.bucket_bytes(bucket) for spill in spills)
+        if not size:
             continue
+        if 2 * size > memory_budget_bytes and key_byte + 1 < 16:
+            yield from _merged_big_bucket(spills, bucket, size, memory_budget_bytes, scratch, key_byte)
+            continue
+        read = [found for spill in spills if (found := spill.bucket(bucket)) is not None]
         keys = np.concatenate([found[0] for found in read])
         records = Ragged.concat([found[1] for found in read])
         high, low = np.ascontiguousarray(keys).view(">u8").T
         yield take(records, np.lexsort((low, high)))
 
 
-def merged_records(directories: Iterable[Path]) -> Iterator[bytes]:
+def _merged_big_bucket(
+    spills: list[_SpillFile], bucket: int, size: int, memory_budget_bytes: int, scratch: Path, key_byte: int
+) -> Iterator[Ragged]:
+    """One bucket too big to sort in memory: spilled again by the next key byte, then merged."""
+    log.info("merge: bucket %d of key byte %d holds %d bytes: spilling it by the next byte", bucket, key_byte, size)
+    folder = Path(tempfile.mkdtemp(prefix=f"bucket-{key_byte}-{bucket}-", dir=scratch))
+    try:
+        again = SpilledRecords(folder, "", memory_budget_bytes, key_byte=key_byte + 1)
+        for spill in spills:
+            if (found := spill.bucket(bucket)) is not None:
+                again.add_hashed(*found)
+        again.close()
+        yield from _merged_buckets([folder], memory_budget_bytes, scratch, key_byte + 1)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def merged_records(directories: Iterable[Path], memory_budget_bytes: int = 1 << 30) -> Iterator[bytes]:
     """Every record the `SpilledRecords` of these folders hold, in hash-key order (TFDS's example order)."""
-    for records in _merged_buckets(directories):
-        yield from records.to_list()
+    directories = list(directories)
+    with tempfile.TemporaryDirectory(prefix=".merge-", dir=directories[0].parent) as scratch:
+        for records in _merged_buckets(directories, memory_budget_bytes, Path(scratch)):
+            yield from records.to_list()
 
 
 def tfrecord_frames(records: Ragged) -> bytes:
@@ -263,7 +307,9 @@ def write_dataset(
         for chunk in chunks():
             records.add_many(records.count, serialized_records(problem, features, chunk))
         parts[split] = SplitParts([records.directory], **records.close())
-    out = write_merged(data_dir, problem, parts, description=description, shards=shards)
+    out = write_merged(
+        data_dir, problem, parts, description=description, shards=shards, memory_budget_bytes=memory_budget_bytes
+    )
     shutil.rmtree(spill, ignore_errors=True)
     return out
 
@@ -278,7 +324,13 @@ class SplitParts:
 
 
 def write_merged(
-    data_dir: Path, problem: ProblemSpec, splits: dict[str, SplitParts], *, description: str, shards: int | None
+    data_dir: Path,
+    problem: ProblemSpec,
+    splits: dict[str, SplitParts],
+    *,
+    description: str,
+    shards: int | None,
+    memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES,
 ) -> Path:
     """Merges each split's parts into TFRecord shards in TFDS's example order, plus TFDS metadata.
 
@@ -288,6 +340,8 @@ def write_merged(
         splits: {split: its parts}.
         description: Where the data came from (stored in dataset_info.json).
         shards: Shard files per split (at most one per row); None: TFDS's rule (64 MiB to 1 GiB each).
+        memory_budget_bytes: What the merge may hold; a bucket bigger than half of it is spilled
+            again (under `data_dir`, removed afterwards) and merged a part at a time.
 
     Returns:
         The dataset's version folder.
@@ -316,7 +370,8 @@ def write_merged(
             lengths = [end - start for start, end in zip(bounds, bounds[1:], strict=False)]
         split_template = template.replace(split=split)
         paths = [split_template.sharded_filepath(shard_index=n, num_shards=len(lengths)) for n in range(len(lengths))]
-        _write_shards(_merged_buckets(parts.folders), paths, lengths)
+        with tempfile.TemporaryDirectory(prefix=".merge-", dir=data_dir) as scratch:
+            _write_shards(_merged_buckets(parts.folders, memory_budget_bytes, Path(scratch)), paths, lengths)
         split_infos.append(
             tfds.core.SplitInfo(
                 name=split, shard_lengths=lengths, num_bytes=parts.bytes, filename_template=split_template

@@ -1,11 +1,13 @@
 """`csv:` and `parquet:` sources: a file or a glob of files streamed with pyarrow.
 
-Tables are never held whole: a first pass settles the column types and summarizes each
-column for problem inference (`scan_table`), and ingest then streams the rows a record batch
-at a time. All files of a glob must have the same columns; their types are unified (whole
-numbers in one file and decimals in another become decimals). Text values that mean
-"missing" in CSV files (`MISSING_MARKERS`: '', 'NA', 'null', '?', ...) are missing values, in
-text columns too.
+Tables are never held whole: a first pass settles the column types, summarizes each column
+for problem inference (`scan_table`) and indexes the chunks (`TableFiles.arrow_chunks`: a CSV
+file is cut into blocks of about `CSV_BLOCK_BYTES` at row ends, each parsed by pyarrow; a
+Parquet file is read in batches, row group by row group); ingest then streams the rows a chunk
+at a time, from any chunk on without reading those before it. All files of a glob must have
+the same columns; their types are unified (whole numbers in one file and decimals in another
+become decimals). Text values that mean "missing" in CSV files (`MISSING_MARKERS`: '', 'NA',
+'null', '?', ...) are missing values, in text columns too.
 """
 
 from __future__ import annotations

@@ -181,6 +181,23 @@ def test_hash_order_does_not_depend_on_when_records_spill_nor_on_how_they_are_pa
     assert in_order != [f"record {i}".encode() for i in range(1000)]  # shuffled, not source order
 
 
+def test_a_bucket_bigger_than_the_merge_budget_is_spilled_again_and_merged_in_the_same_order(tmp_path, caplog):
+    """A split of more than 128 budgets: each bucket is bucketed again by the next key byte, then merged."""
+    import logging
+
+    records = SpilledRecords(tmp_path / "spill", "train", memory_budget_bytes=1 << 20)
+    rows = [b"record %05d " % index + bytes(index % 90) for index in range(5000)]  # ~250 kB: buckets of ~1.5 kB
+    records.add_many(0, Ragged.of(rows))
+    records.close()
+    whole = list(merged_records([tmp_path / "spill"]))
+    with caplog.at_level(logging.INFO, logger="pipeline.data.shard_writer"):
+        bounded = list(merged_records([tmp_path / "spill"], memory_budget_bytes=1024))
+    assert bounded == whole and sorted(bounded) == sorted(rows)
+    assert "of key byte 0 holds" in caplog.text  # buckets spilled again by the second byte...
+    assert "of key byte 1 holds" not in caplog.text  # ...whose buckets fit
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["spill"]  # the merge's scratch is gone
+
+
 _SPILL_IN_A_FRESH_PROCESS = """
 import json, sys, tracemalloc
 import numpy as np
