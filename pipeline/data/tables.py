@@ -166,7 +166,7 @@ def _parse_csv(path: Path, data: bytes, names: list[str], keep: list[str], types
     try:
         table = pa_csv.read_csv(
             pa.BufferReader(data),
-            read_options=pa_csv.ReadOptions(column_names=names, block_size=CSV_BLOCK_BYTES),
+            read_options=pa_csv.ReadOptions(column_names=names, block_size=max(CSV_BLOCK_BYTES, len(data))),
             convert_options=_convert_options(keep, types),
         )
     except (pa.ArrowInvalid, pa.ArrowException, OSError) as err:

@@ -256,3 +256,24 @@ def test_a_row_that_breaks_deep_in_a_streamed_csv_is_named_with_its_file_and_pla
     with pytest.raises(DataSourceError, match=r"deep.csv: cannot read as CSV: CSV parse error.* after row (\d+)\)"):
         ingest(config)
     assert _published(config) == []
+
+
+@pytest.mark.parametrize("line_break", ["\n", "\r\n"], ids=["lf", "crlf"])
+def test_a_reopened_table_starts_at_any_block_with_or_without_the_first_reads_index(tmp_path, monkeypatch, line_break):
+    """Blocks are cut at row ends (LF or CRLF, a row longer than a block included) and indexed when first read."""
+    from pipeline.data import tables
+
+    monkeypatch.setattr(tables, "CSV_BLOCK_BYTES", 64)
+    rows = [f"{i},{'x' * (150 if i == 7 else i % 5)},{'p' if i % 2 else 'q'}" for i in range(60)]
+    path = tmp_path / "rows.csv"
+    path.write_bytes(line_break.join(["a,b,y", *rows]).encode() + b"\n")
+    first = tables.read_table_source("csv", str(path), [])
+    blocks = list(first.stream("data"))
+    assert len(blocks) > 5 and np.concatenate([block["a"] for block in blocks]).tolist() == list(range(60))
+    assert [value for block in blocks for value in block["b"]][7] == "x" * 150  # longer than a block
+    indexed = tables.read_table_source("csv", str(path), [], first.reopen)
+    unindexed = tables.read_table_source("csv", str(path), [], {"types": first.reopen["types"]})  # an older plan
+    for source in (indexed, unindexed):
+        from_third = list(source.stream("data", 3))
+        assert len(from_third) == len(blocks) - 3
+        assert all(np.array_equal(a["a"], b["a"]) for a, b in zip(from_third, blocks[3:], strict=True))
