@@ -216,7 +216,7 @@ tracemalloc.start()
 for number, data in enumerate(chunks):
     records.add_many(number * 100, Ragged(data, np.full(100, chunk // 100, np.int64)))
 records.close()
-print(json.dumps({"numpy": tracemalloc.get_traced_memory()[1], "arrow": pa.system_memory_pool().max_memory()}))
+print(json.dumps({"numpy": tracemalloc.get_traced_memory()[1], "arrow": pa.default_memory_pool().max_memory()}))
 """
 
 
