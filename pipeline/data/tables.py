@@ -316,7 +316,7 @@ class TableFiles:
     columns: list[str]
     types: dict
     where: Path
-    index: list[list] | None = None
+    index: list[dict] | None = None
 
     def arrow_chunks(self, first_chunk: int = 0) -> Iterator:
         """Every file's rows in order, as Arrow tables or record batches (chunks), read with the settled types.
