@@ -337,11 +337,14 @@ class TableFiles:
                 for path in self.files:
                     index.append({**_file_version(path), "chunks": []})
                     if self.kind == "parquet":
-                        yield from _parquet_chunks(path, self.columns, schema, index[-1]["chunks"])
+                        yield from _read_ahead(_parquet_chunks(path, self.columns, schema, index[-1]["chunks"]))
                     else:
-                        yield from _csv_chunks_scanned(path, self.columns, self.types, index[-1]["chunks"])
+                        yield from _read_ahead(_csv_chunks_scanned(path, self.columns, self.types, index[-1]["chunks"]))
                 self.index = index
                 return
+        yield from _read_ahead(self._indexed_chunks(first_chunk, schema))
+
+    def _indexed_chunks(self, first_chunk: int, schema) -> Iterator:
         for path, found in zip(self.files, self.index, strict=True):
             chunks = found["chunks"]
             in_file = len(chunks) if self.kind == "csv" else sum(chunks)
@@ -371,6 +374,28 @@ class TableFiles:
         if self.kind != "csv":
             return {}
         return {name: str(arrow_type) for name, arrow_type in self.types.items()}
+
+
+_DONE = object()
+
+
+def _read_ahead(chunks: Iterator) -> Iterator:
+    """The chunks, each read in a background thread while the caller works on the one before.
+
+    pyarrow parses without holding the GIL, so on two cores or more the parse of the next
+    chunk overlaps the caller's numpy work. Errors are raised where the chunk is asked for.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1, thread_name_prefix="table-read-ahead") as reader:
+        try:
+            coming = reader.submit(next, chunks, _DONE)
+            while (chunk := coming.result()) is not _DONE:
+                coming = reader.submit(next, chunks, _DONE)
+                yield chunk
+        finally:
+            coming.cancel() or coming.exception()  # a read under way ends before the file is closed
+            chunks.close()
 
 
 def _parquet_types(files: list[Path], columns: list[str], pattern: str) -> dict:

@@ -277,3 +277,29 @@ def test_a_reopened_table_starts_at_any_block_with_or_without_the_first_reads_in
         from_third = list(source.stream("data", 3))
         assert len(from_third) == len(blocks) - 3
         assert all(np.array_equal(a["a"], b["a"]) for a, b in zip(from_third, blocks[3:], strict=True))
+
+
+def test_read_ahead_keeps_the_order_raises_where_asked_and_closes_its_source():
+    from pipeline.data.tables import _read_ahead
+
+    closed = []
+
+    def chunks(fail_at=None):
+        try:
+            for number in range(5):
+                if number == fail_at:
+                    raise DataSourceError(f"broken chunk {number}")
+                yield number
+        finally:
+            closed.append(fail_at)
+
+    assert list(_read_ahead(chunks())) == [0, 1, 2, 3, 4]
+    got = []
+    with pytest.raises(DataSourceError, match="broken chunk 3"):
+        for number in _read_ahead(chunks(fail_at=3)):
+            got.append(number)
+    assert got == [0, 1, 2]
+    early = _read_ahead(chunks(fail_at=-1))
+    assert next(early) == 0
+    early.close()  # a part that stops after its chunks: the read under way ends, the source is closed
+    assert closed == [None, 3, -1]
