@@ -87,7 +87,10 @@ def serving_running() -> int | None:
         process = psutil.Process(pid)
         # The server outlives the command that started it; a parent that does not reap its
         # children (a container's init) leaves it a zombie after it exits, which signal 0 reaches.
-        if process.status() != psutil.STATUS_ZOMBIE and "serving.server" in process.cmdline():
+        # A process on its way out has released its memory, and with it its command line: it is
+        # still ours until it is a zombie or gone.
+        command = process.cmdline()
+        if process.status() != psutil.STATUS_ZOMBIE and (not command or "serving.server" in command):
             return pid
     except psutil.Error:
         pass
