@@ -140,18 +140,29 @@ def _wait_for_approval(airflow: dict, run_id: str) -> dict:
         status, detail = request(_approval_url(airflow, run_id), token=airflow["token"])
         return detail if status == 200 and task_states(airflow, run_id)["approve"] == "awaiting_input" else None
 
-    detail = wait_for(asking, 900, "the approval request", interval=3)
-    time.sleep(5)  # A person never answers at once (and the sooner the answer, the likelier Airflow's race: _decide).
-    return detail
+    return wait_for(asking, 900, "the approval request", interval=3)
+
+
+def _pause_seen_by_scheduler(airflow: dict, run_id: str, try_number: int) -> bool:
+    """Whether the scheduler has processed the executor's event for the paused `approve` try.
+
+    Its standalone log says so with a "TaskInstance Finished" line in state awaiting_input.
+    """
+    finished = f"TaskInstance Finished: dag_id={DAG_ID}, task_id=approve, run_id={run_id},"
+    return any(
+        finished in line and "state=awaiting_input," in line and f"try_number={try_number}," in line
+        for line in (airflow["home"] / "standalone.log").read_text(errors="replace").splitlines()
+    )
 
 
 def _decide(airflow: dict, run_id: str, option: str) -> str:
     """Answers the approval form as the logged-in admin, waits for the run to end; returns its state.
 
-    Airflow 3.3 races when the answer comes before the scheduler has processed the executor's event
-    for the paused try (seen 11 s after the pause on a busy 2-core machine): it takes the resumed
-    task for one changed externally and retries it, and the new try asks again. A person would
-    answer the new request; so does this, once per try.
+    The answer waits until the scheduler has processed the executor's event for the paused try.
+    Airflow 3.3 races when the answer comes first (apache/airflow#72716; seen 11 s after the pause
+    on a busy 2-core machine): the stale event finds the resumed try running, takes it for a task
+    changed externally and retries it. The resumed try's report is then refused, an error line in
+    its log, and the new try asks again. Should that still happen, this answers once per try.
     """
     answered: set[int] = set()
 
@@ -160,10 +171,15 @@ def _decide(airflow: dict, run_id: str, option: str) -> str:
         if state in ("success", "failed"):
             return state
         approve = task_instances(airflow, run_id)["approve"]
-        if approve["state"] == "awaiting_input" and approve["try_number"] not in answered:
+        try_number = approve["try_number"]
+        if (
+            approve["state"] == "awaiting_input"
+            and try_number not in answered
+            and _pause_seen_by_scheduler(airflow, run_id, try_number)
+        ):
             body = {"chosen_options": [option]}
             if request(_approval_url(airflow, run_id), "PATCH", body, airflow["token"])[0] == 200:
-                answered.add(approve["try_number"])
+                answered.add(try_number)
         return None
 
     return wait_for(ended, 900, f"run {run_id} to end after the answer {option!r}", interval=3)
