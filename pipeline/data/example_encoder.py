@@ -9,7 +9,8 @@ Python loop over the rows. The records parse to the same `tf.train.Example` TFDS
 features' order; TFDS's own order is that of the protobuf runtime's hash map, which differs
 from process to process, so no reader depends on it.
 
-Images are not scalars: a chunk with an image column is serialized by TFDS, row by row.
+An image is one bytes entry: its PNG file, the bytes TFDS's `Image` feature writes through
+TensorFlow (`png.encode_png` writes them without TensorFlow).
 
 Wire form of one scalar entry (proto3; `len` is a varint):
     Features.feature entry  0a len { 0a len <key>  12 len Feature }
@@ -22,8 +23,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.core.problem import FLOAT, IMAGE, INT, ProblemSpec
+from pipeline.core.problem import FLOAT, IMAGE, INT, FeatureSpec, ProblemSpec
 from pipeline.data.byte_columns import Ragged, compact, join_rows, utf8, varint_lengths, varints
+from pipeline.data.png import encode_png
 
 
 def varint(value: int) -> bytes:
@@ -65,10 +67,9 @@ def _int_pieces(key: bytes, values: np.ndarray) -> list[Ragged]:
     return [compact(table[which], prefix_lengths[which]), encoded]
 
 
-def _bytes_pieces(key: bytes, values: np.ndarray) -> list[Ragged]:
-    """A text scalar's entries: the nested lengths as varints, and the UTF-8 bytes."""
-    text = utf8(values)
-    rows = len(values)
+def _bytes_pieces(key: bytes, text: Ragged) -> list[Ragged]:
+    """A bytes scalar's entries (UTF-8 text, a PNG file): the nested lengths as varints, and the bytes."""
+    rows = len(text.lengths)
     bytes_list = 1 + varint_lengths(text.lengths) + text.lengths
     feature = 1 + varint_lengths(bytes_list) + bytes_list
     key_field = _field(0x0A, key)
@@ -86,37 +87,36 @@ def _bytes_pieces(key: bytes, values: np.ndarray) -> list[Ragged]:
     ]
 
 
-def _column_pieces(key: str, dtype: str, values: np.ndarray) -> list[Ragged]:
-    encoded = key.encode("utf-8")
-    if dtype == FLOAT:
+def _column_pieces(feature: FeatureSpec, values: np.ndarray) -> list[Ragged]:
+    encoded = feature.key.encode("utf-8")
+    if feature.kind == IMAGE:
+        if values.shape[1:] != tuple(feature.shape):
+            raise ValueError(f"feature {feature.key!r}: images of shape {values.shape[1:]}, not {tuple(feature.shape)}")
+        return _bytes_pieces(encoded, encode_png(values))
+    if feature.dtype == FLOAT:
         return _float_pieces(encoded, values)
-    if dtype == INT:
+    if feature.dtype == INT:
         return _int_pieces(encoded, values)
-    return _bytes_pieces(encoded, values)
-
-
-def can_encode(problem: ProblemSpec) -> bool:
-    """Whether every feature is a scalar this module writes (no images)."""
-    return all(f.kind != IMAGE for f in problem.features)
+    return _bytes_pieces(encoded, utf8(values))
 
 
 def serialize_rows(problem: ProblemSpec, features: dict[str, np.ndarray], labels: np.ndarray) -> Ragged:
-    """The serialized `tf.train.Example` of each row of a chunk of scalar features, as one `Ragged`.
+    """The serialized `tf.train.Example` of each row of a chunk, as one `Ragged`.
 
     Args:
-        problem: The spec (feature dtypes; the label is a class id or a float32 value).
-        features: {feature key: values} as `problem_inference.prepare_columns` gives them.
+        problem: The spec (feature kinds, dtypes and image shapes; the label is a class id or a
+            float32 value).
+        features: {feature key: values} as `problem_inference.prepare_columns` gives them;
+            images as uint8 [rows, height, width, channels].
         labels: Class ids (int64) or values (float32).
 
     Returns:
         One record per row, in row order.
 
     Raises:
-        ValueError: for an image feature (`can_encode`), or a class id outside the classes.
+        ValueError: for images of another shape than the spec's, or a class id outside the classes.
     """
-    if not can_encode(problem):
-        raise ValueError("the column-wise encoder writes scalar features only; images go through TFDS")
-    pieces = [piece for f in problem.features for piece in _column_pieces(f.key, f.dtype, features[f.key])]
+    pieces = [piece for f in problem.features for piece in _column_pieces(f, features[f.key])]
     label_key = problem.label_key.encode("utf-8")
     if problem.is_classification:
         if len(labels) and (labels.min() < 0 or labels.max() >= problem.num_classes):

@@ -446,9 +446,7 @@ def write_part(config: PipelineConfig, part: IngestPart) -> str:
         return str(part.folder)  # the data has a snapshot already: `finish_ingest` reuses it
     source = read_source(config, plan.reopen)
     from pipeline.data.shard_writer import SpilledRecords, serialized_records
-    from pipeline.data.snapshot_builder import features_dict
 
-    features = features_dict(plan.problem)
     before = plan.chunk_rows[part.split][: part.first_chunk]
     next_index = {split: sum(rows.get(split, 0) for rows in before) for split in plan.rows}
     first_row = sum(sum(rows.values()) for rows in before)
@@ -468,7 +466,7 @@ def write_part(config: PipelineConfig, part: IngestPart) -> str:
                     if {split: len(rows.labels) for split, rows in routed.items()} != planned:
                         raise _changed(source, part)
                     for split, rows in routed.items():
-                        records[split].add_many(next_index[split], serialized_records(plan.problem, features, rows))
+                        records[split].add_many(next_index[split], serialized_records(plan.problem, rows))
                         next_index[split] += len(rows.labels)
                     read += 1
             except SourceChangedError as err:

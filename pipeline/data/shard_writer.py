@@ -8,7 +8,8 @@ each keying its records by their index in the whole split, and the parts are the
 bucket by bucket into shards (`write_merged`). The snapshot is the same however many parts.
 
 What it writes is what TFDS writes: the same features (`snapshot_builder.features_dict`;
-rows of scalars are serialized column by column by `example_encoder`, to the same protos), the
+rows are serialized column by column by `example_encoder`, to the same protos, and images to
+the PNG bytes TFDS's TensorFlow op writes, by `png`), the
 same example order (rows ordered by TFDS's salted MD5 hash of their index, the split's name
 being the salt), shards counted by TFDS's own rule (`ShardConfig.calculate_number_shards`:
 64 MiB to 1 GiB each) and named by its file template, and the metadata
@@ -32,7 +33,7 @@ import numpy as np
 
 from pipeline.core.problem import ProblemSpec
 from pipeline.data.byte_columns import Ragged, join_rows, take
-from pipeline.data.example_encoder import can_encode, serialize_rows
+from pipeline.data.example_encoder import serialize_rows
 from pipeline.data.key_hashing import hash_keys
 
 log = logging.getLogger(__name__)
@@ -246,27 +247,9 @@ def _masked(crcs: np.ndarray) -> np.ndarray:
     return (((crcs >> np.uint32(15)) | (crcs << np.uint32(17))) + np.uint32(0xA282EAD8)).astype("<u4")
 
 
-def serialized_records(problem: ProblemSpec, features, chunk: RowChunk) -> Ragged:
-    """A chunk's records: column by column for scalars (`example_encoder`), else TFDS's serializer row by row.
-
-    TFDS's serializer is used with deterministic (key-sorted) map entries: its own bytes follow
-    the protobuf runtime's hash map, whose order changes from process to process, and the
-    snapshot must be byte for byte the same whichever processes wrote its parts.
-    """
-    if can_encode(problem):
-        return serialize_rows(problem, chunk.features, chunk.labels)
-    from tensorflow_datasets.core.example_serializer import ExampleSerializer
-
-    serializer = ExampleSerializer(features.get_serialized_info())
-    keys = list(chunk.features)
-    return Ragged.of(
-        [
-            serializer.get_tf_example(
-                features.encode_example({key: chunk.features[key][row] for key in keys} | {problem.label_key: label})
-            ).SerializeToString(deterministic=True)
-            for row, label in enumerate(chunk.labels)
-        ]
-    )
+def serialized_records(problem: ProblemSpec, chunk: RowChunk) -> Ragged:
+    """A chunk's records, written column by column (`example_encoder`), images included."""
+    return serialize_rows(problem, chunk.features, chunk.labels)
 
 
 def write_dataset(
@@ -297,15 +280,12 @@ def write_dataset(
     Raises:
         OSError: if writing fails (a full disk, say); the caller discards the folder.
     """
-    from pipeline.data.snapshot_builder import features_dict
-
-    features = features_dict(problem)
     spill = Path(data_dir) / ".spill"
     parts = {}
     for split, chunks in splits.items():
         records = SpilledRecords(spill / split, split, memory_budget_bytes)
         for chunk in chunks():
-            records.add_many(records.count, serialized_records(problem, features, chunk))
+            records.add_many(records.count, serialized_records(problem, chunk))
         parts[split] = SplitParts([records.directory], **records.close())
     out = write_merged(
         data_dir, problem, parts, description=description, shards=shards, memory_budget_bytes=memory_budget_bytes

@@ -224,3 +224,32 @@ def test_data_with_a_snapshot_plans_one_empty_part_and_writes_nothing(make_confi
     assert write_part(config, plan.parts[0]) == str(plan.parts[0].folder) and not plan.parts[0].folder.exists()
     assert finish_ingest(config, plan.folder).path == published.path
     assert not plan.folder.exists()
+
+
+@pytest.mark.parametrize("kind", ["csv", "idx", "images"])
+def test_a_part_is_written_without_importing_tensorflow(kind, make_config, tmp_path):
+    """Each mapped ingest task is a new process: writing its records, PNG-encoded images included,
+    needs neither TensorFlow (seconds to import, and its memory) nor TFDS."""
+    from tests.pipeline.data.test_image_folder import _folder
+
+    sources = {
+        "csv": {"data_source": f"csv:{write_table(tmp_path / 'loans.csv', table_rows('binary', rows=300))}"},
+        "idx": {},
+        "images": {"data_source": f"images:{_folder(tmp_path / 'animals', 10, size=(28, 28))}"},
+    }
+    config = make_config(**sources[kind], **({"label": TABLE_LABELS["binary"]} if kind == "csv" else {}))
+    plan = plan_ingest(config)
+    code = (
+        "import json, sys\n"
+        "from pipeline.core.config import PipelineConfig\n"
+        "from pipeline.data.ingest import IngestPart, write_part\n"
+        f"config = PipelineConfig(**{config.to_dict()!r})\n"
+        f"for part in {[part.__dict__ for part in plan.parts]!r}:\n"
+        "    write_part(config, IngestPart(**part))\n"
+        "print(json.dumps([name for name in ('tensorflow', 'tensorflow_datasets') if name in sys.modules]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[-1]) == []
+    snapshot = finish_ingest(config, plan.folder)
+    assert snapshot.splits == plan.rows
