@@ -154,16 +154,20 @@ def run_step(name: str, state: dict | None = None) -> dict | None:
 def plan_ingest() -> list[dict]:
     """The parts ingest writes, one mapped task each."""
     from pipeline import runner
+    from pipeline.core.native_logs import native_stderr_to_logging
 
-    return fail_on_pipeline_error(runner.ingest_parts, current_config())
+    with native_stderr_to_logging(logging.getLogger("tensorflow.native")):  # `tfds:` sources read with TensorFlow
+        return fail_on_pipeline_error(runner.ingest_parts, current_config())
 
 
 def write_ingest_part(part: dict) -> str:
     """Writes one part of the ingest plan; returns its folder."""
     from pipeline import runner
+    from pipeline.core.native_logs import native_stderr_to_logging
 
     get_current_context()["part_name"] = f"part {part['index'] + 1} of {part['parts']} ({part['split']})"
-    return fail_on_pipeline_error(runner.write_ingest_part, current_config(), part)
+    with native_stderr_to_logging(logging.getLogger("tensorflow.native")):
+        return fail_on_pipeline_error(runner.write_ingest_part, current_config(), part)
 
 
 def ingest_from_parts(parts: list[dict], part_folders: list[str]) -> dict | None:

@@ -107,15 +107,16 @@ def _run(airflow: dict, run_id: str) -> dict:
 
 
 def _task_log_problems(home: Path, run_id: str) -> dict[str, list[str]]:
-    """Error-level lines (shown red in the UI) of each task log of a run, by task."""
+    """Error-level lines (shown red in the UI) of each task log of a run, mapped tasks' included, by task."""
     problems = {}
-    for log_file in (home / "logs" / f"dag_id={DAG_ID}" / f"run_id={run_id}").glob("task_id=*/attempt=*.log"):
+    run_logs = home / "logs" / f"dag_id={DAG_ID}" / f"run_id={run_id}"
+    for log_file in run_logs.glob("task_id=*/**/attempt=*.log"):
         lines = [json.loads(line) for line in log_file.read_text().splitlines() if line.startswith("{")]
         bad = [
             f"{line.get('logger')}: {line.get('event')}" for line in lines if line.get("level") in ("error", "critical")
         ]
         if bad:
-            problems[log_file.parent.name] = bad
+            problems[str(log_file.parent.relative_to(run_logs))] = bad
     return problems
 
 
@@ -230,6 +231,8 @@ def test_scheduler_runs_the_dag_triggered_through_the_rest_api(standalone, servi
     )
     # A healthy run: no red (error-level) line in any task's log, TensorFlow's start-up included.
     assert _task_log_problems(standalone["home"], run_id) == {}
+    mapped = (standalone["home"] / "logs").rglob(f"run_id={run_id}/task_id=ingest_part/map_index=*/attempt=1.log")
+    assert any(mapped)  # the mapped tasks' logs are among those read
     train_log = next((standalone["home"] / "logs").rglob(f"run_id={run_id}/task_id=train/attempt=1.log")).read_text()
     assert "tensorflow.native" in train_log  # its start-up lines are there, at their own (lower) level
     # The run report and the registry, served by the plugin behind Airflow's login.
