@@ -96,7 +96,7 @@ class PipelineConfig:
         choices=IMAGE_MODES,
     )
     ingest_memory_budget_mb: int = _field(
-        64,
+        32,
         "Serialized examples an ingest part holds in memory before it spills them to disk (MiB, shared "
         "by the splits it writes), and what the merge into shards may hold; the snapshot is the same "
         "whatever the budget.",

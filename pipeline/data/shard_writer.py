@@ -28,19 +28,19 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Protocol
 
-import crc32c
 import numpy as np
 
 from pipeline.core.problem import ProblemSpec
-from pipeline.data.byte_columns import Ragged, join_rows, take
+from pipeline.data.byte_columns import Ragged, take
 from pipeline.data.example_encoder import serialize_rows
 from pipeline.data.key_hashing import hash_keys
+from pipeline.data.tfrecord import frames
 
 log = logging.getLogger(__name__)
 
 DATASET_NAME = "columns_dataset"
 DATASET_VERSION = "1.0.0"
-DEFAULT_MEMORY_BUDGET_BYTES = 64 << 20
+DEFAULT_MEMORY_BUDGET_BYTES = 32 << 20
 SPILL_BUCKETS = 256
 _BLOCK_HEADER = struct.Struct("<Q")  # records in a bucket's block of a spill file
 
@@ -222,31 +222,6 @@ def merged_records(directories: Iterable[Path], memory_budget_bytes: int = 1 << 
             yield from records.to_list()
 
 
-def tfrecord_frames(records: Ragged) -> bytes:
-    """The records framed as a TFRecord file frames them (what `tf.io.TFRecordWriter` writes).
-
-    Each record: its length (uint64), the length's masked CRC-32C, the record, and the
-    record's masked CRC-32C (all little-endian).
-    """
-    count = len(records.lengths)
-    if not count:
-        return b""
-    record_crcs = np.fromiter(map(crc32c.crc32c, records.to_arrow().to_pylist()), np.uint32, count)
-    lengths, which = np.unique(records.lengths, return_inverse=True)
-    length_crcs = np.asarray([crc32c.crc32c(int(n).to_bytes(8, "little")) for n in lengths.tolist()], np.uint32)
-    headers = np.empty((count, 12), np.uint8)
-    headers[:, :8] = records.lengths.astype("<u8").view(np.uint8).reshape(count, 8)
-    headers[:, 8:] = _masked(length_crcs[which.reshape(-1)]).view(np.uint8).reshape(count, 4)
-    footers = _masked(record_crcs).view(np.uint8).reshape(count, 4)
-    return join_rows([Ragged.fixed(headers), records, Ragged.fixed(footers)]).data.tobytes()
-
-
-def _masked(crcs: np.ndarray) -> np.ndarray:
-    """TFRecord's masked CRC: rotated right by 15 bits plus a constant (little-endian uint32)."""
-    crcs = crcs.astype(np.uint32)
-    return (((crcs >> np.uint32(15)) | (crcs << np.uint32(17))) + np.uint32(0xA282EAD8)).astype("<u4")
-
-
 def serialized_records(problem: ProblemSpec, chunk: RowChunk) -> Ragged:
     """A chunk's records, written column by column (`example_encoder`), images included."""
     return serialize_rows(problem, chunk.features, chunk.labels)
@@ -378,5 +353,5 @@ def _write_shards(ordered: Iterator[Ragged], paths: list[Path], lengths: list[in
                     pending = next(ordered)
                 now = min(length, len(pending.lengths))
                 written, pending = pending.rows(0, now), pending.rows(now, len(pending.lengths))
-                out.write(tfrecord_frames(written))
+                out.write(frames(written))
                 length -= now

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ import numpy as np
 from pipeline.core.artifacts import read_json
 from pipeline.core.config import AUTO
 from pipeline.core.errors import ConfigError, DataSourceError
-from pipeline.core.problem import IMAGE, STRING, ProblemSpec
+from pipeline.core.problem import IMAGE, ProblemSpec
 
 SNAPSHOT_FILE = "snapshot.json"
 # Snapshot layout version: 2 stores the problem spec (features, label, task).
@@ -166,18 +165,46 @@ class Snapshot:
         dataset = self._as_dataset(split, input_context, files_in_turn)
         return dataset.map(lambda example: ({k: example[k] for k in keys}, example[label_key]))
 
+    def _split_infos(self):
+        """TFDS's split infos of the snapshot, read from dataset_info.json without TensorFlow."""
+        from tensorflow_datasets.core import dataset_info
+
+        folder = self.path / self.tfds_dir
+        proto = dataset_info.read_from_json(folder / "dataset_info.json")
+        return dataset_info.get_split_dict_from_proto(proto, data_dir=folder)
+
+    def file_instructions(self, split: str) -> list[tuple[Path, int, int]]:
+        """The shard files a split expression reads, in order: (path, records to skip, records to read).
+
+        Raises:
+            ConfigError: if the expression does not name a split of this snapshot.
+        """
+        base = self.base_split(split)
+        if base not in self.splits:
+            raise ConfigError(
+                f"split {split!r} is not in snapshot {self.name} (splits: {', '.join(sorted(self.splits))})"
+            )
+        try:
+            instructions = self._split_infos()[split].file_instructions
+        except (ValueError, AssertionError, KeyError) as err:
+            raise ConfigError(f"bad split expression {split!r}: {err}") from err
+        return [(Path(i.filename), i.skip, i.take) for i in instructions]
+
     def shard_count(self, split: str) -> int:
         """How many shard files a (whole) split is stored in."""
-        return len(self.builder().info.splits[split].shard_lengths)
+        return len(self._split_infos()[split].shard_lengths)
 
     def iter_batches(
         self, split: str, batch_size: int = 4096, shard: tuple[int, int] | None = None
     ) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
-        """Reads a split batch by batch, in file order, holding one batch at a time.
+        """Reads a split batch by batch, in file order, holding one batch at a time, without TensorFlow.
+
+        The records are read by `tfrecord` and parsed by `example_decoder`; a batch never
+        spans two files.
 
         Args:
             split: A TFDS split expression.
-            batch_size: Rows per batch.
+            batch_size: Rows per batch (at most).
             shard: (index, count): read only shard file `index` of a whole split stored in
                 `count` files (`shard_count`).
 
@@ -186,30 +213,29 @@ class Snapshot:
             [N,H,W,C], labels as int64 class ids or float32 values.
 
         Raises:
+            ConfigError: if the split expression does not name a split of this snapshot.
             DataSourceError: naming the shard file and byte offset, if a shard file is corrupt.
         """
-        import tensorflow_datasets as tfds
+        from pipeline.data.example_decoder import BadRecordError, decode_examples
+        from pipeline.data.tfrecord import CorruptRecordError, read_records
 
-        label_dtype = np.int64 if self.problem.is_classification else np.float32
-        strings = [f.key for f in self.problem.features if f.dtype == STRING]
-        context = None
+        instructions = self.file_instructions(split)
         if shard is not None:
-            import tensorflow as tf
-
             index, count = shard
-            context = tf.distribute.InputContext(num_input_pipelines=count, input_pipeline_id=index)
-        import tensorflow as tf
+            instructions = instructions[index::count]
+        for path, skip, take in instructions:
+            try:
+                for records, offsets in read_records(path, skip, take, batch_size):
+                    try:
+                        features, labels = decode_examples(records, self.problem)
+                    except BadRecordError as err:
+                        raise DataSourceError(self._corrupt(path, int(offsets[err.index]), err.reason)) from None
+                    yield features, labels
+            except CorruptRecordError as err:
+                raise DataSourceError(self._corrupt(err.path, err.offset, err.reason)) from None
 
-        batches = tfds.as_numpy(self.load_split(split, input_context=context, files_in_turn=True).batch(batch_size))
-        try:
-            for features, labels in batches:
-                for key in strings:
-                    decoded = np.empty(len(features[key]), dtype=object)
-                    decoded[:] = [v.decode("utf-8") if isinstance(v, bytes) else v for v in features[key]]
-                    features[key] = decoded
-                yield features, labels.astype(label_dtype)
-        except tf.errors.DataLossError as err:
-            raise DataSourceError(self.corrupt_shard_message(err, [self.base_split(split)])) from None
+    def _corrupt(self, path: Path, offset: int, reason: str) -> str:
+        return f"snapshot {self.path}: shard file {path} is corrupt at byte {offset} ({reason}); ingest the data again"
 
     def corrupt_shard_message(self, err: Exception, splits: list[str] | None = None) -> str:
         """Names the first shard file that does not read back, and where it breaks.
@@ -217,17 +243,13 @@ class Snapshot:
         TensorFlow reports a corrupt record's byte offset but not its file, so each file (of
         `splits`, else of every split) is read again until one fails.
         """
-        import tensorflow as tf
+        from pipeline.data.tfrecord import first_corrupt_record
 
-        infos = self.builder().info.splits
+        infos = self._split_infos()
         for path in [path for split in splits or sorted(self.splits) for path in infos[split].filepaths]:
-            try:
-                for _ in tf.data.TFRecordDataset(str(path)):
-                    pass
-            except tf.errors.DataLossError as found:
-                offset = re.search(r"corrupted record at (\d+)", str(found))
-                where = f" at byte {offset.group(1)}" if offset else ""
-                return f"snapshot {self.path}: shard file {path} is corrupt{where}; ingest the data again"
+            found = first_corrupt_record(Path(path))
+            if found is not None:
+                return self._corrupt(found.path, found.offset, found.reason)
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         return f"snapshot {self.path} does not read back ({first}); ingest the data again"
 

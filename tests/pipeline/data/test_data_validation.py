@@ -305,7 +305,7 @@ def test_a_corrupt_shard_file_is_named_with_its_byte_offset_by_every_reader(tmp_
         return copy, shard
 
     broken, shard = corrupt_copy("broken", "train")
-    message = rf"shard file .*{shard.name} is corrupt at byte \d+; ingest the data again"
+    message = rf"shard file .*{shard.name} is corrupt at byte \d+ \(.+\); ingest the data again"
     with pytest.raises(DataSourceError, match=message):
         list(broken.iter_batches("train"))
     with pytest.raises(DataSourceError, match=message):

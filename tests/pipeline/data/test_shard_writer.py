@@ -23,7 +23,6 @@ from pipeline.data.shard_writer import (
     SpilledRecords,
     merged_records,
     serialized_records,
-    tfrecord_frames,
     write_dataset,
 )
 from pipeline.data.snapshot_builder import features_dict
@@ -256,17 +255,6 @@ def test_each_spill_is_one_file_whatever_the_number_of_buckets(tmp_path):
     assert records.close() == {"rows": 1000, "bytes": 5000}
     assert len(list((tmp_path / "spill").iterdir())) == 5  # chunks of 500 bytes, 1000 held: a spill every 2 chunks
     assert sorted(merged_records([tmp_path / "spill"])) == [b"%05d" % row for row in range(1000)]
-
-
-def test_tfrecord_frames_are_the_bytes_tensorflows_writer_writes(tmp_path):
-    rng = np.random.default_rng(3)
-    records = [bytes(rng.integers(0, 256, n, dtype=np.uint8)) for n in [0, 1, 5, 127, 128, 300, 70_000, 5]]
-    with tf.io.TFRecordWriter(str(tmp_path / "tf.tfrecord")) as writer:
-        for record in records:
-            writer.write(record)
-    ragged = Ragged(np.frombuffer(b"".join(records), np.uint8), np.asarray([len(r) for r in records], np.int64))
-    assert tfrecord_frames(ragged) == (tmp_path / "tf.tfrecord").read_bytes()
-    assert tfrecord_frames(Ragged.empty()) == b""
 
 
 def test_shards_cut_inside_a_bucket_keep_every_record_once(tmp_path):
