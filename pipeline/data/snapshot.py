@@ -18,6 +18,9 @@ SNAPSHOT_FILE = "snapshot.json"
 # Snapshot layout version: 2 stores the problem spec (features, label, task).
 SNAPSHOT_FORMAT = 2
 TRAIN, VALIDATION, TEST = "train", "validation", "test"
+# How TFDS's reader interleaves a split's files (`tfds.ReadConfig` defaults), and its read buffer.
+TFDS_INTERLEAVE = 16
+TFDS_READ_BUFFER = 8 << 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,6 +167,37 @@ class Snapshot:
         label_key = self.problem.label_key
         dataset = self._as_dataset(split, input_context, files_in_turn)
         return dataset.map(lambda example: ({k: example[k] for k in keys}, example[label_key]))
+
+    def load_records(self, split: str, input_context=None):
+        """Returns a `tf.data.Dataset` of the split's serialized `tf.train.Example`s, in `load_split`'s order.
+
+        The files and record ranges are TFDS's for the split expression, interleaved as TFDS
+        interleaves them (16 files at a time, 16 records from each in turn), so a batch of these
+        parsed with `tf.io.parse_example` (`preprocess`) holds the rows `load_split` gives, in
+        the same order, without TFDS's decoding of one example at a time.
+
+        Args:
+            split: A TFDS split expression.
+            input_context: A `tf.distribute.InputContext`: only this input pipeline's files
+                (file i goes to pipeline i mod n, as `load_split`).
+
+        Raises:
+            ConfigError: if the split expression does not name a split of this snapshot.
+        """
+        import tensorflow as tf
+
+        instructions = self.file_instructions(split)
+        if input_context is not None and input_context.num_input_pipelines > 1:
+            instructions = instructions[input_context.input_pipeline_id :: input_context.num_input_pipelines]
+        paths = [str(path) for path, _, _ in instructions]
+        skips = np.asarray([skip for _, skip, _ in instructions], np.int64)
+        takes = np.asarray([take for _, _, take in instructions], np.int64)
+        files = tf.data.Dataset.from_tensor_slices((tf.constant(paths, tf.string), skips, takes))
+        return files.interleave(
+            lambda path, skip, take: tf.data.TFRecordDataset(path, buffer_size=TFDS_READ_BUFFER).skip(skip).take(take),
+            cycle_length=TFDS_INTERLEAVE,
+            block_length=TFDS_INTERLEAVE,
+        )
 
     def _split_infos(self):
         """TFDS's split infos of the snapshot, read from dataset_info.json without TensorFlow."""

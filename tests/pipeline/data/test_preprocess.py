@@ -121,12 +121,51 @@ def test_with_a_shard_file_per_worker_each_worker_reads_only_its_own_files(make_
     assert sliced == [[100] * 19, [100] * 19 + [50]]
 
 
-def test_the_cache_decision_counts_what_tf_data_holds_per_cached_tensor(make_config, tmp_path):
-    """A table's cached rows cost ~160 bytes a tensor, not 8 bytes a value: a 1 GB cache for a '50 MB' split."""
+def test_the_cache_decision_counts_what_tf_data_holds_per_cached_tensor(make_config, tmp_path, trained_run):
+    """A cached tensor costs ~160 bytes besides its values, a cached record ~225: tables cache their
+    records (one tensor a row), images their decoded examples (one tensor per feature and the label)."""
     from tests.support import table_rows, write_table
 
     source = write_table(tmp_path / "loans.csv", table_rows("binary", 500))
     table = ingest(make_config(data_source=f"csv:{source}", label="approved?"))
     rows = split_size(table, "train")
-    tensors = len(table.problem.features) + 1
-    assert preprocess.decoded_size(table, "train") >= rows * tensors * (8 + preprocess.CACHED_TENSOR_BYTES)
+    serialized = sum(len(r) for r in table.load_records("train").as_numpy_iterator())
+    assert preprocess.cache_size(table, "train") == serialized + rows * preprocess.CACHED_RECORD_BYTES
+    images = trained_run["snapshot"]
+    pixels = int(np.prod(images.image_shape))
+    rows = split_size(images, "train")
+    assert preprocess.cache_size(images, "train") == rows * (pixels + 8 + 2 * preprocess.CACHED_TENSOR_BYTES)
+
+
+def _assert_same_batches(ours, theirs):
+    assert len(ours) == len(theirs) > 0
+    for (features, labels), (their_features, their_labels) in zip(ours, theirs, strict=True):
+        assert np.array_equal(labels, their_labels, equal_nan=True)
+        assert features.keys() == their_features.keys()
+        for key, values in their_features.items():
+            assert features[key].dtype == values.dtype, key
+            assert np.array_equal(features[key], values, equal_nan=values.dtype.kind == "f"), key
+
+
+def test_a_table_is_parsed_a_batch_at_a_time_into_what_tfds_decodes_in_its_order(make_config, tmp_path):
+    """Records interleaved as TFDS interleaves the files (16 rows of each file in turn), parsed a batch at a time."""
+    from tests.support import table_rows, write_table
+
+    source = write_table(tmp_path / "houses.csv", table_rows("regression", 900))
+    config = make_config(data_source=f"csv:{source}", label="price", snapshot_shards=3, shuffle_buffer=128)
+    table = ingest(config)
+    parse = preprocess.example_parser(table.problem)
+    for split in ("train", "train[:90%]", "train[10%:]+test"):
+        ours = table.load_records(split).batch(100).map(parse)
+        _assert_same_batches(
+            list(ours.as_numpy_iterator()), list(table.load_split(split).batch(100).as_numpy_iterator())
+        )
+    context = tf.distribute.InputContext(2, 1, 1)
+    ours = table.load_records("train", input_context=context).batch(100).map(parse)
+    theirs = table.load_split("train", input_context=context).batch(100)
+    _assert_same_batches(list(ours.as_numpy_iterator()), list(theirs.as_numpy_iterator()))
+    # Training's batches: the same shuffle (the same seed) of the same rows.
+    shuffled = table.load_split("train").shuffle(128, seed=config.seed, reshuffle_each_iteration=True)
+    reference = shuffled.batch(config.batch_size).map(preprocess._label_for_loss(table.problem, None))
+    trained_on = make_dataset(table, "train", config, training=True)
+    _assert_same_batches(list(trained_on.as_numpy_iterator()), list(reference.as_numpy_iterator()))
