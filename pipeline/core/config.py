@@ -204,11 +204,13 @@ class PipelineConfig:
         maximum=0.5,
     )
     cache: bool = _field(
-        True, "Cache decoded examples in memory after the first epoch, when the split fits `cache_max_mb`."
+        True,
+        "Cache the training data in memory after the first epoch (images decoded, tables as their serialized "
+        "records), when the split fits `cache_max_mb`.",
     )
     cache_max_mb: int = _field(
         2048,
-        "Largest split (its stored, decoded size in MiB) that training caches in memory; bigger splits are "
+        "Largest split (in MiB, as tf.data's cache holds it) that training caches in memory; bigger splits are "
         "streamed from the snapshot's shards every epoch.",
         minimum=0,
     )
