@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 # Task processes import TensorFlow after this file: no INFO/WARNING lines from its C++ side (a
 # deployment can set its own level). What it writes regardless (start-up, CUDA probing) goes
-# through `native_stderr_to_logging` in `run_step`, not straight to stderr, which Airflow shows
+# through `native_stderr_to_logging` in `_call_pipeline`, not straight to stderr, which Airflow shows
 # as red ERROR lines.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -132,6 +132,15 @@ def fail_on_pipeline_error(function, *args, **kwargs):
     raise AirflowFailException(message)
 
 
+def _call_pipeline(function, *args):
+    """Calls a pipeline function as a task body: TensorFlow's native stderr is logged at its level
+    (`native_stderr_to_logging`), and a PipelineError fails the task (`fail_on_pipeline_error`)."""
+    from pipeline.core.native_logs import native_stderr_to_logging
+
+    with native_stderr_to_logging(logging.getLogger("tensorflow.native")):
+        return fail_on_pipeline_error(function, *args)
+
+
 def run_step(name: str, state: dict | None = None) -> dict | None:
     """Runs step `name` of the pipeline on the run's state.
 
@@ -140,10 +149,8 @@ def run_step(name: str, state: dict | None = None) -> dict | None:
         logged and pushed to XCom as `stop_reason`; a short-circuit task then skips the rest).
     """
     from pipeline import runner
-    from pipeline.core.native_logs import native_stderr_to_logging
 
-    with native_stderr_to_logging(logging.getLogger("tensorflow.native")):
-        outcome = fail_on_pipeline_error(runner.run_step, name, current_config(), state or {}, who())
+    outcome = _call_pipeline(runner.run_step, name, current_config(), state or {}, who())
     if outcome.stop_reason:
         log.info("stopping the run after %s: %s", name, outcome.stop_reason)
         get_current_context()["ti"].xcom_push(key="stop_reason", value=outcome.stop_reason)
@@ -154,20 +161,16 @@ def run_step(name: str, state: dict | None = None) -> dict | None:
 def plan_ingest() -> list[dict]:
     """The parts ingest writes, one mapped task each."""
     from pipeline import runner
-    from pipeline.core.native_logs import native_stderr_to_logging
 
-    with native_stderr_to_logging(logging.getLogger("tensorflow.native")):  # `tfds:` sources read with TensorFlow
-        return fail_on_pipeline_error(runner.ingest_parts, current_config())
+    return _call_pipeline(runner.ingest_parts, current_config())  # `tfds:` sources read with TensorFlow
 
 
 def write_ingest_part(part: dict) -> str:
     """Writes one part of the ingest plan; returns its folder."""
     from pipeline import runner
-    from pipeline.core.native_logs import native_stderr_to_logging
 
     get_current_context()["part_name"] = f"part {part['index'] + 1} of {part['parts']} ({part['split']})"
-    with native_stderr_to_logging(logging.getLogger("tensorflow.native")):
-        return fail_on_pipeline_error(runner.write_ingest_part, current_config(), part)
+    return _call_pipeline(runner.write_ingest_part, current_config(), part)
 
 
 def ingest_from_parts(parts: list[dict], part_folders: list[str]) -> dict | None:
@@ -191,12 +194,9 @@ def plan_validation(state: dict) -> list[dict]:
 def measure_validation_part(state: dict, part: dict) -> str:
     """Measures one part (a shard file of a split); returns its file's path."""
     from pipeline import runner
-    from pipeline.core.native_logs import native_stderr_to_logging
 
     get_current_context()["part_name"] = f"{part['split']} shard {part['shard'] + 1} of {part['shards']}"
-
-    with native_stderr_to_logging(logging.getLogger("tensorflow.native")):
-        return fail_on_pipeline_error(runner.measure_validation_part, current_config(), state, part)
+    return _call_pipeline(runner.measure_validation_part, current_config(), state, part)
 
 
 def validate_from_parts(state: dict, part_files: list[str]) -> dict | None:
@@ -265,12 +265,10 @@ class CanaryWatchOperator(BaseOperator):
         from mlops_triggers import CanaryWatchTrigger
 
         from pipeline import runner
-        from pipeline.core.native_logs import native_stderr_to_logging
 
         config = current_config()
         # Opening the watch loads the candidate's answers (TensorFlow): its native lines are not errors.
-        with native_stderr_to_logging(logging.getLogger("tensorflow.native")):
-            plan = fail_on_pipeline_error(runner.begin_canary_watch, config, self.state, who())
+        plan = _call_pipeline(runner.begin_canary_watch, config, self.state, who())
         if "skipped" in plan:
             log.info("no canary watch: %s", plan["skipped"])
             return {**self.state, "watch_canary": plan}

@@ -445,7 +445,8 @@ def write_part(config: PipelineConfig, part: IngestPart) -> str:
     if (_snapshot_path(config, plan) / SNAPSHOT_FILE).is_file():
         return str(part.folder)  # the data has a snapshot already: `finish_ingest` reuses it
     source = read_source(config, plan.reopen)
-    from pipeline.data.shard_writer import SpilledRecords, serialized_records
+    from pipeline.data.example_encoder import serialize_rows
+    from pipeline.data.shard_writer import SpilledRecords
 
     before = plan.chunk_rows[part.split][: part.first_chunk]
     next_index = {split: sum(rows.get(split, 0) for rows in before) for split in plan.rows}
@@ -466,7 +467,8 @@ def write_part(config: PipelineConfig, part: IngestPart) -> str:
                     if {split: len(rows.labels) for split, rows in routed.items()} != planned:
                         raise _changed(source, part)
                     for split, rows in routed.items():
-                        records[split].add_many(next_index[split], serialized_records(plan.problem, rows))
+                        encoded = serialize_rows(plan.problem, rows.features, rows.labels)
+                        records[split].add_many(next_index[split], encoded)
                         next_index[split] += len(rows.labels)
                     read += 1
             except SourceChangedError as err:

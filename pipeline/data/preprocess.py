@@ -146,7 +146,7 @@ def make_dataset(
 
 
 def _rows_per_worker(snapshot: Snapshot, split: str, workers: int) -> int:
-    lengths = snapshot.builder().info.splits[split].shard_lengths
+    lengths = snapshot.split_infos()[split].shard_lengths
     return min(sum(lengths[index::workers]) for index in range(workers))
 
 
@@ -180,7 +180,7 @@ def cache_size(snapshot: Snapshot, split: str) -> int:
     bytes for a scalar), or the split's serialized size where that is larger (long texts).
     """
     rows = split_size(snapshot, split)
-    info = snapshot.builder().info.splits[snapshot.base_split(split)]
+    info = snapshot.split_infos()[snapshot.base_split(split)]
     serialized = info.num_bytes * rows // max(info.num_examples, 1)
     if not snapshot.problem.image_features:
         return serialized + rows * CACHED_RECORD_BYTES
@@ -208,7 +208,7 @@ def example_parser(problem: ProblemSpec):
 
 def split_size(snapshot: Snapshot, split: str) -> int:
     """Returns the number of examples a split expression selects."""
-    return int(snapshot.builder().info.splits[split].num_examples)
+    return int(snapshot.split_infos()[split].num_examples)
 
 
 def pixel_moments(dataset: tf.data.Dataset, key: str) -> tuple[float, float]:

@@ -224,11 +224,6 @@ def merged_records(directories: Iterable[Path], memory_budget_bytes: int = 1 << 
             yield from records.to_list()
 
 
-def serialized_records(problem: ProblemSpec, chunk: RowChunk) -> Ragged:
-    """A chunk's records, written column by column (`example_encoder`), images included."""
-    return serialize_rows(problem, chunk.features, chunk.labels)
-
-
 def write_dataset(
     data_dir: Path,
     problem: ProblemSpec,
@@ -262,7 +257,7 @@ def write_dataset(
     for split, chunks in splits.items():
         records = SpilledRecords(spill / split, split, memory_budget_bytes)
         for chunk in chunks():
-            records.add_many(records.count, serialized_records(problem, chunk))
+            records.add_many(records.count, serialize_rows(problem, chunk.features, chunk.labels))
         parts[split] = SplitParts([records.directory], **records.close())
     out = write_merged(
         data_dir, problem, parts, description=description, shards=shards, memory_budget_bytes=memory_budget_bytes

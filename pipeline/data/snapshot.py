@@ -199,8 +199,9 @@ class Snapshot:
             block_length=TFDS_INTERLEAVE,
         )
 
-    def _split_infos(self):
-        """TFDS's split infos of the snapshot, read from dataset_info.json without TensorFlow."""
+    def split_infos(self):
+        """TFDS's `SplitDict` of the snapshot (a split expression gives its files and size), read from
+        dataset_info.json without TensorFlow."""
         from tensorflow_datasets.core import dataset_info
 
         folder = self.path / self.tfds_dir
@@ -219,14 +220,14 @@ class Snapshot:
                 f"split {split!r} is not in snapshot {self.name} (splits: {', '.join(sorted(self.splits))})"
             )
         try:
-            instructions = self._split_infos()[split].file_instructions
+            instructions = self.split_infos()[split].file_instructions
         except (ValueError, AssertionError, KeyError) as err:
             raise ConfigError(f"bad split expression {split!r}: {err}") from err
         return [(Path(i.filename), i.skip, i.take) for i in instructions]
 
     def shard_count(self, split: str) -> int:
         """How many shard files a (whole) split is stored in."""
-        return len(self._split_infos()[split].shard_lengths)
+        return len(self.split_infos()[split].shard_lengths)
 
     def iter_batches(
         self, split: str, batch_size: int = 4096, shard: tuple[int, int] | None = None
@@ -279,7 +280,7 @@ class Snapshot:
         """
         from pipeline.data.tfrecord import first_corrupt_record
 
-        infos = self._split_infos()
+        infos = self.split_infos()
         for path in [path for split in splits or sorted(self.splits) for path in infos[split].filepaths]:
             found = first_corrupt_record(Path(path))
             if found is not None:

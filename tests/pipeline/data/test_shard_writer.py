@@ -17,12 +17,12 @@ from pipeline.core.problem import (
     ProblemSpec,
 )
 from pipeline.data.byte_columns import Ragged
+from pipeline.data.example_encoder import serialize_rows
 from pipeline.data.problem_inference import PreparedSplit
 from pipeline.data.shard_writer import (
     DATASET_NAME,
     SpilledRecords,
     merged_records,
-    serialized_records,
     write_dataset,
 )
 from pipeline.data.snapshot_builder import features_dict
@@ -146,9 +146,11 @@ def _entry_keys(record: bytes) -> list[str]:
 def test_map_entries_are_written_in_the_features_order_whatever_the_process():
     """TFDS's serializer writes map entries in the protobuf runtime's hash order, which changes from
     process to process; parts written by different workers must give the same bytes."""
-    records = serialized_records(_problem(images=True), _rows(5)).to_list()
+    rows = _rows(5)
+    records = serialize_rows(_problem(images=True), rows.features, rows.labels).to_list()
     assert [_entry_keys(record) for record in records] == [["pixels", "size", "colour", "label"]] * 5
-    scalars = serialized_records(_problem(images=False), _rows(2, images=False)).to_list()
+    rows = _rows(2, images=False)
+    scalars = serialize_rows(_problem(images=False), rows.features, rows.labels).to_list()
     assert _entry_keys(scalars[0]) == ["size", "colour", "label"]
 
 
@@ -201,6 +203,7 @@ import json, sys, tracemalloc
 import numpy as np
 import pyarrow as pa
 from pipeline.data.byte_columns import Ragged
+from pipeline.data.example_encoder import serialize_rows
 from pipeline.data.shard_writer import SpilledRecords
 
 budget, chunk, folder = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
