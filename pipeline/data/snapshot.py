@@ -186,9 +186,8 @@ class Snapshot:
         """
         import tensorflow as tf
 
-        instructions = self.file_instructions(split)
-        if input_context is not None and input_context.num_input_pipelines > 1:
-            instructions = instructions[input_context.input_pipeline_id :: input_context.num_input_pipelines]
+        shard = None if input_context is None else (input_context.input_pipeline_id, input_context.num_input_pipelines)
+        instructions = self.file_instructions(split, shard)
         paths = [str(path) for path, _, _ in instructions]
         skips = np.asarray([skip for _, skip, _ in instructions], np.int64)
         takes = np.asarray([take for _, _, take in instructions], np.int64)
@@ -208,8 +207,13 @@ class Snapshot:
         proto = dataset_info.read_from_json(folder / "dataset_info.json")
         return dataset_info.get_split_dict_from_proto(proto, data_dir=folder)
 
-    def file_instructions(self, split: str) -> list[tuple[Path, int, int]]:
+    def file_instructions(self, split: str, shard: tuple[int, int] | None = None) -> list[tuple[Path, int, int]]:
         """The shard files a split expression reads, in order: (path, records to skip, records to read).
+
+        Args:
+            split: A TFDS split expression.
+            shard: (index, count): only every count-th file from file `index` (one input
+                pipeline's files, as TFDS's `input_context` selects them).
 
         Raises:
             ConfigError: if the expression does not name a split of this snapshot.
@@ -223,6 +227,9 @@ class Snapshot:
             instructions = self.split_infos()[split].file_instructions
         except (ValueError, AssertionError, KeyError) as err:
             raise ConfigError(f"bad split expression {split!r}: {err}") from err
+        if shard is not None:
+            index, count = shard
+            instructions = instructions[index::count]
         return [(Path(i.filename), i.skip, i.take) for i in instructions]
 
     def shard_count(self, split: str) -> int:
@@ -254,11 +261,7 @@ class Snapshot:
         from pipeline.data.example_decoder import BadRecordError, decode_examples
         from pipeline.data.tfrecord import CorruptRecordError, read_records
 
-        instructions = self.file_instructions(split)
-        if shard is not None:
-            index, count = shard
-            instructions = instructions[index::count]
-        for path, skip, take in instructions:
+        for path, skip, take in self.file_instructions(split, shard):
             try:
                 for records, offsets in read_records(path, skip, take, batch_size):
                     try:

@@ -54,11 +54,9 @@ def frames(records: Ragged) -> bytes:
     if not count:
         return b""
     record_crcs = np.fromiter(map(crc32c.crc32c, records.to_arrow().to_pylist()), np.uint32, count)
-    lengths, which = np.unique(records.lengths, return_inverse=True)
-    length_crcs = np.asarray([crc32c.crc32c(int(n).to_bytes(8, "little")) for n in lengths.tolist()], np.uint32)
     headers = np.empty((count, HEADER_BYTES), np.uint8)
     headers[:, :8] = records.lengths.astype("<u8").view(np.uint8).reshape(count, 8)
-    headers[:, 8:] = masked_crcs(length_crcs[which.reshape(-1)]).view(np.uint8).reshape(count, 4)
+    headers[:, 8:] = _length_crcs(records.lengths).view(np.uint8).reshape(count, 4)
     footers = masked_crcs(record_crcs).view(np.uint8).reshape(count, 4)
     return join_rows([Ragged.fixed(headers), records, Ragged.fixed(footers)]).data.tobytes()
 
@@ -136,8 +134,14 @@ def _frame_bytes(buffer: bytes, path: Path, base: int) -> int:
 
 
 def _length_checks_out(header: bytes) -> bool:
-    expected = masked_crcs(np.asarray([crc32c.crc32c(header[:8])], np.uint32)).tobytes()
-    return expected == header[8:HEADER_BYTES]
+    return _length_crcs(np.asarray([_LENGTH.unpack_from(header)[0]])).tobytes() == header[8:HEADER_BYTES]
+
+
+def _length_crcs(lengths: np.ndarray) -> np.ndarray:
+    """The masked CRC-32C of each record length's 8 bytes (one CRC per distinct length)."""
+    unique, which = np.unique(lengths, return_inverse=True)
+    crcs = np.fromiter((crc32c.crc32c(int(n).to_bytes(8, "little")) for n in unique.tolist()), np.uint32, len(unique))
+    return masked_crcs(crcs)[which.reshape(-1)]
 
 
 def _checked(path: Path, buffer: bytes, base: int, starts: list[int]) -> tuple[Ragged, list[int]]:
@@ -146,11 +150,7 @@ def _checked(path: Path, buffer: bytes, base: int, starts: list[int]) -> tuple[R
     offsets = np.asarray(starts, np.int64)
     headers = data[offsets[:, np.newaxis] + np.arange(HEADER_BYTES)]
     lengths = np.ascontiguousarray(headers[:, :8]).view("<u8").reshape(-1).astype(np.int64)
-    unique, which = np.unique(lengths, return_inverse=True)
-    length_crcs = np.fromiter((crc32c.crc32c(int(n).to_bytes(8, "little")) for n in unique.tolist()), np.uint32)
-    wrong = np.flatnonzero(
-        masked_crcs(length_crcs)[which.reshape(-1)] != np.ascontiguousarray(headers[:, 8:]).view("<u4").reshape(-1)
-    )
+    wrong = np.flatnonzero(_length_crcs(lengths) != np.ascontiguousarray(headers[:, 8:]).view("<u4").reshape(-1))
     if len(wrong):
         raise CorruptRecordError(path, base + starts[wrong[0]], "the record length's checksum does not match")
     record_starts = offsets + HEADER_BYTES
