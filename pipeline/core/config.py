@@ -220,6 +220,11 @@ class PipelineConfig:
         1000, "Categories kept per categorical feature (the most frequent; others share one unknown slot).", minimum=1
     )
     text_max_tokens: int = _field(20000, "Vocabulary size of a text feature's bag of words.", minimum=2)
+    clip_numeric_features: bool = _field(
+        True,
+        "Bring a numeric feature's values outside the training split's range to its nearest end before "
+        "standardising (as trees do), so that one far-out value cannot swing a prediction without bound.",
+    )
 
     # Model and training
     model: str = _field(
@@ -648,6 +653,7 @@ RUN_SIGNATURE_FIELDS = (
     "shuffle_buffer",
     "max_vocabulary",
     "text_max_tokens",
+    "clip_numeric_features",
     "augment",
     "augment_shift",
     "model",

@@ -50,6 +50,41 @@ def task_output(problem: ProblemSpec, x) -> keras.KerasTensor:
     return layers.Activation("softmax", dtype="float32", name="probabilities")(x)
 
 
+# Keras's default momentum of the moving mean and variance, kept when an epoch is long enough.
+BATCH_NORM_MOMENTUM = 0.99
+# What one epoch may leave of the moving statistics' earlier values.
+BATCH_NORM_EPOCH_RESIDUE = 0.05
+
+
+def batch_norm_momentum(steps_per_epoch: int) -> float:
+    """The BatchNormalization momentum for an epoch of `steps_per_epoch` training steps.
+
+    At Keras's 0.99 the moving mean and variance need about 300 steps to forget their
+    starting values (0 and 1) down to 5%. On a few thousand images (tens of steps an epoch),
+    the first epochs are then validated on statistics far from the data's: validation accuracy
+    falls while training accuracy rises, and early stopping ends the run on it. So an epoch of
+    fewer steps gets a lower momentum, one that leaves at most 5% of the statistics' values of
+    an epoch earlier. Training itself (batch statistics) is unchanged; only inference is.
+
+    Args:
+        steps_per_epoch: Training steps in one epoch (at least 1).
+
+    Returns:
+        0.99 for about 300 steps an epoch or more, else 0.05 ** (1 / steps_per_epoch).
+    """
+    return min(BATCH_NORM_MOMENTUM, BATCH_NORM_EPOCH_RESIDUE ** (1 / max(1, steps_per_epoch)))
+
+
+def set_batch_norm_momentum(model: keras.Model, momentum: float) -> int:
+    """Sets the momentum of the model's BatchNormalization layers (its own, not nested models'); returns how many."""
+    layers_set = 0
+    for layer in model.layers:
+        if isinstance(layer, layers.BatchNormalization):
+            layer.momentum = momentum
+            layers_set += 1
+    return layers_set
+
+
 def _dense_block(x, units: int, dropout: float):
     x = layers.Dense(units, use_bias=False)(x)
     x = layers.BatchNormalization()(x)
@@ -310,6 +345,7 @@ def build_model(
     statistics: dict,
     image_moments: dict[str, tuple[float, float]],
     label_moments: tuple[float, float] | None = None,
+    steps_per_epoch: int | None = None,
 ) -> tuple[str, keras.Model]:
     """Builds the configured model on the problem's inputs and encodings.
 
@@ -319,6 +355,9 @@ def build_model(
         statistics: The training split's `streamed_feature_statistics`.
         image_moments: {image key: (pixel mean, pixel variance)} of the training split.
         label_moments: Regression: (mean, std) of the training labels.
+        steps_per_epoch: Training steps an epoch: a built-in model's batch norm momentum
+            follows it (`batch_norm_momentum`); None keeps Keras's default. A model of your own
+            keeps the momentum its builder gave.
 
     Returns:
         (the builder's resolved name, an uncompiled Keras model taking raw features).
@@ -340,6 +379,8 @@ def build_model(
             raise
         raise ConfigError(f"model {name!r} failed to build: {type(err).__name__}: {err}") from err
     check_model(model, name, problem, inputs)
+    if name in MODEL_BUILDERS and steps_per_epoch is not None:
+        set_batch_norm_momentum(model, batch_norm_momentum(steps_per_epoch))
     if problem.task == REGRESSION and label_moments is not None:
         model = with_label_scale(model, *label_moments)
     if config.test_time_flip:

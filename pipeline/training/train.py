@@ -289,7 +289,14 @@ def build_compiled_model(config: PipelineConfig, snapshot: Snapshot, data: Train
         (the builder's name, the compiled model, the task's training setup).
     """
     problem = snapshot.problem
-    name, model = build_model(config, problem, data.statistics, data.image_moments, data.label_moments)
+    name, model = build_model(
+        config,
+        problem,
+        data.statistics,
+        data.image_moments,
+        data.label_moments,
+        steps_per_epoch=steps_per_epoch(config, data.train_size),
+    )
     task = task_training(problem, config)
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate_schedule(config, data.train_size)),
@@ -300,11 +307,16 @@ def build_compiled_model(config: PipelineConfig, snapshot: Snapshot, data: Train
     return name, model, task
 
 
+def steps_per_epoch(config: PipelineConfig, train_size: int) -> int:
+    """Training steps in one epoch: batches of the global batch size, the last one partial."""
+    return -(-train_size // config.batch_size)
+
+
 def learning_rate_schedule(config: PipelineConfig, train_size: int) -> keras.optimizers.schedules.LearningRateSchedule:
     """Linear warmup from a tenth of the peak over `warmup_epochs` (at most half the run), then cosine decay."""
-    steps_per_epoch = -(-train_size // config.batch_size)
-    total = steps_per_epoch * config.epochs
-    warmup = min(round(config.warmup_epochs * steps_per_epoch), total // 2)
+    steps = steps_per_epoch(config, train_size)
+    total = steps * config.epochs
+    warmup = min(round(config.warmup_epochs * steps), total // 2)
     if warmup == 0:
         return keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=total)
     return keras.optimizers.schedules.CosineDecay(

@@ -1,3 +1,6 @@
+import sys
+import types
+
 import keras
 import numpy as np
 import pytest
@@ -6,7 +9,14 @@ from pipeline.core.config import PipelineConfig
 from pipeline.core.errors import ConfigError
 from pipeline.core.problem import FeatureSpec, ProblemSpec, image_classification
 from pipeline.training.features import FeatureStatistics
-from pipeline.training.models import MODEL_BUILDERS, build_model, default_builder, load_model
+from pipeline.training.models import (
+    BATCH_NORM_MOMENTUM,
+    MODEL_BUILDERS,
+    batch_norm_momentum,
+    build_model,
+    default_builder,
+    load_model,
+)
 from pipeline.training.train import dtype_policy
 
 IMAGES = image_classification((28, 28, 1), [f"c{i}" for i in range(10)])
@@ -82,6 +92,45 @@ def test_image_builders_refuse_tables_and_table_builders_refuse_images():
 def test_cnn_has_batch_norm_and_dropout():
     kinds = {type(layer).__name__ for layer in _image_model("cnn").layers}
     assert {"Conv2D", "BatchNormalization", "Dropout", "MaxPooling2D"} <= kinds
+
+
+def _batch_norm_momenta(model):
+    return {layer.momentum for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)}
+
+
+def test_batch_norm_momentum_lets_one_epoch_forget_the_start_on_small_data():
+    # Fashion-MNIST's demo (54,000 images in batches of 128: 422 steps) keeps Keras's default.
+    assert batch_norm_momentum(422) == BATCH_NORM_MOMENTUM == 0.99
+    for steps in (1, 2, 38, 250):  # 38: 4,800 images in batches of 128
+        momentum = batch_norm_momentum(steps)
+        assert momentum < BATCH_NORM_MOMENTUM
+        assert momentum**steps == pytest.approx(0.05)  # an epoch leaves 5% of the moving statistics' past
+    assert batch_norm_momentum(0) == pytest.approx(0.05)
+
+
+@pytest.mark.parametrize("name", ["cnn", "mlp", "multimodal"])
+def test_built_in_image_models_take_the_momentum_of_the_epoch_length(name):
+    model = build_model(_config(model=name), IMAGES, {}, MOMENTS, steps_per_epoch=38)[1]
+    assert _batch_norm_momenta(model) == {batch_norm_momentum(38)}
+    assert _batch_norm_momenta(_image_model(name)) == {BATCH_NORM_MOMENTUM}  # no steps given: Keras's default
+
+
+def test_built_in_table_model_takes_the_momentum_and_a_users_model_keeps_its_own(monkeypatch):
+    _, table_model = build_model(_config(model="tabular"), TABLE, TABLE_STATISTICS, {}, steps_per_epoch=2)
+    assert _batch_norm_momenta(table_model) == {batch_norm_momentum(2)}
+
+    def users_builder(problem, inputs, encoded, config):
+        from pipeline.training.features import concat_flat
+        from pipeline.training.models import task_output
+
+        x = keras.layers.BatchNormalization(momentum=0.8)(concat_flat(problem, encoded))
+        return keras.Model(inputs, task_output(problem, x))
+
+    module = types.ModuleType("users_models")
+    module.build = users_builder
+    monkeypatch.setitem(sys.modules, "users_models", module)
+    _, own = build_model(_config(model="users_models:build"), TABLE, TABLE_STATISTICS, {}, steps_per_epoch=2)
+    assert _batch_norm_momenta(own) == {0.8}
 
 
 def test_cnn_deep_adds_a_convolution_before_the_second_pooling():

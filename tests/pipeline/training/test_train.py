@@ -4,7 +4,9 @@ import keras
 import pytest
 
 from pipeline.data.ingest import ingest
-from pipeline.training.train import read_history, train
+from pipeline.data.preprocess import split_size
+from pipeline.training.models import batch_norm_momentum
+from pipeline.training.train import read_history, steps_per_epoch, train
 
 
 def test_training_writes_model_history_curves_and_logs(trained_run):
@@ -23,6 +25,9 @@ def test_training_writes_model_history_curves_and_logs(trained_run):
     assert result.hardware["strategy"] in ("cpu", "one_device", "mirrored")
     model = keras.models.load_model(result.model_path)
     assert list(model.input) == ["images"] and model.output_shape == (None, 10)
+    steps = steps_per_epoch(trained_run["config"], split_size(trained_run["snapshot"], "train[:90%]"))
+    momenta = {layer.momentum for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)}
+    assert momenta == {batch_norm_momentum(steps)} and steps < 50  # a small set: below Keras's 0.99
     statistics = json.loads((result.model_path.parent / "feature_statistics.json").read_text())
     assert statistics["splits"] == {"train": "train[:90%]", "validation": "train[90%:]", "test": "test"}
     assert 60 < statistics["image_moments"]["images"][0] < 90  # the normalisation layer's pixel mean
