@@ -510,17 +510,90 @@ _MISSING_TEXT = {"", "NA", "N/A", "NaN", "nan", "null", "NULL", "None", "?"}
 ROWS_PER_REQUEST = 256
 
 
-def load_image(path: str, size: tuple[int, int] = (28, 28), invert: bool = False) -> np.ndarray:
-    """Reads an image file as grayscale uint8 [H, W], resized to `size`."""
+DEMO_IMAGE_SHAPE = (28, 28, 1)  # Fashion-MNIST's, the default model's
+_IMAGE_MODES = {1: "L", 3: "RGB"}
+# The message of the pipeline's image check inside the signature (the same on TF Serving).
+_EXPECTED_IMAGE = re.compile(r"must be uint8 \[N,(\d+),(\d+)(?:,(\d+))?\]")
+
+
+def load_image(path: str, shape: tuple[int, int, int] = DEMO_IMAGE_SHAPE, invert: bool = False) -> np.ndarray:
+    """Reads an image file as uint8 [H, W, C], converted to the shape's colour mode and resized to it.
+
+    Args:
+        path: A PNG, JPEG or any file Pillow reads.
+        shape: (height, width, channels); 1 channel is grayscale, 3 RGB.
+        invert: Invert the pixels (a dark item on a light background).
+
+    Raises:
+        ValueError: for channels other than 1 or 3.
+        OSError: if the file cannot be read as an image.
+    """
     from PIL import Image, ImageOps
 
+    height, width, channels = shape
+    if channels not in _IMAGE_MODES:
+        raise ValueError(f"images of {channels} channels cannot be sent: 1 (grayscale) or 3 (RGB)")
     with Image.open(path) as image:
-        gray = image.convert("L")
-        if gray.size != size:
-            gray = gray.resize(size, Image.Resampling.BILINEAR)
+        converted = image.convert(_IMAGE_MODES[channels])
+        if converted.size != (width, height):
+            converted = converted.resize((width, height), Image.Resampling.BILINEAR)
         if invert:
-            gray = ImageOps.invert(gray)
-        return np.asarray(gray, dtype=np.uint8)
+            converted = ImageOps.invert(converted)
+        return np.asarray(converted, dtype=np.uint8).reshape(height, width, channels)
+
+
+def image_shape(text: str) -> tuple[int, int, int]:
+    """Parses --image-shape: 'HEIGHT,WIDTH,CHANNELS' (or 'HEIGHT,WIDTH' for grayscale)."""
+    try:
+        values = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) == 2:
+        values = (*values, 1)
+    if len(values) != 3 or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected HEIGHT,WIDTH,CHANNELS (e.g. 224,224,3), got {text!r}")
+    return values
+
+
+def _image_input(client: TFServingClient, args) -> str:
+    """The name of the signature's one input, which must be an image (uint8)."""
+    inputs = _signature_inputs(client, args)
+    images = [name for name, dtype in inputs.items() if dtype == "DT_UINT8"]
+    if len(inputs) != 1 or not images:
+        listed = ", ".join(f"{name} ({dtype})" for name, dtype in sorted(inputs.items()))
+        raise ValueError(f"--image needs a model whose one input is an image; {args.model} takes {listed}: use --rows")
+    return images[0]
+
+
+def predict_image(client: TFServingClient, args) -> int:
+    """Sends `args.image` and prints the answer: the class, its probability and the version, or the prediction."""
+    name = _image_input(client, args)
+    image = load_image(args.image, args.image_shape, invert=args.invert)
+    try:
+        result = client.predict(
+            args.model, {name: image[np.newaxis]}, version=args.version, label=args.label, signature=args.signature
+        )
+    except ServingError as err:
+        expected = _EXPECTED_IMAGE.search(err.message)
+        if err.code == grpc.StatusCode.INVALID_ARGUMENT and expected:
+            height, width, channels = expected.group(1), expected.group(2), expected.group(3) or "1"
+            raise ServingError(
+                err.code,
+                f"{err.message} (this model takes {height}x{width} images of {channels} channel(s): "
+                f"pass --image-shape {height},{width},{channels})",
+            ) from None
+        raise
+    version = f"{args.model} version {result.version}" if result.version else args.model
+    if "probabilities" not in result.outputs:
+        answers = {key: np.asarray(values)[0].tolist() for key, values in sorted(result.outputs.items())}
+        print(f"{json.dumps(answers)}\t({version} via {args.protocol})")
+        return 0
+    probabilities = np.asarray(result["probabilities"], dtype=np.float32)[0]
+    class_id = int(np.argmax(probabilities))
+    class_name = result.outputs.get("class_names", np.asarray([str(class_id)]))[0]
+    class_name = class_name.decode() if isinstance(class_name, bytes) else str(class_name)
+    print(f"{class_name}\t{probabilities[class_id]:.4f}\t(class {class_id}, {version} via {args.protocol})")
+    return 0
 
 
 def read_rows(path: str) -> list[dict[str, Any]]:
@@ -655,11 +728,21 @@ def build_parser() -> argparse.ArgumentParser:
         choice.add_argument("--label")
         if name == "predict":
             what = sub.add_mutually_exclusive_group(required=True)
-            what.add_argument("--image", help="An image file (PNG, JPEG...), resized to 28x28.")
+            what.add_argument(
+                "--image",
+                help="An image file (PNG, JPEG...), converted and resized to --image-shape; the model's one input.",
+            )
             what.add_argument(
                 "--rows",
                 help="A CSV file (header row) or JSON-lines file (.jsonl) of feature rows; missing values: empty, "
                 "NA or null. Prints one JSON line of answers per row.",
+            )
+            sub.add_argument(
+                "--image-shape",
+                type=image_shape,
+                default=DEMO_IMAGE_SHAPE,
+                help="HEIGHT,WIDTH,CHANNELS the model takes (1 channel: grayscale, 3: RGB); default 28,28,1 "
+                "(Fashion-MNIST). A wrong shape is answered with the right one.",
             )
             sub.add_argument("--invert", action="store_true", help="Invert (dark item on light background).")
             sub.add_argument("--signature", default="", help="Signature name (default serving_default).")
@@ -673,17 +756,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "predict" and args.rows:
             return predict_rows(client, args)
         if args.command == "predict":
-            image = load_image(args.image, invert=args.invert)
-            result = client.predict(args.model, {"images": image[np.newaxis]}, version=args.version, label=args.label)
-            probabilities = np.asarray(result["probabilities"], dtype=np.float32)[0]
-            class_id = int(np.argmax(probabilities))
-            name = result.outputs.get("class_names", np.asarray([str(class_id)]))[0]
-            name = name.decode() if isinstance(name, bytes) else str(name)
-            version = f" version {result.version}" if result.version else ""
-            print(
-                f"{name}\t{probabilities[class_id]:.4f}\t(class {class_id}, {args.model}{version} via {args.protocol})"
-            )
-        elif args.command == "status":
+            return predict_image(client, args)
+        if args.command == "status":
             print(json.dumps(client.status(args.model, version=args.version, label=args.label), indent=2))
         else:
             print(json.dumps(client.metadata(args.model, version=args.version, label=args.label), indent=2))

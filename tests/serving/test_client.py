@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from serving.client import TFServingClient
+from serving.client import TFServingClient, image_shape, load_image
 from serving.launcher import free_port
 from serving.protocol import ServingError
 from tests.support import REPO_ROOT
@@ -82,6 +83,30 @@ def test_cli_predicts_an_image_file(standard_config, trained_run, tmp_path, prot
     assert name in trained_run["snapshot"].class_names
     assert 0.0 < float(probability) <= 1.0
     assert f"via {protocol[2:]}" in detail
+
+
+def test_cli_names_the_image_shape_a_model_takes(standard_config, tmp_path):
+    path = tmp_path / "photo.jpg"
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(path)
+    result = _client_cli(standard_config, "predict", "--image", str(path), "--image-shape", "32,32,3")
+    assert result.returncode == 1
+    assert "INVALID_ARGUMENT" in result.stderr and "pass --image-shape 28,28,1" in result.stderr
+    assert _client_cli(standard_config, "predict", "--image", str(path)).returncode == 0  # 28,28,1 by default
+
+
+def test_load_image_converts_and_resizes_to_the_shape(tmp_path):
+    path = tmp_path / "photo.png"
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(path)
+    colour = load_image(str(path), (33, 20, 3))
+    assert colour.shape == (33, 20, 3) and colour.dtype == np.uint8 and colour[0, 0].tolist() == [200, 30, 30]
+    gray = load_image(str(path), (28, 28, 1), invert=True)
+    red_as_gray = Image.new("RGB", (1, 1), (200, 30, 30)).convert("L").getpixel((0, 0))
+    assert gray.shape == (28, 28, 1) and gray[0, 0, 0] == 255 - red_as_gray
+    with pytest.raises(ValueError, match="images of 4 channels cannot be sent"):
+        load_image(str(path), (8, 8, 4))
+    assert image_shape("224,224,3") == (224, 224, 3) and image_shape("28,28") == (28, 28, 1)
+    with pytest.raises(argparse.ArgumentTypeError, match="expected HEIGHT,WIDTH,CHANNELS"):
+        image_shape("28,x")
 
 
 def test_cli_status_metadata_and_errors(standard_config):

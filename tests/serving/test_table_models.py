@@ -10,6 +10,7 @@ import urllib.request
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from pipeline.core import model_repo
 from pipeline.training.export import rows_to_examples
@@ -192,6 +193,15 @@ def test_the_client_cli_names_a_row_that_misses_a_feature(server, tables, tmp_pa
     assert (
         result.returncode == 2 and "worse.jsonl row 1, feature 'annual_income': 'lots' is not a number" in result.stderr
     )
+
+
+def test_the_client_cli_refuses_an_image_for_a_table_model(server, tables, tmp_path):
+    image = tmp_path / "photo.png"
+    Image.new("RGB", (8, 8)).save(image)
+    result = _rows_cli(server, "predict", "--image", str(image))
+    assert result.returncode == 2
+    assert "--image needs a model whose one input is an image; loans takes annual_income (DT_FLOAT)" in result.stderr
+    assert "use --rows" in result.stderr
 
 
 def test_an_example_of_the_wrong_type_is_a_400_naming_the_feature(server, tables):
