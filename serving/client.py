@@ -585,8 +585,8 @@ def predict_image(client: TFServingClient, args) -> int:
         raise
     version = f"{args.model} version {result.version}" if result.version else args.model
     if "probabilities" not in result.outputs:
-        answers = {key: np.asarray(values)[0].tolist() for key, values in sorted(result.outputs.items())}
-        print(f"{json.dumps(answers)}\t({version} via {args.protocol})")
+        outputs = {name: np.asarray(values) for name, values in result.outputs.items()}
+        print(f"{json.dumps(_row_answers(outputs, 0))}\t({version} via {args.protocol})")
         return 0
     probabilities = np.asarray(result["probabilities"], dtype=np.float32)[0]
     class_id = int(np.argmax(probabilities))
@@ -694,14 +694,19 @@ def predict_rows(client: TFServingClient, args) -> int:
         )
         outputs = {name: np.asarray(values) for name, values in result.outputs.items()}
         for offset in range(len(next(iter(batch.values())))):
-            answer = {"row": start + offset + 1}
-            for name, values in sorted(outputs.items()):
-                value = values[offset]
-                if isinstance(value, bytes):
-                    value = value.decode(errors="replace")
-                answer[name] = value.tolist() if isinstance(value, np.ndarray | np.generic) else value
-            print(json.dumps(answer))
+            print(json.dumps({"row": start + offset + 1, **_row_answers(outputs, offset)}))
     return 0
+
+
+def _row_answers(outputs: dict[str, np.ndarray], offset: int) -> dict[str, Any]:
+    """One row's answers from a Predict reply's outputs, as JSON values (text decoded), by output name."""
+    answers = {}
+    for name, values in sorted(outputs.items()):
+        value = values[offset]
+        if isinstance(value, bytes):
+            value = value.decode(errors="replace")
+        answers[name] = value.tolist() if isinstance(value, np.ndarray | np.generic) else value
+    return answers
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -75,14 +75,11 @@ def batch_norm_momentum(steps_per_epoch: int) -> float:
     return min(BATCH_NORM_MOMENTUM, BATCH_NORM_EPOCH_RESIDUE ** (1 / max(1, steps_per_epoch)))
 
 
-def set_batch_norm_momentum(model: keras.Model, momentum: float) -> int:
-    """Sets the momentum of the model's BatchNormalization layers (its own, not nested models'); returns how many."""
-    layers_set = 0
+def set_batch_norm_momentum(model: keras.Model, momentum: float) -> None:
+    """Sets the momentum of the model's BatchNormalization layers (its own, not nested models')."""
     for layer in model.layers:
         if isinstance(layer, layers.BatchNormalization):
             layer.momentum = momentum
-            layers_set += 1
-    return layers_set
 
 
 def _dense_block(x, units: int, dropout: float):
