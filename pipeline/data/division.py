@@ -15,11 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.data.byte_columns import Ragged, utf8
+from pipeline.data.byte_columns import utf8
 from pipeline.data.problem_inference import PreparedSplit
 
 DIGEST_BUCKET_BITS = 16
 DIGEST_READ_ROWS = 1 << 20
+HASH_BLOCK_BYTES = 1 << 20  # value bytes hashed at once (8x that in uint64 temporaries)
 Cut = tuple[int, int] | None  # (hash, position) of the first row past a cut; None: no row is
 
 
@@ -52,18 +53,39 @@ def _mix(values: np.ndarray) -> np.ndarray:
 
 
 def _value_hashes(values: np.ndarray, count: int) -> np.ndarray:
-    """A 64-bit hash of each value's bytes and length."""
-    if values.dtype == object:
-        rows = utf8(values)
-    else:
-        rows = Ragged.fixed(np.ascontiguousarray(values).reshape(count, -1).view(np.uint8))
+    """A 64-bit hash of each value's bytes and length: the sum of (byte + 1) times its position's weight."""
+    if values.dtype != object:
+        return _fixed_width_hashes(np.ascontiguousarray(values).reshape(count, -1).view(np.uint8))
+    rows = utf8(values)
     if not len(rows.data):
         return _mix(rows.lengths.astype(np.uint64) + _GOLDEN)
     position = np.arange(len(rows.data)) - np.repeat(rows.starts, rows.lengths)
-    weights = _mix(np.arange(1, int(rows.lengths.max()) + 1, dtype=np.uint64)) | np.uint64(1)
+    weights = _weights(int(rows.lengths.max()))
     sums = np.concatenate([np.zeros(1, np.uint64), np.cumsum((rows.data.astype(np.uint64) + 1) * weights[position])])
     ends = np.cumsum(rows.lengths)
     return _mix((sums[ends] - sums[ends - rows.lengths]) ^ _mix(rows.lengths.astype(np.uint64) + _GOLDEN))
+
+
+def _fixed_width_hashes(rows: np.ndarray) -> np.ndarray:
+    """`_value_hashes` of values that all take the same bytes (numbers, images): uint8 [count, width].
+
+    The weighted sum is a matrix product, taken a block of rows at a time: for images this is
+    about 50 times faster than the ragged form's running sums, and holds no per-byte temporaries
+    beyond one block (uint64 arithmetic wraps the same way in both).
+    """
+    count, width = rows.shape
+    weights = _weights(width)
+    sums = np.empty(count, np.uint64)
+    block = max(1, HASH_BLOCK_BYTES // max(1, width))
+    for start in range(0, count, block):
+        sums[start : start + block] = rows[start : start + block].astype(np.uint64) @ weights
+    sums += weights.sum(dtype=np.uint64)  # the + 1 of every byte
+    return _mix(sums ^ _mix(np.full(count, width, np.uint64) + _GOLDEN))
+
+
+def _weights(length: int) -> np.ndarray:
+    """Each byte position's odd 64-bit weight, for values of up to `length` bytes."""
+    return _mix(np.arange(1, length + 1, dtype=np.uint64)) | np.uint64(1)
 
 
 def divide(chunks: Iterable[PreparedSplit], fractions: list[float], seed: int, digest_file: Path) -> list[Cut]:

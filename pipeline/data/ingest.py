@@ -609,7 +609,7 @@ def read_source(config: PipelineConfig, reopen: dict | None = None) -> SourceDat
     if kind == "images":
         from pipeline.data.image_folder import read_image_folder
 
-        return _without(read_image_folder(location, config.image_mode, config.image_size), exclude)
+        return _without(read_image_folder(location, config.image_mode, config.image_size, reopen), exclude)
     if kind == "tfds":
         from pipeline.data.tfds_source import read_tfds_source
 

@@ -4,8 +4,10 @@ TFDS's `Image` feature encodes each image with TensorFlow's `encode_png` op, one
 time (about 80 µs an image on the CI machine), and so imports TensorFlow in every process that
 writes images. This module writes the same bytes without TensorFlow (about 55 µs a 28x28 image,
 most of it zlib's): the row filters are chosen for a batch of images at once with numpy, and
-each image's filtered rows are compressed by zlib. It makes the choices libpng makes with TensorFlow's
-settings (`tests/pipeline/data/test_png.py` compares the bytes with `tf.io.encode_png`):
+each image's filtered rows are compressed by zlib; a chunk of images is encoded in slices on
+every core (`threads`), as numpy and zlib release the GIL. It makes the choices libpng makes
+with TensorFlow's settings (`tests/pipeline/data/test_png.py` compares the bytes with
+`tf.io.encode_png`):
 
 - Each row's filter: of None, Sub, Up, Average and Paeth, the one whose filtered bytes, read as
   signed, have the smallest sum of magnitudes, the first on a tie. An image one row high has
@@ -24,6 +26,7 @@ import zlib
 import numpy as np
 
 from pipeline.data.byte_columns import Ragged
+from pipeline.data.threads import cores, thread_map
 
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
 COLOR_TYPES = {1: 0, 2: 4, 3: 2, 4: 6}  # channels -> gray, gray + alpha, RGB, RGBA
@@ -32,6 +35,7 @@ IDAT_BYTES = 8192  # libpng's default zlib buffer: one IDAT chunk each time it f
 SMALL_IMAGE_BYTES = 16384  # libpng shrinks the zlib window for images up to this size
 ZLIB_LOOKAHEAD = 262  # zlib's MIN_LOOKAHEAD: a window must hold the data and this much more
 FILTER_BATCH_BYTES = 1 << 20  # pixels filtered at once (numpy's temporaries are ~20x this)
+PARALLEL_MIN_BYTES = 1 << 20  # pixels encoded in one thread below this (threads cost more than they save)
 _IDAT_CRC = zlib.crc32(b"IDAT")
 
 
@@ -51,6 +55,14 @@ def encode_png(images: np.ndarray) -> Ragged:
         raise ValueError(
             f"PNG encoding takes uint8 images [n, height, width, 1..4 channels], not {images.dtype} {images.shape}"
         )
+    if images.nbytes < PARALLEL_MIN_BYTES:
+        return Ragged.of(_encode(images))
+    parts = thread_map(_encode, np.array_split(images, cores()))
+    return Ragged.of([png for part in parts for png in part])
+
+
+def _encode(images: np.ndarray) -> list[bytes]:
+    """`encode_png` of checked images, in one thread (numpy and zlib let others run meanwhile)."""
     count, height, width, channels = images.shape
     header = SIGNATURE + _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, COLOR_TYPES[channels], 0, 0, 0))
     trailer = _chunk(b"IEND", b"")
@@ -65,7 +77,7 @@ def encode_png(images: np.ndarray) -> Ragged:
             compressor = zlib.compressobj(6, zlib.DEFLATED, window_bits, 9, strategy)
             stream = _smallest_window_header(compressor.compress(rows) + compressor.flush(), data_size)
             files.append(header + _idat_chunks(stream) + trailer)
-    return Ragged.of(files)
+    return files
 
 
 def allowed_filters(height: int, width: int) -> tuple[int, ...]:

@@ -52,3 +52,28 @@ def test_digests_spread_over_the_whole_range():
     digests = row_digests(PreparedSplit({"i": np.arange(100_000)}, np.zeros(100_000, np.int64), 0), seed=0)
     top_bits = np.bincount((digests >> np.uint64(60)).astype(np.int64), minlength=16)
     assert top_bits.min() > 0.9 * 100_000 / 16 and top_bits.max() < 1.1 * 100_000 / 16
+
+
+def test_digests_are_those_every_earlier_snapshot_was_divided_by():
+    """Pinned values: a change here moves rows between splits (and renames every snapshot)."""
+    rows = PreparedSplit(
+        {
+            "img": np.arange(2 * 4 * 3 * 3, dtype=np.uint8).reshape(2, 4, 3, 3),
+            "x": np.asarray([1.5, -2.0], np.float32),
+            "t": np.asarray(["naïve", None], dtype=object),
+        },
+        np.asarray([0, 3]),
+        0,
+    )
+    assert [hex(v) for v in row_digests(rows, seed=42).tolist()] == ["0xf5c5d8fb670c2390", "0xfb4ec88721df33f9"]
+
+
+def test_fixed_width_values_hash_as_their_bytes_would_as_text(monkeypatch):
+    """Numbers and images take the matrix-product form, a block of rows at a time; text the running
+    sums. Both are the same weighted sum of each value's bytes."""
+    from pipeline.data import division
+
+    monkeypatch.setattr(division, "HASH_BLOCK_BYTES", 100)  # blocks of 4 rows of 27 bytes
+    images = np.random.default_rng(3).integers(32, 127, (11, 3, 3, 3), dtype=np.uint8)
+    as_text = np.asarray([image.tobytes().decode("ascii") for image in images], dtype=object)
+    assert np.array_equal(division._value_hashes(images, 11), division._value_hashes(as_text, 11))

@@ -98,3 +98,49 @@ def test_empty_or_missing_folders(make_config, tmp_path, layout, message):
     layout(root)
     with pytest.raises(DataSourceError, match=message):
         ingest(make_config(data_source=f"images:{root}"))
+
+
+def test_a_part_reads_the_planned_file_list_and_refuses_images_changed_since(make_config, tmp_path, monkeypatch):
+    """Parts take the folder's listing, mode and size from the plan (no listing or header pass of
+    every image per part), and check each file they decode against it."""
+    import os
+
+    from pipeline.data import image_folder, source_data
+    from pipeline.data.ingest import finish_ingest, plan_ingest, write_part
+
+    folder = _folder(tmp_path / "animals", 12)
+    whole = ingest(make_config(data_source=f"images:{folder}", workdir=str(tmp_path / "whole")))
+    monkeypatch.setattr(source_data, "CHUNK_BYTES", 6 * 120)  # six 10x12 images a chunk
+    config = make_config(data_source=f"images:{folder}", ingest_part_mb=0.001)
+    plan = plan_ingest(config)
+    assert len(plan.parts) >= 3
+    assert plan.reopen["mode"] == "L" and plan.reopen["size"] == [10, 12]
+    assert sorted(entry[0] for entry in plan.reopen["files"]["data"])[0] == "cats/000.png"
+
+    def headers_read_again(*args):
+        raise AssertionError("a part read every image's header again")
+
+    monkeypatch.setattr(image_folder, "_target_mode_and_size", headers_read_again)
+    monkeypatch.setattr(image_folder, "find_images", headers_read_again)
+    last = plan.parts[-1]
+    *_, (last_image, *_) = plan.reopen["files"]["data"]
+    changed = folder / last_image
+    stat = changed.stat()
+    _draw(changed, 17)  # another picture under the same name, after planning
+    os.utime(changed, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))
+    with pytest.raises(
+        DataSourceError, match=rf"changed while it was ingested \(part {last.index + 1} of .*{last_image}: "
+    ):
+        write_part(config, last)
+    assert not last.folder.exists()
+    changed.unlink()
+    with pytest.raises(DataSourceError, match=rf"{last_image}: removed since the folder was listed"):
+        write_part(config, last)
+
+    _draw(changed, 140 + 11 % 3)  # the original picture back, as listed (same bytes, size and time)
+    os.utime(changed, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    for part in plan.parts:
+        write_part(config, part)
+    merged = finish_ingest(config, plan.folder)
+    assert merged.fingerprint == whole.fingerprint and merged.splits == whole.splits
+    assert np.array_equal(merged.split_columns("train")[0]["images"], whole.split_columns("train")[0]["images"])
