@@ -57,12 +57,16 @@ def encode_png(images: np.ndarray) -> Ragged:
         )
     if images.nbytes < PARALLEL_MIN_BYTES:
         return Ragged.of(_encode(images))
-    parts = thread_map(_encode, np.array_split(images, cores()))
+    threads = cores()
+    parts = thread_map(lambda part: _encode(part, FILTER_BATCH_BYTES // threads), np.array_split(images, threads))
     return Ragged.of([png for part in parts for png in part])
 
 
-def _encode(images: np.ndarray) -> list[bytes]:
-    """`encode_png` of checked images, in one thread (numpy and zlib let others run meanwhile)."""
+def _encode(images: np.ndarray, filter_batch_bytes: int = FILTER_BATCH_BYTES) -> list[bytes]:
+    """`encode_png` of checked images, in one thread (numpy and zlib let others run meanwhile).
+
+    The threads share `FILTER_BATCH_BYTES`, so numpy's temporaries take what they take in one.
+    """
     count, height, width, channels = images.shape
     header = SIGNATURE + _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, COLOR_TYPES[channels], 0, 0, 0))
     trailer = _chunk(b"IEND", b"")
@@ -70,7 +74,7 @@ def _encode(images: np.ndarray) -> list[bytes]:
     strategy = zlib.Z_FILTERED if len(filters) > 1 else zlib.Z_DEFAULT_STRATEGY
     data_size = height * (1 + width * channels)
     window_bits = _window_bits(data_size)
-    batch = max(1, FILTER_BATCH_BYTES // (height * width * channels))
+    batch = max(1, filter_batch_bytes // (height * width * channels))
     files = []
     for start in range(0, count, batch):
         for rows in filtered_rows(images[start : start + batch], filters):
