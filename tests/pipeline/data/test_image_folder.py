@@ -144,3 +144,36 @@ def test_a_part_reads_the_planned_file_list_and_refuses_images_changed_since(mak
     merged = finish_ingest(config, plan.folder)
     assert merged.fingerprint == whole.fingerprint and merged.splits == whole.splits
     assert np.array_equal(merged.split_columns("train")[0]["images"], whole.split_columns("train")[0]["images"])
+
+
+def test_images_decoded_in_threads_make_the_same_snapshot_and_a_broken_one_is_named(make_config, tmp_path, monkeypatch):
+    """Slow-to-decode images (here: every image) are decoded on every core after the first few."""
+    from pipeline.data import image_folder, source_data, threads
+
+    folder = _folder(tmp_path / "animals", 12)
+    one_by_one = ingest(make_config(data_source=f"images:{folder}", workdir=str(tmp_path / "one")))
+    monkeypatch.setattr(image_folder, "PARALLEL_DECODE_S", 0.0)
+    monkeypatch.setattr(image_folder, "DECODE_PROBE", 2)
+    monkeypatch.setattr(source_data, "CHUNK_BYTES", 10 * 120)  # ten 10x12 images a chunk
+    monkeypatch.setattr(threads, "cores", lambda: 2)
+    threaded = ingest(make_config(data_source=f"images:{folder}", workdir=str(tmp_path / "threaded")))
+    assert threaded.fingerprint == one_by_one.fingerprint
+    assert np.array_equal(threaded.split_columns("train")[0]["images"], one_by_one.split_columns("train")[0]["images"])
+
+    good = (folder / "dogs" / "010.png").read_bytes()  # chunk 2 holds dogs/008-011 and owls/000-005: past its first two
+    (folder / "dogs" / "010.png").write_bytes(good[: len(good) // 2])
+    with pytest.raises(DataSourceError, match=r"dogs/010.png: cannot decode the image"):
+        ingest(make_config(data_source=f"images:{folder}", workdir=str(tmp_path / "broken")))
+
+
+def test_a_plan_written_before_listings_were_kept_lists_the_folder_again(tmp_path):
+    """An older plan's `reopen` holds no file list: a part then lists and reads the headers itself."""
+    from pipeline.data.image_folder import read_image_folder
+
+    folder = _folder(tmp_path / "animals", 3)
+    again = read_image_folder(folder, "auto", None, reopen={})
+    assert again.reopen["mode"] == "L" and again.reopen["size"] == [10, 12]
+    assert [entry[:2] for entry in again.reopen["files"]["data"]][:2] == [
+        ["cats/000.png", "cats"],
+        ["cats/001.png", "cats"],
+    ]
