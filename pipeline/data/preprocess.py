@@ -11,7 +11,6 @@ images to float32, augments them and shapes the labels for the task's loss.
 from __future__ import annotations
 
 import logging
-import os
 
 import numpy as np
 import tensorflow as tf
@@ -19,6 +18,7 @@ import tensorflow as tf
 from pipeline.core.config import PipelineConfig
 from pipeline.core.problem import BINARY, FLOAT, IMAGE, INT, REGRESSION, STRING, ProblemSpec
 from pipeline.data.snapshot import Snapshot
+from pipeline.data.threads import cores
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 # autotuner's own thread and the threads it adds took cores from the training step (epochs of
 # 18-20 s instead of 10 s, bench/training_speed.py). The data is small and cached after the first
 # epoch, so nothing is left to tune once it is.
-MAP_PARALLELISM = max(1, min(os.cpu_count() or 1, 8))
+MAP_PARALLELISM = cores()
 PREFETCH_BATCHES = 2
 
 

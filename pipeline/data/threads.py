@@ -21,7 +21,8 @@ _pool: tuple[int, ThreadPoolExecutor] | None = None  # (the process it was made 
 
 
 def cores() -> int:
-    """The cores this process may run on (its CPU affinity), at most 8."""
+    """The cores this process may run on (its CPU affinity), at most 8: ingest's threads, and
+    the parallel map of the training input pipeline (`preprocess.MAP_PARALLELISM`)."""
     try:
         count = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
